@@ -1,0 +1,21 @@
+"""Exception types. Each is a ``PtychodataError`` and also the builtin it refines."""
+
+from __future__ import annotations
+
+__all__ = ["GroupingError", "PtychodataError", "ScanDataError", "ScanFileNotFoundError"]
+
+
+class PtychodataError(Exception):
+    """Base class of every error ptychodata raises on purpose."""
+
+
+class ScanDataError(PtychodataError, ValueError):
+    """A scan file or scan arrays violate the data contract (§1)."""
+
+
+class GroupingError(PtychodataError, ValueError):
+    """A grouping request cannot be satisfied by the scan (§2)."""
+
+
+class ScanFileNotFoundError(ScanDataError, FileNotFoundError):
+    """A scan file does not exist."""

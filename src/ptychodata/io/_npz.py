@@ -1,0 +1,126 @@
+"""NumPy ``.npz`` archives, with uncompressed members memory-mapped in place.
+
+An ``.npz`` is a zip of ``.npy`` files. A member stored without compression is a
+plain ``.npy`` at some byte offset inside the zip, so it can be ``np.memmap``-ed there:
+opening a multi-GB scan then costs milliseconds and almost no resident memory.
+Compressed members have to be inflated and are read into memory.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import tempfile
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+from numpy.lib import format as npy_format
+
+from ptychodata.errors import ScanDataError, ScanFileNotFoundError
+
+__all__ = ["read_npz", "write_npz"]
+
+_LOCAL_HEADER = struct.Struct("<4s5H3L2H")  # zip local file header, 30 bytes
+_LOCAL_MAGIC = b"PK\x03\x04"
+
+
+def read_npz(path: str | os.PathLike, *, mmap: bool = True) -> dict[str, np.ndarray]:
+    """Read every member of an ``.npz``; uncompressed members are read-only memmaps.
+
+    Raises ``ScanDataError`` naming the file for anything that is not a readable
+    archive of ``.npy`` members (missing, truncated, not a zip, pickled objects).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ScanFileNotFoundError(f"{path}: no such file")
+    if path.is_dir():
+        raise ScanDataError(f"{path}: is a directory, expected an .npz file")
+    file_size = path.stat().st_size
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = [info for info in archive.infolist() if info.filename.endswith(".npy")]
+            with open(path, "rb") as raw:
+                return {
+                    info.filename[: -len(".npy")]: _read_member(path, raw, archive, info, file_size, mmap)
+                    for info in members
+                }
+    except zipfile.BadZipFile as exc:
+        raise ScanDataError(
+            f"{path}: not a readable .npz archive ({exc}); the file may be truncated or of another format"
+        ) from exc
+    except (EOFError, OSError, zipfile.LargeZipFile) as exc:
+        raise ScanDataError(f"{path}: could not read the archive ({exc})") from exc
+
+
+def _read_member(path, raw, archive, info, file_size, mmap) -> np.ndarray:
+    key = info.filename[: -len(".npy")]
+    if info.compress_type == zipfile.ZIP_STORED and mmap:
+        return _memmap_member(path, raw, info, file_size, key)
+    try:
+        with archive.open(info) as member:
+            return npy_format.read_array(member, allow_pickle=False)
+    except ValueError as exc:
+        raise ScanDataError(f"{path}: key {key!r} could not be read ({exc})") from exc
+    except (EOFError, zipfile.BadZipFile) as exc:
+        raise ScanDataError(f"{path}: key {key!r} is truncated or corrupt ({exc})") from exc
+
+
+def _memmap_member(path, raw, info, file_size, key) -> np.ndarray:
+    raw.seek(info.header_offset)
+    header = raw.read(_LOCAL_HEADER.size)
+    if len(header) < _LOCAL_HEADER.size or header[:4] != _LOCAL_MAGIC:
+        raise ScanDataError(f"{path}: key {key!r} has a corrupt zip entry header")
+    name_length, extra_length = _LOCAL_HEADER.unpack(header)[-2:]
+    raw.seek(info.header_offset + _LOCAL_HEADER.size + name_length + extra_length)
+    try:
+        version = npy_format.read_magic(raw)
+        if version == (1, 0):
+            shape, fortran_order, dtype = npy_format.read_array_header_1_0(raw)
+        elif version == (2, 0):
+            shape, fortran_order, dtype = npy_format.read_array_header_2_0(raw)
+        else:
+            raise ValueError(f".npy format version {version} is not supported")
+    except ValueError as exc:
+        raise ScanDataError(f"{path}: key {key!r} is not a valid .npy member ({exc})") from exc
+    if dtype.hasobject:
+        raise ScanDataError(
+            f"{path}: key {key!r} holds Python objects (dtype {dtype}); only plain numeric or string "
+            "arrays are read, never pickles"
+        )
+    offset = raw.tell()
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if offset + nbytes > file_size:
+        raise ScanDataError(
+            f"{path}: key {key!r} is truncated: shape {shape} {dtype} needs {nbytes} bytes at offset "
+            f"{offset}, but the file has {file_size} bytes"
+        )
+    if nbytes == 0:
+        return np.zeros(shape, dtype=dtype)
+    order = "F" if fortran_order else "C"
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order=order)
+
+
+def write_npz(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> Path:
+    """Write ``arrays`` as an uncompressed ``.npz``, atomically (temporary file, then rename).
+
+    Uncompressed members can be memory-mapped by :func:`read_npz`. Memmapped inputs are
+    streamed, not loaded whole.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            with zipfile.ZipFile(handle, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+                for key, value in arrays.items():
+                    with zf.open(f"{key}.npy", mode="w", force_zip64=True) as member:
+                        npy_format.write_array(member, np.asanyarray(value), allow_pickle=False)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return path

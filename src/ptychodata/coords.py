@@ -1,0 +1,49 @@
+"""Group centres and relative offsets (contract §3).
+
+Coordinates are in object pixels, x = column, y = row, laid out PtychoPINN-style as
+(B, 1, 2, C) with axis 2 holding (x, y).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["GroupCoords", "group_coords"]
+
+
+@dataclass(frozen=True)
+class GroupCoords:
+    """Member positions of each group, their centre, and the offsets to it.
+
+    Attributes
+    ----------
+    nn : ndarray of shape (B, 1, 2, C), float64
+        ``nn[b, 0, :, c]`` = (x_c, y_c) of member c.
+    offsets : ndarray of shape (B, 1, 2, 1), float64
+        Group centre, the mean member position.
+    relative : ndarray of shape (B, 1, 2, C), float64
+        −(p_c − centre): the shift that brings member c's content to the centre
+        (PtychoPINN's ``local_offset_sign = -1``).
+    """
+
+    nn: np.ndarray
+    offsets: np.ndarray
+    relative: np.ndarray
+
+
+def group_coords(x: np.ndarray, y: np.ndarray, groups: np.ndarray) -> GroupCoords:
+    """Coordinates of groups (§3).
+
+    Parameters
+    ----------
+    x, y : ndarray of shape (M,)
+        Scan positions (columns, rows) in object pixels.
+    groups : ndarray of shape (B, C), int
+        Member indices into x and y.
+    """
+    nn = np.stack([np.asarray(x, np.float64)[groups], np.asarray(y, np.float64)[groups]], axis=1)[:, None]
+    offsets = nn.mean(axis=3, keepdims=True)
+    relative = -(nn - offsets)
+    return GroupCoords(nn=nn, offsets=offsets, relative=relative)

@@ -1,0 +1,218 @@
+"""The PtychoPINN grouped dict (contract §6) and the model-facing container (§8).
+
+``grouped_data`` gathers each group's patterns into a channels-last stack, scales them
+(§5), computes coordinates (§3) and ground-truth patches (§4). Work happens in chunks
+of groups so the temporaries stay small; only the outputs are full-size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from ptychodata.coords import group_coords
+from ptychodata.errors import ScanDataError
+from ptychodata.grouping import GroupingConfig, group
+from ptychodata.normalize import intensity_scale, x_scale
+from ptychodata.patches import extract_patches
+from ptychodata.scan import ScanData
+
+__all__ = ["PtychoDataContainer", "gather_channels_last", "grouped_data", "member_patches"]
+
+_CHUNK_BYTES = 32 << 20
+
+
+def grouped_data(
+    scan: ScanData, config: GroupingConfig, *, groups: np.ndarray | None = None, with_Y: bool = True
+) -> dict[str, Any]:
+    """Group a scan and return the §6 dict (NumPy, channels-last).
+
+    Parameters
+    ----------
+    scan : ScanData
+    config : GroupingConfig
+    groups : ndarray of shape (B, C), optional
+        Precomputed :func:`~ptychodata.grouping.group` output; computed from ``config`` if None.
+    with_Y : bool
+        Compute ground-truth patches ``Y`` (from the file's ``Y`` or cut from the object).
+
+    Returns
+    -------
+    dict
+        ``diffraction``, ``X_full`` (B, N, N, C) float32; ``Y`` (B, N, N, C) complex64 or None;
+        ``coords_nn``/``coords_offsets``/``coords_relative`` and their ``coords_start_*`` twins;
+        ``nn_indices`` (B, C) int64; ``objectGuess``; ``x_scale``; ``intensity_scale``.
+    """
+    if groups is None:
+        groups = group(scan, config)
+    where = f"{scan.source}: " if scan.source else ""
+    scale = x_scale(scan.diffraction, groups, where=where)
+    diffraction, X_full = gather_channels_last(scan.diffraction, groups, scales=(None, scale), where=where)
+    coords = group_coords(scan.xcoords, scan.ycoords, groups)
+    coords_start = group_coords(scan.xcoords_start, scan.ycoords_start, groups)
+    nphotons = config.nphotons if config.nphotons is not None else scan.nphotons
+    return {
+        "diffraction": diffraction,
+        "X_full": X_full,
+        "Y": member_patches(scan, groups) if with_Y else None,
+        "coords_nn": coords.nn,
+        "coords_offsets": coords.offsets,
+        "coords_relative": coords.relative,
+        "coords_start_nn": coords_start.nn,
+        "coords_start_offsets": coords_start.offsets,
+        "coords_start_relative": coords_start.relative,
+        "nn_indices": groups,
+        "objectGuess": scan.object,
+        "x_scale": scale,
+        "intensity_scale": intensity_scale(nphotons, scan.N),
+    }
+
+
+def gather_channels_last(
+    source: np.ndarray,
+    groups: np.ndarray,
+    *,
+    scales: tuple[float | None, ...] = (None,),
+    dtype: np.dtype | type = np.float32,
+    where: str = "",
+) -> tuple[np.ndarray, ...]:
+    """Gather ``source[groups]`` into channels-last stacks, one per entry of ``scales``.
+
+    Parameters
+    ----------
+    source : ndarray of shape (M, N, N)
+        Patterns (may be a memmap); each is read once per occurrence, chunk by chunk.
+    groups : ndarray of shape (B, C), int
+    scales : tuple of float or None
+        One output per entry: the gathered stack times the factor (None = unscaled).
+        Real sources are also checked for NaN/Inf/negative values, naming the pattern.
+
+    Returns
+    -------
+    tuple of ndarray of shape (B, N, N, C)
+    """
+    n_groups, C = groups.shape
+    N = source.shape[-1]
+    outputs = tuple(np.empty((n_groups, N, N, C), dtype) for _ in scales)
+    step = max(1, _CHUNK_BYTES // max(1, C * N * N * np.dtype(dtype).itemsize))
+    for start in range(0, n_groups, step):
+        members = groups[start : start + step]
+        block = np.asarray(source[members.ravel()]).reshape(len(members), C, N, N)
+        if block.dtype.kind in "fiu":
+            _check_gathered(block, members, where)
+        block = block.transpose(0, 2, 3, 1)
+        for out, factor in zip(outputs, scales):
+            if factor is None:
+                out[start : start + step] = block
+            else:
+                np.multiply(block, factor, out=out[start : start + step], casting="unsafe")
+    return outputs
+
+
+def _check_gathered(block: np.ndarray, members: np.ndarray, where: str) -> None:
+    bad = ~np.isfinite(block) if block.dtype.kind == "f" else None
+    bad = block < 0 if bad is None else bad | (block < 0)
+    if bad.any():
+        group_in_chunk, channel = np.argwhere(bad)[0][:2]
+        point = int(members[group_in_chunk, channel])
+        raise ScanDataError(
+            f"{where}key 'diffraction': pattern {point} holds NaN, Inf or negative amplitudes; "
+            "expected finite amplitudes >= 0"
+        )
+
+
+def member_patches(scan: ScanData, groups: np.ndarray) -> np.ndarray | None:
+    """Ground-truth patches Y (B, N, N, C) complex64 for every member (§4), or None.
+
+    The file's own ``Y`` wins; otherwise each patch is cut from the object centred on
+    its member's own position. A patch depends only on the scan point, so each point
+    used is cut once and then gathered.
+    """
+    if scan.Y is not None:
+        return gather_channels_last(scan.Y, groups, dtype=np.complex64)[0]
+    if scan.object is None:
+        return None
+    used, inverse = np.unique(groups, return_inverse=True)
+    patches = extract_patches(scan.object, scan.xcoords[used], scan.ycoords[used], scan.N)
+    return gather_channels_last(patches, inverse.reshape(groups.shape), dtype=np.complex64)[0]
+
+
+@dataclass(frozen=True, eq=False)
+class PtychoDataContainer:
+    """Model-facing arrays (§8): torch tensors when torch is importable, NumPy otherwise.
+
+    Attributes
+    ----------
+    X : (B, N, N, C) float32
+    Y, Y_I, Y_phi : (B, N, N, C) complex64 (ones when absent), |Y|, angle(Y) float32
+    coords_nominal, coords_true, coords : (B, 1, 2, C) float32, from ``coords_relative``
+    probe : (N, N) complex64
+    nn_indices : (B, C) int64
+    global_offsets : (B, 1, 2, 1) float64
+    local_offsets : (B, 1, 2, C) float64
+    norm_Y_I : float or None (the intensity scale)
+    YY_full : (H, W) complex64 or None
+    """
+
+    X: Any
+    Y: Any
+    Y_I: Any
+    Y_phi: Any
+    coords_nominal: Any
+    coords_true: Any
+    coords: Any
+    probe: Any
+    nn_indices: Any
+    global_offsets: Any
+    local_offsets: Any
+    norm_Y_I: float | None
+    YY_full: Any
+
+    @classmethod
+    def from_grouped(
+        cls,
+        grouped: dict[str, Any],
+        probe: np.ndarray,
+        *,
+        backend: Literal["auto", "numpy", "torch"] = "auto",
+    ) -> PtychoDataContainer:
+        """Build from a :func:`grouped_data` dict and the (N, N) probe."""
+        Y = grouped.get("Y")
+        if Y is None:
+            Y = np.ones(grouped["X_full"].shape, np.complex64)
+        coords = np.asarray(grouped["coords_relative"], np.float32)
+        arrays = {
+            "X": np.asarray(grouped["X_full"], np.float32),
+            "Y": np.asarray(Y, np.complex64),
+            "Y_I": np.abs(Y).astype(np.float32),
+            "Y_phi": np.angle(Y).astype(np.float32),
+            "coords_nominal": coords,
+            "coords_true": coords,
+            "coords": coords,
+            "probe": np.asarray(probe, np.complex64),
+            "nn_indices": np.asarray(grouped["nn_indices"], np.int64),
+            "global_offsets": np.asarray(grouped["coords_offsets"], np.float64),
+            "local_offsets": np.asarray(grouped["coords_relative"], np.float64),
+            "YY_full": None if grouped.get("objectGuess") is None else np.asarray(grouped["objectGuess"]),
+        }
+        convert = _tensor_converter(backend)
+        return cls(norm_Y_I=grouped.get("intensity_scale"), **{k: convert(v) for k, v in arrays.items()})
+
+    def __len__(self) -> int:
+        return int(self.X.shape[0])
+
+
+def _tensor_converter(backend: str):
+    if backend not in ("auto", "numpy", "torch"):
+        raise ValueError(f"backend={backend!r}; expected one of {{'auto', 'numpy', 'torch'}}")
+    if backend == "numpy":
+        return lambda value: value
+    try:
+        import torch
+    except ImportError:
+        if backend == "torch":
+            raise ImportError("backend='torch' needs PyTorch: pip install 'ptychodata[torch]'") from None
+        return lambda value: value
+    return lambda value: None if value is None else torch.from_numpy(np.ascontiguousarray(value))

@@ -1,0 +1,271 @@
+"""Sample-then-group: pick seed points, give each gridsize² nearby members (contract §2).
+
+All randomness comes from one ``numpy.random.Generator`` built from ``config.seed``;
+numpy's global RNG is never touched. Neighbours come from a single batched
+``cKDTree`` query; member choice is a row-wise random permutation, so nothing loops
+over groups in Python.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import warnings
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+from ptychodata.errors import GroupingError, ScanDataError
+
+__all__ = ["GroupingConfig", "group", "neighbour_pools"]
+
+# Oversampling enumerates all C-subsets of a pool through a lookup table up to this size.
+_MAX_SUBSET_TABLE = 1 << 20
+
+# PtychoPINN's legacy ``params.cfg`` names for GroupingConfig fields, where they differ.
+_LEGACY_NAMES = {"seed": "subsample_seed"}
+_LEGACY_ALIASES = {"K": "neighbor_count", "nsamples": "n_groups", "subsample_seed": "seed"}
+
+
+@dataclass(frozen=True)
+class GroupingConfig:
+    """How to sample and group scan points (§2); field names follow PtychoPINN's TrainingConfig.
+
+    Parameters
+    ----------
+    N : int or None
+        Pattern size; None takes it from the scan, an int must match it.
+    gridsize : int
+        g; each group has C = g² members.
+    neighbor_count : int
+        K, the number of nearest other points a seed's members are drawn from.
+    n_groups : int or None
+        Number of groups B; None means one group per scan point.
+    seed : int or None
+        Seed of the one ``numpy.random.Generator``; None is nondeterministic.
+    sequential_sampling : bool
+        Take points 0..n_groups-1 as seeds instead of a uniform random draw.
+    enable_oversampling : bool
+        Allow n_groups > M (at C > 1) by drawing distinct (seed, subset) pairs.
+    neighbor_pool_size : int or None
+        Pool size used for the neighbour query; None means K.
+    order : {"random", "raster"}
+        Member order within a group: random (as PtychoPINN), or rows by y then x.
+    nphotons : float or None
+        Photons per pattern, for ``intensity_scale`` (§5); None falls back on the scan's metadata.
+    """
+
+    N: int | None = None
+    gridsize: int = 1
+    neighbor_count: int = 4
+    n_groups: int | None = None
+    seed: int | None = None
+    sequential_sampling: bool = False
+    enable_oversampling: bool = False
+    neighbor_pool_size: int | None = None
+    order: Literal["random", "raster"] = "random"
+    nphotons: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("gridsize", "neighbor_count"):
+            _check_positive_int(name, getattr(self, name))
+        for name in ("N", "n_groups", "neighbor_pool_size"):
+            if getattr(self, name) is not None:
+                _check_positive_int(name, getattr(self, name))
+        if self.order not in ("random", "raster"):
+            raise GroupingError(f"order={self.order!r}; expected one of {{'random', 'raster'}}")
+        if self.nphotons is not None and not (math.isfinite(self.nphotons) and self.nphotons > 0):
+            raise GroupingError(f"nphotons={self.nphotons!r}; expected a positive finite number")
+        if self.C > 1 and self.neighbor_count < self.C:
+            raise GroupingError(
+                f"neighbor_count K={self.neighbor_count} < C=gridsize²={self.C}: a group of {self.C} "
+                f"members needs at least {self.C} neighbours; raise neighbor_count or lower gridsize"
+            )
+        if self.C > 1 and self.pool_size < self.C:
+            raise GroupingError(
+                f"neighbor_pool_size={self.neighbor_pool_size} < C=gridsize²={self.C}; expected >= {self.C}"
+            )
+
+    @property
+    def C(self) -> int:
+        """Members per group, gridsize²."""
+        return self.gridsize * self.gridsize
+
+    @property
+    def pool_size(self) -> int:
+        """Neighbours considered per seed: ``neighbor_pool_size``, else K."""
+        return self.neighbor_pool_size if self.neighbor_pool_size is not None else self.neighbor_count
+
+    def to_dict(self) -> dict[str, Any]:
+        """All fields as a plain dict (JSON-ready)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> GroupingConfig:
+        """Inverse of :meth:`to_dict`; unknown keys raise."""
+        unknown = set(values) - {f.name for f in fields(cls)}
+        if unknown:
+            raise GroupingError(f"unknown GroupingConfig field(s) {sorted(unknown)}")
+        return cls(**values)
+
+    def to_legacy_dict(self) -> dict[str, Any]:
+        """PtychoPINN ``params.cfg``-style dict; None values are dropped."""
+        return {
+            _LEGACY_NAMES.get(name, name): value
+            for name, value in self.to_dict().items()
+            if value is not None and name != "order"
+        }
+
+    @classmethod
+    def from_legacy_dict(cls, legacy: Mapping[str, Any]) -> GroupingConfig:
+        """Build from a PtychoPINN params-style dict; keys that are not grouping settings are ignored."""
+        names = {f.name for f in fields(cls)}
+        values: dict[str, Any] = {}
+        for key, value in legacy.items():
+            name = _LEGACY_ALIASES.get(key, key)
+            if name in names and value is not None:
+                values[name] = value
+        return cls(**values)
+
+
+def _check_positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise GroupingError(f"{name}={value!r}; expected a positive integer")
+
+
+def group(scan_or_positions: Any, config: GroupingConfig) -> np.ndarray:
+    """Sample seed points and group each with gridsize² nearby points (§2).
+
+    Parameters
+    ----------
+    scan_or_positions : ScanData or ndarray of shape (M, 2)
+        The scan, or its positions as columns (x, y) in object pixels.
+    config : GroupingConfig
+
+    Returns
+    -------
+    ndarray of shape (B, C), int64
+        Scan-point indices; row b is group b, column c its member c.
+    """
+    positions = _positions(scan_or_positions, config)
+    n_points = positions.shape[0]
+    C = config.C
+    n_groups = n_points if config.n_groups is None else config.n_groups
+    if n_points < C:
+        where = f"{scan_or_positions.source}: " if getattr(scan_or_positions, "source", None) else ""
+        raise ScanDataError(
+            f"{where}key 'xcoords': the scan has {n_points} points, fewer than C=gridsize²={C} a group "
+            "needs; lower gridsize or use a larger scan"
+        )
+    rng = np.random.default_rng(config.seed)
+    if C == 1:
+        return _choose_seeds(n_points, n_groups, config.sequential_sampling, rng)[:, None]
+    if n_groups > n_points:
+        if not config.enable_oversampling:
+            raise GroupingError(
+                f"n_groups={n_groups} > M={n_points} scan points at gridsize {config.gridsize} is "
+                "oversampling; set enable_oversampling=True to draw distinct (seed, subset) pairs, "
+                f"or ask for at most {n_points} groups"
+            )
+        pools = neighbour_pools(positions, np.arange(n_points), config.pool_size, C)
+        groups = _oversample(pools, n_groups, C, rng)
+    else:
+        seeds = _choose_seeds(n_points, n_groups, config.sequential_sampling, rng)
+        pools = neighbour_pools(positions, seeds, config.pool_size, C)
+        order = rng.random(pools.shape).argsort(axis=1)[:, :C]
+        groups = np.take_along_axis(pools, order, axis=1)
+    if config.order == "raster":
+        groups = raster_order(groups, positions)
+    return groups
+
+
+def _positions(scan_or_positions: Any, config: GroupingConfig) -> np.ndarray:
+    if hasattr(scan_or_positions, "positions"):
+        scan = scan_or_positions
+        if config.N is not None and config.N != scan.N:
+            where = f"{scan.source}: " if getattr(scan, "source", None) else ""
+            raise GroupingError(f"{where}config N={config.N} but the patterns are {scan.N}×{scan.N}")
+        return scan.positions
+    positions = np.asarray(scan_or_positions, dtype=np.float64)
+    if positions.ndim != 2 or positions.shape[1] != 2:
+        raise GroupingError(f"positions of shape {positions.shape}; expected (M, 2) with columns (x, y)")
+    return positions
+
+
+def _choose_seeds(n_points: int, n_groups: int, sequential: bool, rng: np.random.Generator) -> np.ndarray:
+    count = min(n_groups, n_points)
+    if sequential or count == n_points:
+        return np.arange(count, dtype=np.int64)
+    return rng.choice(n_points, size=count, replace=False).astype(np.int64)
+
+
+def neighbour_pools(positions: np.ndarray, seeds: np.ndarray, pool_size: int, C: int) -> np.ndarray:
+    """The pool of each seed: its ``pool_size`` nearest other points (one batched cKDTree query).
+
+    When the scan has fewer than C other points, the seed joins its own pool (§2.3).
+
+    Returns
+    -------
+    ndarray of shape (len(seeds), P), int64
+        P = min(pool_size, M - 1), plus one when the seed joins.
+    """
+    n_points = positions.shape[0]
+    k_others = min(pool_size, n_points - 1)
+    tree = cKDTree(positions)
+    _, found = tree.query(positions[seeds], k=k_others + 1, workers=-1)
+    found = np.asarray(found, dtype=np.int64).reshape(len(seeds), k_others + 1)
+    # Drop the seed itself; with duplicate positions it may be crowded out, then drop the farthest.
+    is_self = found == seeds[:, None]
+    first_self = np.where(is_self.any(axis=1), is_self.argmax(axis=1), k_others)
+    keep = np.ones_like(is_self)
+    keep[np.arange(len(seeds)), first_self] = False
+    pools = found[keep].reshape(len(seeds), k_others)
+    if k_others < C:
+        pools = np.concatenate([pools, seeds[:, None].astype(np.int64)], axis=1)
+    return pools
+
+
+def _oversample(pools: np.ndarray, n_groups: int, C: int, rng: np.random.Generator) -> np.ndarray:
+    """Draw n_groups distinct (seed, C-subset of pool) pairs uniformly (§2.4), members in random order."""
+    n_seeds, pool_width = pools.shape
+    n_subsets = math.comb(pool_width, C)
+    n_pairs = n_seeds * n_subsets
+    if n_subsets > _MAX_SUBSET_TABLE:
+        # Too many subsets to enumerate; a random C-subset per draw repeats with negligible probability.
+        seeds = rng.integers(0, n_seeds, size=n_groups)
+        columns = rng.random((n_groups, pool_width)).argsort(axis=1)[:, :C]
+        return np.take_along_axis(pools[seeds], columns, axis=1)
+    if n_groups > n_pairs:
+        warnings.warn(
+            f"n_groups={n_groups} exceeds the {n_pairs} distinct (seed, subset) pairs; every pair is used "
+            "once and the rest are drawn again with replacement",
+            stacklevel=3,
+        )
+        pair_ids = np.concatenate([rng.permutation(n_pairs), rng.integers(0, n_pairs, n_groups - n_pairs)])
+    else:
+        pair_ids = rng.choice(n_pairs, size=n_groups, replace=False)
+    subsets = np.array(list(itertools.combinations(range(pool_width), C)), dtype=np.int64)
+    seeds, subset_ids = np.divmod(pair_ids, n_subsets)
+    columns = subsets[subset_ids]
+    shuffle = rng.random(columns.shape).argsort(axis=1)
+    columns = np.take_along_axis(columns, shuffle, axis=1)
+    return np.take_along_axis(pools[seeds], columns, axis=1)
+
+
+def raster_order(groups: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """Sort each group's members into g rows by y, then by x within a row (top-left first, §2.6).
+
+    Parameters
+    ----------
+    groups : ndarray of shape (B, C), C = g²
+    positions : ndarray of shape (M, 2), columns (x, y)
+    """
+    n_groups, C = groups.shape
+    g = math.isqrt(C)
+    by_y = np.take_along_axis(groups, positions[groups, 1].argsort(axis=1, kind="stable"), axis=1)
+    rows = by_y.reshape(n_groups, g, g)
+    by_x = np.take_along_axis(rows, positions[rows, 0].argsort(axis=2, kind="stable"), axis=2)
+    return by_x.reshape(n_groups, C)

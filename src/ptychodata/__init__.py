@@ -4,18 +4,26 @@
 """
 
 from ptychodata.errors import GroupingError, PtychodataError, ScanDataError, ScanFileNotFoundError
+from ptychodata.grouped import PtychoDataContainer, grouped_data
 from ptychodata.grouping import GroupingConfig, group
+from ptychodata.patches import extract_patches, reassemble
 from ptychodata.scan import ScanData
+from ptychodata.simulate import simulate
 
 __version__ = "0.1.0"
 
 __all__ = [
     "GroupingConfig",
     "GroupingError",
+    "PtychoDataContainer",
     "PtychodataError",
     "ScanData",
     "ScanDataError",
     "ScanFileNotFoundError",
     "__version__",
+    "extract_patches",
     "group",
+    "grouped_data",
+    "reassemble",
+    "simulate",
 ]

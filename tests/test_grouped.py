@@ -1,0 +1,152 @@
+import numpy as np
+import pytest
+
+from ptychodata import GroupingConfig, PtychoDataContainer, ScanData, ScanDataError, grouped_data, reassemble, simulate
+
+
+@pytest.fixture(scope="module")
+def clean_scan():
+    return simulate(n_points=100, N=32, seed=3, pattern="jittered")
+
+
+def correlation(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.ravel() - a.mean(), b.ravel() - b.mean()
+    return float(a @ b / np.sqrt((a @ a) * (b @ b)))
+
+
+def far_field(probe: np.ndarray, patch: np.ndarray) -> np.ndarray:
+    return np.fft.fftshift(np.abs(np.fft.fft2(probe * patch)))
+
+
+@pytest.mark.parametrize("gridsize", [1, 2])
+def test_Y_channels_diffract_to_their_X_channels(clean_scan, gridsize):
+    """|FFT(probe · Y_c)| matches diffraction channel c: X and Y describe the same position."""
+    config = GroupingConfig(gridsize=gridsize, neighbor_count=6, n_groups=20, seed=1)
+    grouped = grouped_data(clean_scan, config)
+    for b in range(20):
+        for c in range(gridsize**2):
+            predicted = far_field(clean_scan.probe, grouped["Y"][b, :, :, c])
+            assert correlation(predicted, grouped["diffraction"][b, :, :, c]) > 0.99
+    if gridsize == 2:  # and a wrong channel does not match as well
+        wrong = far_field(clean_scan.probe, grouped["Y"][0, :, :, 1])
+        assert correlation(wrong, grouped["diffraction"][0, :, :, 0]) < correlation(
+            far_field(clean_scan.probe, grouped["Y"][0, :, :, 0]), grouped["diffraction"][0, :, :, 0]
+        )
+
+
+def test_keys_shapes_and_dtypes(clean_scan):
+    config = GroupingConfig(gridsize=2, neighbor_count=6, n_groups=30, seed=0, nphotons=1e6)
+    grouped = grouped_data(clean_scan, config)
+    B, N, C = 30, 32, 4
+    expected = {
+        "diffraction": ((B, N, N, C), np.float32),
+        "X_full": ((B, N, N, C), np.float32),
+        "Y": ((B, N, N, C), np.complex64),
+        "coords_nn": ((B, 1, 2, C), np.float64),
+        "coords_offsets": ((B, 1, 2, 1), np.float64),
+        "coords_relative": ((B, 1, 2, C), np.float64),
+        "coords_start_nn": ((B, 1, 2, C), np.float64),
+        "coords_start_offsets": ((B, 1, 2, 1), np.float64),
+        "coords_start_relative": ((B, 1, 2, C), np.float64),
+        "nn_indices": ((B, C), np.int64),
+        "objectGuess": (clean_scan.object.shape, np.complex64),
+    }
+    for key, (shape, dtype) in expected.items():
+        assert grouped[key].shape == shape, key
+        assert grouped[key].dtype == dtype, key
+    assert isinstance(grouped["x_scale"], float)
+    assert grouped["intensity_scale"] == pytest.approx(np.sqrt(1e6) / (N / 2))
+
+
+def test_coordinates_follow_section_3(clean_scan):
+    grouped = grouped_data(clean_scan, GroupingConfig(gridsize=2, neighbor_count=6, n_groups=10, seed=2))
+    idx = grouped["nn_indices"]
+    np.testing.assert_array_equal(grouped["coords_nn"][:, 0, 0, :], clean_scan.xcoords[idx])
+    np.testing.assert_array_equal(grouped["coords_nn"][:, 0, 1, :], clean_scan.ycoords[idx])
+    centre = np.stack([clean_scan.xcoords[idx].mean(1), clean_scan.ycoords[idx].mean(1)], axis=1)
+    np.testing.assert_allclose(grouped["coords_offsets"][:, 0, :, 0], centre)
+    # minus sign: relative = -(p_c - centre)
+    np.testing.assert_allclose(grouped["coords_relative"][:, 0, 0, :], centre[:, :1] - clean_scan.xcoords[idx])
+    np.testing.assert_allclose(grouped["coords_relative"].sum(axis=3), 0, atol=1e-9)
+    np.testing.assert_array_equal(grouped["coords_start_nn"][:, 0, 0, :], clean_scan.xcoords_start[idx])
+    assert not np.array_equal(grouped["coords_start_nn"], grouped["coords_nn"])  # jittered scan
+
+
+def test_X_full_is_scaled_to_mean_energy_N_over_2_squared(clean_scan):
+    grouped = grouped_data(clean_scan, GroupingConfig(gridsize=2, neighbor_count=6, n_groups=50, seed=0))
+    energy = (grouped["X_full"].astype(np.float64) ** 2).sum(axis=(1, 2)).mean()
+    assert energy == pytest.approx((32 / 2) ** 2, rel=1e-5)
+    np.testing.assert_allclose(grouped["X_full"], grouped["x_scale"] * grouped["diffraction"], rtol=1e-6)
+
+
+def test_scale_counts_patterns_by_multiplicity():
+    rng = np.random.default_rng(0)
+    diffraction = np.stack([np.full((4, 4), 1.0), np.full((4, 4), 3.0)]).astype(np.float32)
+    scan = ScanData.from_arrays(diffraction=diffraction, xcoords=[0.0, 1.0], ycoords=[0.0, 0.0],
+                                probe=np.ones((4, 4)))
+    groups = np.array([[0], [1], [1]])
+    grouped = grouped_data(scan, GroupingConfig(), groups=groups)
+    mean_energy = (16 * 1 + 2 * 16 * 9) / 3  # pattern 1 is in two groups
+    assert grouped["x_scale"] == pytest.approx(np.sqrt(4 / mean_energy))
+    assert grouped["Y"] is None and rng is not None
+
+
+def test_file_Y_takes_precedence(clean_scan):
+    marker = np.full((clean_scan.n_points, 32, 32), 2 + 1j, np.complex64)
+    marker[:, 0, 0] = np.arange(clean_scan.n_points)
+    scan = clean_scan.with_(Y=marker)
+    grouped = grouped_data(scan, GroupingConfig(gridsize=2, neighbor_count=6, n_groups=10, seed=0))
+    np.testing.assert_array_equal(grouped["Y"][:, 0, 0, :].real, grouped["nn_indices"])
+
+
+def test_no_object_means_no_Y(clean_scan):
+    scan = clean_scan.with_(object=None)
+    assert grouped_data(scan, GroupingConfig(n_groups=5, seed=0))["Y"] is None
+
+
+def test_bad_amplitudes_found_while_grouping(clean_scan):
+    diffraction = np.array(clean_scan.diffraction)
+    diffraction[7, 3, 3] = np.nan
+    scan = ScanData.from_arrays(diffraction=diffraction, xcoords=clean_scan.xcoords, ycoords=clean_scan.ycoords,
+                                probe=clean_scan.probe, check_values=False)
+    with pytest.raises(ScanDataError, match="diffraction"):
+        grouped_data(scan, GroupingConfig())
+
+
+def test_reassembling_ground_truth_returns_the_object(clean_scan):
+    grouped = grouped_data(clean_scan, GroupingConfig(gridsize=2, neighbor_count=6, seed=0))
+    canvas, weights = reassemble(grouped["Y"], grouped["coords_nn"][:, 0, 0, :], grouped["coords_nn"][:, 0, 1, :],
+                                 clean_scan.object.shape, channels_last=True, return_weights=True)
+    covered = weights > 1.0
+    rows, cols = np.nonzero(covered)
+    assert covered.sum() > 0.3 * covered.size
+    inner = covered.copy()
+    inner[: rows.min() + 4] = inner[rows.max() - 4 :] = False
+    inner[:, : cols.min() + 4] = inner[:, cols.max() - 4 :] = False
+    error = np.abs(canvas[inner] - clean_scan.object[inner]) / np.abs(clean_scan.object[inner])
+    assert np.median(error) < 1e-2
+
+
+def test_container_numpy_and_torch(clean_scan):
+    grouped = grouped_data(clean_scan, GroupingConfig(gridsize=2, neighbor_count=6, n_groups=8, seed=0,
+                                                       nphotons=1e6))
+    numpy_container = PtychoDataContainer.from_grouped(grouped, clean_scan.probe, backend="numpy")
+    assert isinstance(numpy_container.X, np.ndarray) and numpy_container.X.shape == (8, 32, 32, 4)
+    assert numpy_container.coords.dtype == np.float32 and numpy_container.coords.shape == (8, 1, 2, 4)
+    np.testing.assert_allclose(numpy_container.Y_I, np.abs(grouped["Y"]))
+    np.testing.assert_allclose(numpy_container.Y_phi, np.angle(grouped["Y"]), atol=1e-6)
+    assert numpy_container.global_offsets.dtype == np.float64
+    assert numpy_container.norm_Y_I == grouped["intensity_scale"]
+    assert len(numpy_container) == 8
+    torch = pytest.importorskip("torch")
+    container = PtychoDataContainer.from_grouped(grouped, clean_scan.probe)
+    assert isinstance(container.X, torch.Tensor) and container.X.dtype == torch.float32
+    assert container.Y.dtype == torch.complex64 and container.probe.shape == (32, 32)
+    assert container.nn_indices.dtype == torch.int64
+
+
+def test_container_without_Y_uses_ones(clean_scan):
+    grouped = grouped_data(clean_scan.with_(object=None), GroupingConfig(n_groups=4, seed=0))
+    container = PtychoDataContainer.from_grouped(grouped, clean_scan.probe, backend="numpy")
+    np.testing.assert_array_equal(container.Y, np.ones((4, 32, 32, 1), np.complex64))
+    assert container.YY_full is None

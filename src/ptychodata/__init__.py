@@ -3,12 +3,20 @@
 ``import ptychodata`` never imports torch; ``ptychodata.torch`` does.
 """
 
-from ptychodata.errors import GroupingError, PtychodataError, ScanDataError, ScanFileNotFoundError
+from ptychodata.errors import (
+    GroupingError,
+    PtychodataError,
+    ScanDataError,
+    ScanFileNotFoundError,
+    SimulationError,
+    StoreError,
+)
 from ptychodata.grouped import PtychoDataContainer, grouped_data
 from ptychodata.grouping import GroupingConfig, group
 from ptychodata.patches import extract_patches, reassemble
 from ptychodata.scan import ScanData
 from ptychodata.simulate import simulate
+from ptychodata.store import Store, open_store, prepare
 
 __version__ = "0.1.0"
 
@@ -20,10 +28,15 @@ __all__ = [
     "ScanData",
     "ScanDataError",
     "ScanFileNotFoundError",
+    "SimulationError",
+    "Store",
+    "StoreError",
     "__version__",
     "extract_patches",
     "group",
     "grouped_data",
+    "open_store",
+    "prepare",
     "reassemble",
     "simulate",
 ]

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-__all__ = ["GroupingError", "PtychodataError", "ScanDataError", "ScanFileNotFoundError"]
+__all__ = [
+    "GroupingError",
+    "PtychodataError",
+    "ScanDataError",
+    "ScanFileNotFoundError",
+    "SimulationError",
+    "StoreError",
+]
 
 
 class PtychodataError(Exception):
@@ -19,3 +26,11 @@ class GroupingError(PtychodataError, ValueError):
 
 class ScanFileNotFoundError(ScanDataError, FileNotFoundError):
     """A scan file does not exist."""
+
+
+class SimulationError(PtychodataError, ValueError):
+    """Arguments to :func:`~ptychodata.simulate.simulate` that cannot make a scan."""
+
+
+class StoreError(PtychodataError, OSError):
+    """A store on disk is missing, incomplete, corrupt, or cannot be written."""

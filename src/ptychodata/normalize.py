@@ -12,7 +12,7 @@ import numpy as np
 
 from ptychodata.errors import ScanDataError
 
-__all__ = ["intensity_scale", "normalize_probe", "pattern_energies", "x_scale"]
+__all__ = ["intensity_scale", "normalize_probe", "pattern_energies", "scale_from_energies", "x_scale"]
 
 _CHUNK_BYTES = 64 << 20
 
@@ -59,10 +59,22 @@ def x_scale(diffraction: np.ndarray, groups: np.ndarray, *, where: str = "") -> 
     A pattern in several groups counts several times. Only the patterns that occur in
     ``groups`` (B, C) are read, each once, and checked (see :func:`pattern_energies`).
     """
-    N = diffraction.shape[-1]
     used, multiplicity = np.unique(np.asarray(groups).ravel(), return_counts=True)
     energies = pattern_energies(diffraction, used, where=where)
-    mean_energy = float(np.dot(energies, multiplicity) / multiplicity.sum())
+    return scale_from_energies(energies, multiplicity, N=diffraction.shape[-1], where=where)
+
+
+def scale_from_energies(
+    energies: np.ndarray, multiplicity: np.ndarray, *, N: int, where: str = ""
+) -> float:
+    """The §5 scale from per-pattern energies Σ d² and how often each pattern is grouped.
+
+    Parameters
+    ----------
+    energies, multiplicity : ndarray of shape (U,)
+        Energy of each used pattern, and its number of occurrences in the groups.
+    """
+    mean_energy = float(np.dot(energies, multiplicity) / np.sum(multiplicity))
     if not mean_energy > 0:
         raise ScanDataError(
             f"{where}key 'diffraction': the grouped patterns are all zero (mean energy {mean_energy}); "

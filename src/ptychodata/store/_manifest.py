@@ -1,0 +1,193 @@
+"""Store manifests: what a store holds, where it came from, and how to check its files.
+
+Two levels (issue: two keys). A *frame store* holds the patterns of its sources once and
+is keyed by those sources; a *grouping* inside it holds one grouping config's index table
+and is keyed by the frame key plus the config. Both manifests carry the schema version
+first, dtypes as ``np.dtype.str`` and shapes as int lists, and are written last.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ptychodata.errors import StoreError
+
+__all__ = ["SCHEMA_VERSION", "FileEntry", "FrameManifest", "GroupingManifest", "SourceEntry", "stable_key"]
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+def stable_key(*parts: Any) -> str:
+    """A short hex key of JSON-serialisable parts (order-sensitive)."""
+    text = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.blake2b(text.encode(), digest_size=10).hexdigest()
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One ``.npy`` file of a store: its shape, dtype and exact size on disk."""
+
+    shape: list[int]
+    dtype: str
+    bytes: int
+
+    @classmethod
+    def of(cls, path: Path) -> FileEntry:
+        array = np.load(path, mmap_mode="r")
+        return cls(shape=[int(n) for n in array.shape], dtype=array.dtype.str, bytes=path.stat().st_size)
+
+
+@dataclass(frozen=True)
+class SourceEntry:
+    """One source scan: its file identity (None for in-memory scans) and content hash."""
+
+    path: str | None
+    size: int | None
+    mtime_ns: int | None
+    content_hash: str
+
+    def identity(self) -> dict[str, Any]:
+        """What the frame key depends on: the file's path, size and mtime, or the content hash."""
+        if self.path is None:
+            return {"content_hash": self.content_hash}
+        return {"path": self.path, "size": self.size, "mtime_ns": self.mtime_ns}
+
+    def changed(self) -> str | None:
+        """Why the file on disk no longer matches this entry, or None."""
+        if self.path is None:
+            return None
+        try:
+            stat = os.stat(self.path)
+        except OSError:
+            return f"source {self.path} is gone"
+        if stat.st_size != self.size or stat.st_mtime_ns != self.mtime_ns:
+            return f"source {self.path} changed (size or modification time)"
+        return None
+
+
+@dataclass(frozen=True)
+class ExperimentEntry:
+    """One experiment of a frame store: its pattern range and what else it holds."""
+
+    experiment_id: int
+    source: SourceEntry
+    start: int
+    stop: int
+    object_shape: list[int] | None
+    nphotons: float | None
+    has_Y: bool
+
+    @property
+    def n_points(self) -> int:
+        return self.stop - self.start
+
+
+@dataclass(frozen=True)
+class FrameManifest:
+    key: str
+    N: int
+    n_patterns: int
+    intensity: bool
+    experiments: list[ExperimentEntry]
+    files: dict[str, FileEntry]
+    created: str
+    library_version: str
+    schema_version: int = SCHEMA_VERSION
+    format: str = "ptychodata-frames"
+
+    def to_dict(self) -> dict[str, Any]:
+        values = asdict(self)
+        return {"schema_version": values.pop("schema_version"), "format": values.pop("format"), **values}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> FrameManifest:
+        values = dict(values)
+        values["experiments"] = [
+            ExperimentEntry(**{**e, "source": SourceEntry(**e["source"])}) for e in values["experiments"]
+        ]
+        values["files"] = {name: FileEntry(**entry) for name, entry in values["files"].items()}
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class GroupingManifest:
+    key: str
+    frames_key: str
+    config: dict[str, Any]
+    n_groups: int
+    C: int
+    x_scale: list[float]
+    intensity_scale: list[float | None]
+    materialized: bool
+    files: dict[str, FileEntry]
+    created: str
+    library_version: str
+    schema_version: int = SCHEMA_VERSION
+    format: str = "ptychodata-grouping"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        values = asdict(self)
+        return {"schema_version": values.pop("schema_version"), "format": values.pop("format"), **values}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> GroupingManifest:
+        values = dict(values)
+        values["files"] = {name: FileEntry(**entry) for name, entry in values["files"].items()}
+        return cls(**values)
+
+
+def write_manifest(directory: Path, manifest: FrameManifest | GroupingManifest) -> None:
+    """Write ``manifest.json`` (last, fsync-ed): its presence marks a complete directory."""
+    path = Path(directory) / MANIFEST
+    with open(path, "w") as handle:
+        json.dump(manifest.to_dict(), handle, indent=1)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def read_manifest(directory: Path, kind: type[FrameManifest] | type[GroupingManifest]):
+    """Read and parse a manifest, or raise ``StoreError`` naming the file and what is wrong."""
+    path = Path(directory) / MANIFEST
+    try:
+        with open(path) as handle:
+            values = json.load(handle)
+    except FileNotFoundError:
+        raise StoreError(f"{directory}: not a ptychodata store ({MANIFEST} is missing)") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise StoreError(f"{path}: unreadable manifest ({exc})") from exc
+    expected_format = kind.__dataclass_fields__["format"].default
+    if values.get("format") != expected_format:
+        raise StoreError(f"{path}: format {values.get('format')!r}; expected {expected_format!r}")
+    if values.get("schema_version") != SCHEMA_VERSION:
+        raise StoreError(
+            f"{path}: schema version {values.get('schema_version')}; this ptychodata reads version "
+            f"{SCHEMA_VERSION}. Prepare the store again."
+        )
+    try:
+        return kind.from_dict(values)
+    except (TypeError, KeyError) as exc:
+        raise StoreError(f"{path}: malformed manifest ({exc})") from exc
+
+
+def check_files(directory: Path, files: dict[str, FileEntry]) -> None:
+    """Raise ``StoreError`` naming the first file that is missing or whose size differs."""
+    for name, entry in files.items():
+        path = Path(directory) / name
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            raise StoreError(f"{path}: missing from the store (listed in its manifest)") from None
+        if size != entry.bytes:
+            raise StoreError(
+                f"{path}: {size} bytes on disk but the manifest says {entry.bytes} (shape {entry.shape}, "
+                f"dtype {entry.dtype}); the file is truncated or was replaced. Prepare the store again."
+            )

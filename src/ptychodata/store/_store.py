@@ -1,0 +1,279 @@
+"""An opened store: memory-mapped frames plus one grouping, served as batches.
+
+Opening maps files and reads only the manifests and ``.npy`` headers, so it takes
+milliseconds whatever the size. A ``Store`` pickles by path (a recipe, not its data),
+so a DataLoader worker re-opens the memmaps instead of receiving copies.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ptychodata.coords import group_coords
+from ptychodata.errors import StoreError
+from ptychodata.grouped import PtychoDataContainer, gather_channels_last
+from ptychodata.patches import extract_patches
+from ptychodata.store._manifest import FrameManifest, GroupingManifest, check_files, read_manifest
+
+__all__ = ["Store", "open_store"]
+
+_BATCH_KEYS = ("X", "coords_relative", "coords_offsets", "nn_indices", "group_index", "experiment_id", "probe")
+
+
+def open_store(path: str | os.PathLike) -> Store:
+    """Open a prepared store: a grouping directory, or a frame store holding exactly one grouping."""
+    path = Path(path).expanduser()
+    if (path / "groupings").is_dir():
+        candidates = sorted(p for p in (path / "groupings").iterdir() if (p / "manifest.json").exists())
+        if len(candidates) != 1:
+            names = ", ".join(p.name for p in candidates) or "none"
+            raise StoreError(f"{path}: a frame store with {len(candidates)} groupings ({names}); open one of them")
+        path = candidates[0]
+    return Store(path)
+
+
+class Store:
+    """A prepared store (frames + one grouping), opened read-only.
+
+    ``len(store)`` is the number of groups B. ``store.batch(indices)`` gathers groups into
+    the channels-first torch-batch layout of the contract (§7) as NumPy arrays.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path).expanduser().resolve()
+        self.grouping = read_manifest(self.path, GroupingManifest)
+        self.frames_path = self.path.parent.parent
+        self.frames = read_manifest(self.frames_path, FrameManifest)
+        if self.grouping.frames_key != self.frames.key:
+            raise StoreError(f"{self.path}: grouping belongs to frames {self.grouping.frames_key}, "
+                             f"not to {self.frames_path} ({self.frames.key})")
+        check_files(self.frames_path, self.frames.files)
+        check_files(self.path, self.grouping.files)
+        self._frames = {name[:-4]: self._map(self.frames_path / name) for name in self.frames.files}
+        self._groups = {name[:-4]: self._map(self.path / name) for name in self.grouping.files}
+        self._x_scale = np.asarray(self.grouping.x_scale, np.float32)
+        self._buffers: dict[tuple[str, int], np.ndarray] = {}
+
+    def _map(self, path: Path) -> np.ndarray:
+        try:
+            return np.load(path, mmap_mode="r")
+        except (ValueError, OSError) as exc:
+            raise StoreError(f"{path}: unreadable store file ({exc}); prepare the store again") from exc
+
+    # ------------------------------------------------------------------ pickling by recipe
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": str(self.path)}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["path"])
+
+    # ------------------------------------------------------------------ sizes
+    def __len__(self) -> int:
+        return self.grouping.n_groups
+
+    @property
+    def N(self) -> int:
+        return self.frames.N
+
+    @property
+    def C(self) -> int:
+        return self.grouping.C
+
+    @property
+    def n_experiments(self) -> int:
+        return len(self.frames.experiments)
+
+    @property
+    def has_ground_truth(self) -> bool:
+        """Whether Y can be served: stored patches, or an object for every experiment."""
+        return "Y" in self._frames or all(e.object_shape is not None for e in self.frames.experiments)
+
+    def array(self, name: str) -> np.ndarray:
+        """A stored array by file stem (e.g. ``"patterns"``, ``"groups"``), memory-mapped."""
+        if name in self._groups:
+            return self._groups[name]
+        return self._frames[name]
+
+    # ------------------------------------------------------------------ batches
+    def batch(self, indices: Any, *, with_Y: bool = False, reuse: bool = True) -> dict[str, np.ndarray]:
+        """Gather groups ``indices`` into a §7 batch (channels-first NumPy arrays).
+
+        Parameters
+        ----------
+        indices : sequence of int, shape (B,)
+            Group indices, in the order the batch should have.
+        with_Y : bool
+            Add ground-truth patches ``Y`` (B, C, N, N) complex64.
+        reuse : bool
+            Fill buffers kept by this Store (fast: no page faults on fresh memory). The
+            arrays returned are then overwritten by the next call with the same batch
+            size; copy them to keep them, or pass ``reuse=False``.
+
+        Returns
+        -------
+        dict
+            ``X`` (B, C, N, N) float32 normalised; ``coords_relative`` (B, C, 1, 2) and
+            ``coords_offsets`` (B, 1, 1, 2) float32 with last axis (x, y); ``nn_indices``
+            (B, C) int64 (pattern indices in the store); ``group_index``,
+            ``experiment_id`` (B,) int64; ``probe`` (B, N, N) complex64; ``Y`` if asked.
+        """
+        index = self._check_indices(indices)
+        B, C, N = len(index), self.C, self.N
+        out = {key: self._buffer(key, B, reuse) for key in _BATCH_KEYS + (("Y",) if with_Y else ())}
+        experiment = np.take(self._groups["group_experiment"], index, out=out["experiment_id"])
+        members = np.take(self._groups["groups"], index, axis=0, out=out["nn_indices"])
+        if "X" in self._groups:  # materialized: already scaled
+            _sorted_take(self._groups["X"], index, out["X"])
+        else:
+            _sorted_take(self._frames["patterns"], members.reshape(-1), out["X"].reshape(B * C, N, N))
+            out["X"] *= self._x_scale[experiment][:, None, None, None]
+        out["coords_relative"][:, :, 0, :] = self._groups["coords_relative"][index]
+        out["coords_offsets"][:, 0, 0, :] = self._groups["coords_offsets"][index]
+        out["group_index"][:] = index
+        np.take(self._frames["probes"], experiment, axis=0, out=out["probe"])
+        if with_Y:
+            self._fill_Y(members, out["Y"])
+        return out
+
+    def _check_indices(self, indices: Any) -> np.ndarray:
+        index = np.asarray(indices)
+        if index.ndim != 1 or not (index.size == 0 or np.issubdtype(index.dtype, np.integer)):
+            raise IndexError(f"batch indices must be a 1-D sequence of ints; got shape {index.shape} {index.dtype}")
+        index = index.astype(np.int64, copy=False)
+        if index.size and (index.min() < -len(self) or index.max() >= len(self)):
+            raise IndexError(f"group index out of range for a store of {len(self)} groups")
+        return np.where(index < 0, index + len(self), index)
+
+    def _buffer(self, key: str, B: int, reuse: bool) -> np.ndarray:
+        C, N = self.C, self.N
+        shape, dtype = {
+            "X": ((B, C, N, N), np.float32),
+            "Y": ((B, C, N, N), np.complex64),
+            "coords_relative": ((B, C, 1, 2), np.float32),
+            "coords_offsets": ((B, 1, 1, 2), np.float32),
+            "nn_indices": ((B, C), np.int64),
+            "group_index": ((B,), np.int64),
+            "experiment_id": ((B,), np.int64),
+            "probe": ((B, N, N), np.complex64),
+        }[key]
+        if not reuse:
+            return np.empty(shape, dtype)
+        buffer = self._buffers.get((key, B))
+        if buffer is None:
+            buffer = self._buffers[(key, B)] = np.empty(shape, dtype)
+        return buffer
+
+    def _fill_Y(self, members: np.ndarray, out: np.ndarray) -> None:
+        B, C, N = out.shape[0], self.C, self.N
+        flat_members = members.reshape(-1)
+        flat_out = out.reshape(B * C, N, N)
+        if "Y" in self._frames:
+            _sorted_take(self._frames["Y"], flat_members, flat_out)
+            return
+        experiment_of = self._frames["experiment_id"][flat_members]
+        for experiment in np.unique(experiment_of):
+            obj = self._frames.get(f"object_{experiment}")
+            if obj is None:
+                raise StoreError(f"{self.path}: experiment {experiment} has no object, so no ground-truth Y")
+            rows = np.flatnonzero(experiment_of == experiment)
+            points = flat_members[rows]
+            flat_out[rows] = extract_patches(obj, self._frames["xcoords"][points], self._frames["ycoords"][points], N)
+
+    # ------------------------------------------------------------------ whole-store views
+    def grouped_data(self, experiment: int | None = None) -> dict[str, Any]:
+        """The §6 grouped dict (channels-last) of all groups, or of one experiment's groups.
+
+        ``x_scale`` and ``intensity_scale`` are scalars for one experiment and lists (one per
+        experiment) otherwise; ``objectGuess`` is the experiment's object (None for several).
+        """
+        groups = np.asarray(self._groups["groups"])
+        group_experiment = np.asarray(self._groups["group_experiment"])
+        if experiment is not None:
+            keep = group_experiment == experiment
+            groups, group_experiment = groups[keep], group_experiment[keep]
+        (diffraction,) = gather_channels_last(self._frames["patterns"], groups)
+        X_full = diffraction * self._x_scale[group_experiment][:, None, None, None]
+        Y = None
+        if self.has_ground_truth:
+            Y = np.empty((len(groups), self.C, self.N, self.N), np.complex64)
+            self._fill_Y(groups, Y)
+            Y = np.ascontiguousarray(Y.transpose(0, 2, 3, 1))
+        f = self._frames
+        coords = group_coords(f["xcoords"], f["ycoords"], groups)
+        start = group_coords(f["xcoords_start"], f["ycoords_start"], groups)
+        single = experiment if experiment is not None else (0 if self.n_experiments == 1 else None)
+        return {
+            "diffraction": diffraction,
+            "X_full": X_full,
+            "Y": Y,
+            "coords_nn": coords.nn,
+            "coords_offsets": coords.offsets,
+            "coords_relative": coords.relative,
+            "coords_start_nn": start.nn,
+            "coords_start_offsets": start.offsets,
+            "coords_start_relative": start.relative,
+            "nn_indices": groups,
+            "objectGuess": None if single is None else self._object(single),
+            "x_scale": self.grouping.x_scale if single is None else self.grouping.x_scale[single],
+            "intensity_scale": self.grouping.intensity_scale
+            if single is None
+            else self.grouping.intensity_scale[single],
+        }
+
+    def _object(self, experiment: int) -> np.ndarray | None:
+        obj = self._frames.get(f"object_{experiment}")
+        return None if obj is None else np.asarray(obj)
+
+    def container(self, experiment: int | None = None, **kwargs: Any) -> PtychoDataContainer:
+        """A :class:`~ptychodata.grouped.PtychoDataContainer` (§8) of one experiment."""
+        if experiment is None:
+            if self.n_experiments != 1:
+                raise StoreError(f"{self.path}: {self.n_experiments} experiments; pass experiment=...")
+            experiment = 0
+        grouped = self.grouped_data(experiment)
+        return PtychoDataContainer.from_grouped(grouped, self._frames["probes"][experiment], **kwargs)
+
+    def info(self) -> dict[str, Any]:
+        """A JSON-ready summary: paths, sizes, config, per-experiment sources and scales."""
+        sizes = [(self.frames_path / n).stat().st_size for n in self.frames.files]
+        sizes += [(self.path / n).stat().st_size for n in self.grouping.files]
+        return {
+            "path": str(self.path),
+            "frames_path": str(self.frames_path),
+            "n_patterns": self.frames.n_patterns,
+            "N": self.N,
+            "n_groups": len(self),
+            "C": self.C,
+            "materialized": self.grouping.materialized,
+            "config": self.grouping.config,
+            "bytes_on_disk": int(sum(sizes)),
+            "created": self.grouping.created,
+            "experiments": [
+                {
+                    "experiment_id": e.experiment_id,
+                    "source": e.source.path or "in-memory scan",
+                    "n_points": e.n_points,
+                    "object_shape": e.object_shape,
+                    "x_scale": self.grouping.x_scale[e.experiment_id],
+                    "intensity_scale": self.grouping.intensity_scale[e.experiment_id],
+                }
+                for e in self.frames.experiments
+            ],
+        }
+
+    def __repr__(self) -> str:
+        return (f"Store({str(self.path)!r}, groups={len(self)}, C={self.C}, N={self.N}, "
+                f"experiments={self.n_experiments})")
+
+
+def _sorted_take(source: np.ndarray, index: np.ndarray, out: np.ndarray) -> None:
+    """``out[:] = source[index]``, reading ``source`` in ascending index order.
+
+    Ascending reads let the OS read ahead on a memmap; the rows are then put back in the
+    requested order. Both steps write into existing buffers.
+    """
+    np.take(source, index, axis=0, out=out)

@@ -92,6 +92,8 @@ class ExperimentEntry:
 
 @dataclass(frozen=True)
 class FrameManifest:
+    """The frame store's record: sources, pattern count, files; ``build_id`` is new per build."""
+
     key: str
     N: int
     n_patterns: int
@@ -99,6 +101,7 @@ class FrameManifest:
     experiments: list[ExperimentEntry]
     files: dict[str, FileEntry]
     created: str
+    build_id: str
     library_version: str
     schema_version: int = SCHEMA_VERSION
     format: str = "ptychodata-frames"
@@ -119,6 +122,8 @@ class FrameManifest:
 
 @dataclass(frozen=True)
 class GroupingManifest:
+    """A grouping's record: its config, scale factors per experiment, files."""
+
     key: str
     frames_key: str
     config: dict[str, Any]
@@ -129,6 +134,7 @@ class GroupingManifest:
     materialized: bool
     files: dict[str, FileEntry]
     created: str
+    build_id: str
     library_version: str
     schema_version: int = SCHEMA_VERSION
     format: str = "ptychodata-grouping"

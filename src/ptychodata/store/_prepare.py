@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import math
 import os
+import uuid
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -275,6 +276,7 @@ def _build_frames(
         experiments=experiments,
         files={path.name: FileEntry.of(path) for path in sorted(directory.glob("*.npy"))},
         created=_now(),
+        build_id=uuid.uuid4().hex,
         library_version=__version__,
     )
     write_manifest(directory, manifest)
@@ -363,6 +365,7 @@ def _build_grouping(
         materialized=materialize,
         files={path.name: FileEntry.of(path) for path in sorted(directory.glob("*.npy"))},
         created=_now(),
+        build_id=uuid.uuid4().hex,
         library_version=__version__,
     )
     write_manifest(directory, manifest)

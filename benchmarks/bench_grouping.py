@@ -41,8 +41,8 @@ def main() -> None:
     for n_points in args.sizes:
         positions = jittered_raster(n_points)
         config = GroupingConfig(gridsize=args.gridsize, neighbor_count=args.neighbors, seed=0)
-        grouped_s, groups = best_time(lambda: group(positions, config))
-        tree_s, _ = best_time(lambda: bare_kdtree(positions, args.neighbors))
+        grouped_s, groups = best_time(lambda p=positions, c=config: group(p, c))
+        tree_s, _ = best_time(lambda p=positions: bare_kdtree(p, args.neighbors))
         assert groups.shape == (n_points, args.gridsize**2)
         print(
             f"{n_points:>9} {grouped_s:>10.3f} {tree_s:>10.3f} {grouped_s / tree_s:>6.2f} "

@@ -7,8 +7,9 @@ import pytest
 from scipy.spatial import cKDTree
 
 from ptychodata import ScanData
-from ptychodata.cli import _sample_indices, main, probe_diameter, summarize_scan
+from ptychodata.cli import main
 from ptychodata.simulate import simulate
+from ptychodata.summary import _sample_indices, probe_diameter, summarize_scan
 
 
 def write_counts_file(path, dtype):

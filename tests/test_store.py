@@ -297,12 +297,15 @@ def test_sigkill_never_leaves_a_partial_store(tmp_path, big_source):
     out, err = reference.communicate(timeout=120)
     assert reference.returncode == 0, err
     full = time.perf_counter() - start
+    interrupted_builds = 0
     for fraction in (0.15, 0.35, 0.55, 0.75, 0.9):
         process = run_prepare(big_source, cache)
         time.sleep(full * fraction)
         process.send_signal(signal.SIGKILL)
         process.wait()
         assert_no_partial_store(cache)
+        interrupted_builds += bool(list(cache.rglob(".tmp-*")))
+    assert interrupted_builds >= 2, "the kills should land in the middle of builds"
     finished = run_prepare(big_source, cache)
     out, err = finished.communicate(timeout=120)
     assert finished.returncode == 0, err

@@ -1,7 +1,15 @@
 import numpy as np
 import pytest
 
-from ptychodata import GroupingConfig, PtychoDataContainer, ScanData, ScanDataError, grouped_data, reassemble, simulate
+from ptychodata import (
+    GroupingConfig,
+    PtychoDataContainer,
+    ScanData,
+    ScanDataError,
+    grouped_data,
+    reassemble,
+    simulate,
+)
 
 
 @pytest.fixture(scope="module")

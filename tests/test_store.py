@@ -294,7 +294,7 @@ def test_sigkill_never_leaves_a_partial_store(tmp_path, big_source):
     cache = tmp_path / "cache"
     start = time.perf_counter()
     reference = run_prepare(big_source, tmp_path / "timing")
-    out, err = reference.communicate(timeout=120)
+    _, err = reference.communicate(timeout=120)
     assert reference.returncode == 0, err
     full = time.perf_counter() - start
     interrupted_builds = 0
@@ -307,7 +307,7 @@ def test_sigkill_never_leaves_a_partial_store(tmp_path, big_source):
         interrupted_builds += bool(list(cache.rglob(".tmp-*")))
     assert interrupted_builds >= 2, "the kills should land in the middle of builds"
     finished = run_prepare(big_source, cache)
-    out, err = finished.communicate(timeout=120)
+    _, err = finished.communicate(timeout=120)
     assert finished.returncode == 0, err
     assert_no_partial_store(cache)
     assert not list(cache.glob(".tmp-*")), "leftover temporaries are cleaned by the next build"

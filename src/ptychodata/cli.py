@@ -1,4 +1,4 @@
-"""The ``ptychodata`` command: ``simulate``, ``inspect`` and ``demo``.
+"""The ``ptychodata`` command: ``simulate``, ``inspect``, ``prepare``, ``cache`` and ``demo``.
 
 Thin by design: parse the arguments, call one library function, print. A
 :class:`~ptychodata.errors.PtychodataError` (or an OS error such as an unwritable
@@ -24,13 +24,10 @@ from typing import Any
 import numpy as np
 
 from ptychodata.errors import PtychodataError
-from ptychodata.summary import format_summary, summarize_scan
+from ptychodata.summary import format_summary, human_size, summarize_scan
 
 __all__ = ["build_parser", "main"]
 
-# inspect reads at most this many diffraction patterns, and at most this many bytes of them.
-# Fraction of the probe intensity Σ|P|² inside the circle whose diameter is "the probe diameter".
-# Integer-valued diffraction with a maximum above this looks like raw detector counts.
 _MB = 1e6
 
 
@@ -103,10 +100,53 @@ def build_parser() -> argparse.ArgumentParser:
         "scan extent, step, probe size and overlap, and whether the patterns look like amplitudes "
         "or raw counts.",
     )
-    insp.add_argument("file", type=Path, metavar="FILE", help="scan .npz")
+    insp.add_argument("file", type=Path, metavar="FILE", help="scan .npz, or a store directory")
     insp.add_argument("--plot", type=Path, metavar="OUT.png", help="also draw an overview figure")
     insp.add_argument("--json", action="store_true", help="print the summary as JSON")
     insp.set_defaults(run=_run_inspect)
+
+    prep = commands.add_parser(
+        "prepare",
+        help="build (or reuse) the memory-mapped store of one or more scans; prints its path",
+        description="Copy the scans' patterns into a store once (streamed, checked, hashed), group them, "
+        "and print the store's path. An up-to-date store is reused in milliseconds; a changed source "
+        "is rebuilt. Each source is one experiment; groups never cross experiments.",
+    )
+    prep.add_argument("sources", type=Path, nargs="+", metavar="SRC", help="scan .npz files")
+    prep.add_argument(
+        "--gridsize", type=_positive_int, default=1, help="g, C = g² patterns a group (default 1)"
+    )
+    prep.add_argument("--neighbors", type=_positive_int, default=4, help="neighbour pool K (default 4)")
+    prep.add_argument("--n-groups", type=_positive_int, help="number of groups (default: one per point)")
+    prep.add_argument("--seed", type=int, default=0, help="grouping seed (default 0)")
+    prep.add_argument("--order", choices=("random", "raster"), default="random", help="member order")
+    prep.add_argument(
+        "--oversample", action="store_true", help="allow more groups than points (gridsize > 1)"
+    )
+    prep.add_argument("--nphotons", type=_positive_float, help="photons per pattern, for intensity_scale")
+    prep.add_argument(
+        "--cache-dir", type=Path, help="cache directory (default $PTYCHODATA_CACHE or ~/.cache)"
+    )
+    prep.add_argument("--intensity", action="store_true", help="sources hold counts: store sqrt(counts)")
+    prep.add_argument("--materialize", action="store_true", help="also write the grouped X array")
+    prep.add_argument("--verify", action="store_true", help="re-hash sources before reusing a store")
+    prep.add_argument("--quiet", action="store_true", help="no progress bars")
+    prep.set_defaults(run=_run_prepare)
+
+    cache = commands.add_parser("cache", help="list, verify or remove cached stores")
+    cache.add_argument("action", choices=("list", "verify", "remove"))
+    cache.add_argument(
+        "stores",
+        nargs="*",
+        metavar="KEY",
+        help="frame store keys or paths (default: all for list/verify; remove needs keys or --all)",
+    )
+    cache.add_argument(
+        "--cache-dir", type=Path, help="cache directory (default $PTYCHODATA_CACHE or ~/.cache)"
+    )
+    cache.add_argument("--all", action="store_true", help="with remove: every store and leftover temporary")
+    cache.add_argument("--quick", action="store_true", help="with verify: skip re-hashing the sources")
+    cache.set_defaults(run=_run_cache)
 
     demo = commands.add_parser(
         "demo",
@@ -154,6 +194,8 @@ def _run_simulate(args: argparse.Namespace) -> int:
 def _run_inspect(args: argparse.Namespace) -> int:
     from ptychodata.scan import ScanData
 
+    if args.file.is_dir():
+        return _inspect_store(args)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         scan = ScanData.load(args.file)
@@ -170,6 +212,129 @@ def _run_inspect(args: argparse.Namespace) -> int:
         from ptychodata.plot import plot_scan
 
         print(f"plot: {plot_scan(scan, args.plot)}")
+    return 0
+
+
+def _inspect_store(args: argparse.Namespace) -> int:
+    from ptychodata.store import open_store
+
+    store = open_store(args.file)
+    info = store.info()
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        config = info["config"]
+        print(f"store        {info['path']}")
+        print(f"frames       {info['frames_path']}")
+        print(
+            f"patterns     {info['n_patterns']} of {info['N']}×{info['N']}, {human_size(info['bytes_on_disk'])} "
+            "on disk"
+        )
+        print(
+            f"groups       {info['n_groups']} of C={info['C']} (gridsize {config['gridsize']}, "
+            f"K={config['neighbor_count']}, seed {config['seed']}, order {config['order']})"
+            + (", X materialized" if info["materialized"] else "")
+        )
+        for experiment in info["experiments"]:
+            scale = experiment["intensity_scale"]
+            print(
+                f"experiment {experiment['experiment_id']}: {experiment['source']}, "
+                f"{experiment['n_points']} points, x_scale {experiment['x_scale']:.6g}"
+                + ("" if scale is None else f", intensity_scale {scale:.6g}")
+                + (
+                    ""
+                    if experiment["object_shape"] is None
+                    else f", object {tuple(experiment['object_shape'])}"
+                )
+            )
+    if args.plot:
+        from ptychodata.plot import plot_store
+
+        print(f"plot         {plot_store(store, args.plot)}")
+    return 0
+
+
+def _run_prepare(args: argparse.Namespace) -> int:
+    from ptychodata.grouping import GroupingConfig
+    from ptychodata.store import prepare
+
+    config = GroupingConfig(
+        gridsize=args.gridsize,
+        neighbor_count=args.neighbors,
+        n_groups=args.n_groups,
+        seed=args.seed,
+        order=args.order,
+        enable_oversampling=args.oversample,
+        nphotons=args.nphotons,
+    )
+    start = time.perf_counter()
+    store = prepare(
+        [str(source) for source in args.sources],
+        config,
+        cache_dir=args.cache_dir,
+        intensity=args.intensity,
+        materialize=args.materialize,
+        progress=not args.quiet,
+        verify=args.verify,
+    )
+    if not args.quiet:
+        print(
+            f"{len(store)} groups of C={store.C} from {store.frames.n_patterns} patterns "
+            f"({time.perf_counter() - start:.2f} s)",
+            file=sys.stderr,
+        )
+    print(store.path)
+    return 0
+
+
+def _run_cache(args: argparse.Namespace) -> int:
+    from ptychodata.store import default_cache_dir
+    from ptychodata.store._cache import list_stores, remove_store, remove_temporaries, verify_store
+
+    cache_dir = args.cache_dir or default_cache_dir()
+    stores = list_stores(cache_dir)
+    if args.stores:
+        wanted = set(args.stores)
+        stores = [s for s in stores if s.key in wanted or str(s.path) in wanted or s.path.name in wanted]
+        missing = (
+            wanted - {s.key for s in stores} - {str(s.path) for s in stores} - {s.path.name for s in stores}
+        )
+        if missing:
+            raise PtychodataError(f"{cache_dir}: no store {', '.join(sorted(missing))}")
+    if args.action == "list":
+        print(f"{cache_dir}: {len(stores)} store(s)")
+        for cached in stores:
+            sources = (
+                ", ".join(e.source.path or "in-memory scan" for e in cached.manifest.experiments)
+                if cached.manifest
+                else f"unreadable ({cached.problem})"
+            )
+            print(
+                f"{cached.key}  {human_size(cached.bytes_on_disk):>9}  "
+                f"{cached.manifest.created if cached.manifest else '?'}  {sources}"
+            )
+            for grouping, manifest in cached.groupings:
+                what = (
+                    "unreadable"
+                    if manifest is None
+                    else (f"{manifest.n_groups} groups of C={manifest.C}, config {manifest.config}")
+                )
+                print(f"    {grouping.name}  {what}")
+        return 0
+    if args.action == "verify":
+        failures = 0
+        for cached in stores:
+            problems = verify_store(cached.path, content=not args.quick)
+            failures += bool(problems)
+            print(f"{cached.key}  " + ("ok" if not problems else "PROBLEM: " + "; ".join(problems)))
+        return 1 if failures else 0
+    if not args.stores and not args.all:
+        raise PtychodataError("cache remove needs store keys, or --all")
+    for cached in stores:
+        remove_store(cached.path)
+        print(f"removed {cached.path}")
+    if args.all:
+        print(f"removed {remove_temporaries(cache_dir)} leftover temporary build(s)")
     return 0
 
 

@@ -24,8 +24,9 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure, SubFigure
 
     from ptychodata.scan import ScanData
+    from ptychodata.store import Store
 
-__all__ = ["plot_groups", "plot_scan"]
+__all__ = ["plot_groups", "plot_scan", "plot_store"]
 
 # Smallest value shown on log-scaled patterns, relative to their maximum.
 _LOG_FLOOR = 1e-4
@@ -175,6 +176,43 @@ def plot_groups(grouped: Mapping[str, Any], path: str | os.PathLike, *, n_groups
 
 
 # ---------------------------------------------------------------------- helpers
+def plot_store(store: Store, path: str | os.PathLike, *, n_groups: int = 3) -> Path:
+    """Overview of a prepared store: positions coloured by experiment, a few groups, X samples.
+
+    Left: every scan position, coloured by experiment, with ``n_groups`` groups drawn as
+    their members joined to the group centre. Right: the normalised X channels of those
+    groups (one row per group), on a shared log scale.
+    """
+    fig = _new_figure()
+    left, right = fig.subfigures(1, 2, width_ratios=[1, 1.3])
+    ax = left.subplots()
+    x, y = store.array("xcoords"), store.array("ycoords")
+    experiment = store.array("experiment_id")
+    for experiment_id in range(store.n_experiments):
+        mine = experiment == experiment_id
+        ax.scatter(x[mine], y[mine], s=_marker_size(len(x)), label=f"experiment {experiment_id}")
+    rng = np.random.default_rng(0)
+    shown = np.sort(rng.choice(len(store), size=min(n_groups, len(store)), replace=False))
+    batch = store.batch(shown, reuse=False)
+    for row, members in enumerate(batch["nn_indices"]):
+        centre = batch["coords_offsets"][row, 0, 0]
+        for member in members:
+            ax.plot([centre[0], x[member]], [centre[1], y[member]], color="k", lw=0.8)
+        ax.scatter(x[members], y[members], s=30, facecolors="none", edgecolors="k")
+        ax.annotate(f"group {shown[row]}", centre, xytext=(4, 4), textcoords="offset points", fontsize=8)
+    ax.set_aspect("equal")
+    ax.invert_yaxis()
+    ax.set_xlabel("x (object px)")
+    ax.set_ylabel("y (object px)")
+    ax.set_title(f"{len(x)} positions, {len(store)} groups of C={store.C}")
+    ax.legend(loc="upper right", fontsize=8, markerscale=3)
+    rows = right.subfigures(len(shown), 1)
+    for row, subfigure in enumerate(np.atleast_1d(rows)):
+        titles = [f"group {shown[row]}, c={c}" for c in range(store.C)]
+        _draw_patterns(subfigure, batch["X"][row], titles, label="X (normalised)")
+    return _save(fig, path)
+
+
 def _new_figure() -> Figure:
     from matplotlib.figure import Figure
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from ptychodata.scan import ScanData
 
-__all__ = ["format_summary", "jsonable", "probe_diameter", "summarize_scan"]
+__all__ = ["format_summary", "human_size", "jsonable", "probe_diameter", "summarize_scan"]
 
 # inspect reads at most this many diffraction patterns, and at most this many bytes of them.
 _SAMPLE_PATTERNS = 2000
@@ -121,7 +121,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     """Human-readable text of a :func:`summarize_scan` dict (with optional ``file``/``file_size_bytes``)."""
     lines = []
     if "file" in summary:
-        lines.append(f"file         {summary['file']} ({_human_size(summary['file_size_bytes'])})")
+        lines.append(f"file         {summary['file']} ({human_size(summary['file_size_bytes'])})")
     lines.append(f"points       M = {summary['n_points']}")
     lines.append(f"patterns     N = {summary['N']} (N×N)")
     lines.append("arrays")
@@ -239,7 +239,7 @@ def _amplitude_hint(dtype: np.dtype, stats: dict[str, Any]) -> tuple[bool, str]:
     return False, "looks like amplitudes (sqrt of counts)"
 
 
-def _human_size(n_bytes: int) -> str:
+def human_size(n_bytes: int) -> str:
     for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
         if n_bytes >= size:
             return f"{n_bytes / size:.1f} {unit}"

@@ -56,7 +56,7 @@ class NpyWriter:
         self.shape = tuple(int(n) for n in shape)
         self.dtype = np.dtype(dtype)
         self.rows_written = 0
-        self._handle = open(self.path, "wb")
+        self._handle = open(self.path, "wb")  # noqa: SIM115 - owned by the writer, closed by close()
         header = {"descr": npy_format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": self.shape}
         npy_format.write_array_header_2_0(self._handle, header)
 
@@ -77,7 +77,7 @@ class NpyWriter:
         os.fsync(self._handle.fileno())
         self._handle.close()
 
-    def __enter__(self) -> NpyWriter:
+    def __enter__(self) -> NpyWriter:  # noqa: PYI034 - Self needs Python 3.11
         return self
 
     def __exit__(self, kind, value, traceback) -> None:
@@ -169,7 +169,7 @@ def file_lock(path: Path) -> Iterator[None]:
     """
     path = Path(path)
     try:
-        handle = open(path, "a+b")
+        handle = open(path, "a+b")  # noqa: SIM115 - held for the lock's lifetime
     except OSError as exc:
         raise StoreError(f"{path.parent}: cannot create a lock file there ({exc.strerror})") from exc
     try:

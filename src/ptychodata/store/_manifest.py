@@ -160,7 +160,7 @@ def write_manifest(directory: Path, manifest: FrameManifest | GroupingManifest) 
         os.fsync(handle.fileno())
 
 
-def read_manifest(directory: Path, kind: type[FrameManifest] | type[GroupingManifest]):
+def read_manifest(directory: Path, kind: type[FrameManifest | GroupingManifest]):
     """Read and parse a manifest, or raise ``StoreError`` naming the file and what is wrong."""
     path = Path(directory) / MANIFEST
     try:

@@ -170,7 +170,14 @@ def content_hash(scan: ScanData, *, progress: bool = False) -> str:
 
 def _hash_small_arrays(scan: ScanData):
     hasher = new_hasher()
-    for array in (scan.xcoords, scan.ycoords, scan.xcoords_start, scan.ycoords_start, scan.probe, scan.object):
+    for array in (
+        scan.xcoords,
+        scan.ycoords,
+        scan.xcoords_start,
+        scan.ycoords_start,
+        scan.probe,
+        scan.object,
+    ):
         if array is not None:
             hasher.update(np.ascontiguousarray(array).tobytes())
     return hasher
@@ -214,9 +221,7 @@ def _grouping_stale(grouping_dir: Path, frames: FrameManifest) -> str | None:
 
 
 # ---------------------------------------------------------------------- frames
-def _build_frames(
-    directory: Path, key: str, handles: list[_Source], intensity: bool, progress: bool
-) -> None:
+def _build_frames(directory: Path, key: str, handles: list[_Source], intensity: bool, progress: bool) -> None:
     sizes = {handle.scan.N for handle in handles}
     if len(sizes) > 1:
         found = ", ".join(f"{h.path or 'in-memory scan'}: N={h.scan.N}" for h in handles)
@@ -227,9 +232,10 @@ def _build_frames(
     experiments = []
     start = 0
     bar = tqdm(total=n_total, disable=not progress, desc="copying patterns", unit="pattern", unit_scale=True)
-    with NpyWriter(directory / "patterns.npy", (n_total, N, N), np.float32) as patterns, NpyWriter(
-        directory / "energies.npy", (n_total,), np.float64
-    ) as energies:
+    with (
+        NpyWriter(directory / "patterns.npy", (n_total, N, N), np.float32) as patterns,
+        NpyWriter(directory / "energies.npy", (n_total,), np.float64) as energies,
+    ):
         for experiment_id, handle in enumerate(handles):
             digest = _copy_patterns(handle, patterns, energies, intensity, bar)
             scan = handle.scan
@@ -293,7 +299,11 @@ def _copy_patterns(
         if hasher is not None:
             hasher.update(memoryview(np.ascontiguousarray(raw)).cast("B"))
         if intensity:
-            if np.iscomplexobj(raw) or (raw.dtype.kind == "f" and not np.isfinite(raw).all()) or raw.min() < 0:
+            if (
+                np.iscomplexobj(raw)
+                or (raw.dtype.kind == "f" and not np.isfinite(raw).all())
+                or raw.min() < 0
+            ):
                 raise ScanDataError(f"{where}: NaN/Inf or negative counts near pattern {start}")
             amplitude = np.sqrt(raw, dtype=np.float32)
         else:
@@ -358,7 +368,7 @@ def _build_grouping(
         key=key,
         frames_key=frames.key,
         config=config.to_dict(),
-        n_groups=int(len(groups)),
+        n_groups=len(groups),
         C=int(groups.shape[1]),
         x_scale=scales,
         intensity_scale=photon_scales,
@@ -377,7 +387,9 @@ def _materialize_X(directory: Path, frames_dir: Path, groups: np.ndarray, scale:
     N = patterns.shape[-1]
     step = max(1, _CHUNK_BYTES // (4 * C * N * N))
     with NpyWriter(directory / "X.npy", (n_groups, C, N, N), np.float32) as writer:
-        for start in tqdm(range(0, n_groups, step), disable=not progress, desc="materializing X", unit="chunk"):
+        for start in tqdm(
+            range(0, n_groups, step), disable=not progress, desc="materializing X", unit="chunk"
+        ):
             block = patterns[groups[start : start + step].ravel()].reshape(-1, C, N, N)
             block *= scale[start : start + step, None, None, None].astype(np.float32)
             writer.write(block)

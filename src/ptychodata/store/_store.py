@@ -21,7 +21,15 @@ from ptychodata.store._manifest import FrameManifest, GroupingManifest, check_fi
 
 __all__ = ["Store", "open_store"]
 
-_BATCH_KEYS = ("X", "coords_relative", "coords_offsets", "nn_indices", "group_index", "experiment_id", "probe")
+_BATCH_KEYS = (
+    "X",
+    "coords_relative",
+    "coords_offsets",
+    "nn_indices",
+    "group_index",
+    "experiment_id",
+    "probe",
+)
 
 
 def open_store(path: str | os.PathLike) -> Store:
@@ -31,7 +39,9 @@ def open_store(path: str | os.PathLike) -> Store:
         candidates = sorted(p for p in (path / "groupings").iterdir() if (p / "manifest.json").exists())
         if len(candidates) != 1:
             names = ", ".join(p.name for p in candidates) or "none"
-            raise StoreError(f"{path}: a frame store with {len(candidates)} groupings ({names}); open one of them")
+            raise StoreError(
+                f"{path}: a frame store with {len(candidates)} groupings ({names}); open one of them"
+            )
         path = candidates[0]
     return Store(path)
 
@@ -49,8 +59,10 @@ class Store:
         self.frames_path = self.path.parent.parent
         self.frames = read_manifest(self.frames_path, FrameManifest)
         if self.grouping.frames_key != self.frames.key:
-            raise StoreError(f"{self.path}: grouping belongs to frames {self.grouping.frames_key}, "
-                             f"not to {self.frames_path} ({self.frames.key})")
+            raise StoreError(
+                f"{self.path}: grouping belongs to frames {self.grouping.frames_key}, "
+                f"not to {self.frames_path} ({self.frames.key})"
+            )
         check_files(self.frames_path, self.frames.files)
         check_files(self.path, self.grouping.files)
         self._frames = {name[:-4]: self._map(self.frames_path / name) for name in self.frames.files}
@@ -142,7 +154,9 @@ class Store:
     def _check_indices(self, indices: Any) -> np.ndarray:
         index = np.asarray(indices)
         if index.ndim != 1 or not (index.size == 0 or np.issubdtype(index.dtype, np.integer)):
-            raise IndexError(f"batch indices must be a 1-D sequence of ints; got shape {index.shape} {index.dtype}")
+            raise IndexError(
+                f"batch indices must be a 1-D sequence of ints; got shape {index.shape} {index.dtype}"
+            )
         index = index.astype(np.int64, copy=False)
         if index.size and (index.min() < -len(self) or index.max() >= len(self)):
             raise IndexError(f"group index out of range for a store of {len(self)} groups")
@@ -181,7 +195,9 @@ class Store:
                 raise StoreError(f"{self.path}: experiment {experiment} has no object, so no ground-truth Y")
             rows = np.flatnonzero(experiment_of == experiment)
             points = flat_members[rows]
-            flat_out[rows] = extract_patches(obj, self._frames["xcoords"][points], self._frames["ycoords"][points], N)
+            flat_out[rows] = extract_patches(
+                obj, self._frames["xcoords"][points], self._frames["ycoords"][points], N
+            )
 
     # ------------------------------------------------------------------ whole-store views
     def grouped_data(self, experiment: int | None = None) -> dict[str, Any]:
@@ -266,8 +282,10 @@ class Store:
         }
 
     def __repr__(self) -> str:
-        return (f"Store({str(self.path)!r}, groups={len(self)}, C={self.C}, N={self.N}, "
-                f"experiments={self.n_experiments})")
+        return (
+            f"Store({str(self.path)!r}, groups={len(self)}, C={self.C}, N={self.N}, "
+            f"experiments={self.n_experiments})"
+        )
 
 
 def _sorted_take(source: np.ndarray, index: np.ndarray, out: np.ndarray) -> None:

@@ -1,0 +1,84 @@
+"""The store commands of the CLI: prepare, inspect STORE, cache list|verify|remove."""
+
+import numpy as np
+import pytest
+
+from ptychodata import open_store, simulate
+from ptychodata.cli import main
+
+
+@pytest.fixture
+def sources(tmp_path):
+    a = simulate(n_points=60, N=16, seed=1).save(tmp_path / "a.npz")
+    b = simulate(n_points=40, N=16, seed=2, pattern="fermat").save(tmp_path / "b.npz")
+    return a, b
+
+
+def prepare_cli(capsys, *args):
+    assert main(["prepare", *map(str, args), "--quiet"]) == 0
+    return capsys.readouterr().out.strip()
+
+
+def test_prepare_prints_the_store_path_and_reuses_it(tmp_path, sources, capsys):
+    cache = tmp_path / "cache"
+    path = prepare_cli(capsys, *sources, "--gridsize", 2, "--neighbors", 6, "--cache-dir", cache)
+    store = open_store(path)
+    assert len(store) == 100 and store.C == 4 and store.n_experiments == 2
+    again = prepare_cli(capsys, *sources, "--gridsize", 2, "--neighbors", 6, "--cache-dir", cache)
+    assert again == path and open_store(again).grouping.build_id == store.grouping.build_id
+    other = prepare_cli(capsys, *sources, "--n-groups", 30, "--seed", 4, "--materialize", "--cache-dir", cache)
+    assert len(open_store(other)) == 30 and open_store(other).grouping.materialized
+
+
+def test_prepare_progress_goes_to_stderr(tmp_path, sources, capsys):
+    assert main(["prepare", str(sources[0]), "--cache-dir", str(tmp_path / "c")]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip().endswith(open_store(captured.out.strip()).path.name)
+    assert "groups of C=1" in captured.err
+
+
+def test_prepare_errors_exit_2(tmp_path, sources, capsys):
+    assert main(["prepare", str(tmp_path / "nothere.npz"), "--cache-dir", str(tmp_path / "c")]) == 2
+    assert "nothere.npz" in capsys.readouterr().err
+    assert main(["prepare", str(sources[0]), "--gridsize", "3", "--neighbors", "4", "--cache-dir",
+                 str(tmp_path / "c")]) == 2
+    assert "neighbor_count" in capsys.readouterr().err
+
+
+def test_inspect_store_and_plot(tmp_path, sources, capsys):
+    path = prepare_cli(capsys, *sources, "--gridsize", 2, "--neighbors", 6, "--cache-dir", tmp_path / "cache")
+    png = tmp_path / "store.png"
+    assert main(["inspect", path, "--plot", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert "100 of C=4" in out and "experiment 1" in out and "x_scale" in out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_cache_list_verify_remove(tmp_path, sources, capsys):
+    cache = tmp_path / "cache"
+    path = prepare_cli(capsys, sources[0], "--cache-dir", cache)
+    key = open_store(path).frames.key
+    assert main(["cache", "list", "--cache-dir", str(cache)]) == 0
+    listing = capsys.readouterr().out
+    assert key in listing and "a.npz" in listing and "60 groups of C=1" in listing
+    assert main(["cache", "verify", "--cache-dir", str(cache)]) == 0
+    assert f"{key}  ok" in capsys.readouterr().out
+    data = dict(np.load(sources[0]))
+    data["diff3d"] = data["diff3d"] * 2
+    np.savez(sources[0], **data)
+    assert main(["cache", "verify", "--cache-dir", str(cache)]) == 1
+    assert "changed" in capsys.readouterr().out
+    assert main(["cache", "remove", "--cache-dir", str(cache)]) == 2  # needs keys or --all
+    capsys.readouterr()
+    assert main(["cache", "remove", key, "--cache-dir", str(cache)]) == 0
+    assert not list(cache.glob("frames-*/"))
+    assert main(["cache", "remove", "nosuchkey", "--cache-dir", str(cache)]) == 2
+
+
+def test_cache_remove_all_cleans_temporaries(tmp_path, sources, capsys):
+    cache = tmp_path / "cache"
+    prepare_cli(capsys, sources[0], "--cache-dir", cache)
+    (cache / ".tmp-frames-deadbeef-123-abcd").mkdir()
+    assert main(["cache", "remove", "--all", "--cache-dir", str(cache)]) == 0
+    assert "1 leftover" in capsys.readouterr().out
+    assert not any(p.is_dir() for p in cache.iterdir())

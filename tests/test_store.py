@@ -66,6 +66,16 @@ def test_batch_is_the_channels_first_grouped_dict(tmp_path, source, scan):
                       "experiment_id": np.int64, "probe": np.complex64}
 
 
+def test_sorted_reads_give_the_same_batch(tmp_path, source):
+    store = prepare(source, CONFIG, cache_dir=tmp_path / "cache", progress=False)
+    sorted_store = open_store(store.path, sorted_reads=True)
+    index = [90, 4, 17, 4, 63]
+    expected = store.batch(index, with_Y=True, reuse=False)
+    got = sorted_store.batch(index, with_Y=True)
+    for key in expected:
+        np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
+
+
 def test_batch_buffers_are_reused_unless_asked(tmp_path, source):
     store = prepare(source, CONFIG, cache_dir=tmp_path / "cache", progress=False)
     first = store.batch([1, 2])

@@ -21,6 +21,7 @@ from ptychodata.store._manifest import FrameManifest, GroupingManifest, check_fi
 
 __all__ = ["Store", "open_store"]
 
+_CACHE_BYTES = 512 << 10
 _BATCH_KEYS = (
     "X",
     "coords_relative",
@@ -32,8 +33,13 @@ _BATCH_KEYS = (
 )
 
 
-def open_store(path: str | os.PathLike) -> Store:
-    """Open a prepared store: a grouping directory, or a frame store holding exactly one grouping."""
+def open_store(path: str | os.PathLike, *, sorted_reads: bool = False) -> Store:
+    """Open a prepared store: a grouping directory, or a frame store holding exactly one grouping.
+
+    ``sorted_reads=True`` makes batches read patterns in ascending file order (then put
+    them back in the requested order): better on spinning disks and network file systems,
+    about 10-40 % slower from the page cache, where the plain gather is at the in-RAM bound.
+    """
     path = Path(path).expanduser()
     if (path / "groupings").is_dir():
         candidates = sorted(p for p in (path / "groupings").iterdir() if (p / "manifest.json").exists())
@@ -43,7 +49,7 @@ def open_store(path: str | os.PathLike) -> Store:
                 f"{path}: a frame store with {len(candidates)} groupings ({names}); open one of them"
             )
         path = candidates[0]
-    return Store(path)
+    return Store(path, sorted_reads=sorted_reads)
 
 
 class Store:
@@ -53,8 +59,9 @@ class Store:
     the channels-first torch-batch layout of the contract (§7) as NumPy arrays.
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, *, sorted_reads: bool = False):
         self.path = Path(path).expanduser().resolve()
+        self.sorted_reads = sorted_reads
         self.grouping = read_manifest(self.path, GroupingManifest)
         self.frames_path = self.path.parent.parent
         self.frames = read_manifest(self.frames_path, FrameManifest)
@@ -69,19 +76,21 @@ class Store:
         self._groups = {name[:-4]: self._map(self.path / name) for name in self.grouping.files}
         self._x_scale = np.asarray(self.grouping.x_scale, np.float32)
         self._buffers: dict[tuple[str, int], np.ndarray] = {}
+        self._probes_in_buffer: dict[int, np.ndarray] = {}
 
     def _map(self, path: Path) -> np.ndarray:
+        # A plain ndarray view of the memmap: same pages, without np.memmap's per-call overhead.
         try:
-            return np.load(path, mmap_mode="r")
+            return np.load(path, mmap_mode="r").view(np.ndarray)
         except (ValueError, OSError) as exc:
             raise StoreError(f"{path}: unreadable store file ({exc}); prepare the store again") from exc
 
     # ------------------------------------------------------------------ pickling by recipe
     def __getstate__(self) -> dict[str, Any]:
-        return {"path": str(self.path)}
+        return {"path": str(self.path), "sorted_reads": self.sorted_reads}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["path"])
+        self.__init__(state["path"], sorted_reads=state["sorted_reads"])
 
     # ------------------------------------------------------------------ sizes
     def __len__(self) -> int:
@@ -139,17 +148,68 @@ class Store:
         experiment = np.take(self._groups["group_experiment"], index, out=out["experiment_id"])
         members = np.take(self._groups["groups"], index, axis=0, out=out["nn_indices"])
         if "X" in self._groups:  # materialized: already scaled
-            _sorted_take(self._groups["X"], index, out["X"])
+            self._take(self._groups["X"], index, out["X"])
         else:
-            _sorted_take(self._frames["patterns"], members.reshape(-1), out["X"].reshape(B * C, N, N))
-            out["X"] *= self._x_scale[experiment][:, None, None, None]
+            self._gather_scaled(members, experiment, out["X"])
         out["coords_relative"][:, :, 0, :] = self._groups["coords_relative"][index]
         out["coords_offsets"][:, 0, 0, :] = self._groups["coords_offsets"][index]
         out["group_index"][:] = index
-        np.take(self._frames["probes"], experiment, axis=0, out=out["probe"])
+        self._fill_probes(experiment, out["probe"], reuse)
         if with_Y:
             self._fill_Y(members, out["Y"])
         return out
+
+    def _gather_scaled(self, members: np.ndarray, experiment: np.ndarray, out: np.ndarray) -> None:
+        """X = patterns[members] · x_scale[experiment], in cache-sized runs of groups so the
+        scaling pass finds the rows it multiplies still in cache."""
+        B, C, N = out.shape[0], self.C, self.N
+        patterns = self._frames["patterns"]
+        if self.sorted_reads:
+            self._take(patterns, members.reshape(-1), out.reshape(B * C, N, N))
+        step = max(1, _CACHE_BYTES // (C * N * N * 4))
+        for start in range(0, B, step):
+            rows = out[start : start + step]
+            if not self.sorted_reads:
+                np.take(patterns, members[start : start + step].reshape(-1), axis=0,
+                        out=rows.reshape(-1, N, N))
+            if self.n_experiments == 1:
+                rows *= self._x_scale[0]
+            else:
+                rows *= self._x_scale[experiment[start : start + step]][:, None, None, None]
+
+    def _fill_probes(self, experiment: np.ndarray, out: np.ndarray, reuse: bool) -> None:
+        """Each group's experiment probe (B, N, N), contiguous. The probe stack is often the
+        largest part of a batch (complex64, one per group); a reused buffer that already
+        holds the probes of the same experiment sequence is left as it is."""
+        key = len(experiment)
+        if reuse and key in self._probes_in_buffer and np.array_equal(self._probes_in_buffer[key], experiment):
+            return
+        if self.n_experiments == 1:
+            out[:] = self._frames["probes"][0]
+        else:
+            np.take(self._frames["probes"], experiment, axis=0, out=out)
+        if reuse:
+            self._probes_in_buffer[key] = experiment.copy()
+
+    def _take(self, source: np.ndarray, index: np.ndarray, out: np.ndarray) -> None:
+        """``out[:] = source[index]`` in one vectorised gather into an existing buffer.
+
+        With ``sorted_reads`` the rows are read in ascending order into a scratch buffer
+        and then put back in the requested order.
+        """
+        if not self.sorted_reads:
+            np.take(source, index, axis=0, out=out)
+            return
+        order = np.argsort(index, kind="stable")
+        scratch = self._scratch(out)
+        np.take(source, index[order], axis=0, out=scratch)
+        out[order] = scratch
+
+    def _scratch(self, like: np.ndarray) -> np.ndarray:
+        key = (f"scratch-{like.dtype.str}-{like.shape}", 0)
+        if key not in self._buffers:
+            self._buffers[key] = np.empty_like(like)
+        return self._buffers[key]
 
     def _check_indices(self, indices: Any) -> np.ndarray:
         index = np.asarray(indices)
@@ -186,7 +246,7 @@ class Store:
         flat_members = members.reshape(-1)
         flat_out = out.reshape(B * C, N, N)
         if "Y" in self._frames:
-            _sorted_take(self._frames["Y"], flat_members, flat_out)
+            self._take(self._frames["Y"], flat_members, flat_out)
             return
         experiment_of = self._frames["experiment_id"][flat_members]
         for experiment in np.unique(experiment_of):
@@ -286,12 +346,3 @@ class Store:
             f"Store({str(self.path)!r}, groups={len(self)}, C={self.C}, N={self.N}, "
             f"experiments={self.n_experiments})"
         )
-
-
-def _sorted_take(source: np.ndarray, index: np.ndarray, out: np.ndarray) -> None:
-    """``out[:] = source[index]``, reading ``source`` in ascending index order.
-
-    Ascending reads let the OS read ahead on a memmap; the rows are then put back in the
-    requested order. Both steps write into existing buffers.
-    """
-    np.take(source, index, axis=0, out=out)

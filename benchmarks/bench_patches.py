@@ -15,12 +15,10 @@ some virtual machines costs more than the extraction itself (see the "first touc
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import resource
 import time
 
 import numpy as np
+from _common import machine, peak_rss_mib
 
 from ptychodata.patches import extract_patches, reassemble
 
@@ -77,17 +75,6 @@ def bench_size(
     return rates, worst
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--patches", type=int, default=20000, help="patches per timed call")
@@ -98,10 +85,7 @@ def main() -> None:
     args = parser.parse_args()
     N, P = args.N, args.patches
     rng = np.random.default_rng(0)
-    print(
-        f"machine: {os.cpu_count()} CPUs, {cpu_model()}, {platform.platform()}\n"
-        f"python {platform.python_version()}, numpy {np.__version__}; N = {N}, {P} patches\n"
-    )
+    print(f"machine: {machine()}\nN = {N}, {P} patches\n")
     t = time.perf_counter()
     np.empty((P, N, N), np.complex64).fill(0)
     print(f"first touch of a new (P, N, N) complex64 array: {time.perf_counter() - t:.3f} s")
@@ -114,8 +98,7 @@ def main() -> None:
             ratio = f"{rate / rates['loop baseline']:6.1f}x" if name.startswith("extract") else ""
             print(f"{S:>5}x{S:<5} | {name:<26} | {rate:>10.0f} | {ratio:>7}")
         print(f"{'':>11} | max |extract - loop| = {worst:.1e}")
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"\npeak RSS: {peak:.0f} MiB")
+    print(f"\npeak RSS: {peak_rss_mib():.0f} MiB")
 
 
 if __name__ == "__main__":

@@ -123,10 +123,10 @@ def bench_batch(n_points: int, workdir: Path) -> None:
                 out = np.empty((batch_size * store.C, N, N), np.float32)
                 rows = max(1, (512 << 10) // (N * N * 4))
 
-                def one_take(indices, out=out):
+                def one_take(indices, out=out, patterns=patterns, groups=groups):
                     np.take(patterns, groups[indices].reshape(-1), axis=0, out=out)
 
-                def blocked_take(indices, out=out, rows=rows):
+                def blocked_take(indices, out=out, rows=rows, patterns=patterns, groups=groups):
                     flat = groups[indices].reshape(-1)
                     for start in range(0, len(flat), rows):
                         np.take(patterns, flat[start : start + rows], axis=0, out=out[start : start + rows])

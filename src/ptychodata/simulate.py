@@ -32,6 +32,7 @@ from scipy import fft as sp_fft
 from tqdm.auto import tqdm
 
 from ptychodata.errors import SimulationError
+from ptychodata.patches import extract_patches
 from ptychodata.scan import ScanData
 
 __all__ = ["FFT_NORM", "simulate"]
@@ -196,34 +197,9 @@ def _build_on_disk(
     return ScanData.load(target, check_values=False)
 
 
-def _windows(obj: np.ndarray, x: np.ndarray, y: np.ndarray, N: int) -> np.ndarray:
-    """Bilinear N×N windows of ``obj`` centred on (x, y), shape (P, N, N) complex64 (§4).
-
-    ``window[p, r, q] = obj(y[p] + r - N//2, x[p] + q - N//2)``. One gather (flat
-    indices) fetches the (N+1)×(N+1) block of integer pixels under each window for the
-    whole chunk; interpolation then runs along x, then along y.
-    """
-    x0, y0 = np.floor(x), np.floor(y)
-    fx = (x - x0).astype(np.float32)[:, None, None, None]
-    fy = (y - y0).astype(np.float32)[:, None, None, None]
-    offsets = np.arange(N + 1) - N // 2
-    rows = y0.astype(np.intp)[:, None] + offsets  # (P, N+1)
-    cols = x0.astype(np.intp)[:, None] + offsets
-    block = obj.ravel().take((rows * obj.shape[1])[:, :, None] + cols[:, None, :])
-    # Real view (P, N+1, N+1, 2) so the weights multiply float32, not complex, values.
-    block = block.view(np.float32).reshape(*block.shape, 2)
-    along_x = block[:, :, 1:] - block[:, :, :-1]
-    along_x *= fx
-    along_x += block[:, :, :-1]  # (P, N+1, N, 2)
-    window = along_x[:, 1:] - along_x[:, :-1]
-    window *= fy
-    window += along_x[:, :-1]  # (P, N, N, 2)
-    return window.view(np.complex64)[..., 0]
-
-
 def _diffract(probe: np.ndarray, obj: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Amplitudes fftshift(|fft2(probe · window)|), shape (P, N, N) float32."""
-    exit_wave = probe * _windows(obj, x, y, probe.shape[0])
+    exit_wave = probe * extract_patches(obj, x, y, probe.shape[0])
     field = sp_fft.fft2(exit_wave, norm=FFT_NORM, overwrite_x=True, workers=-1)
     return sp_fft.fftshift(np.abs(field), axes=(-2, -1)).astype(np.float32, copy=False)
 

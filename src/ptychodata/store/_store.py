@@ -18,6 +18,7 @@ from ptychodata.errors import StoreError
 from ptychodata.grouped import PtychoDataContainer, gather_channels_last
 from ptychodata.patches import extract_patches
 from ptychodata.store._manifest import FrameManifest, GroupingManifest, check_files, read_manifest
+from ptychodata.store._split import StoreView, split_groups
 
 __all__ = ["Store", "open_store"]
 
@@ -312,6 +313,15 @@ class Store:
             experiment = 0
         grouped = self.grouped_data(experiment)
         return PtychoDataContainer.from_grouped(grouped, self._frames["probes"][experiment], **kwargs)
+
+    def split(
+        self, val_fraction: float, *, by: str = "region", seed: int | None = 0, tiles: int = 4
+    ) -> tuple[StoreView, StoreView]:
+        """(train, val) views; ``by="region"`` holds out whole tiles of each scan and drops
+        training groups that share a pattern with validation (see
+        :func:`~ptychodata.store._split.split_groups`)."""
+        train, val = split_groups(self, val_fraction, by=by, seed=seed, tiles=tiles)
+        return StoreView(self, train), StoreView(self, val)
 
     def info(self) -> dict[str, Any]:
         """A JSON-ready summary: paths, sizes, config, per-experiment sources and scales."""

@@ -1,0 +1,16 @@
+"""PyTorch layer: Dataset, batch sampler, DataLoader and on-device patch extraction.
+
+Importing this module imports torch; ``import ptychodata`` does not.
+"""
+
+try:
+    import torch as _torch  # noqa: F401
+except ImportError as exc:  # pragma: no cover - exercised only without torch
+    raise ImportError("ptychodata.torch needs PyTorch: pip install 'ptychodata[torch]'") from exc
+
+from ptychodata.torch._dataset import GroupedDataset, collate_batch
+from ptychodata.torch._loader import GroupLoader, make_loader, to_device
+from ptychodata.torch._patches import PatchExtractor
+from ptychodata.torch._sampler import GroupSampler
+
+__all__ = ["GroupLoader", "GroupSampler", "GroupedDataset", "PatchExtractor", "collate_batch", "make_loader", "to_device"]

@@ -1,0 +1,80 @@
+"""A map-style torch Dataset over a prepared store, fetched a whole batch at a time."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from ptychodata.store import Store, StoreView, open_store
+
+__all__ = ["GroupedDataset", "collate_batch"]
+
+
+class GroupedDataset(torch.utils.data.Dataset):
+    """Groups of a store as §7 batches of tensors.
+
+    ``__getitems__`` lets a DataLoader fetch a whole batch with one vectorised
+    ``store.batch`` gather instead of B ``__getitem__`` calls (use
+    :func:`~ptychodata.torch.make_loader`, or pass ``collate_fn=collate_batch``). Tensors
+    share memory with freshly gathered NumPy arrays (``torch.from_numpy``, no copy). The
+    dataset pickles as the store's path, so DataLoader workers re-open the memmaps.
+
+    Parameters
+    ----------
+    store : Store, StoreView or path
+    with_Y : bool or "device"
+        Add ground-truth patches ``Y`` (B, C, N, N) complex64 gathered or cut on the CPU;
+        ``"device"`` leaves Y to a :class:`~ptychodata.torch.PatchExtractor` on the GPU.
+    as_tensordict : bool
+        Return a ``tensordict.TensorDict`` with batch size (B,) (needs the ``tensordict`` extra).
+    """
+
+    def __init__(
+        self,
+        store: Store | StoreView | str | os.PathLike,
+        *,
+        with_Y: bool | Literal["device"] = False,
+        as_tensordict: bool = False,
+    ):
+        self.store = store if isinstance(store, (Store, StoreView)) else open_store(store)
+        if with_Y not in (True, False, "device"):
+            raise ValueError(f"with_Y={with_Y!r}; expected True, False or 'device'")
+        if with_Y is True and not self.store.has_ground_truth:
+            raise ValueError(f"{self.store.path}: the store has no object or Y, so with_Y cannot be served")
+        if as_tensordict:
+            _import_tensordict()
+        self.with_Y = with_Y
+        self.as_tensordict = as_tensordict
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def __getitems__(self, indices: Sequence[int]) -> dict[str, torch.Tensor] | Any:
+        arrays = self.store.batch(np.asarray(indices, np.int64), with_Y=self.with_Y is True, reuse=False)
+        batch = {key: torch.from_numpy(value) for key, value in arrays.items()}
+        if self.as_tensordict:
+            TensorDict = _import_tensordict()
+            return TensorDict(batch, batch_size=[len(indices)])
+        return batch
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor] | Any:
+        """One group, without the batch axis (for code that indexes the dataset directly)."""
+        batch = self.__getitems__([index])
+        return batch[0] if self.as_tensordict else {key: value[0] for key, value in batch.items()}
+
+
+def collate_batch(batch: Any) -> Any:
+    """The DataLoader ``collate_fn`` for :class:`GroupedDataset`: its batches are already whole."""
+    return batch
+
+
+def _import_tensordict():
+    try:
+        from tensordict import TensorDict
+    except ImportError:
+        raise ImportError("as_tensordict=True needs tensordict: pip install 'ptychodata[tensordict]'") from None
+    return TensorDict

@@ -1,0 +1,150 @@
+"""Deterministic, shardable, resumable batch sampling.
+
+An epoch's *global order* is a permutation of all groups drawn from (seed, epoch). It
+is consumed in steps: at each step the W ranks take W consecutive blocks of
+``batch_size`` indices, rank r the r-th. Progress is one number, the count of global
+positions consumed, so a run can resume mid-epoch with the exact remaining batches —
+also with a different number of ranks, who then share exactly what remained.
+
+Equal shards: with ``drop_last=False`` the remaining order is padded, by repeating its
+first indices, to a multiple of W (each rank gets the same number of batches; the last
+ones may be short); with ``drop_last=True`` it is cut to whole steps of W·batch_size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+__all__ = ["GroupSampler"]
+
+
+class GroupSampler(torch.utils.data.Sampler):
+    """Yields this rank's batches of group indices (use as a DataLoader ``batch_sampler``).
+
+    Parameters
+    ----------
+    n_groups : int
+        Size of the dataset.
+    batch_size : int
+        Groups per batch, per rank.
+    shuffle : bool
+        Permute with ``numpy.random.default_rng([seed, epoch])``; else index order.
+    seed : int
+    drop_last : bool
+        Drop the tail that does not fill a whole step (no padding, all batches full).
+    num_replicas, rank : int, optional
+        World size and rank; default from ``torch.distributed`` when initialised, else 1 and 0.
+    """
+
+    def __init__(
+        self,
+        n_groups: int,
+        batch_size: int,
+        *,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = False,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+    ):
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size}; expected a positive integer")
+        distributed = dist.is_available() and dist.is_initialized()
+        self.num_replicas = num_replicas if num_replicas is not None else (dist.get_world_size() if distributed else 1)
+        self.rank = rank if rank is not None else (dist.get_rank() if distributed else 0)
+        if not 0 <= self.rank < self.num_replicas:
+            raise ValueError(f"rank={self.rank}; expected 0 <= rank < num_replicas={self.num_replicas}")
+        self.n_groups = int(n_groups)
+        self.batch_size = int(batch_size)
+        self.shuffle = shuffle
+        self.seed = int(seed)
+        self.drop_last = drop_last
+        self.epoch = 0
+        self._start = 0  # global positions of this epoch already consumed (resume point)
+        self._yielded = 0  # batches this rank has yielded in the current pass
+        self._pass_complete = False
+
+    # ------------------------------------------------------------------ epochs
+    def set_epoch(self, epoch: int) -> None:
+        """Start epoch ``epoch`` from its beginning on the next iteration."""
+        if epoch != self.epoch:
+            self._start, self._yielded, self._pass_complete = 0, 0, False
+        self.epoch = int(epoch)
+
+    def global_order(self, epoch: int | None = None) -> np.ndarray:
+        """The epoch's permutation of all group indices, identical on every rank."""
+        epoch = self.epoch if epoch is None else epoch
+        if not self.shuffle:
+            return np.arange(self.n_groups, dtype=np.int64)
+        return np.random.default_rng([self.seed, epoch]).permutation(self.n_groups).astype(np.int64)
+
+    def remaining(self) -> np.ndarray:
+        """Global indices not yet consumed in this epoch, in order (before padding)."""
+        return self.global_order()[self._start :]
+
+    # ------------------------------------------------------------------ this rank's batches
+    def _schedule(self) -> list[np.ndarray]:
+        remaining = self.remaining()
+        W, bs = self.num_replicas, self.batch_size
+        if self.drop_last:
+            remaining = remaining[: len(remaining) // (W * bs) * (W * bs)]
+        elif len(remaining) % W:
+            pad = W - len(remaining) % W
+            remaining = np.concatenate([remaining, np.resize(remaining, pad)]) if len(remaining) else remaining
+        batches = []
+        for step_start in range(0, len(remaining), W * bs):
+            step = remaining[step_start : step_start + W * bs]
+            per_rank = len(step) // W
+            batches.append(step[self.rank * per_rank : (self.rank + 1) * per_rank])
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        if self._pass_complete:  # iterating again without set_epoch: the whole epoch again
+            self._start, self._pass_complete = 0, False
+        self._yielded = 0
+        for batch in self._schedule():
+            self._yielded += 1
+            yield batch.tolist()
+        self._pass_complete = True
+
+    def __len__(self) -> int:
+        return len(self._schedule())
+
+    # ------------------------------------------------------------------ resume
+    def consumed_after(self, batches: int) -> int:
+        """Global positions consumed once every rank has taken ``batches`` batches of this pass."""
+        W, bs = self.num_replicas, self.batch_size
+        return min(self.n_groups, self._start + batches * W * bs)
+
+    def state_dict(self, batches_done: int | None = None) -> dict[str, Any]:
+        """Where the run stands: epoch, seed and global positions consumed.
+
+        ``batches_done`` is how many batches of the current pass the training loop has
+        used (a DataLoader with workers pulls batches ahead, so the sampler's own count
+        runs ahead; :class:`~ptychodata.torch.GroupLoader` passes the right number).
+        """
+        done = self._yielded if batches_done is None else batches_done
+        return {
+            "epoch": self.epoch,
+            "seed": self.seed,
+            "shuffle": self.shuffle,
+            "n_groups": self.n_groups,
+            "consumed": self.consumed_after(done),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume: the next iteration yields this rank's share of what remained.
+
+        The saved state may come from a run with another number of ranks or another
+        batch size; the remaining global order is the same either way.
+        """
+        if state["n_groups"] != self.n_groups:
+            raise ValueError(f"state is for {state['n_groups']} groups, this sampler has {self.n_groups}")
+        self.seed, self.shuffle, self.epoch = int(state["seed"]), bool(state["shuffle"]), int(state["epoch"])
+        self._start = int(state["consumed"])
+        self._yielded, self._pass_complete = 0, False

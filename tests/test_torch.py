@@ -1,0 +1,194 @@
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from ptychodata import GroupingConfig, extract_patches, prepare, simulate
+from ptychodata.torch import GroupedDataset, GroupSampler, PatchExtractor, make_loader
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    scan = simulate(n_points=150, N=16, seed=5, pattern="jittered")
+    cache = tmp_path_factory.mktemp("cache")
+    return prepare(scan, GroupingConfig(gridsize=2, neighbor_count=6, seed=0), cache_dir=cache, progress=False)
+
+
+def group_indices(loader) -> list[list[int]]:
+    return [batch["group_index"].tolist() for batch in loader]
+
+
+# ---------------------------------------------------------------------- dataset and loader
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_loader_batches_equal_store_batches(store, num_workers):
+    loader = make_loader(store, 32, num_workers=num_workers, with_Y=True, seed=3)
+    seen = []
+    for batch in loader:
+        expected = store.batch(batch["group_index"].numpy(), with_Y=True, reuse=False)
+        assert set(batch) == set(expected)
+        for key, value in expected.items():
+            assert isinstance(batch[key], torch.Tensor)
+            np.testing.assert_array_equal(batch[key].numpy(), value, err_msg=key)
+        seen.extend(batch["group_index"].tolist())
+    assert sorted(seen) == list(range(len(store)))  # one epoch = every group once
+    assert batch["probe"].stride()[0] != 0 and batch["X"].is_contiguous()
+
+
+def test_loader_is_deterministic_and_epoch_seeded(store):
+    first = group_indices(make_loader(store, 40, num_workers=0, seed=7))
+    again = group_indices(make_loader(store, 40, num_workers=0, seed=7))
+    assert first == again
+    loader = make_loader(store, 40, num_workers=0, seed=7)
+    loader.set_epoch(1)
+    assert group_indices(loader) != first
+    unshuffled = group_indices(make_loader(store, 40, num_workers=0, shuffle=False))
+    assert sum(unshuffled, []) == list(range(len(store)))
+
+
+def test_getitem_and_tensordict(store):
+    dataset = GroupedDataset(store)
+    item = dataset[3]
+    assert item["X"].shape == (4, 16, 16) and int(item["group_index"]) == 3
+    pytest.importorskip("tensordict")
+    td_dataset = GroupedDataset(store, as_tensordict=True, with_Y=True)
+    batch = td_dataset.__getitems__([1, 2, 3])
+    assert batch.batch_size == torch.Size([3])
+    np.testing.assert_array_equal(batch["X"].numpy(), store.batch([1, 2, 3], reuse=False)["X"])
+    loader = make_loader(store, 16, num_workers=0, as_tensordict=True)
+    assert next(iter(loader))["X"].shape == (16, 4, 16, 16)
+
+
+def test_device_Y_is_left_to_the_extractor(store):
+    batch = GroupedDataset(store, with_Y="device").__getitems__([0, 5])
+    assert "Y" not in batch
+    extractor = PatchExtractor.from_store(store)
+    expected = store.batch([0, 5], with_Y=True, reuse=False)["Y"]
+    np.testing.assert_allclose(extractor.for_members(batch["nn_indices"]).numpy(), expected, atol=1e-6)
+
+
+def test_patch_extractor_matches_numpy_including_edges():
+    rng = np.random.default_rng(0)
+    obj = (rng.normal(size=(40, 50)) + 1j * rng.normal(size=(40, 50))).astype(np.complex64)
+    x = rng.uniform(-10, 60, 64)
+    y = rng.uniform(-10, 50, 64)
+    expected = extract_patches(obj, x, y, 12)
+    got = PatchExtractor([obj], 12)(torch.from_numpy(x), torch.from_numpy(y))
+    assert got.dtype == torch.complex64
+    np.testing.assert_allclose(got.numpy(), expected, atol=2e-6)
+
+
+def test_import_ptychodata_does_not_import_torch():
+    code = "import sys, ptychodata; ptychodata.prepare; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ---------------------------------------------------------------------- sampler, resume, elastic
+def test_shards_are_disjoint_equal_and_complete():
+    shards = [list(GroupSampler(103, 10, num_replicas=3, rank=r, seed=1)) for r in range(3)]
+    lengths = [sum(len(b) for b in shard) for shard in shards]
+    assert len(set(lengths)) == 1  # equal length per rank (padded)
+    flat = [sorted(sum(shard, [])) for shard in shards]
+    assert set().union(*map(set, flat)) == set(range(103))
+    assert sum(lengths) - 103 == 2  # two padding repeats make 103 divisible by 3
+    dropped = [list(GroupSampler(103, 10, num_replicas=3, rank=r, drop_last=True)) for r in range(3)]
+    assert all(len(b) == 10 for shard in dropped for b in shard)
+    all_dropped = sum((sum(shard, []) for shard in dropped), [])
+    assert len(all_dropped) == len(set(all_dropped)) == 90
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_resume_after_k_batches_equals_uninterrupted_run(store, num_workers):
+    uninterrupted = group_indices(make_loader(store, 16, num_workers=num_workers, seed=2))
+    loader = make_loader(store, 16, num_workers=num_workers, seed=2)
+    taken = []
+    for batch in loader:
+        taken.append(batch["group_index"].tolist())
+        if len(taken) == 4:
+            break
+    state = loader.state_dict()
+    resumed = make_loader(store, 16, num_workers=num_workers, seed=2)
+    resumed.load_state_dict(state)
+    assert taken + group_indices(resumed) == uninterrupted
+    resumed.set_epoch(1)  # the next epoch is whole again
+    assert sum(len(b) for b in group_indices(resumed)) == len(store)
+
+
+@pytest.mark.parametrize("before, after", [(2, 1), (1, 2), (2, 3)])
+def test_elastic_resume_covers_exactly_the_remainder(before, after):
+    n, batch_size, k = 101, 8, 3
+    old = [GroupSampler(n, batch_size, num_replicas=before, rank=r, seed=4) for r in range(before)]
+    used = set()
+    for sampler in old:
+        iterator = iter(sampler)
+        for _ in range(k):
+            used.update(next(iterator))
+    state = old[0].state_dict(batches_done=k)
+    assert state == old[1 % before].state_dict(batches_done=k)
+    remaining_before = set(range(n)) - used
+    new = [GroupSampler(n, batch_size, num_replicas=after, rank=r) for r in range(after)]
+    for sampler in new:
+        sampler.load_state_dict(state)
+    shares = [sum(list(sampler), []) for sampler in new]
+    assert set().union(*map(set, shares)) == remaining_before
+    assert len({len(share) for share in shares}) == 1
+    assert sum(map(len, shares)) - len(remaining_before) < after  # only padding repeats
+
+
+DDP_SCRIPT = """
+import sys, json, torch, torch.distributed as dist
+from ptychodata import open_store
+from ptychodata.torch import make_loader
+rank, world, init, store_path, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+loader = make_loader(open_store(store_path), 16, num_workers=0, seed=9)
+seen = [i for batch in loader for i in batch["group_index"].tolist()]
+counts = [torch.zeros(1) for _ in range(world)]
+dist.all_gather(counts, torch.tensor([float(len(seen))]))
+json.dump({"seen": seen, "counts": [float(c) for c in counts]}, open(out, "w"))
+dist.destroy_process_group()
+"""
+
+
+def test_ddp_gloo_two_processes_shard_disjoint_and_complete(store, tmp_path):
+    import json
+
+    init = f"file://{tmp_path / 'rendezvous'}"
+    outputs = [tmp_path / f"rank{r}.json" for r in range(2)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    processes = [
+        subprocess.Popen([sys.executable, "-c", DDP_SCRIPT, str(r), "2", init, str(store.path), str(outputs[r])],
+                         env=env)
+        for r in range(2)
+    ]
+    for process in processes:
+        assert process.wait(timeout=120) == 0
+    seen = [json.loads(path.read_text())["seen"] for path in outputs]
+    assert len(seen[0]) == len(seen[1]) == len(store) // 2  # 150 groups, 2 ranks: no padding needed
+    assert not set(seen[0]) & set(seen[1])
+    assert set(seen[0]) | set(seen[1]) == set(range(len(store)))
+
+
+# ---------------------------------------------------------------------- splits
+def test_region_split_shares_no_pattern(store):
+    train, val = store.split(0.2, by="region", seed=0)
+    train_patterns = set(store.array("groups")[train.group_indices].ravel().tolist())
+    val_patterns = set(store.array("groups")[val.group_indices].ravel().tolist())
+    assert not train_patterns & val_patterns
+    assert 0.1 < len(val) / len(store) < 0.45
+    assert len(train) + len(val) < len(store)  # groups touching held-out patterns were dropped
+    batch = val.batch([0, 1])
+    np.testing.assert_array_equal(batch["group_index"], val.group_indices[:2])
+    loader = make_loader(train, 8, num_workers=0)
+    assert sorted(i for b in group_indices(loader) for i in b) == sorted(train.group_indices.tolist())
+
+
+def test_random_split_partitions_groups(store):
+    train, val = store.split(0.25, by="random", seed=1)
+    assert len(train) + len(val) == len(store)
+    assert not set(train.group_indices) & set(val.group_indices)
+    with pytest.raises(ValueError, match="val_fraction"):
+        store.split(1.5)

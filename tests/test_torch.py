@@ -22,6 +22,10 @@ def group_indices(loader) -> list[list[int]]:
     return [batch["group_index"].tolist() for batch in loader]
 
 
+def flatten(batches) -> list[int]:
+    return [index for batch in batches for index in batch]
+
+
 # ---------------------------------------------------------------------- dataset and loader
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_loader_batches_equal_store_batches(store, num_workers):
@@ -46,7 +50,7 @@ def test_loader_is_deterministic_and_epoch_seeded(store):
     loader.set_epoch(1)
     assert group_indices(loader) != first
     unshuffled = group_indices(make_loader(store, 40, num_workers=0, shuffle=False))
-    assert sum(unshuffled, []) == list(range(len(store)))
+    assert flatten(unshuffled) == list(range(len(store)))
 
 
 def test_getitem_and_tensordict(store):
@@ -91,12 +95,12 @@ def test_shards_are_disjoint_equal_and_complete():
     shards = [list(GroupSampler(103, 10, num_replicas=3, rank=r, seed=1)) for r in range(3)]
     lengths = [sum(len(b) for b in shard) for shard in shards]
     assert len(set(lengths)) == 1  # equal length per rank (padded)
-    flat = [sorted(sum(shard, [])) for shard in shards]
+    flat = [sorted(flatten(shard)) for shard in shards]
     assert set().union(*map(set, flat)) == set(range(103))
     assert sum(lengths) - 103 == 2  # two padding repeats make 103 divisible by 3
     dropped = [list(GroupSampler(103, 10, num_replicas=3, rank=r, drop_last=True)) for r in range(3)]
     assert all(len(b) == 10 for shard in dropped for b in shard)
-    all_dropped = sum((sum(shard, []) for shard in dropped), [])
+    all_dropped = flatten(flatten(shard) for shard in dropped)
     assert len(all_dropped) == len(set(all_dropped)) == 90
 
 
@@ -132,7 +136,7 @@ def test_elastic_resume_covers_exactly_the_remainder(before, after):
     new = [GroupSampler(n, batch_size, num_replicas=after, rank=r) for r in range(after)]
     for sampler in new:
         sampler.load_state_dict(state)
-    shares = [sum(list(sampler), []) for sampler in new]
+    shares = [flatten(sampler) for sampler in new]
     assert set().union(*map(set, shares)) == remaining_before
     assert len({len(share) for share in shares}) == 1
     assert sum(map(len, shares)) - len(remaining_before) < after  # only padding repeats

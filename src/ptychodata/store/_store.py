@@ -144,7 +144,7 @@ class Store:
             ``experiment_id`` (B,) int64; ``probe`` (B, N, N) complex64; ``Y`` if asked.
         """
         index = self._check_indices(indices)
-        B, C, N = len(index), self.C, self.N
+        B = len(index)
         out = {key: self._buffer(key, B, reuse) for key in _BATCH_KEYS + (("Y",) if with_Y else ())}
         experiment = np.take(self._groups["group_experiment"], index, out=out["experiment_id"])
         members = np.take(self._groups["groups"], index, axis=0, out=out["nn_indices"])

@@ -14,6 +14,7 @@ import os
 import uuid
 import warnings
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from tqdm.auto import tqdm
 from ptychodata.errors import PtychodataError, ScanDataError, StoreError
 from ptychodata.grouping import GroupingConfig, group
 from ptychodata.normalize import intensity_scale, scale_from_energies
-from ptychodata.scan import ScanData
+from ptychodata.scan import ScanData, counts_to_amplitude
 from ptychodata.store._files import (
     NpyWriter,
     atomic_directory,
@@ -291,33 +292,42 @@ def _build_frames(directory: Path, key: str, handles: list[_Source], intensity: 
 def _copy_patterns(
     handle: _Source, patterns: NpyWriter, energies: NpyWriter, intensity: bool, bar: tqdm
 ) -> str:
-    """Stream one source's patterns into the store; return its content hash."""
+    """Stream one source's patterns into the store; return its content hash.
+
+    The main thread reads, converts and checks chunk k+1 while a writer thread hashes
+    and writes chunk k (both release the GIL), so reading overlaps writing. At most two
+    chunks are in memory.
+    """
     scan = handle.scan
     hasher = _hash_small_arrays(scan) if handle.known_hash is None else None
     where = f"{handle.path or 'in-memory scan'}: key 'diffraction'"
-    for start, raw in _pattern_chunks(scan):
+
+    def write(raw: np.ndarray, amplitude: np.ndarray, chunk_energy: np.ndarray) -> None:
         if hasher is not None:
             hasher.update(memoryview(np.ascontiguousarray(raw)).cast("B"))
-        if intensity:
-            if (
-                np.iscomplexobj(raw)
-                or (raw.dtype.kind == "f" and not np.isfinite(raw).all())
-                or raw.min() < 0
-            ):
-                raise ScanDataError(f"{where}: NaN/Inf or negative counts near pattern {start}")
-            amplitude = np.sqrt(raw, dtype=np.float32)
-        else:
-            amplitude = raw.astype(np.float32, copy=False)
-        chunk_energy = np.einsum("mij,mij->m", amplitude, amplitude, dtype=np.float64)
-        bad = ~np.isfinite(chunk_energy) | (amplitude.reshape(len(amplitude), -1).min(axis=1) < 0)
-        if bad.any():
-            raise ScanDataError(
-                f"{where}: pattern {start + int(np.argmax(bad))} holds NaN, Inf or negative amplitudes; "
-                "expected finite amplitudes >= 0" + ("" if intensity else " (counts? pass intensity=True)")
-            )
         patterns.write(amplitude)
         energies.write(chunk_energy)
-        bar.update(len(raw))
+
+    with ThreadPoolExecutor(max_workers=1) as writer:
+        pending = None
+        for start, raw in _pattern_chunks(scan):
+            if intensity:
+                amplitude = counts_to_amplitude(raw, source=f"{where} near pattern {start}")
+            else:
+                amplitude = raw.astype(np.float32, copy=False)
+            chunk_energy = np.einsum("mij,mij->m", amplitude, amplitude, dtype=np.float64)
+            bad = ~np.isfinite(chunk_energy) | (amplitude.reshape(len(amplitude), -1).min(axis=1) < 0)
+            if bad.any():
+                raise ScanDataError(
+                    f"{where}: pattern {start + int(np.argmax(bad))} holds NaN, Inf or negative amplitudes; "
+                    "expected finite amplitudes >= 0" + ("" if intensity else " (counts? pass intensity=True)")
+                )
+            if pending is not None:
+                pending.result()
+            pending = writer.submit(write, raw, amplitude, chunk_energy)
+            bar.update(len(raw))
+        if pending is not None:
+            pending.result()
     return handle.known_hash if hasher is None else hasher.hexdigest()
 
 

@@ -90,8 +90,16 @@ class ExperimentEntry:
         return self.stop - self.start
 
 
+class _Manifest:
+    """What both manifests share: JSON form with the schema version and format first."""
+
+    def to_dict(self) -> dict[str, Any]:
+        values = asdict(self)
+        return {"schema_version": values.pop("schema_version"), "format": values.pop("format"), **values}
+
+
 @dataclass(frozen=True)
-class FrameManifest:
+class FrameManifest(_Manifest):
     """The frame store's record: sources, pattern count, files; ``build_id`` is new per build."""
 
     key: str
@@ -106,10 +114,6 @@ class FrameManifest:
     schema_version: int = SCHEMA_VERSION
     format: str = "ptychodata-frames"
 
-    def to_dict(self) -> dict[str, Any]:
-        values = asdict(self)
-        return {"schema_version": values.pop("schema_version"), "format": values.pop("format"), **values}
-
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> FrameManifest:
         values = dict(values)
@@ -121,7 +125,7 @@ class FrameManifest:
 
 
 @dataclass(frozen=True)
-class GroupingManifest:
+class GroupingManifest(_Manifest):
     """A grouping's record: its config, scale factors per experiment, files."""
 
     key: str
@@ -139,10 +143,6 @@ class GroupingManifest:
     schema_version: int = SCHEMA_VERSION
     format: str = "ptychodata-grouping"
     extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        values = asdict(self)
-        return {"schema_version": values.pop("schema_version"), "format": values.pop("format"), **values}
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> GroupingManifest:

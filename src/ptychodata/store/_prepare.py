@@ -273,20 +273,9 @@ def _build_frames(directory: Path, key: str, handles: list[_Source], intensity: 
             for scan in scans:
                 for _, chunk in iter_rows(scan.Y, max(1, _CHUNK_BYTES // (8 * N * N))):
                     writer.write(chunk)
-    from ptychodata import __version__
-
-    manifest = FrameManifest(
-        key=key,
-        N=N,
-        n_patterns=n_total,
-        intensity=intensity,
-        experiments=experiments,
-        files={path.name: FileEntry.of(path) for path in sorted(directory.glob("*.npy"))},
-        created=_now(),
-        build_id=uuid.uuid4().hex,
-        library_version=__version__,
+    _write_manifest_last(
+        directory, FrameManifest, key=key, N=N, n_patterns=n_total, intensity=intensity, experiments=experiments
     )
-    write_manifest(directory, manifest)
 
 
 def _copy_patterns(
@@ -372,9 +361,9 @@ def _build_grouping(
     write_npy(directory / "coords_relative.npy", -(members - centres[:, None, :]))
     if materialize:
         _materialize_X(directory, frames_dir, groups, np.asarray(scales)[experiment_of_group], progress)
-    from ptychodata import __version__
-
-    manifest = GroupingManifest(
+    _write_manifest_last(
+        directory,
+        GroupingManifest,
         key=key,
         frames_key=frames.key,
         config=config.to_dict(),
@@ -383,12 +372,7 @@ def _build_grouping(
         x_scale=scales,
         intensity_scale=photon_scales,
         materialized=materialize,
-        files={path.name: FileEntry.of(path) for path in sorted(directory.glob("*.npy"))},
-        created=_now(),
-        build_id=uuid.uuid4().hex,
-        library_version=__version__,
     )
-    write_manifest(directory, manifest)
 
 
 def _materialize_X(directory: Path, frames_dir: Path, groups: np.ndarray, scale: np.ndarray, progress: bool):
@@ -404,6 +388,20 @@ def _materialize_X(directory: Path, frames_dir: Path, groups: np.ndarray, scale:
             block *= scale[start : start + step, None, None, None].astype(np.float32)
             writer.write(block)
             release_pages(patterns)
+
+
+def _write_manifest_last(directory: Path, kind: type, **fields: Any) -> None:
+    """Write the manifest of a finished build: its files, a fresh build id, the time."""
+    from ptychodata import __version__
+
+    manifest = kind(
+        **fields,
+        files={path.name: FileEntry.of(path) for path in sorted(directory.glob("*.npy"))},
+        created=_now(),
+        build_id=uuid.uuid4().hex,
+        library_version=__version__,
+    )
+    write_manifest(directory, manifest)
 
 
 def _split_groups(n_groups: int | None, sizes: list[int]) -> list[int | None]:

@@ -34,19 +34,21 @@ from ptychodata import GroupingConfig, prepare
 start = time.perf_counter()
 store = prepare(sys.argv[1], GroupingConfig(gridsize=2, neighbor_count=7, seed=0), cache_dir=sys.argv[2],
                 progress=False)
-print(time.perf_counter() - start)
+seconds = time.perf_counter() - start
+# VmHWM is this process's own peak RSS; ru_maxrss would include the parent's, inherited across exec.
+with open("/proc/self/status") as status:
+    peak_kib = next(int(line.split()[1]) for line in status if line.startswith("VmHWM"))
+print(seconds, peak_kib / 1024)
 """
 
 
 def run_child(source: Path, cache: Path) -> tuple[float, float]:
     """Prepare in a child process; return (seconds inside prepare, child's peak RSS in MiB)."""
-    process = subprocess.Popen([sys.executable, "-c", CHILD, str(source), str(cache)], stdout=subprocess.PIPE,
-                               text=True)
-    _, status, usage = os.wait4(process.pid, 0)
-    output = process.stdout.read()
-    if status != 0:
-        raise SystemExit(f"prepare failed with status {status}")
-    return float(output.split()[-1]), usage.ru_maxrss / 1024
+    result = subprocess.run([sys.executable, "-c", CHILD, str(source), str(cache)], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"prepare failed: {result.stderr}")
+    seconds, peak_mib = result.stdout.split()[-2:]
+    return float(seconds), float(peak_mib)
 
 
 def random_source(path: Path, n_points: int, N: int) -> Path:

@@ -66,6 +66,16 @@ def test_getitem_and_tensordict(store):
     assert next(iter(loader))["X"].shape == (16, 4, 16, 16)
 
 
+def test_dataset_pickles_as_a_recipe(store):
+    import pickle
+
+    dataset = GroupedDataset(store, with_Y=True)
+    blob = pickle.dumps(dataset)
+    assert len(blob) < 2000  # the store's path, not its arrays
+    again = pickle.loads(blob)
+    np.testing.assert_array_equal(again.__getitems__([2])["X"].numpy(), dataset.__getitems__([2])["X"].numpy())
+
+
 def test_device_Y_is_left_to_the_extractor(store):
     batch = GroupedDataset(store, with_Y="device").__getitems__([0, 5])
     assert "Y" not in batch

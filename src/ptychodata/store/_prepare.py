@@ -15,7 +15,7 @@ import uuid
 import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -129,26 +129,33 @@ def _as_list(sources: Any) -> list[Any]:
     return sources
 
 
-@dataclass
 class _Source:
-    """A source scan opened for copying: memmapped arrays plus its identity."""
+    """A source scan to copy: its identity now, its (memory-mapped) arrays when first needed.
 
-    scan: ScanData
-    path: str | None
-    size: int | None
-    mtime_ns: int | None
-    known_hash: str | None
+    Reusing an up-to-date store only stats the file; the scan is opened for a build or
+    a content check.
+    """
+
+    def __init__(self, path: str | None, size: int | None, mtime_ns: int | None, scan: ScanData | None = None):
+        self.path, self.size, self.mtime_ns = path, size, mtime_ns
+        self._scan = scan
+        self.known_hash = None if scan is None else content_hash(scan)
 
     @classmethod
     def open(cls, source: Any) -> _Source:
         if isinstance(source, ScanData):
-            return cls(source, None, None, None, content_hash(source))
+            return cls(None, None, None, source)
         path = Path(source).expanduser().resolve()
         stat = _stat_source(path)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # integer counts are fine here: intensity= says what they are
-            scan = ScanData.load(path, check_values=False)
-        return cls(scan, str(path), stat.st_size, stat.st_mtime_ns, None)
+        return cls(str(path), stat.st_size, stat.st_mtime_ns)
+
+    @property
+    def scan(self) -> ScanData:
+        if self._scan is None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # integer counts are fine here: intensity= says what they are
+                self._scan = ScanData.load(self.path, check_values=False)
+        return self._scan
 
     def identity(self) -> dict[str, Any]:
         return {"path": self.path} if self.path is not None else {"content_hash": self.known_hash}

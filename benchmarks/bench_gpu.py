@@ -1,0 +1,560 @@
+"""GPU side: host->device copies of loader batches, patch extraction on the device, a DDP epoch.
+
+    python benchmarks/bench_gpu.py h2d      [--workers 2,4] [--batches 256,512] [--points 32768]
+    python benchmarks/bench_gpu.py patches  [--sizes 1000,4000] [--positions 10000,100000]
+    python benchmarks/bench_gpu.py all      # h2d, then patches
+    torchrun --nproc_per_node=2 benchmarks/bench_gpu.py ddp [--batch 256] [--ddp-workers 4] [--compute conv]
+
+Run from the repository root; the package is imported from the installed one, else from ``src/``.
+Each run makes its own data (a random-pattern source prepared into a store under a temporary
+directory, or ``--workdir``) and removes it. Without CUDA the GPU parts are skipped with a
+message and the CPU parts still run (loader throughput; NumPy and torch-CPU patch extraction;
+DDP over gloo on the CPU).
+
+h2d      loader batches (``make_loader``, pin_memory=True, gridsize 2, N 64) moved with
+         ``to_device(batch, "cuda", non_blocking=True)`` + ``torch.cuda.synchronize()``: GB/s of
+         the copies alone (all tensors of the batch), and end-to-end loader throughput; against
+         the bound, one pinned host tensor of the batch's bytes copied with
+         ``.to("cuda", non_blocking=True)`` in a loop. Target: copies >= 70 % of the bound.
+patches  ``PatchExtractor`` on the GPU (after warm-up, synchronized) against NumPy
+         ``extract_patches`` on the CPU into a reused output, N 64, complex64 objects.
+ddp      one process per GPU (NCCL; gloo on the CPU): ``make_loader(store, batch,
+         distributed=True)`` over one store, batches to ``cuda:{local_rank}``, a tiny DDP conv
+         step (or a sum; the default on the CPU), one warm-up pass then one timed epoch; rank 0
+         prints every rank's groups/s and epoch time and checks that the ranks together saw every
+         group.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import time
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+
+try:
+    import ptychodata  # noqa: F401
+except ImportError:  # a bare checkout on the device machine: use its src/
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from _common import machine, peak_rss_mib
+from bench_store import random_source
+
+from ptychodata import GroupingConfig, open_store, prepare
+from ptychodata.patches import extract_patches
+from ptychodata.torch import PatchExtractor, make_loader, to_device
+
+N = 64
+H2D_TARGET = 0.70
+LOG: list[str] = []  # what ran and what was skipped, printed at the end
+
+
+def note(line: str) -> None:
+    LOG.append(line)
+    print(line, flush=True)
+
+
+def cuda_ok() -> bool:
+    return torch.cuda.is_available() and torch.cuda.device_count() > 0
+
+
+def cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def shm_line() -> str:
+    """/dev/shm size: DataLoader workers hand every batch over in shared memory."""
+    try:
+        total = shutil.disk_usage("/dev/shm").total
+    except OSError:
+        return "no /dev/shm"
+    warn = " (small: workers may fail with 'insufficient shared memory')" if total < 2**30 else ""
+    return f"/dev/shm {total / 2**30:.1f} GiB{warn}"
+
+
+def build_store(workdir: Path, points: int, gridsize: int = 2):
+    start = time.perf_counter()
+    source = random_source(workdir / f"source{points}.npz", points, N)
+    store = prepare(
+        source,
+        GroupingConfig(gridsize=gridsize, neighbor_count=7, seed=0),
+        cache_dir=workdir / "cache",
+        progress=False,
+    )
+    print(
+        f"store: {len(store)} groups, gridsize {gridsize}, N {N}, from {points} random patterns "
+        f"({time.perf_counter() - start:.1f} s to make and prepare)",
+        flush=True,
+    )
+    return store
+
+
+def batch_bytes(batch: dict) -> int:
+    return sum(value.nbytes for value in batch.values())
+
+
+def close_pass(loader, warmup: int, step=None) -> None:
+    """Run ``warmup`` batches of a pass (starts persistent workers), then abandon the pass."""
+    iterator = iter(loader)
+    for _ in range(warmup):
+        batch = next(iterator, None)
+        if batch is None:
+            break
+        if step is not None:
+            step(batch)
+    iterator.close()
+
+
+def stop_workers(loader) -> None:
+    inner = loader.loader
+    if getattr(inner, "_iterator", None) is not None and hasattr(inner._iterator, "_shutdown_workers"):
+        inner._iterator._shutdown_workers()
+    inner._iterator = None
+
+
+# ---------------------------------------------------------------------------------------- h2d
+def pinned_bound(nbytes: int, copies: int) -> float:
+    """GB/s of ``.to("cuda", non_blocking=True)`` of one pinned host tensor of ``nbytes``."""
+    host = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+    host.fill_(1)
+    for _ in range(3):
+        host.to("cuda", non_blocking=True)
+    torch.cuda.synchronize()
+    best = 0.0
+    for _ in range(3):
+        start = time.perf_counter()
+        for _ in range(copies):
+            host.to("cuda", non_blocking=True)
+        torch.cuda.synchronize()
+        best = max(best, nbytes * copies / (time.perf_counter() - start) / 1e9)
+    return best
+
+
+def pinned_batch_rate(batch: dict, copies: int) -> float:
+    """GB/s of ``to_device`` of one batch's tensors, copied once into pinned memory (per-tensor
+    overheads included, loader excluded)."""
+    host = {key: value.clone().pin_memory() for key, value in batch.items()}
+    nbytes = batch_bytes(host)
+    for _ in range(3):
+        to_device(host, "cuda")
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(copies):
+        to_device(host, "cuda", non_blocking=True)
+    torch.cuda.synchronize()
+    return nbytes * copies / (time.perf_counter() - start) / 1e9
+
+
+def bench_h2d(args, workdir: Path) -> None:
+    print("\n== h2d: loader batches host -> device ==")
+    cuda = cuda_ok()
+    if not cuda:
+        note(
+            "h2d: no CUDA: skipped the host->device copies and the pinned bound; "
+            "the loader part runs on the CPU (pin_memory=False)"
+        )
+    store = build_store(workdir, args.points)
+    group_bytes = store.C * N * N * 4 + N * N * 8
+    if cuda:
+        print(
+            f"{'batch':>5} {'wk':>3} | {'copy GB/s':>9} {'bound GB/s':>10} {'ratio':>6} {'dict bound':>10} | "
+            f"{'loader groups/s':>15} {'e2e GB/s':>8} {'copy share':>10} | pinned"
+        )
+    else:
+        print(f"{'batch':>5} {'wk':>3} | {'loader groups/s':>15} {'GB/s':>6}")
+    worst = None
+    for batch_size in args.batches:
+        for workers in args.workers:
+            loader = make_loader(store, batch_size, num_workers=workers, pin_memory=cuda, seed=0)
+            move = (lambda b: to_device(b, "cuda", non_blocking=True)) if cuda else None
+            close_pass(loader, 2 * workers + 2, move)
+            if cuda:
+                torch.cuda.synchronize()
+            groups = nbytes = batches = pinned = 0
+            copy_seconds = 0.0
+            first = None
+            start = time.perf_counter()
+            for batch in loader:
+                if cuda:
+                    t = time.perf_counter()
+                    to_device(batch, "cuda", non_blocking=True)
+                    torch.cuda.synchronize()
+                    copy_seconds += time.perf_counter() - t
+                    pinned += bool(batch["X"].is_pinned())
+                groups += len(batch["X"])
+                nbytes += batch_bytes(batch)
+                batches += 1
+                if first is None:
+                    first = {key: value.clone() for key, value in batch.items()}
+            seconds = time.perf_counter() - start
+            stop_workers(loader)
+            if not cuda:
+                print(
+                    f"{batch_size:>5} {workers:>3} | {groups / seconds:>15,.0f} "
+                    f"{groups * group_bytes / seconds / 1e9:>6.2f}",
+                    flush=True,
+                )
+                continue
+            copy_rate = nbytes / copy_seconds / 1e9
+            copies = max(20, min(200, int(4e9 // batch_bytes(first))))
+            bound = pinned_bound(batch_bytes(first), copies)
+            dict_bound = pinned_batch_rate(first, copies)
+            ratio = copy_rate / bound
+            worst = ratio if worst is None else min(worst, ratio)
+            print(
+                f"{batch_size:>5} {workers:>3} | {copy_rate:>9.2f} {bound:>10.2f} {ratio:>6.0%} "
+                f"{dict_bound:>10.2f} | {groups / seconds:>15,.0f} {nbytes / seconds / 1e9:>8.2f} "
+                f"{copy_seconds / seconds:>10.0%} | {pinned}/{batches}",
+                flush=True,
+            )
+    if cuda:
+        print("copy GB/s = all bytes of each batch (X, probe, coords, indices) / time of to_device + sync;")
+        print("bound = one pinned uint8 tensor of a batch's bytes, .to('cuda', non_blocking=True) in a loop;")
+        print("dict bound = to_device of a pinned copy of one batch (its per-tensor overheads, no loader);")
+        print(
+            "loader groups/s and e2e GB/s = whole epoch wall time, loader + copies; copy share = copies/epoch"
+        )
+        verdict = "met" if worst >= H2D_TARGET else "NOT met"
+        note(
+            f"h2d: ran on {torch.cuda.get_device_name()}; worst copy/bound {worst:.0%} "
+            f"(target >= {H2D_TARGET:.0%}: {verdict})"
+        )
+    else:
+        note("h2d: ran the CPU loader part (groups/s; GB/s = X + probe bytes per group)")
+
+
+# ------------------------------------------------------------------------------------ patches
+def best_seconds(function, repeat: int, sync: bool = False) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        function()
+        if sync:
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def gpu_extract(extractor, xs, ys, out, chunk: int | None) -> None:
+    if chunk is None:
+        out.copy_(extractor(xs, ys))
+        return
+    for start in range(0, len(xs), chunk):
+        out[start : start + chunk] = extractor(xs[start : start + chunk], ys[start : start + chunk])
+
+
+def bench_patches(args) -> None:
+    print("\n== patches: PatchExtractor on the GPU vs NumPy extract_patches on the CPU ==")
+    cuda = cuda_ok()
+    if not cuda:
+        note(
+            "patches: no CUDA: skipped PatchExtractor on the GPU; NumPy and torch-CPU rows run "
+            f"(torch-CPU only for <= {args.torch_cpu_max} positions)"
+        )
+    rng = np.random.default_rng(0)
+    print(
+        f"{'object':>9} {'positions':>9} | {'NumPy CPU':>10} | {'torch CPU':>10} | {'GPU':>11} "
+        f"{'GPU/NumPy':>9} {'max |diff|':>12} {'GPU peak':>9}"
+    )
+    for side in args.sizes:
+        obj = (rng.standard_normal((side, side)) + 1j * rng.standard_normal((side, side))).astype(
+            np.complex64
+        )
+        extractor_cpu = PatchExtractor([obj], N)
+        extractor_gpu = PatchExtractor([obj], N).to("cuda") if cuda else None
+        for P in args.positions:
+            x, y = rng.uniform(0, side, P), rng.uniform(0, side, P)  # some patches cross the border
+            out = np.empty((P, N, N), np.complex64)
+            out.fill(0)  # first touch outside the timing
+            repeat = 3 if P <= 20_000 else 2
+            extract_patches(obj, x[:1000], y[:1000], N, out=out[:1000])
+            numpy_rate = P / best_seconds(partial(extract_patches, obj, x, y, N, out=out), repeat)
+            torch_cpu, gpu, ratio, diff, peak = "-", "skipped", "", "", ""
+            k = min(P, 2000)
+            if P <= args.torch_cpu_max:
+                xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+                extractor_cpu(xt[:100], yt[:100])
+                torch_cpu = f"{P / best_seconds(partial(extractor_cpu, xt, yt), repeat):,.0f}"
+                if not cuda:
+                    cpu_diff = np.abs(extractor_cpu(xt[:k], yt[:k]).numpy() - out[:k]).max()
+                    diff = f"{float(cpu_diff):.1e} C"
+            if cuda:
+                xs, ys = torch.from_numpy(x).cuda(), torch.from_numpy(y).cuda()
+                dev_out = torch.empty((P, N, N), dtype=torch.complex64, device="cuda")
+                torch.cuda.reset_peak_memory_stats()
+                chunk = None
+                try:
+                    gpu_extract(extractor_gpu, xs, ys, dev_out, chunk)
+                    torch.cuda.synchronize()
+                except torch.cuda.OutOfMemoryError:
+                    chunk = 16_384
+                    torch.cuda.empty_cache()
+                    note(f"patches: {P} positions at once ran out of GPU memory; timed in chunks of {chunk}")
+                    gpu_extract(extractor_gpu, xs, ys, dev_out, chunk)
+                    torch.cuda.synchronize()
+                timed = partial(gpu_extract, extractor_gpu, xs, ys, dev_out, chunk)
+                rate = P / best_seconds(timed, 3, sync=True)
+                diff = f"{float(np.abs(dev_out[:k].cpu().numpy() - out[:k]).max()):.1e} G"
+                gpu, ratio = f"{rate:,.0f}", f"{rate / numpy_rate:.1f}x"
+                peak = f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB"
+                del xs, ys, dev_out
+                torch.cuda.empty_cache()
+            print(
+                f"{side:>4}x{side:<4} {P:>9,} | {numpy_rate:>10,.0f} | {torch_cpu:>10} | {gpu:>11} "
+                f"{ratio:>9} {diff:>12} {peak:>9}",
+                flush=True,
+            )
+            del out
+    print(
+        f"patches/s, N {N}, complex64, positions uniform over the object (some patches cross the border); "
+        "NumPy: extract_patches into a reused output, one thread; torch CPU: PatchExtractor.forward "
+        "(allocates its output); GPU: PatchExtractor.forward copied into a preallocated output, "
+        "synchronized, best of 3 after a warm-up; max |diff| vs NumPy on the first 2000 patches, of the "
+        "GPU (G) or, without CUDA, of torch CPU (C); GPU peak = torch.cuda.max_memory_allocated"
+    )
+    ran = "NumPy, torch CPU" + (", GPU" if cuda else "")
+    note(
+        f"patches: ran {ran} for objects {args.sizes} and positions {args.positions} "
+        f"(torch CPU up to {args.torch_cpu_max})"
+    )
+
+
+# ---------------------------------------------------------------------------------------- ddp
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def bench_ddp(args) -> None:
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    if "WORLD_SIZE" not in os.environ:
+        print(
+            "ddp: not launched by torchrun; running a world of 1 "
+            "(use: torchrun --nproc_per_node=2 benchmarks/bench_gpu.py ddp)"
+        )
+        os.environ.update(
+            RANK="0",
+            LOCAL_RANK="0",
+            WORLD_SIZE="1",
+            LOCAL_WORLD_SIZE="1",
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(free_port()),
+        )
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    cuda = cuda_ok() and torch.cuda.device_count() >= local_world
+    why_cpu = (
+        ("no CUDA" if not cuda_ok() else f"{torch.cuda.device_count()} GPU(s) for {local_world} local ranks")
+        if not cuda
+        else ""
+    )
+    if cuda:
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+        dist.init_process_group("nccl", device_id=device)
+    else:
+        device = torch.device("cpu")
+        dist.init_process_group("gloo")
+    backend = dist.get_backend()
+    if rank == 0:
+        print(f"machine: {machine()}")
+        print(
+            f"torch {torch.__version__}; {shm_line()}; world {world}, backend {backend}, "
+            + (
+                f"devices cuda:0..{local_world - 1} ({torch.cuda.get_device_name()})"
+                if cuda
+                else f"CPU ({why_cpu}: GPU part skipped, gloo on the CPU)"
+            ),
+            flush=True,
+        )
+
+    # One store for all ranks: rank 0 makes it, the others open it.
+    created = None
+    if rank == 0:
+        created = Path(tempfile.mkdtemp(dir=args.workdir, prefix="ptychodata-bench-ddp-"))
+        store_path = str(build_store(created, args.points).path)
+    else:
+        store_path = None
+    shared = [store_path]
+    dist.broadcast_object_list(shared, src=0)
+    store = open_store(shared[0])
+
+    workers = args.ddp_workers
+    if workers is None:
+        workers = max(0, min(4, cpus() // local_world - 1))
+    loader = make_loader(store, args.batch, distributed=True, num_workers=workers, pin_memory=cuda, seed=0)
+    C = store.C
+    model = torch.nn.Conv2d(C, 8, 3, padding=1).to(device)
+    model = DistributedDataParallel(model, device_ids=[local_rank] if cuda else None)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    total = torch.zeros((), device=device)
+    if args.compute is None:
+        args.compute = "conv" if cuda else "sum"
+
+    def step(batch):
+        X = to_device(batch, device, non_blocking=True)["X"]
+        if args.compute == "conv":
+            loss = model(X).square().mean()
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        else:
+            total.add_(X.sum())
+
+    loader.set_epoch(0)
+    close_pass(loader, 2 * workers + 2, step)
+    loader.set_epoch(1)
+    seen = np.zeros(len(store), bool)
+    groups = batches = 0
+    if cuda:
+        torch.cuda.synchronize()
+    dist.barrier()
+    start = time.perf_counter()
+    for batch in loader:
+        step(batch)
+        seen[batch["group_index"].numpy()] = True
+        groups += len(batch["X"])
+        batches += 1
+    if cuda:
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    dist.barrier()
+    wall = time.perf_counter() - start
+    stop_workers(loader)
+    mine = {
+        "rank": rank,
+        "device": str(device),
+        "groups": groups,
+        "batches": batches,
+        "seconds": seconds,
+        "workers": workers,
+        "seen": np.packbits(seen),
+    }
+    everyone = [None] * world
+    dist.all_gather_object(everyone, mine)
+    if rank == 0:
+        print(
+            f"\n== ddp: one epoch, {len(store)} groups, batch {args.batch} per rank, {workers} loader "
+            f"workers per rank, compute {args.compute} =="
+        )
+        print(f"{'rank':>4} {'device':>8} {'groups':>8} {'batches':>7} {'epoch s':>8} {'groups/s':>10}")
+        for r in everyone:
+            print(
+                f"{r['rank']:>4} {r['device']:>8} {r['groups']:>8,} {r['batches']:>7} {r['seconds']:>8.2f} "
+                f"{r['groups'] / r['seconds']:>10,.0f}"
+            )
+        union = np.zeros(len(store), bool)
+        counts = np.zeros(len(store), np.int64)
+        for r in everyone:
+            member = np.unpackbits(r["seen"], count=len(store)).astype(bool)
+            union |= member
+            counts += member
+        total_groups = sum(r["groups"] for r in everyone)
+        print(
+            f"all ranks: {total_groups:,} groups in {wall:.2f} s (slowest rank + barrier) = "
+            f"{total_groups / wall:,.0f} groups/s; {union.sum():,} of {len(store):,} groups seen, "
+            f"{int((counts > 1).sum())} seen by more than one rank (padding to equal shards)"
+        )
+        ok = bool(union.all())
+        note(
+            f"ddp: ran with {world} ranks, backend {backend}"
+            + ("" if cuda else f" ({why_cpu}: GPU part skipped)")
+            + ("; every group seen" if ok else "; SOME GROUPS NOT SEEN")
+        )
+    dist.barrier()
+    if created is not None:
+        shutil.rmtree(created, ignore_errors=True)
+    dist.destroy_process_group()
+
+
+# --------------------------------------------------------------------------------------- main
+def _ints(text: str) -> list[int]:
+    return [int(part) for part in text.split(",") if part]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("what", choices=("h2d", "patches", "ddp", "all"))
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a small run: 8192 patterns, batch 256, 2 workers, 1000² object, 10⁴ positions",
+    )
+    parser.add_argument(
+        "--points", type=int, help="patterns in the source (default 32768; 8192 with --quick)"
+    )
+    parser.add_argument("--workers", type=_ints, help="h2d: comma-separated loader workers (default 2,4)")
+    parser.add_argument("--batches", type=_ints, help="h2d: comma-separated batch sizes (default 256,512)")
+    parser.add_argument("--sizes", type=_ints, help="patches: object sides (default 1000,4000)")
+    parser.add_argument("--positions", type=_ints, help="patches: positions per call (default 10000,100000)")
+    parser.add_argument(
+        "--torch-cpu-max",
+        type=int,
+        default=10_000,
+        help="patches: run PatchExtractor on the CPU only up to this many positions",
+    )
+    parser.add_argument("--batch", type=int, default=256, help="ddp: batch size per rank")
+    parser.add_argument(
+        "--ddp-workers", type=int, help="ddp: loader workers per rank (default min(4, cpus/ranks - 1))"
+    )
+    parser.add_argument(
+        "--compute",
+        choices=("conv", "sum"),
+        help="ddp: a tiny DDP conv step with backward (gradient all-reduce), or a sum "
+        "(default: conv with CUDA, sum on the CPU)",
+    )
+    parser.add_argument(
+        "--workdir", type=Path, help="scratch directory (default: a temporary one under /tmp)"
+    )
+    args = parser.parse_args()
+    quick = args.quick
+    args.points = args.points or (8192 if quick else 32_768)
+    args.workers = args.workers or ([2] if quick else [2, 4])
+    args.batches = args.batches or ([256] if quick else [256, 512])
+    args.sizes = args.sizes or ([1000] if quick else [1000, 4000])
+    args.positions = args.positions or ([10_000] if quick else [10_000, 100_000])
+    if args.workdir is not None:
+        args.workdir.mkdir(parents=True, exist_ok=True)
+
+    if args.what == "ddp":
+        bench_ddp(args)
+        if LOG:
+            print("\nsummary:\n  " + "\n  ".join(LOG))
+        return
+
+    print(f"machine: {machine()}")
+    gpu = (
+        f"{torch.cuda.device_count()} x {torch.cuda.get_device_name()}, CUDA {torch.version.cuda}"
+        if cuda_ok()
+        else "no CUDA device"
+    )
+    print(f"torch {torch.__version__}; {gpu}; {cpus()} usable CPUs; {shm_line()}")
+    start = time.perf_counter()
+    if args.what in ("h2d", "all"):
+        workdir = Path(tempfile.mkdtemp(dir=args.workdir, prefix="ptychodata-bench-gpu-"))
+        try:
+            bench_h2d(args, workdir)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+    if args.what in ("patches", "all"):
+        bench_patches(args)
+    print(f"\npeak RSS {peak_rss_mib():.0f} MiB; total {time.perf_counter() - start:.0f} s")
+    print("summary:\n  " + "\n  ".join(LOG))
+
+
+if __name__ == "__main__":
+    main()

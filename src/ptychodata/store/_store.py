@@ -121,7 +121,14 @@ class Store:
         return self._frames[name]
 
     # ------------------------------------------------------------------ batches
-    def batch(self, indices: Any, *, with_Y: bool = False, reuse: bool = True) -> dict[str, np.ndarray]:
+    def batch(
+        self,
+        indices: Any,
+        *,
+        with_Y: bool = False,
+        reuse: bool = True,
+        out: dict[str, np.ndarray] | None = None,
+    ) -> dict[str, np.ndarray]:
         """Gather groups ``indices`` into a §7 batch (channels-first NumPy arrays).
 
         Parameters
@@ -134,6 +141,9 @@ class Store:
             Fill buffers kept by this Store (fast: no page faults on fresh memory). The
             arrays returned are then overwritten by the next call with the same batch
             size; copy them to keep them, or pass ``reuse=False``.
+        out : dict of ndarray, optional
+            Arrays to fill instead (shapes and dtypes of :meth:`batch_layout`), e.g. views
+            of shared-memory tensors; ``reuse`` is then ignored.
 
         Returns
         -------
@@ -145,7 +155,14 @@ class Store:
         """
         index = self._check_indices(indices)
         B = len(index)
-        out = {key: self._buffer(key, B, reuse) for key in _BATCH_KEYS + (("Y",) if with_Y else ())}
+        layout = self.batch_layout(B, with_Y=with_Y)
+        if out is None:
+            out = {key: self._buffer(key, shape, dtype, reuse) for key, (shape, dtype) in layout.items()}
+        else:
+            reuse = False
+            for key, (shape, dtype) in layout.items():
+                if key not in out or out[key].shape != shape or out[key].dtype != dtype:
+                    raise ValueError(f"out[{key!r}] must be an array of shape {shape} and dtype {np.dtype(dtype)}")
         experiment = np.take(self._groups["group_experiment"], index, out=out["experiment_id"])
         members = np.take(self._groups["groups"], index, axis=0, out=out["nn_indices"])
         if "X" in self._groups:  # materialized: already scaled
@@ -223,23 +240,28 @@ class Store:
             raise IndexError(f"group index out of range for a store of {len(self)} groups")
         return np.where(index < 0, index + len(self), index)
 
-    def _buffer(self, key: str, B: int, reuse: bool) -> np.ndarray:
-        C, N = self.C, self.N
-        shape, dtype = {
+    def batch_layout(self, batch_size: int, *, with_Y: bool = False) -> dict[str, tuple[tuple[int, ...], type]]:
+        """Shape and dtype of each array of a batch of ``batch_size`` groups (§7)."""
+        B, C, N = batch_size, self.C, self.N
+        layout = {
             "X": ((B, C, N, N), np.float32),
-            "Y": ((B, C, N, N), np.complex64),
             "coords_relative": ((B, C, 1, 2), np.float32),
             "coords_offsets": ((B, 1, 1, 2), np.float32),
             "nn_indices": ((B, C), np.int64),
             "group_index": ((B,), np.int64),
             "experiment_id": ((B,), np.int64),
             "probe": ((B, N, N), np.complex64),
-        }[key]
+        }
+        if with_Y:
+            layout["Y"] = ((B, C, N, N), np.complex64)
+        return layout
+
+    def _buffer(self, key: str, shape: tuple[int, ...], dtype: type, reuse: bool) -> np.ndarray:
         if not reuse:
             return np.empty(shape, dtype)
-        buffer = self._buffers.get((key, B))
+        buffer = self._buffers.get((key, shape[0]))
         if buffer is None:
-            buffer = self._buffers[(key, B)] = np.empty(shape, dtype)
+            buffer = self._buffers[(key, shape[0])] = np.empty(shape, dtype)
         return buffer
 
     def _fill_Y(self, members: np.ndarray, out: np.ndarray) -> None:

@@ -13,6 +13,12 @@ from ptychodata.store import Store, StoreView, open_store
 
 __all__ = ["GroupedDataset", "collate_batch"]
 
+_TORCH_DTYPES = {
+    np.dtype(np.float32): torch.float32,
+    np.dtype(np.complex64): torch.complex64,
+    np.dtype(np.int64): torch.int64,
+}
+
 
 class GroupedDataset(torch.utils.data.Dataset):
     """Groups of a store as §7 batches of tensors.
@@ -54,8 +60,20 @@ class GroupedDataset(torch.utils.data.Dataset):
         return len(self.store)
 
     def __getitems__(self, indices: Sequence[int]) -> dict[str, torch.Tensor] | Any:
-        arrays = self.store.batch(np.asarray(indices, np.int64), with_Y=self.with_Y is True, reuse=False)
-        batch = {key: torch.from_numpy(value) for key, value in arrays.items()}
+        index = np.asarray(indices, np.int64)
+        with_Y = self.with_Y is True
+        if torch.utils.data.get_worker_info() is None:
+            arrays = self.store.batch(index, with_Y=with_Y, reuse=False)
+            batch = {key: torch.from_numpy(value) for key, value in arrays.items()}
+        else:
+            # In a DataLoader worker, gather straight into shared memory: the batch then
+            # crosses to the main process as a handle, not as a copy.
+            layout = self.store.batch_layout(len(index), with_Y=with_Y)
+            batch = {
+                key: torch.empty(shape, dtype=_TORCH_DTYPES[np.dtype(dtype)]).share_memory_()
+                for key, (shape, dtype) in layout.items()
+            }
+            self.store.batch(index, with_Y=with_Y, out={key: value.numpy() for key, value in batch.items()})
         if self.as_tensordict:
             TensorDict = _import_tensordict()
             return TensorDict(batch, batch_size=[len(indices)])

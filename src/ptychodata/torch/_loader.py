@@ -67,8 +67,12 @@ def make_loader(
 ) -> GroupLoader:
     """A loader of §7 batches from a store (or a :class:`GroupedDataset`).
 
-    Defaults: ``num_workers`` = CPU count − 1 (at most 8; 0 on a single core), persistent
-    workers, ``pin_memory`` when CUDA is available. ``distributed=None`` shards by the
+    Defaults: ``num_workers`` = 0 on machines of one or two cores, else half the cores (at
+    most 8); persistent workers; ``pin_memory`` when CUDA is available. A batch is one
+    vectorised gather of about a millisecond, so workers pay off only when there are
+    cores to spare: each worker batch must cross to the main process in fresh shared
+    memory, and on a 2-core VM that costs far more than the gather itself
+    (``benchmarks/bench_loader.py`` prints both). ``distributed=None`` shards by the
     initialised ``torch.distributed`` group, if any (:class:`GroupSampler` says how).
     Each batch is one vectorised gather in a worker; workers re-open the memmaps.
     """
@@ -77,7 +81,7 @@ def make_loader(
     )
     if num_workers is None:
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        num_workers = min(8, cpus - 1) if cpus > 1 else 0
+        num_workers = 0 if cpus <= 2 else min(8, cpus // 2)
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()
     is_distributed = torch.distributed.is_available() and torch.distributed.is_initialized()

@@ -196,15 +196,23 @@ def _pattern_chunks(scan: ScanData) -> Iterator[tuple[int, np.ndarray]]:
     return iter_rows(scan.diffraction, rows)
 
 
-def _frames_stale(frames_dir: Path, handles: list[_Source], verify: bool) -> str | None:
-    """Why the frame store at ``frames_dir`` cannot be reused, or None when it can."""
-    if not frames_dir.exists():
+def _complete_manifest(directory: Path, kind: type) -> FrameManifest | GroupingManifest | str:
+    """The manifest of a complete store directory, or why there is none (absent, broken)."""
+    if not directory.exists():
         return "absent"
     try:
-        manifest = read_manifest(frames_dir, FrameManifest)
-        check_files(frames_dir, manifest.files)
+        manifest = read_manifest(directory, kind)
+        check_files(directory, manifest.files)
     except StoreError as exc:
         return str(exc)
+    return manifest
+
+
+def _frames_stale(frames_dir: Path, handles: list[_Source], verify: bool) -> str | None:
+    """Why the frame store at ``frames_dir`` cannot be reused, or None when it can."""
+    manifest = _complete_manifest(frames_dir, FrameManifest)
+    if isinstance(manifest, str):
+        return manifest
     recorded = [experiment.source for experiment in manifest.experiments]
     for entry, handle in zip(recorded, handles):
         if entry.path != handle.path:
@@ -218,13 +226,9 @@ def _frames_stale(frames_dir: Path, handles: list[_Source], verify: bool) -> str
 
 
 def _grouping_stale(grouping_dir: Path, frames: FrameManifest) -> str | None:
-    if not grouping_dir.exists():
-        return "absent"
-    try:
-        manifest = read_manifest(grouping_dir, GroupingManifest)
-        check_files(grouping_dir, manifest.files)
-    except StoreError as exc:
-        return str(exc)
+    manifest = _complete_manifest(grouping_dir, GroupingManifest)
+    if isinstance(manifest, str):
+        return manifest
     return None if manifest.frames_key == frames.key else "built for other frames"
 
 

@@ -195,6 +195,10 @@ def test_multi_source_store_keeps_probes_and_scales(tmp_path):
     np.testing.assert_array_equal(batch["experiment_id"], [0, 1])
     np.testing.assert_array_equal(batch["probe"][0], a.probe)
     np.testing.assert_array_equal(batch["probe"][1], b.probe)
+    np.testing.assert_array_equal(store.probe(1), b.probe)
+    np.testing.assert_array_equal(store.object(0), a.object)
+    np.testing.assert_array_equal(store.positions[60:], b.positions)
+    assert store.x_scale == store.grouping.x_scale
     energy = (batch["X"].astype(np.float64) ** 2).sum(axis=(2, 3)).mean(axis=1)
     assert np.all(np.abs(energy / 64 - 1) < 0.5)  # both experiments normalised to (N/2)^2
     assert store.grouped_data(experiment=1)["x_scale"] == store.grouping.x_scale[1]

@@ -114,6 +114,24 @@ class Store:
         """Whether Y can be served: stored patches, or an object for every experiment."""
         return "Y" in self._frames or all(e.object_shape is not None for e in self.frames.experiments)
 
+    def object(self, experiment: int = 0) -> np.ndarray | None:
+        """The (H, W) complex64 object of an experiment (memory-mapped), or None."""
+        return self._frames.get(f"object_{experiment}")
+
+    def probe(self, experiment: int = 0) -> np.ndarray:
+        """The (N, N) complex64 probe of an experiment."""
+        return self._frames["probes"][experiment]
+
+    @property
+    def positions(self) -> np.ndarray:
+        """Scan positions of every pattern, (M_total, 2) float64, columns (x, y) in object pixels."""
+        return np.stack([self._frames["xcoords"], self._frames["ycoords"]], axis=1)
+
+    @property
+    def x_scale(self) -> list[float]:
+        """The §5 scale factor of each experiment."""
+        return list(self.grouping.x_scale)
+
     def array(self, name: str) -> np.ndarray:
         """A stored array by file stem (e.g. ``"patterns"``, ``"groups"``), memory-mapped."""
         if name in self._groups:
@@ -316,16 +334,13 @@ class Store:
             "coords_start_offsets": start.offsets,
             "coords_start_relative": start.relative,
             "nn_indices": groups,
-            "objectGuess": None if single is None else self._object(single),
+            "objectGuess": None if single is None else self.object(single),
             "x_scale": self.grouping.x_scale if single is None else self.grouping.x_scale[single],
             "intensity_scale": self.grouping.intensity_scale
             if single is None
             else self.grouping.intensity_scale[single],
         }
 
-    def _object(self, experiment: int) -> np.ndarray | None:
-        obj = self._frames.get(f"object_{experiment}")
-        return None if obj is None else np.asarray(obj)
 
     def container(self, experiment: int | None = None, **kwargs: Any) -> PtychoDataContainer:
         """A :class:`~ptychodata.grouped.PtychoDataContainer` (§8) of one experiment."""

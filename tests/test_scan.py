@@ -84,6 +84,13 @@ def test_intensity_true_takes_the_square_root(tmp_path):
     np.testing.assert_allclose(scan.diffraction, np.sqrt(counts.astype(np.float64)), rtol=1e-6)
 
 
+def test_intensity_true_names_the_bad_pattern(tmp_path):
+    counts = np.ones((12, 8, 8), np.float32)
+    counts[9, 2, 2] = -3
+    with pytest.raises(ScanDataError, match="scan.npz: key 'diffraction': pattern 9 holds NaN, Inf or negative"):
+        ScanData.load(write(tmp_path, **{**arrays(), "diffraction": counts}), intensity=True)
+
+
 def test_integer_diffraction_without_intensity_warns(tmp_path):
     data = arrays()
     with pytest.warns(UserWarning, match="intensity=True"):

@@ -288,8 +288,11 @@ def check_amplitudes(diffraction: np.ndarray, *, where: str = "") -> None:
             )
 
 
-def counts_to_amplitude(counts: np.ndarray, *, source: str = "diffraction") -> np.ndarray:
-    """Convert detector counts (M, N, N) to float32 amplitudes sqrt(counts), in chunks."""
+def counts_to_amplitude(counts: np.ndarray, *, source: str = "diffraction", first_pattern: int = 0) -> np.ndarray:
+    """Convert detector counts (M, N, N) to float32 amplitudes sqrt(counts), in chunks.
+
+    ``first_pattern`` is the index of ``counts[0]`` in its scan, for error messages.
+    """
     counts = np.asanyarray(counts)
     if np.iscomplexobj(counts):
         raise ScanDataError(f"{source}: complex dtype {counts.dtype}; expected real counts")
@@ -297,10 +300,11 @@ def counts_to_amplitude(counts: np.ndarray, *, source: str = "diffraction") -> n
     step = max(1, _CHECK_CHUNK_BYTES // max(1, counts[:1].nbytes))
     for start in range(0, counts.shape[0], step):
         chunk = np.asarray(counts[start : start + step], dtype=np.float32)
-        if chunk.size and not np.isfinite(chunk).all():
-            raise ScanDataError(f"{source}: NaN or Inf counts near pattern {start}; expected finite counts")
-        if chunk.size and chunk.min() < 0:
-            raise ScanDataError(f"{source}: negative counts near pattern {start}; expected counts >= 0")
+        flat = chunk.reshape(len(chunk), -1)
+        bad = ~np.isfinite(flat).all(axis=1) | (flat.min(axis=1, initial=0) < 0)
+        if bad.any():
+            index = first_pattern + start + int(np.argmax(bad))
+            raise ScanDataError(f"{source}: pattern {index} holds NaN, Inf or negative counts; expected counts >= 0")
         np.sqrt(chunk, out=amplitude[start : start + step])
     return amplitude
 

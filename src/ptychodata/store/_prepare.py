@@ -312,7 +312,7 @@ def _copy_patterns(
         pending = None
         for start, raw in _pattern_chunks(scan):
             if intensity:
-                amplitude = counts_to_amplitude(raw, source=f"{where} near pattern {start}")
+                amplitude = counts_to_amplitude(raw, source=where, first_pattern=start)
             else:
                 amplitude = raw.astype(np.float32, copy=False)
             chunk_energy = np.einsum("mij,mij->m", amplitude, amplitude, dtype=np.float64)

@@ -32,6 +32,7 @@ from scipy import fft as sp_fft
 from tqdm.auto import tqdm
 
 from ptychodata.errors import SimulationError
+from ptychodata.io._memory import release_pages
 from ptychodata.patches import extract_patches
 from ptychodata.scan import ScanData
 
@@ -161,6 +162,7 @@ def simulate(
             chunk = slice(start, start + chunk_size)
             amplitude = _diffract(probe_array, obj, x[chunk], y[chunk])
             diffraction[chunk] = amplitude
+            release_pages(diffraction)  # a memmap's written pages stay in the page cache, not in RSS
             energies[chunk] = np.square(amplitude, dtype=np.float64).sum(axis=(1, 2))
         if nphotons is not None:
             metadata["count_scale"] = float(nphotons) / float(energies.mean())
@@ -216,6 +218,7 @@ def _add_poisson_noise(diffraction: np.ndarray, count_scale: float, noise_key: i
         rng = np.random.default_rng(np.random.SeedSequence(noise_key, spawn_key=(index,)))
         intensity = np.square(diffraction[start : start + block], dtype=np.float64) * count_scale
         diffraction[start : start + block] = np.sqrt(rng.poisson(intensity) / count_scale)
+        release_pages(diffraction)
 
 
 def _make_probe(N: int, kind: str, radius: float, defocus: float) -> np.ndarray:

@@ -19,11 +19,13 @@ import numpy as np
 from numpy.lib import format as npy_format
 
 from ptychodata.errors import ScanDataError, ScanFileNotFoundError
+from ptychodata.io._memory import iter_rows
 
 __all__ = ["read_npz", "write_npz"]
 
 _LOCAL_HEADER = struct.Struct("<4s5H3L2H")  # zip local file header, 30 bytes
 _LOCAL_MAGIC = b"PK\x03\x04"
+_STREAM_BYTES = 32 << 20
 
 
 def read_npz(path: str | os.PathLike, *, mmap: bool = True) -> dict[str, np.ndarray]:
@@ -102,6 +104,18 @@ def _memmap_member(path, raw, info, file_size, key) -> np.ndarray:
     return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order=order)
 
 
+def _write_member(member, array: np.ndarray) -> None:
+    """One ``.npy`` member; large arrays row-chunk by row-chunk, releasing memmap pages as they go."""
+    if array.ndim == 0 or array.nbytes <= _STREAM_BYTES or array.dtype.hasobject:
+        npy_format.write_array(member, array, allow_pickle=False)
+        return
+    header = {"descr": npy_format.dtype_to_descr(array.dtype), "fortran_order": False, "shape": array.shape}
+    npy_format.write_array_header_2_0(member, header)
+    rows = max(1, _STREAM_BYTES // max(1, array[:1].nbytes))
+    for _, chunk in iter_rows(array, rows):
+        member.write(memoryview(np.ascontiguousarray(chunk)).cast("B"))
+
+
 def write_npz(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> Path:
     """Write ``arrays`` as an uncompressed ``.npz``, atomically (temporary file, then rename).
 
@@ -116,7 +130,7 @@ def write_npz(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> Path
             with zipfile.ZipFile(handle, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
                 for key, value in arrays.items():
                     with zf.open(f"{key}.npy", mode="w", force_zip64=True) as member:
-                        npy_format.write_array(member, np.asanyarray(value), allow_pickle=False)
+                        _write_member(member, np.asanyarray(value))
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp_name, 0o644)  # mkstemp makes 0600

@@ -23,6 +23,7 @@ import numpy as np
 from numpy.lib import format as npy_format
 
 from ptychodata.errors import StoreError
+from ptychodata.io._memory import iter_rows, release_pages
 
 __all__ = [
     "NpyWriter",
@@ -97,37 +98,6 @@ def write_npy(path: Path, array: np.ndarray) -> None:
             writer.shape = (0,)
         else:
             writer.write(array)
-
-
-def iter_rows(array: np.ndarray, rows: int) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield ``(start, copy of array[start:start + rows])`` along the first axis.
-
-    For a memmap, the pages just read are dropped from this process's mapping after
-    each copy (see :func:`release_pages`), so reading a file of any size through a
-    memmap leaves resident memory at about one chunk.
-    """
-    for start in range(0, array.shape[0], rows):
-        yield start, np.array(array[start : start + rows])
-        release_pages(array)
-
-
-def release_pages(array: np.ndarray) -> None:
-    """Drop a memmap's pages from this process's resident set (``MADV_DONTNEED``).
-
-    The data stays in the OS page cache, so the next read is still fast; only this
-    process's RSS shrinks. A no-op for arrays that are not memory-mapped.
-    """
-    mapping = _backing_mmap(array)
-    if mapping is not None:
-        with contextlib.suppress(ValueError, OSError):
-            mapping.madvise(mmap.MADV_DONTNEED)
-
-
-def _backing_mmap(array: np.ndarray) -> mmap.mmap | None:
-    base = array
-    while base is not None and not isinstance(base, mmap.mmap):
-        base = getattr(base, "_mmap", None) or getattr(base, "base", None)
-    return base
 
 
 @contextlib.contextmanager

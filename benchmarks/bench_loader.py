@@ -224,7 +224,8 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
                 warmup = 2 * workers + 2
                 repeat = args.repeat or (3 if workers == 0 else 1)
                 rates = {}
-                loader = make_loader(store, batch_size, num_workers=workers, pin_memory=False, seed=0)
+                loader = make_loader(store, batch_size, num_workers=workers, pin_memory=False, seed=0,
+                                     shared_ring=args.shared_ring if workers else 0)
                 rates["ptd"] = time_epoch(loader, warmup, repeat)
                 shutdown(loader)
                 for name, dataset in (("naive", naive), ("tds", tds)):
@@ -300,6 +301,8 @@ def main() -> None:
     )
     parser.add_argument("--batches", type=_ints, help="comma-separated batch sizes (default 64,256,512)")
     parser.add_argument("--workers", type=_ints, help="comma-separated worker counts (default 0,1,2)")
+    parser.add_argument("--shared-ring", type=int, default=0,
+                        help="workers gather into a ring of this many reused shared-memory batches (default 0)")
     parser.add_argument("--gridsizes", type=_ints, default=[1, 2], help="comma-separated (default 1,2)")
     parser.add_argument(
         "--repeat",

@@ -44,7 +44,7 @@ print(seconds, peak_kib / 1024)
 
 def run_child(source: Path, cache: Path) -> tuple[float, float]:
     """Prepare in a child process; return (seconds inside prepare, child's peak RSS in MiB)."""
-    result = subprocess.run([sys.executable, "-c", CHILD, str(source), str(cache)], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-c", CHILD, str(source), str(cache)], capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise SystemExit(f"prepare failed: {result.stderr}")
     seconds, peak_mib = result.stdout.split()[-2:]

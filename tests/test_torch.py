@@ -42,6 +42,19 @@ def test_loader_batches_equal_store_batches(store, num_workers):
     assert batch["probe"].stride()[0] != 0 and batch["X"].is_contiguous()
 
 
+def test_workers_with_a_shared_memory_ring_serve_correct_batches(store):
+    loader = make_loader(store, 16, num_workers=2, shared_ring=4, seed=1, with_Y=True)
+    seen = []
+    for epoch in range(2):  # the ring wraps several times
+        loader.set_epoch(epoch)
+        for batch in loader:  # compared before the next batch is taken, as the ring requires
+            expected = store.batch(batch["group_index"].numpy(), with_Y=True, reuse=False)
+            for key, value in expected.items():
+                np.testing.assert_array_equal(batch[key].numpy(), value, err_msg=key)
+            seen.extend(batch["group_index"].tolist())
+    assert sorted(seen) == sorted(list(range(len(store))) * 2)
+
+
 def test_loader_is_deterministic_and_epoch_seeded(store):
     first = group_indices(make_loader(store, 40, num_workers=0, seed=7))
     again = group_indices(make_loader(store, 40, num_workers=0, seed=7))

@@ -37,6 +37,13 @@ class GroupedDataset(torch.utils.data.Dataset):
         ``"device"`` leaves Y to a :class:`~ptychodata.torch.PatchExtractor` on the GPU.
     as_tensordict : bool
         Return a ``tensordict.TensorDict`` with batch size (B,) (needs the ``tensordict`` extra).
+    shared_ring : int
+        In DataLoader workers, gather into a ring of this many reused shared-memory batches
+        instead of fresh shared memory for every batch (fresh pages are slow to fault in).
+        A batch then stays valid only until its worker has produced ``shared_ring`` more
+        batches: safe when the loader pins memory (the pin thread copies each batch at
+        once), or when the loop is done with a batch before it takes
+        ``shared_ring - prefetch_factor - 1`` more. 0 (default) allocates fresh memory.
     """
 
     def __init__(
@@ -45,6 +52,7 @@ class GroupedDataset(torch.utils.data.Dataset):
         *,
         with_Y: bool | Literal["device"] = False,
         as_tensordict: bool = False,
+        shared_ring: int = 0,
     ):
         self.store = store if isinstance(store, (Store, StoreView)) else open_store(store)
         if with_Y not in (True, False, "device"):
@@ -55,6 +63,9 @@ class GroupedDataset(torch.utils.data.Dataset):
             _import_tensordict()
         self.with_Y = with_Y
         self.as_tensordict = as_tensordict
+        self.shared_ring = int(shared_ring)
+        self._ring: dict[int, list[dict[str, torch.Tensor]]] = {}
+        self._ring_taken: dict[int, int] = {}
 
     def __len__(self) -> int:
         return len(self.store)
@@ -68,21 +79,36 @@ class GroupedDataset(torch.utils.data.Dataset):
         else:
             # In a DataLoader worker, gather straight into shared memory: the batch then
             # crosses to the main process as a handle, not as a copy.
-            layout = self.store.batch_layout(len(index), with_Y=with_Y)
-            batch = {
-                key: torch.empty(shape, dtype=_TORCH_DTYPES[np.dtype(dtype)]).share_memory_()
-                for key, (shape, dtype) in layout.items()
-            }
+            batch = self._shared_batch(len(index), with_Y)
             self.store.batch(index, with_Y=with_Y, out={key: value.numpy() for key, value in batch.items()})
         if self.as_tensordict:
             TensorDict = _import_tensordict()
             return TensorDict(batch, batch_size=[len(indices)])
         return batch
 
+    def _shared_batch(self, batch_size: int, with_Y: bool) -> dict[str, torch.Tensor]:
+        """Shared-memory tensors for one batch: fresh, or the next slot of the ring."""
+        layout = self.store.batch_layout(batch_size, with_Y=with_Y)
+        if self.shared_ring < 1:
+            return _new_shared(layout)
+        ring = self._ring.setdefault(batch_size, [])
+        slot = self._ring_taken.get(batch_size, 0) % self.shared_ring
+        self._ring_taken[batch_size] = slot + 1
+        if slot == len(ring):
+            ring.append(_new_shared(layout))
+        return ring[slot]
+
     def __getitem__(self, index: int) -> dict[str, torch.Tensor] | Any:
         """One group, without the batch axis (for code that indexes the dataset directly)."""
         batch = self.__getitems__([index])
         return batch[0] if self.as_tensordict else {key: value[0] for key, value in batch.items()}
+
+
+def _new_shared(layout: dict[str, tuple[tuple[int, ...], Any]]) -> dict[str, torch.Tensor]:
+    return {
+        key: torch.empty(shape, dtype=_TORCH_DTYPES[np.dtype(dtype)]).share_memory_()
+        for key, (shape, dtype) in layout.items()
+    }
 
 
 def collate_batch(batch: Any) -> Any:

@@ -64,6 +64,7 @@ def make_loader(
     with_Y: bool | str = False,
     as_tensordict: bool = False,
     prefetch_factor: int | None = None,
+    shared_ring: int | None = None,
 ) -> GroupLoader:
     """A loader of §7 batches from a store (or a :class:`GroupedDataset`).
 
@@ -75,15 +76,20 @@ def make_loader(
     (``benchmarks/bench_loader.py`` prints both). ``distributed=None`` shards by the
     initialised ``torch.distributed`` group, if any (:class:`GroupSampler` says how).
     Each batch is one vectorised gather in a worker; workers re-open the memmaps.
+    ``shared_ring`` (see :class:`GroupedDataset`) defaults to ``prefetch_factor + 2`` reused
+    shared-memory batches per worker when memory is pinned (the pin thread copies every
+    batch out of the ring at once), else 0.
     """
-    dataset = store if isinstance(store, GroupedDataset) else GroupedDataset(
-        store, with_Y=with_Y, as_tensordict=as_tensordict
-    )
     if num_workers is None:
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         num_workers = 0 if cpus <= 2 else min(8, cpus // 2)
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()
+    if shared_ring is None:
+        shared_ring = (prefetch_factor or 2) + 2 if pin_memory and num_workers > 0 else 0
+    dataset = store if isinstance(store, GroupedDataset) else GroupedDataset(
+        store, with_Y=with_Y, as_tensordict=as_tensordict, shared_ring=shared_ring
+    )
     is_distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     if distributed is None:
         distributed = is_distributed

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["GroupCoords", "group_coords"]
+__all__ = ["GroupCoords", "group_coords", "grouped_coords"]
 
 
 @dataclass(frozen=True)
@@ -47,3 +47,20 @@ def group_coords(x: np.ndarray, y: np.ndarray, groups: np.ndarray) -> GroupCoord
     offsets = nn.mean(axis=3, keepdims=True)
     relative = -(nn - offsets)
     return GroupCoords(nn=nn, offsets=offsets, relative=relative)
+
+
+def grouped_coords(
+    x: np.ndarray, y: np.ndarray, x_start: np.ndarray, y_start: np.ndarray, groups: np.ndarray
+) -> dict[str, np.ndarray]:
+    """The six coordinate keys of the §6 grouped dict: ``coords_{nn,offsets,relative}`` from
+    the positions and ``coords_start_*`` from the nominal (start) positions."""
+    measured = group_coords(x, y, groups)
+    nominal = group_coords(x_start, y_start, groups)
+    return {
+        "coords_nn": measured.nn,
+        "coords_offsets": measured.offsets,
+        "coords_relative": measured.relative,
+        "coords_start_nn": nominal.nn,
+        "coords_start_offsets": nominal.offsets,
+        "coords_start_relative": nominal.relative,
+    }

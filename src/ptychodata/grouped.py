@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ptychodata.coords import group_coords
+from ptychodata.coords import grouped_coords
 from ptychodata.grouping import GroupingConfig, group
 from ptychodata.normalize import intensity_scale, x_scale
 from ptychodata.patches import extract_patches
@@ -52,19 +52,12 @@ def grouped_data(
     where = f"{scan.source}: " if scan.source else ""
     scale = x_scale(scan.diffraction, groups, where=where)
     diffraction, X_full = gather_channels_last(scan.diffraction, groups, scales=(None, scale))
-    coords = group_coords(scan.xcoords, scan.ycoords, groups)
-    coords_start = group_coords(scan.xcoords_start, scan.ycoords_start, groups)
     nphotons = config.nphotons if config.nphotons is not None else scan.nphotons
     return {
         "diffraction": diffraction,
         "X_full": X_full,
         "Y": member_patches(scan, groups) if with_Y else None,
-        "coords_nn": coords.nn,
-        "coords_offsets": coords.offsets,
-        "coords_relative": coords.relative,
-        "coords_start_nn": coords_start.nn,
-        "coords_start_offsets": coords_start.offsets,
-        "coords_start_relative": coords_start.relative,
+        **grouped_coords(scan.xcoords, scan.ycoords, scan.xcoords_start, scan.ycoords_start, groups),
         "nn_indices": groups,
         "objectGuess": scan.object,
         "x_scale": scale,

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ptychodata.coords import group_coords
+from ptychodata.coords import grouped_coords
 from ptychodata.errors import StoreError
 from ptychodata.grouped import PtychoDataContainer, gather_channels_last
 from ptychodata.patches import extract_patches
@@ -320,19 +320,12 @@ class Store:
             self._fill_Y(groups, Y)
             Y = np.ascontiguousarray(Y.transpose(0, 2, 3, 1))
         f = self._frames
-        coords = group_coords(f["xcoords"], f["ycoords"], groups)
-        start = group_coords(f["xcoords_start"], f["ycoords_start"], groups)
         single = experiment if experiment is not None else (0 if self.n_experiments == 1 else None)
         return {
             "diffraction": diffraction,
             "X_full": X_full,
             "Y": Y,
-            "coords_nn": coords.nn,
-            "coords_offsets": coords.offsets,
-            "coords_relative": coords.relative,
-            "coords_start_nn": start.nn,
-            "coords_start_offsets": start.offsets,
-            "coords_start_relative": start.relative,
+            **grouped_coords(f["xcoords"], f["ycoords"], f["xcoords_start"], f["ycoords_start"], groups),
             "nn_indices": groups,
             "objectGuess": None if single is None else self.object(single),
             "x_scale": self.grouping.x_scale if single is None else self.grouping.x_scale[single],
@@ -349,7 +342,7 @@ class Store:
                 raise StoreError(f"{self.path}: {self.n_experiments} experiments; pass experiment=...")
             experiment = 0
         grouped = self.grouped_data(experiment)
-        return PtychoDataContainer.from_grouped(grouped, self._frames["probes"][experiment], **kwargs)
+        return PtychoDataContainer.from_grouped(grouped, self.probe(experiment), **kwargs)
 
     def split(
         self, val_fraction: float, *, by: str = "region", seed: int | None = 0, tiles: int = 4

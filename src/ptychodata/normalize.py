@@ -12,7 +12,7 @@ import numpy as np
 
 from ptychodata.errors import ScanDataError
 
-__all__ = ["intensity_scale", "normalize_probe", "pattern_energies", "scale_from_energies", "x_scale"]
+__all__ = ["checked_energies", "intensity_scale", "normalize_probe", "pattern_energies", "scale_from_energies", "x_scale"]
 
 _CHUNK_BYTES = 64 << 20
 
@@ -37,19 +37,25 @@ def pattern_energies(
     step = max(1, _CHUNK_BYTES // max(1, diffraction[:1].nbytes))
     for start in range(0, len(indices), step):
         chunk_indices = indices[start : start + step]
-        chunk = np.asarray(diffraction[chunk_indices])
-        energies[start : start + step] = np.einsum("mij,mij->m", chunk, chunk, dtype=np.float64)
-        lowest = chunk.reshape(len(chunk), -1).min(axis=1) if chunk.dtype.kind == "f" else None
-        # A NaN or Inf amplitude makes its pattern's float64 energy non-finite; nothing else can.
-        bad = ~np.isfinite(energies[start : start + step])
-        if lowest is not None:
-            bad |= lowest < 0
-        if bad.any():
-            point = int(chunk_indices[np.argmax(bad)])
-            raise ScanDataError(
-                f"{where}key 'diffraction': pattern {point} holds NaN, Inf or negative amplitudes; "
-                "expected finite amplitudes >= 0"
-            )
+        energies[start : start + step] = checked_energies(
+            np.asarray(diffraction[chunk_indices]), chunk_indices, where=f"{where}key 'diffraction': "
+        )
+    return energies
+
+
+def checked_energies(chunk: np.ndarray, indices: np.ndarray, *, where: str = "", hint: str = "") -> np.ndarray:
+    """Σ amplitude² (float64) of each pattern of ``chunk`` (P, N, N), raising ``ScanDataError``
+    that names the pattern (``indices[p]``) if one holds a NaN, Inf or negative amplitude."""
+    energies = np.einsum("mij,mij->m", chunk, chunk, dtype=np.float64)
+    # A NaN or Inf amplitude makes its pattern's float64 energy non-finite; nothing else can.
+    bad = ~np.isfinite(energies)
+    if chunk.dtype.kind in "fi":
+        bad |= chunk.reshape(len(chunk), -1).min(axis=1) < 0
+    if bad.any():
+        raise ScanDataError(
+            f"{where}pattern {int(indices[np.argmax(bad)])} holds NaN, Inf or negative amplitudes; "
+            f"expected finite amplitudes >= 0{hint}"
+        )
     return energies
 
 

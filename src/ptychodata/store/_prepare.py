@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from ptychodata.errors import PtychodataError, ScanDataError, StoreError
 from ptychodata.grouping import GroupingConfig, group
-from ptychodata.normalize import intensity_scale, scale_from_energies
+from ptychodata.normalize import checked_energies, intensity_scale, scale_from_energies
 from ptychodata.scan import ScanData, counts_to_amplitude
 from ptychodata.store._files import (
     NpyWriter,
@@ -315,13 +315,12 @@ def _copy_patterns(
                 amplitude = counts_to_amplitude(raw, source=where, first_pattern=start)
             else:
                 amplitude = raw.astype(np.float32, copy=False)
-            chunk_energy = np.einsum("mij,mij->m", amplitude, amplitude, dtype=np.float64)
-            bad = ~np.isfinite(chunk_energy) | (amplitude.reshape(len(amplitude), -1).min(axis=1) < 0)
-            if bad.any():
-                raise ScanDataError(
-                    f"{where}: pattern {start + int(np.argmax(bad))} holds NaN, Inf or negative amplitudes; "
-                    "expected finite amplitudes >= 0" + ("" if intensity else " (counts? pass intensity=True)")
-                )
+            chunk_energy = checked_energies(
+                amplitude,
+                np.arange(start, start + len(amplitude)),
+                where=f"{where}: ",
+                hint="" if intensity else " (counts? pass intensity=True)",
+            )
             if pending is not None:
                 pending.result()
             pending = writer.submit(write, raw, amplitude, chunk_energy)

@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 
 from ptychodata import GroupingConfig, ScanData, StoreError, grouped_data, open_store, prepare, simulate
 from ptychodata.normalize import x_scale
+from ptychodata.store._buffers import BufferPool
 from ptychodata.store._prepare import default_cache_dir
 
 CONFIG = GroupingConfig(gridsize=2, neighbor_count=6, seed=0)
@@ -76,17 +78,48 @@ def test_sorted_reads_give_the_same_batch(tmp_path, source):
         np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
 
 
-def test_batch_buffers_are_reused_unless_asked(tmp_path, source):
+def test_batch_buffers_are_recycled_only_when_nothing_refers_to_them(tmp_path, source):
     store = prepare(source, CONFIG, cache_dir=tmp_path / "cache", progress=False)
     first = store.batch([1, 2])
     kept = first["X"].copy()
+    address = first["X"].ctypes.data
     second = store.batch([3, 4])
-    assert first["X"] is second["X"]  # reused buffer, documented
+    assert second["X"].ctypes.data != address  # first is still held: never overwritten
+    np.testing.assert_array_equal(first["X"], kept)
+    X_view = first["X"][1:]
+    del first, second
+    assert store.batch([5, 6])["X"].ctypes.data != address  # a view of it is still alive
+    del X_view
+    third = store.batch([1, 2])
+    assert third["X"].ctypes.data == address  # nothing refers to it any more: recycled
+    np.testing.assert_array_equal(third["X"], kept)
     fresh = store.batch([1, 2], reuse=False)
     np.testing.assert_array_equal(fresh["X"], kept)
-    assert fresh["X"] is not second["X"]
+    assert fresh["X"].ctypes.data != address
     with pytest.raises(IndexError, match="out of range"):
         store.batch([120])
+
+
+def test_buffer_pool_never_lends_a_set_to_two_threads():
+    pool = BufferPool(max_sets=3)
+    layout = {"X": ((64, 64), np.float32)}
+    errors = []
+
+    def work(tag: float) -> None:
+        for _ in range(200):
+            arrays = pool.take(layout)
+            arrays["X"].fill(tag)
+            time.sleep(0)
+            if not np.all(arrays["X"] == tag):
+                errors.append(tag)
+
+    threads = [threading.Thread(target=work, args=(float(tag),)) for tag in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert len(pool) == 3
 
 
 def test_materialized_store_serves_the_same_batches(tmp_path, source):
@@ -205,6 +238,26 @@ def test_multi_source_store_keeps_probes_and_scales(tmp_path):
     with pytest.raises(StoreError, match="experiment="):
         store.container()
     assert store.container(experiment=0, backend="numpy").X.shape == (60, 16, 16, 4)
+
+
+def test_threaded_gather_equals_the_direct_formula(tmp_path, monkeypatch):
+    from ptychodata.store import _store
+
+    monkeypatch.setattr(_store, "_CACHE_BYTES", 3 * 4 * 16 * 16 * 4)  # runs of 3 groups
+    monkeypatch.setattr(_store, "_MIN_THREAD_BYTES", 1)  # threads even for tiny batches
+    a = simulate(n_points=60, N=16, seed=1)
+    b = simulate(n_points=50, N=16, seed=2, probe="gaussian")
+    store = open_store(prepare([a, b], CONFIG, cache_dir=tmp_path / "cache", progress=False).path, threads=3)
+    patterns, groups = store.array("patterns"), store.array("groups")
+    scales = np.asarray(store.x_scale, np.float32)[store.array("group_experiment")]
+    rng = np.random.default_rng(0)
+    for size in (1, 2, 7, 31, 110):
+        index = rng.permutation(len(store))[:size]
+        expected = patterns[groups[index]] * scales[index][:, None, None, None]
+        threaded = store.batch(index, reuse=False)
+        np.testing.assert_array_equal(threaded["X"], expected)
+        np.testing.assert_array_equal(store.batch(index, reuse=False, threads=1)["X"], expected)
+    assert store._executor is not None  # the batches above did use the gather threads
 
 
 def test_different_pattern_sizes_are_refused(tmp_path):

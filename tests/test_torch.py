@@ -42,6 +42,18 @@ def test_loader_batches_equal_store_batches(store, num_workers):
     assert batch["probe"].stride()[0] != 0 and batch["X"].is_contiguous()
 
 
+def test_main_process_batches_stay_valid_while_held_and_recycle_when_dropped(store):
+    loader = make_loader(store, 16, num_workers=0, seed=2)
+    kept = list(loader)  # every batch of the epoch held at once: none may be overwritten
+    for batch in kept:
+        expected = store.batch(batch["group_index"].numpy(), reuse=False)
+        for key, value in expected.items():
+            np.testing.assert_array_equal(batch[key].numpy(), value, err_msg=key)
+    del kept, batch
+    addresses = [batch["X"].data_ptr() for batch in loader]  # each batch dropped at once
+    assert len(set(addresses[:-1])) <= 2  # full batches reuse two buffer sets
+
+
 def test_workers_with_a_shared_memory_ring_serve_correct_batches(store):
     loader = make_loader(store, 16, num_workers=2, shared_ring=4, seed=1, with_Y=True)
     seen = []

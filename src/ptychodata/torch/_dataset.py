@@ -26,7 +26,8 @@ class GroupedDataset(torch.utils.data.Dataset):
     ``__getitems__`` lets a DataLoader fetch a whole batch with one vectorised
     ``store.batch`` gather instead of B ``__getitem__`` calls (use
     :func:`~ptychodata.torch.make_loader`, or pass ``collate_fn=collate_batch``). Tensors
-    share memory with freshly gathered NumPy arrays (``torch.from_numpy``, no copy). The
+    share memory with the gathered NumPy arrays (``torch.from_numpy``, no copy), whose
+    buffers the store recycles once no tensor or view of a batch is left. The
     dataset pickles as the store's path, so DataLoader workers re-open the memmaps.
 
     Parameters
@@ -74,13 +75,15 @@ class GroupedDataset(torch.utils.data.Dataset):
         index = np.asarray(indices, np.int64)
         with_Y = self.with_Y is True
         if torch.utils.data.get_worker_info() is None:
-            arrays = self.store.batch(index, with_Y=with_Y, reuse=False)
+            # Pooled arrays: recycled only once every tensor (and view) of a batch is gone.
+            arrays = self.store.batch(index, with_Y=with_Y)
             batch = {key: torch.from_numpy(value) for key, value in arrays.items()}
         else:
             # In a DataLoader worker, gather straight into shared memory: the batch then
             # crosses to the main process as a handle, not as a copy.
             batch = self._shared_batch(len(index), with_Y)
-            self.store.batch(index, with_Y=with_Y, out={key: value.numpy() for key, value in batch.items()})
+            out = {key: value.numpy() for key, value in batch.items()}
+            self.store.batch(index, with_Y=with_Y, out=out, threads=1)  # the workers use the cores
         if self.as_tensordict:
             TensorDict = _import_tensordict()
             return TensorDict(batch, batch_size=[len(indices)])

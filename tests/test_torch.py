@@ -67,6 +67,23 @@ def test_workers_with_a_shared_memory_ring_serve_correct_batches(store):
     assert sorted(seen) == sorted(list(range(len(store))) * 2)
 
 
+def test_a_shared_batch_crosses_processes_as_one_buffer(store):
+    import torch.multiprocessing  # noqa: F401  (registers the shared-memory reducers)
+    from multiprocessing.reduction import ForkingPickler
+
+    from ptychodata.torch._dataset import SharedBatch
+
+    batch = SharedBatch.empty(store.batch_layout(5, with_Y=True))
+    store.batch([3, 1, 4, 1, 5], with_Y=True, out={key: value.numpy() for key, value in batch.items()})
+    received = ForkingPickler.loads(ForkingPickler.dumps(batch))
+    assert type(received) is dict and received.keys() == batch.keys()
+    expected = store.batch([3, 1, 4, 1, 5], with_Y=True, reuse=False)
+    for key, value in received.items():
+        np.testing.assert_array_equal(value.numpy(), expected[key], err_msg=key)
+    assert len({value.untyped_storage().data_ptr() for value in received.values()}) == 1
+    assert all(value.is_shared() and value.is_contiguous() for value in received.values())
+
+
 def test_loader_is_deterministic_and_epoch_seeded(store):
     first = group_indices(make_loader(store, 40, num_workers=0, seed=7))
     again = group_indices(make_loader(store, 40, num_workers=0, seed=7))

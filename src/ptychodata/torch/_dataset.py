@@ -39,8 +39,10 @@ class GroupedDataset(torch.utils.data.Dataset):
     as_tensordict : bool
         Return a ``tensordict.TensorDict`` with batch size (B,) (needs the ``tensordict`` extra).
     shared_ring : int
-        In DataLoader workers, gather into a ring of this many reused shared-memory batches
-        instead of fresh shared memory for every batch (fresh pages are slow to fault in).
+        In DataLoader workers each batch is gathered into one shared-memory buffer (a
+        :class:`SharedBatch`: one file descriptor to pass, not one per tensor). With
+        ``shared_ring`` > 0 a worker reuses a ring of this many such buffers instead of
+        fresh shared memory for every batch (fresh pages are slow to fault in).
         A batch then stays valid only until its worker has produced ``shared_ring`` more
         batches: safe when the loader pins memory (the pin thread copies each batch at
         once), or when the loop is done with a batch before it takes
@@ -65,7 +67,7 @@ class GroupedDataset(torch.utils.data.Dataset):
         self.with_Y = with_Y
         self.as_tensordict = as_tensordict
         self.shared_ring = int(shared_ring)
-        self._ring: dict[int, list[dict[str, torch.Tensor]]] = {}
+        self._ring: dict[int, list[SharedBatch]] = {}
         self._ring_taken: dict[int, int] = {}
 
     def __len__(self) -> int:
@@ -86,19 +88,19 @@ class GroupedDataset(torch.utils.data.Dataset):
             self.store.batch(index, with_Y=with_Y, out=out, threads=1)  # the workers use the cores
         if self.as_tensordict:
             TensorDict = _import_tensordict()
-            return TensorDict(batch, batch_size=[len(indices)])
+            return TensorDict(dict(batch), batch_size=[len(indices)])
         return batch
 
-    def _shared_batch(self, batch_size: int, with_Y: bool) -> dict[str, torch.Tensor]:
-        """Shared-memory tensors for one batch: fresh, or the next slot of the ring."""
+    def _shared_batch(self, batch_size: int, with_Y: bool) -> SharedBatch:
+        """A batch in shared memory: fresh, or the next slot of the ring."""
         layout = self.store.batch_layout(batch_size, with_Y=with_Y)
         if self.shared_ring < 1:
-            return _new_shared(layout)
+            return SharedBatch.empty(layout)
         ring = self._ring.setdefault(batch_size, [])
         slot = self._ring_taken.get(batch_size, 0) % self.shared_ring
         self._ring_taken[batch_size] = slot + 1
         if slot == len(ring):
-            ring.append(_new_shared(layout))
+            ring.append(SharedBatch.empty(layout))
         return ring[slot]
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor] | Any:
@@ -107,11 +109,42 @@ class GroupedDataset(torch.utils.data.Dataset):
         return batch[0] if self.as_tensordict else {key: value[0] for key, value in batch.items()}
 
 
-def _new_shared(layout: dict[str, tuple[tuple[int, ...], Any]]) -> dict[str, torch.Tensor]:
-    return {
-        key: torch.empty(shape, dtype=_TORCH_DTYPES[np.dtype(dtype)]).share_memory_()
-        for key, (shape, dtype) in layout.items()
-    }
+class SharedBatch(dict):
+    """A batch whose tensors are views of one shared-memory buffer.
+
+    It is a plain dict of tensors in the worker that fills it, and it pickles as that one
+    buffer plus the layout: crossing to the main process then passes one file
+    descriptor, not one per tensor, and arrives as an ordinary dict of views.
+    """
+
+    _ALIGN = 64
+
+    def __init__(self, buffer: torch.Tensor, layout: list[tuple[str, tuple[int, ...], torch.dtype, int]]):
+        super().__init__(_views(buffer, layout))
+        self.buffer = buffer
+        self.layout = layout
+
+    @classmethod
+    def empty(cls, layout: dict[str, tuple[tuple[int, ...], Any]]) -> "SharedBatch":
+        """Uninitialised shared memory for ``layout`` (``{key: (shape, numpy dtype)}``)."""
+        placed, offset = [], 0
+        for key, (shape, dtype) in layout.items():
+            placed.append((key, tuple(shape), _TORCH_DTYPES[np.dtype(dtype)], offset))
+            nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+            offset += -(-nbytes // cls._ALIGN) * cls._ALIGN
+        buffer = torch.empty(max(offset, 1), dtype=torch.uint8).share_memory_()
+        return cls(buffer, placed)
+
+    def __reduce__(self):
+        return (_views, (self.buffer, self.layout))
+
+
+def _views(buffer: torch.Tensor, layout: list[tuple[str, tuple[int, ...], torch.dtype, int]]) -> dict:
+    views = {}
+    for key, shape, dtype, offset in layout:
+        nbytes = int(np.prod(shape)) * dtype.itemsize
+        views[key] = buffer[offset : offset + nbytes].view(dtype).view(shape)
+    return views
 
 
 def collate_batch(batch: Any) -> Any:

@@ -135,6 +135,11 @@ def test_patch_extractor_matches_numpy_including_edges():
     got = PatchExtractor([obj], 12)(torch.from_numpy(x), torch.from_numpy(y))
     assert got.dtype == torch.complex64
     np.testing.assert_allclose(got.numpy(), expected, atol=2e-6)
+    # chunks of 5 positions (temporaries bounded), written into a given output
+    small = PatchExtractor([obj], 12, max_temp_bytes=5 * 40 * 13**2)
+    out = torch.zeros((64, 12, 12), dtype=torch.complex64)
+    assert small(torch.from_numpy(x), torch.from_numpy(y), out=out) is out
+    np.testing.assert_allclose(out.numpy(), expected, atol=2e-6)
 
 
 def test_import_ptychodata_does_not_import_torch():

@@ -1,3 +1,4 @@
+import copy
 import os
 import subprocess
 import sys
@@ -8,7 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from ptychodata import GroupingConfig, extract_patches, prepare, simulate
-from ptychodata.torch import GroupedDataset, GroupSampler, PatchExtractor, make_loader
+from ptychodata.torch import GroupedDataset, GroupSampler, PatchExtractor, make_loader, to_device
 
 
 @pytest.fixture(scope="module")
@@ -76,12 +77,22 @@ def test_a_shared_batch_crosses_processes_as_one_buffer(store):
     batch = SharedBatch.empty(store.batch_layout(5, with_Y=True))
     store.batch([3, 1, 4, 1, 5], with_Y=True, out={key: value.numpy() for key, value in batch.items()})
     received = ForkingPickler.loads(ForkingPickler.dumps(batch))
-    assert type(received) is dict and received.keys() == batch.keys()
+    assert isinstance(received, dict) and received.keys() == batch.keys()
     expected = store.batch([3, 1, 4, 1, 5], with_Y=True, reuse=False)
     for key, value in received.items():
         np.testing.assert_array_equal(value.numpy(), expected[key], err_msg=key)
     assert len({value.untyped_storage().data_ptr() for value in received.values()}) == 1
     assert all(value.is_shared() and value.is_contiguous() for value in received.values())
+    moved = to_device(received, "cpu")
+    assert isinstance(moved, SharedBatch) and moved.keys() == batch.keys()
+    if torch.cuda.is_available():
+        pinned = received.pin_memory()
+        assert pinned.buffer.is_pinned() and all(value.is_pinned() for value in pinned.values())
+        on_gpu = to_device(pinned, "cuda")
+        for key, value in on_gpu.items():
+            np.testing.assert_array_equal(value.cpu().numpy(), expected[key], err_msg=key)
+    plain = copy.copy(received)  # what a pin thread may start from: a dict whose values get replaced
+    assert type(plain) is dict and plain.keys() == batch.keys()
 
 
 def test_loader_is_deterministic_and_epoch_seeded(store):

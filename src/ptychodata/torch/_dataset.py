@@ -112,9 +112,10 @@ class GroupedDataset(torch.utils.data.Dataset):
 class SharedBatch(dict):
     """A batch whose tensors are views of one shared-memory buffer.
 
-    It is a plain dict of tensors in the worker that fills it, and it pickles as that one
-    buffer plus the layout: crossing to the main process then passes one file
-    descriptor, not one per tensor, and arrives as an ordinary dict of views.
+    It is a dict of tensors, and it pickles as that one buffer plus the layout: crossing
+    from a DataLoader worker to the main process then passes one file descriptor, not
+    one per tensor. Pinning it (the DataLoader's pin thread) and moving it to a device
+    (:func:`~ptychodata.torch.to_device`) are one copy each, too.
     """
 
     _ALIGN = 64
@@ -136,7 +137,19 @@ class SharedBatch(dict):
         return cls(buffer, placed)
 
     def __reduce__(self):
-        return (_views, (self.buffer, self.layout))
+        return (SharedBatch, (self.buffer, self.layout))
+
+    def __copy__(self) -> dict[str, torch.Tensor]:
+        return dict(self)  # a copy whose values may be replaced no longer matches the buffer
+
+    def pin_memory(self) -> SharedBatch:
+        """The batch in page-locked memory: one allocation and one copy (the DataLoader's pin
+        thread calls this), instead of one per tensor."""
+        return SharedBatch(self.buffer.pin_memory(), self.layout)
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> SharedBatch:
+        """The batch on ``device`` in one copy of the buffer."""
+        return SharedBatch(self.buffer.to(device, non_blocking=non_blocking), self.layout)
 
 
 def _views(buffer: torch.Tensor, layout: list[tuple[str, tuple[int, ...], torch.dtype, int]]) -> dict:

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from ptychodata.torch._dataset import GroupedDataset, collate_batch
+from ptychodata.torch._dataset import GroupedDataset, SharedBatch, collate_batch
 from ptychodata.torch._sampler import GroupSampler
 
 __all__ = ["GroupLoader", "make_loader", "to_device"]
@@ -110,6 +110,6 @@ def make_loader(
 def to_device(batch: Any, device: torch.device | str, *, non_blocking: bool = True) -> Any:
     """Move a batch (dict of tensors or TensorDict) to ``device``; with pinned host memory the
     copies are asynchronous (``non_blocking``)."""
-    if hasattr(batch, "to") and not isinstance(batch, dict):
+    if isinstance(batch, SharedBatch) or (hasattr(batch, "to") and not isinstance(batch, dict)):
         return batch.to(device, non_blocking=non_blocking)
     return {key: value.to(device, non_blocking=non_blocking) for key, value in batch.items()}

@@ -13,10 +13,11 @@ DDP over gloo on the CPU).
 
 h2d      loader batches (``make_loader``, pin_memory=True, gridsize 2, N 64) moved with
          ``to_device(batch, "cuda", non_blocking=True)``: GB/s of the copies alone (GPU time
-         between CUDA events around each batch's copies, all tensors of the batch), and
-         end-to-end loader throughput; against the bound, one pinned host tensor of the batch's
-         bytes copied with ``.to("cuda", non_blocking=True)`` in a loop. Target: copies >= 70 %
-         of the bound.
+         between CUDA events around each batch's copies, all tensors of the batch, queued behind
+         a short GPU sleep as in a busy training stream; and, for every other batch, issued to
+         an idle stream), and end-to-end loader throughput; against the bound, one pinned host
+         tensor of the batch's bytes copied with ``.to("cuda", non_blocking=True)`` in a loop.
+         Target: queued copies >= 70 % of the bound.
 patches  ``PatchExtractor`` on the GPU (after warm-up, synchronized) against NumPy
          ``extract_patches`` on the CPU into a reused output, N 64, complex64 objects.
 ddp      one process per GPU (NCCL; gloo on the CPU): ``make_loader(store, batch,
@@ -56,6 +57,7 @@ from ptychodata.torch._dataset import SharedBatch
 
 N = 64
 H2D_TARGET = 0.70
+QUEUE_CYCLES = 200_000  # a GPU sleep of ~0.1 ms, longer than the host takes to issue a batch's copies
 LOG: list[str] = []  # what ran and what was skipped, printed at the end
 
 
@@ -167,7 +169,8 @@ def bench_h2d(args, workdir: Path) -> None:
     group_bytes = store.C * N * N * 4 + N * N * 8
     if cuda:
         print(
-            f"{'batch':>5} {'wk':>3} | {'copy GB/s':>9} {'bound GB/s':>10} {'ratio':>6} {'dict bound':>10} | "
+            f"{'batch':>5} {'wk':>3} | {'copy GB/s':>9} {'bound GB/s':>10} {'ratio':>6} {'dict bound':>10} "
+            f"{'idle GB/s':>9} | "
             f"{'loader groups/s':>15} {'e2e GB/s':>8} {'copy share':>10} | pinned, one buffer"
         )
     else:
@@ -181,16 +184,22 @@ def bench_h2d(args, workdir: Path) -> None:
             if cuda:
                 torch.cuda.synchronize()
             groups = nbytes = batches = pinned = one_buffer = 0
-            events = []
+            events = {"queued": [], "idle": []}
             first = None
             start = time.perf_counter()
             for batch in loader:
                 if cuda:
+                    # Alternate batches: copies queued behind a short GPU sleep (the events then
+                    # time the copies alone, as in a busy training stream) or issued to an idle
+                    # stream (the events also catch the host's issue latency).
+                    kind = "queued" if batches % 2 == 0 else "idle"
+                    if kind == "queued":
+                        torch.cuda._sleep(QUEUE_CYCLES)
                     begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                     begin.record()
                     to_device(batch, "cuda", non_blocking=True)
                     end.record()
-                    events.append((begin, end))
+                    events[kind].append((begin, end, batch_bytes(batch)))
                     pinned += bool(batch["X"].is_pinned())
                     one_buffer += isinstance(batch, SharedBatch)
                 groups += len(batch["X"])
@@ -201,7 +210,12 @@ def bench_h2d(args, workdir: Path) -> None:
             if cuda:
                 torch.cuda.synchronize()
             seconds = time.perf_counter() - start
-            copy_seconds = sum(begin.elapsed_time(end) for begin, end in events) / 1e3
+            copy_rates = {
+                kind: sum(b for _, _, b in timed) / (sum(t0.elapsed_time(t1) for t0, t1, _ in timed) / 1e3) / 1e9
+                for kind, timed in events.items()
+                if timed
+            }
+            copy_seconds = sum(b for timed in events.values() for *_, b in timed) / 1e9 / copy_rates.get("queued", 1)
             stop_workers(loader)
             if not cuda:
                 print(
@@ -210,7 +224,8 @@ def bench_h2d(args, workdir: Path) -> None:
                     flush=True,
                 )
                 continue
-            copy_rate = nbytes / copy_seconds / 1e9
+            copy_rate = copy_rates["queued"]
+            idle_rate = copy_rates.get("idle", float("nan"))
             copies = max(20, min(200, int(4e9 // batch_bytes(first))))
             bound = pinned_bound(batch_bytes(first), copies)
             dict_bound = pinned_batch_rate(first, copies)
@@ -218,13 +233,14 @@ def bench_h2d(args, workdir: Path) -> None:
             worst = ratio if worst is None else min(worst, ratio)
             print(
                 f"{batch_size:>5} {workers:>3} | {copy_rate:>9.2f} {bound:>10.2f} {ratio:>6.0%} "
-                f"{dict_bound:>10.2f} | {groups / seconds:>15,.0f} {nbytes / seconds / 1e9:>8.2f} "
+                f"{dict_bound:>10.2f} {idle_rate:>9.2f} | {groups / seconds:>15,.0f} {nbytes / seconds / 1e9:>8.2f} "
                 f"{copy_seconds / seconds:>10.0%} | {pinned}/{batches} {one_buffer}/{batches}",
                 flush=True,
             )
     if cuda:
-        print("copy GB/s = all bytes of each batch (X, probe, coords, indices) / GPU time of its to_device")
-        print("  (CUDA events around each batch's non_blocking copies, no host sync inside the loop);")
+        print("copy GB/s = all bytes of each batch (X, probe, coords, indices) / GPU time of its to_device,")
+        print("  every other batch: its non_blocking copies queued behind a 0.1 ms GPU sleep, between CUDA events;")
+        print("idle GB/s = the other batches, copied to an idle stream (the events also time the host's issue latency);")
         print("bound = one pinned uint8 tensor of a batch's bytes, .to('cuda', non_blocking=True) in a loop;")
         print("dict bound = to_device of a pinned copy of one batch (its per-tensor overheads, no loader);")
         print(

@@ -57,7 +57,7 @@ from ptychodata.torch._dataset import SharedBatch
 
 N = 64
 H2D_TARGET = 0.70
-QUEUE_CYCLES = 200_000  # a GPU sleep of ~0.1 ms, longer than the host takes to issue a batch's copies
+QUEUE_CYCLES = 2_000_000  # a GPU sleep of ~1 ms, longer than the host takes to issue a batch's copies
 LOG: list[str] = []  # what ran and what was skipped, printed at the end
 
 
@@ -239,7 +239,7 @@ def bench_h2d(args, workdir: Path) -> None:
             )
     if cuda:
         print("copy GB/s = all bytes of each batch (X, probe, coords, indices) / GPU time of its to_device,")
-        print("  every other batch: its non_blocking copies queued behind a 0.1 ms GPU sleep, between CUDA events;")
+        print("  every other batch: its non_blocking copies queued behind a ~1 ms GPU sleep, between CUDA events;")
         print("idle GB/s = the other batches, copied to an idle stream (the events also time the host's issue latency);")
         print("bound = one pinned uint8 tensor of a batch's bytes, .to('cuda', non_blocking=True) in a loop;")
         print("dict bound = to_device of a pinned copy of one batch (its per-tensor overheads, no loader);")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -126,12 +127,12 @@ class SharedBatch(dict):
         self.layout = layout
 
     @classmethod
-    def empty(cls, layout: dict[str, tuple[tuple[int, ...], Any]]) -> "SharedBatch":
+    def empty(cls, layout: dict[str, tuple[tuple[int, ...], Any]]) -> SharedBatch:
         """Uninitialised shared memory for ``layout`` (``{key: (shape, numpy dtype)}``)."""
         placed, offset = [], 0
         for key, (shape, dtype) in layout.items():
             placed.append((key, tuple(shape), _TORCH_DTYPES[np.dtype(dtype)], offset))
-            nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+            nbytes = math.prod(shape) * np.dtype(dtype).itemsize
             offset += -(-nbytes // cls._ALIGN) * cls._ALIGN
         buffer = torch.empty(max(offset, 1), dtype=torch.uint8).share_memory_()
         return cls(buffer, placed)
@@ -155,7 +156,7 @@ class SharedBatch(dict):
 def _views(buffer: torch.Tensor, layout: list[tuple[str, tuple[int, ...], torch.dtype, int]]) -> dict:
     views = {}
     for key, shape, dtype, offset in layout:
-        nbytes = int(np.prod(shape)) * dtype.itemsize
+        nbytes = math.prod(shape) * dtype.itemsize
         views[key] = buffer[offset : offset + nbytes].view(dtype).view(shape)
     return views
 

@@ -41,10 +41,13 @@ class BufferPool:
         self._sets: dict[tuple, list[tuple[dict[str, np.ndarray], list[int]]]] = {}
         self._lock = threading.Lock()
 
-    def take(self, layout: Layout) -> dict[str, np.ndarray]:
-        """Arrays of ``layout`` (``{key: (shape, dtype)}``), uninitialised: a pooled set that
-        nothing refers to any more, a new pooled set, or (pool full) fresh arrays."""
-        key = tuple((name, shape, np.dtype(dtype).str) for name, (shape, dtype) in layout.items())
+    def take(self, layout: Layout, key: Any = None) -> dict[str, np.ndarray]:
+        """Arrays of ``layout`` (``{name: (shape, dtype)}``), uninitialised: a pooled set that
+        nothing refers to any more, a new pooled set, or (pool full) fresh arrays. ``key``
+        names the layout (it must then always mean the same layout); by default the
+        layout itself is the key."""
+        if key is None:
+            key = tuple((name, shape, np.dtype(dtype).str) for name, (shape, dtype) in layout.items())
         with self._lock:
             sets = self._sets.setdefault(key, [])
             for arrays, idle in sets:

@@ -193,7 +193,10 @@ class Store:
         B = len(index)
         layout = self.batch_layout(B, with_Y=with_Y)
         if out is None:
-            out = self._pool.take(layout) if reuse else {k: np.empty(s, d) for k, (s, d) in layout.items()}
+            if reuse:
+                out = self._pool.take(layout, key=("batch", B, with_Y))
+            else:
+                out = {key: np.empty(shape, dtype) for key, (shape, dtype) in layout.items()}
         else:
             for key, (shape, dtype) in layout.items():
                 if key not in out or out[key].shape != shape or out[key].dtype != dtype:
@@ -279,14 +282,17 @@ class Store:
 
     def _check_indices(self, indices: Any) -> np.ndarray:
         index = np.asarray(indices)
-        if index.ndim != 1 or not (index.size == 0 or np.issubdtype(index.dtype, np.integer)):
+        if index.ndim != 1 or not (index.size == 0 or index.dtype.kind in "iu"):
             raise IndexError(
                 f"batch indices must be a 1-D sequence of ints; got shape {index.shape} {index.dtype}"
             )
         index = index.astype(np.int64, copy=False)
-        if index.size and (index.min() < -len(self) or index.max() >= len(self)):
+        if not index.size:
+            return index
+        low, high = index.min(), index.max()
+        if low < -len(self) or high >= len(self):
             raise IndexError(f"group index out of range for a store of {len(self)} groups")
-        return np.where(index < 0, index + len(self), index)
+        return index if low >= 0 else np.where(index < 0, index + len(self), index)
 
     def batch_layout(self, batch_size: int, *, with_Y: bool = False) -> dict[str, tuple[tuple[int, ...], type]]:
         """Shape and dtype of each array of a batch of ``batch_size`` groups (§7)."""

@@ -26,7 +26,7 @@ from ptychodata.store._split import StoreView, split_groups
 __all__ = ["Store", "open_store"]
 
 _CACHE_BYTES = 512 << 10
-_MIN_THREAD_BYTES = 4 << 20  # less per thread and the hand-off costs what the thread saves
+_MIN_THREAD_BYTES = 1 << 20  # less per thread and the hand-off costs what the thread saves
 _BATCH_KEYS = (
     "X",
     "coords_relative",

@@ -24,8 +24,10 @@ def machine() -> str:
         memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     except (ValueError, OSError):
         memory_gib = float("nan")
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = f"{os.cpu_count()} cores" + (f" ({usable} usable)" if usable != os.cpu_count() else "")
     return (
-        f"{model}, {os.cpu_count()} cores, {memory_gib:.0f} GiB RAM, Python {platform.python_version()}, "
+        f"{model}, {cores}, {memory_gib:.0f} GiB RAM, Python {platform.python_version()}, "
         f"NumPy {np.__version__}"
     )
 

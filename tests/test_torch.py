@@ -95,6 +95,27 @@ def test_a_shared_batch_crosses_processes_as_one_buffer(store):
     assert type(plain) is dict and plain.keys() == batch.keys()
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="page-locked memory needs CUDA")
+def test_main_process_gathers_straight_into_pinned_memory(store):
+    from ptychodata.torch._dataset import SharedBatch
+
+    loader = make_loader(store, 16, num_workers=0, pin_memory=True, with_Y=True, seed=4)
+    for batch in loader:
+        assert isinstance(batch, SharedBatch) and batch.buffer.is_pinned()
+        expected = store.batch(batch["group_index"].numpy(), with_Y=True, reuse=False)
+        on_gpu = to_device(batch, "cuda")
+        for key, value in expected.items():
+            np.testing.assert_array_equal(on_gpu[key].cpu().numpy(), value, err_msg=key)
+
+
+def test_pinned_gathering_needs_cuda(store):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    with pytest.raises(ValueError, match="needs CUDA"):
+        GroupedDataset(store, pin_memory=True)
+    assert make_loader(store, 8, num_workers=0, pin_memory=True).dataset.pin_memory is False  # no CUDA: plain
+
+
 def test_loader_is_deterministic_and_epoch_seeded(store):
     first = group_indices(make_loader(store, 40, num_workers=0, seed=7))
     again = group_indices(make_loader(store, 40, num_workers=0, seed=7))

@@ -48,6 +48,11 @@ class GroupedDataset(torch.utils.data.Dataset):
         batches: safe when the loader pins memory (the pin thread copies each batch at
         once), or when the loop is done with a batch before it takes
         ``shared_ring - prefetch_factor - 1`` more. 0 (default) allocates fresh memory.
+    pin_memory : bool
+        In the main process (no workers), gather each batch straight into page-locked
+        memory, one buffer per batch (a :class:`SharedBatch`): the DataLoader's pin step
+        then has nothing to copy and :func:`~ptychodata.torch.to_device` moves the batch
+        in one copy. Needs CUDA.
     """
 
     def __init__(
@@ -57,6 +62,7 @@ class GroupedDataset(torch.utils.data.Dataset):
         with_Y: bool | Literal["device"] = False,
         as_tensordict: bool = False,
         shared_ring: int = 0,
+        pin_memory: bool = False,
     ):
         self.store = store if isinstance(store, (Store, StoreView)) else open_store(store)
         if with_Y not in (True, False, "device"):
@@ -70,6 +76,10 @@ class GroupedDataset(torch.utils.data.Dataset):
         self.shared_ring = int(shared_ring)
         self._ring: dict[int, list[SharedBatch]] = {}
         self._ring_taken: dict[int, int] = {}
+        self._placements: dict[tuple[int, bool], tuple[list[Any], int]] = {}
+        self.pin_memory = pin_memory
+        if pin_memory and not torch.cuda.is_available():
+            raise ValueError("pin_memory=True needs CUDA (page-locked memory is for copies to a GPU)")
 
     def __len__(self) -> int:
         return len(self.store)
@@ -77,7 +87,13 @@ class GroupedDataset(torch.utils.data.Dataset):
     def __getitems__(self, indices: Sequence[int]) -> dict[str, torch.Tensor] | Any:
         index = np.asarray(indices, np.int64)
         with_Y = self.with_Y is True
-        if torch.utils.data.get_worker_info() is None:
+        if torch.utils.data.get_worker_info() is None and self.pin_memory:
+            # Straight into page-locked memory from torch's caching host allocator, which
+            # reuses a block only once its tensors are gone and their copies are done.
+            placed, nbytes = self._placement(len(index), with_Y)
+            batch = SharedBatch(torch.empty(nbytes, dtype=torch.uint8, pin_memory=True), placed)
+            self.store.batch(index, with_Y=with_Y, out={key: value.numpy() for key, value in batch.items()})
+        elif torch.utils.data.get_worker_info() is None:
             # Pooled arrays: recycled only once every tensor (and view) of a batch is gone.
             arrays = self.store.batch(index, with_Y=with_Y)
             batch = {key: torch.from_numpy(value) for key, value in arrays.items()}
@@ -92,16 +108,22 @@ class GroupedDataset(torch.utils.data.Dataset):
             return TensorDict(dict(batch), batch_size=[len(indices)])
         return batch
 
+    def _placement(self, batch_size: int, with_Y: bool) -> tuple[list[Any], int]:
+        key = (batch_size, with_Y)
+        if key not in self._placements:
+            self._placements[key] = _place(self.store.batch_layout(batch_size, with_Y=with_Y))
+        return self._placements[key]
+
     def _shared_batch(self, batch_size: int, with_Y: bool) -> SharedBatch:
         """A batch in shared memory: fresh, or the next slot of the ring."""
-        layout = self.store.batch_layout(batch_size, with_Y=with_Y)
+        placed, nbytes = self._placement(batch_size, with_Y)
         if self.shared_ring < 1:
-            return SharedBatch.empty(layout)
+            return SharedBatch.shared(placed, nbytes)
         ring = self._ring.setdefault(batch_size, [])
         slot = self._ring_taken.get(batch_size, 0) % self.shared_ring
         self._ring_taken[batch_size] = slot + 1
         if slot == len(ring):
-            ring.append(SharedBatch.empty(layout))
+            ring.append(SharedBatch.shared(placed, nbytes))
         return ring[slot]
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor] | Any:
@@ -129,13 +151,11 @@ class SharedBatch(dict):
     @classmethod
     def empty(cls, layout: dict[str, tuple[tuple[int, ...], Any]]) -> SharedBatch:
         """Uninitialised shared memory for ``layout`` (``{key: (shape, numpy dtype)}``)."""
-        placed, offset = [], 0
-        for key, (shape, dtype) in layout.items():
-            placed.append((key, tuple(shape), _TORCH_DTYPES[np.dtype(dtype)], offset))
-            nbytes = math.prod(shape) * np.dtype(dtype).itemsize
-            offset += -(-nbytes // cls._ALIGN) * cls._ALIGN
-        buffer = torch.empty(max(offset, 1), dtype=torch.uint8).share_memory_()
-        return cls(buffer, placed)
+        return cls.shared(*_place(layout))
+
+    @classmethod
+    def shared(cls, placed: list[Any], nbytes: int) -> SharedBatch:
+        return cls(torch.empty(nbytes, dtype=torch.uint8).share_memory_(), placed)
 
     def __reduce__(self):
         return (SharedBatch, (self.buffer, self.layout))
@@ -145,12 +165,23 @@ class SharedBatch(dict):
 
     def pin_memory(self) -> SharedBatch:
         """The batch in page-locked memory: one allocation and one copy (the DataLoader's pin
-        thread calls this), instead of one per tensor."""
+        thread calls this), instead of one per tensor; itself if already pinned."""
+        if self.buffer.is_pinned():
+            return self
         return SharedBatch(self.buffer.pin_memory(), self.layout)
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> SharedBatch:
         """The batch on ``device`` in one copy of the buffer."""
         return SharedBatch(self.buffer.to(device, non_blocking=non_blocking), self.layout)
+
+
+def _place(layout: dict[str, tuple[tuple[int, ...], Any]]) -> tuple[list[tuple[str, tuple[int, ...], torch.dtype, int]], int]:
+    """Byte offset of each array of ``layout`` in one buffer (64-byte aligned), and its size."""
+    placed, offset = [], 0
+    for key, (shape, dtype) in layout.items():
+        placed.append((key, tuple(shape), _TORCH_DTYPES[np.dtype(dtype)], offset))
+        offset += -(-math.prod(shape) * np.dtype(dtype).itemsize // SharedBatch._ALIGN) * SharedBatch._ALIGN
+    return placed, max(offset, 1)
 
 
 def _views(buffer: torch.Tensor, layout: list[tuple[str, tuple[int, ...], torch.dtype, int]]) -> dict:

@@ -78,7 +78,8 @@ def make_loader(
     Each batch is one vectorised gather in a worker; workers re-open the memmaps.
     ``shared_ring`` (see :class:`GroupedDataset`) defaults to ``prefetch_factor + 2`` reused
     shared-memory batches per worker when memory is pinned (the pin thread copies every
-    batch out of the ring at once), else 0.
+    batch out of the ring at once), else 0. Without workers and with ``pin_memory`` each
+    batch is gathered straight into page-locked memory (no separate pin copy).
     """
     if num_workers is None:
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -88,7 +89,11 @@ def make_loader(
     if shared_ring is None:
         shared_ring = (prefetch_factor or 2) + 2 if pin_memory and num_workers > 0 else 0
     dataset = store if isinstance(store, GroupedDataset) else GroupedDataset(
-        store, with_Y=with_Y, as_tensordict=as_tensordict, shared_ring=shared_ring
+        store,
+        with_Y=with_Y,
+        as_tensordict=as_tensordict,
+        shared_ring=shared_ring,
+        pin_memory=pin_memory and num_workers == 0 and torch.cuda.is_available(),
     )
     is_distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     if distributed is None:

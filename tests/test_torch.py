@@ -2,6 +2,7 @@ import copy
 import os
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -193,10 +194,10 @@ def test_shards_are_disjoint_equal_and_complete():
     assert len(all_dropped) == len(set(all_dropped)) == 90
 
 
-@pytest.mark.parametrize("num_workers", [0, 2])
-def test_resume_after_k_batches_equals_uninterrupted_run(store, num_workers):
+@pytest.mark.parametrize("num_workers, background", [(0, 0), (2, 0), (0, 3)])
+def test_resume_after_k_batches_equals_uninterrupted_run(store, num_workers, background):
     uninterrupted = group_indices(make_loader(store, 16, num_workers=num_workers, seed=2))
-    loader = make_loader(store, 16, num_workers=num_workers, seed=2)
+    loader = make_loader(store, 16, num_workers=num_workers, seed=2, background=background)
     taken = []
     for batch in loader:
         taken.append(batch["group_index"].tolist())
@@ -208,6 +209,33 @@ def test_resume_after_k_batches_equals_uninterrupted_run(store, num_workers):
     assert taken + group_indices(resumed) == uninterrupted
     resumed.set_epoch(1)  # the next epoch is whole again
     assert sum(len(b) for b in group_indices(resumed)) == len(store)
+
+
+def test_background_thread_serves_the_same_batches_and_stops_when_left(store):
+    plain = make_loader(store, 16, num_workers=0, seed=5, with_Y=True)
+    ahead = make_loader(store, 16, num_workers=0, seed=5, with_Y=True, background=3)
+    kept = list(ahead)  # held while the thread gathers ahead: none may be overwritten
+    assert [b["group_index"].tolist() for b in kept] == group_indices(plain)
+    for batch in kept:
+        expected = store.batch(batch["group_index"].numpy(), with_Y=True, reuse=False)
+        for key, value in expected.items():
+            np.testing.assert_array_equal(batch[key].numpy(), value, err_msg=key)
+    before = threading.active_count()
+    for _ in zip(range(2), ahead):  # leave mid-epoch
+        pass
+    assert threading.active_count() == before  # the prefetch thread has stopped
+
+
+def test_background_thread_raises_the_gather_error_in_the_loop(store):
+    class Failing(GroupedDataset):
+        def __getitems__(self, indices):
+            if 0 in indices:
+                raise RuntimeError("gather failed for group 0")
+            return super().__getitems__(indices)
+
+    loader = make_loader(Failing(store), 8, num_workers=0, shuffle=False, background=2)
+    with pytest.raises(RuntimeError, match="group 0"):
+        list(loader)
 
 
 @pytest.mark.parametrize("before, after", [(2, 1), (1, 2), (2, 3)])

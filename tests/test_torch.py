@@ -45,7 +45,7 @@ def test_loader_batches_equal_store_batches(store, num_workers):
 
 
 def test_main_process_batches_stay_valid_while_held_and_recycle_when_dropped(store):
-    loader = make_loader(store, 16, num_workers=0, seed=2)
+    loader = make_loader(store, 16, num_workers=0, seed=2, pin_memory=False, background=0)
     kept = list(loader)  # every batch of the epoch held at once: none may be overwritten
     for batch in kept:
         expected = store.batch(batch["group_index"].numpy(), reuse=False)

@@ -76,24 +76,30 @@ def make_loader(
 ) -> GroupLoader:
     """A loader of §7 batches from a store (or a :class:`GroupedDataset`).
 
-    Defaults: ``num_workers`` = 0 on machines of one or two cores, else half the cores (at
-    most 8); persistent workers; ``pin_memory`` when CUDA is available. A batch is one
-    vectorised gather of about a millisecond, so workers pay off only when there are
-    cores to spare: each worker batch must cross to the main process in fresh shared
-    memory, and on a 2-core VM that costs far more than the gather itself
-    (``benchmarks/bench_loader.py`` prints both). ``distributed=None`` shards by the
-    initialised ``torch.distributed`` group, if any (:class:`GroupSampler` says how).
-    Each batch is one vectorised gather in a worker; workers re-open the memmaps.
-    ``shared_ring`` (see :class:`GroupedDataset`) defaults to ``prefetch_factor + 2`` reused
-    shared-memory batches per worker when memory is pinned (the pin thread copies every
-    batch out of the ring at once), else 0. Without workers and with ``pin_memory`` each
-    batch is gathered straight into page-locked memory (no separate pin copy).
-    ``background`` batches are gathered ahead in a thread when there are no workers
-    (default: 2 when memory is pinned, i.e. when a GPU does the training; else 0).
+    Defaults, from measurements (``benchmarks/bench_loader.py``, ``bench_gpu.py``):
+    ``num_workers=0``: a batch is one vectorised gather of about a millisecond, shared
+    among the store's threads (one per core, at most 4), and gathering in the main
+    process beats DataLoader workers, whose batches must cross processes in shared
+    memory (2 × H200 DDP, batch 256 per rank: 67 000 groups/s per rank without workers,
+    30 000 with 4). ``background``: without workers, this many batches are gathered
+    ahead in a thread (NumPy copies without the GIL), so the gather overlaps the
+    training step; 2 when memory is pinned or there are more than 2 cores, else 0.
+    ``pin_memory`` when CUDA is available: without workers each batch is then gathered
+    straight into page-locked memory, one buffer per batch, so there is no separate pin
+    copy and :func:`to_device` is one copy.
+
+    With workers (``num_workers`` > 0): persistent workers, each re-opening the memmaps;
+    a worker's batch is one shared-memory buffer (one file descriptor to pass);
+    ``shared_ring`` (see :class:`GroupedDataset`) defaults to ``prefetch_factor + 2``
+    reused buffers per worker when memory is pinned (the pin thread copies every batch
+    out of the ring at once), else 0.
+
+    ``distributed=None`` shards by the initialised ``torch.distributed`` group, if any
+    (:class:`GroupSampler` says how).
     """
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if num_workers is None:
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        num_workers = 0 if cpus <= 2 else min(8, cpus // 2)
+        num_workers = 0
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()
     if shared_ring is None:
@@ -120,7 +126,7 @@ def make_loader(
         prefetch_factor=prefetch_factor if num_workers > 0 else None,
     )
     if background is None:
-        background = 2 if pin_memory and num_workers == 0 else 0
+        background = 2 if pin_memory or cpus > 2 else 0
     return GroupLoader(loader, sampler, background=background if num_workers == 0 else 0)
 
 

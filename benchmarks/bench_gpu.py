@@ -3,7 +3,7 @@
     python benchmarks/bench_gpu.py h2d      [--workers 2,4] [--batches 256,512] [--points 32768]
     python benchmarks/bench_gpu.py patches  [--sizes 1000,4000] [--positions 10000,100000]
     python benchmarks/bench_gpu.py all      # h2d, then patches
-    torchrun --nproc_per_node=2 benchmarks/bench_gpu.py ddp [--batch 256] [--ddp-workers 4] [--compute conv]
+    torchrun --nproc_per_node=2 benchmarks/bench_gpu.py ddp [--batch 256] [--ddp-workers 0] [--compute conv]
 
 Run from the repository root; the package is imported from the installed one, else from ``src/``.
 Each run makes its own data (a random-pattern source prepared into a store under a temporary
@@ -405,9 +405,7 @@ def bench_ddp(args) -> None:
     dist.broadcast_object_list(shared, src=0)
     store = open_store(shared[0])
 
-    workers = args.ddp_workers
-    if workers is None:
-        workers = max(0, min(4, cpus() // local_world - 1))
+    workers = args.ddp_workers or 0  # make_loader's default: no workers, a background thread
     loader = make_loader(store, args.batch, distributed=True, num_workers=workers, pin_memory=cuda, seed=0)
     C = store.C
     model = torch.nn.Conv2d(C, 8, 3, padding=1).to(device)
@@ -523,7 +521,7 @@ def main() -> None:
     )
     parser.add_argument("--batch", type=int, default=256, help="ddp: batch size per rank")
     parser.add_argument(
-        "--ddp-workers", type=int, help="ddp: loader workers per rank (default min(4, cpus/ranks - 1))"
+        "--ddp-workers", type=int, help="ddp: loader workers per rank (default 0, as make_loader)"
     )
     parser.add_argument(
         "--compute",

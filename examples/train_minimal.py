@@ -184,18 +184,14 @@ def predict_all(model, store, device, chunk: int = 256) -> np.ndarray:
 def stitch(patches, x, y, shape, probe) -> tuple[np.ndarray, np.ndarray]:
     """Stitch patches (B, C, N, N) at positions x, y (B, C) into an object; also return Σ |P|².
 
-    The object is the probe-intensity-weighted mean Σ |P|²·patch / Σ |P|². ``reassemble``
-    divides by the number of patches covering a pixel; the ratio of two reassemblies over the
-    same positions cancels that count, so patch pixels the probe never lit (unconstrained by
-    the physics) do not count.
+    The object is the probe-intensity-weighted mean Σ |P|²·patch / Σ |P|², so patch pixels
+    the probe never lit (unconstrained by the physics) do not count.
     """
     intensity = np.abs(probe) ** 2
-    numerator = ptychodata.reassemble(patches * intensity, x, y, shape, channels_last=False)
-    weights = np.broadcast_to(intensity.astype(np.complex64), patches.shape)
-    mean_weight, count = ptychodata.reassemble(weights, x, y, shape, channels_last=False, return_weights=True)
-    mean_weight = mean_weight.real
-    obj = np.where(mean_weight > 1e-6, numerator / np.maximum(mean_weight, 1e-6), 0)
-    return obj.astype(np.complex64), mean_weight * count
+    return ptychodata.reassemble(
+        patches, x, y, shape, channels_last=False, weight=intensity, threshold=1e-6 * intensity.max(),
+        return_weights=True,
+    )
 
 
 def save_figure(path: Path, truth: np.ndarray, pred: np.ndarray, covered: np.ndarray, error: float) -> None:

@@ -159,6 +159,36 @@ def test_reassemble_of_extract_of_a_constant_is_exact(rng):
     np.testing.assert_allclose(canvas[inner], obj[inner], rtol=1e-5)
 
 
+def gaussian_window(N, sigma):
+    r = np.arange(N) - N // 2
+    return np.exp(-(r[:, None] ** 2 + r[None, :] ** 2) / (2 * sigma**2)).astype(np.float32)
+
+
+def test_weighted_reassemble_is_the_weighted_mean(rng):
+    obj, N = random_object(rng, (80, 96)), 16
+    x, y = dense_scan(rng, obj.shape, N)  # sub-pixel positions, patches crossing the border
+    patches = extract_patches(obj, x, y, N)
+    window = gaussian_window(N, 3.0)
+    canvas, weights = reassemble(patches, x, y, obj.shape, weight=window, threshold=1e-6, return_weights=True)
+    # Σ splat(w·p) / Σ splat(w) from two unweighted reassemblies over the same positions
+    numerator, count = reassemble(patches * window, x, y, obj.shape, threshold=0, return_weights=True)
+    denominator = reassemble(np.broadcast_to(window, patches.shape).astype(np.complex64), x, y, obj.shape,
+                             threshold=0).real
+    np.testing.assert_allclose(weights, denominator * count, rtol=1e-4, atol=1e-6)
+    lit = weights > 1e-6
+    np.testing.assert_allclose(canvas[lit], (numerator / denominator)[lit], rtol=1e-3, atol=1e-4)
+    assert not canvas[~lit].any()
+    # at integer positions a weighted mean of copies of the object is the object
+    xi, yi = dense_scan(rng, obj.shape, N, subpixel=False)
+    exact, lit = reassemble(extract_patches(obj, xi, yi, N), xi, yi, obj.shape, weight=window, return_weights=True)
+    np.testing.assert_allclose(exact[lit > 0.5], obj[lit > 0.5], rtol=1e-4)
+    # ones as the weight is the unweighted reassembly
+    np.testing.assert_allclose(reassemble(patches, x, y, obj.shape, weight=np.ones((N, N))),
+                               reassemble(patches, x, y, obj.shape), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="weight must have"):
+        reassemble(patches, x, y, obj.shape, weight=np.ones((N, N + 1)))
+
+
 @pytest.mark.parametrize("smooth", [True, False])
 def test_reassemble_of_extract_is_within_interpolation_error(rng, smooth):
     """Sub-pixel: each canvas pixel is a convex mix of the object over its 3×3 neighbourhood."""

@@ -209,6 +209,7 @@ def reassemble(
     threshold: float = 1e-3,
     return_weights: bool = False,
     chunk_size: int | None = None,
+    weight: np.ndarray | None = None,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Stitch patches onto a canvas by bilinear splatting (§9), the adjoint of extraction.
 
@@ -228,6 +229,10 @@ def reassemble(
         Also return the summed weights.
     chunk_size : int, optional
         Patches splatted at once; by default as in :func:`extract_patches`.
+    weight : ndarray of shape (N, N), optional
+        A per-pixel weight of every patch, e.g. the probe intensity |P|²: the canvas is
+        then the weighted mean Σ splat(weight · patch) / Σ splat(weight), in which patch
+        pixels the probe barely lit count little. Default: all ones.
 
     Returns
     -------
@@ -235,7 +240,7 @@ def reassemble(
         Σ splatted values / Σ weights where the weights exceed ``threshold``, else 0
         (accumulated in single precision).
     weights : ndarray of shape (H, W), float32
-        Summed bilinear weights; only with ``return_weights=True``.
+        Summed bilinear weights (of ``weight`` when given); only with ``return_weights=True``.
     """
     patches = np.asarray(patches)
     x, y = _check_positions(x, y)
@@ -248,25 +253,35 @@ def reassemble(
     n, ar, chunk = N + 1, np.arange(N + 1), _chunk(chunk_size, N)
     acc = np.zeros(H * W, np.complex64)
     wsum = np.zeros(H * W, np.float32)
+    if weight is not None:
+        weight = np.asarray(weight, np.float32)
+        if weight.shape != (N, N):
+            raise ValueError(f"weight must have the patches' shape ({N}, {N}), got {weight.shape}")
     buf = np.empty((2, min(chunk, P), n * 2 * n), np.float32)
+    weight_buf = None if weight is None else np.empty_like(buf)
     for s in range(0, P, chunk):
         sel = np.arange(s, min(s + chunk, P))
         val = view[sel // C, sel % C]
         ry, fy = _split(y[sel], N)
         cx, fx = _split(x[sel], N)
-        blk = _splat(val, fy, fx, buf)  # (k, n, n) as if the object extended everywhere
-        wy, wx = np.ones((sel.size, n), np.float32), np.ones((sel.size, n), np.float32)
-        wy[:, 0], wy[:, N], wx[:, 0], wx[:, N] = 1 - fy, fy, 1 - fx, fx
+        if weight is None:
+            blk = _splat(val, fy, fx, buf)  # (k, n, n) as if the object extended everywhere
+            wy, wx = np.ones((sel.size, n), np.float32), np.ones((sel.size, n), np.float32)
+            wy[:, 0], wy[:, N], wx[:, 0], wx[:, N] = 1 - fy, fy, 1 - fx, fx
+            wblk = wy[:, :, None] * wx[:, None, :]  # the splat of ones
+        else:
+            blk = _splat(val * weight, fy, fx, buf)
+            wblk = _splat(np.broadcast_to(weight, val.shape), fy, fx, weight_buf).real.copy()
         rows, cols = ry[:, None] + ar, cx[:, None] + ar
         rin, cin = (rows >= 0) & (rows < H), (cols >= 0) & (cols < W)
         if not (rin.all() and cin.all()):  # drop what falls outside the canvas
-            blk[~(rin[:, :, None] & cin[:, None, :])] = 0
-            wy *= rin
-            wx *= cin
+            outside = ~(rin[:, :, None] & cin[:, None, :])
+            blk[outside] = 0
+            wblk[outside] = 0
             rows, cols = np.clip(rows, 0, H - 1), np.clip(cols, 0, W - 1)
         idx = ((rows * W)[:, :, None] + cols[:, None, :]).ravel()
         np.add.at(acc, idx, blk.reshape(-1))
-        np.add.at(wsum, idx, (wy[:, :, None] * wx[:, None, :]).reshape(-1))
+        np.add.at(wsum, idx, wblk.reshape(-1))
     good = wsum > threshold
     canvas = np.zeros(H * W, np.complex64)
     canvas[good] = acc[good] / wsum[good]

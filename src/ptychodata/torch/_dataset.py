@@ -87,22 +87,23 @@ class GroupedDataset(torch.utils.data.Dataset):
     def __getitems__(self, indices: Sequence[int]) -> dict[str, torch.Tensor] | Any:
         index = np.asarray(indices, np.int64)
         with_Y = self.with_Y is True
-        if torch.utils.data.get_worker_info() is None and self.pin_memory:
-            # Straight into page-locked memory from torch's caching host allocator, which
-            # reuses a block only once its tensors are gone and their copies are done.
-            placed, nbytes = self._placement(len(index), with_Y)
-            batch = SharedBatch(torch.empty(nbytes, dtype=torch.uint8, pin_memory=True), placed)
-            self.store.batch(index, with_Y=with_Y, out={key: value.numpy() for key, value in batch.items()})
-        elif torch.utils.data.get_worker_info() is None:
+        in_worker = torch.utils.data.get_worker_info() is not None
+        if in_worker or self.pin_memory:
+            if in_worker:
+                # Straight into shared memory: the batch crosses to the main process as a
+                # handle, not as a copy.
+                batch = self._shared_batch(len(index), with_Y)
+            else:
+                # Straight into page-locked memory from torch's caching host allocator,
+                # which reuses a block only once its tensors are gone and copies are done.
+                placed, nbytes = self._placement(len(index), with_Y)
+                batch = SharedBatch(torch.empty(nbytes, dtype=torch.uint8, pin_memory=True), placed)
+            out = {key: value.numpy() for key, value in batch.items()}
+            self.store.batch(index, with_Y=with_Y, out=out, threads=1 if in_worker else None)  # workers: 1 core each
+        else:
             # Pooled arrays: recycled only once every tensor (and view) of a batch is gone.
             arrays = self.store.batch(index, with_Y=with_Y)
             batch = {key: torch.from_numpy(value) for key, value in arrays.items()}
-        else:
-            # In a DataLoader worker, gather straight into shared memory: the batch then
-            # crosses to the main process as a handle, not as a copy.
-            batch = self._shared_batch(len(index), with_Y)
-            out = {key: value.numpy() for key, value in batch.items()}
-            self.store.batch(index, with_Y=with_Y, out=out, threads=1)  # the workers use the cores
         if self.as_tensordict:
             TensorDict = _import_tensordict()
             return TensorDict(dict(batch), batch_size=[len(indices)])

@@ -1,6 +1,6 @@
 """GPU side: host->device copies of loader batches, patch extraction on the device, a DDP epoch.
 
-    python benchmarks/bench_gpu.py h2d      [--workers 2,4] [--batches 256,512] [--points 32768]
+    python benchmarks/bench_gpu.py h2d      [--workers 0,4] [--batches 64,256,512] [--points 32768]
     python benchmarks/bench_gpu.py patches  [--sizes 1000,4000] [--positions 10000,100000]
     python benchmarks/bench_gpu.py all      # h2d, then patches
     torchrun --nproc_per_node=2 benchmarks/bench_gpu.py ddp [--batch 256] [--ddp-workers 0] [--compute conv]
@@ -504,13 +504,13 @@ def main() -> None:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="a small run: 8192 patterns, batch 256, 2 workers, 1000² object, 10⁴ positions",
+        help="a small run: 8192 patterns, batch 256, no workers, 1000² object, 10⁴ positions",
     )
     parser.add_argument(
         "--points", type=int, help="patterns in the source (default 32768; 8192 with --quick)"
     )
-    parser.add_argument("--workers", type=_ints, help="h2d: comma-separated loader workers (default 2,4)")
-    parser.add_argument("--batches", type=_ints, help="h2d: comma-separated batch sizes (default 256,512)")
+    parser.add_argument("--workers", type=_ints, help="h2d: comma-separated loader workers (default 0,4)")
+    parser.add_argument("--batches", type=_ints, help="h2d: comma-separated batch sizes (default 64,256,512)")
     parser.add_argument("--sizes", type=_ints, help="patches: object sides (default 1000,4000)")
     parser.add_argument("--positions", type=_ints, help="patches: positions per call (default 10000,100000)")
     parser.add_argument(
@@ -535,8 +535,8 @@ def main() -> None:
     args = parser.parse_args()
     quick = args.quick
     args.points = args.points or (8192 if quick else 32_768)
-    args.workers = args.workers or ([2] if quick else [2, 4])
-    args.batches = args.batches or ([256] if quick else [256, 512])
+    args.workers = args.workers or ([0] if quick else [0, 4])
+    args.batches = args.batches or ([256] if quick else [64, 256, 512])
     args.sizes = args.sizes or ([1000] if quick else [1000, 4000])
     args.positions = args.positions or ([10_000] if quick else [10_000, 100_000])
     if args.workdir is not None:

@@ -271,7 +271,7 @@ def reassemble(
             wblk = wy[:, :, None] * wx[:, None, :]  # the splat of ones
         else:
             blk = _splat(val * weight, fy, fx, buf)
-            wblk = _splat(np.broadcast_to(weight, val.shape), fy, fx, weight_buf).real.copy()
+            wblk = _splat(np.broadcast_to(weight, val.shape), fy, fx, weight_buf).real  # a view; reshape below copies it
         rows, cols = ry[:, None] + ar, cx[:, None] + ar
         rin, cin = (rows >= 0) & (rows < H), (cols >= 0) & (cols < W)
         if not (rin.all() and cin.all()):  # drop what falls outside the canvas

@@ -27,15 +27,6 @@ __all__ = ["Store", "open_store"]
 
 _CACHE_BYTES = 512 << 10
 _MIN_THREAD_BYTES = 1 << 20  # less per thread and the hand-off costs what the thread saves
-_BATCH_KEYS = (
-    "X",
-    "coords_relative",
-    "coords_offsets",
-    "nn_indices",
-    "group_index",
-    "experiment_id",
-    "probe",
-)
 
 
 def open_store(path: str | os.PathLike, *, sorted_reads: bool = False, threads: int | None = None) -> Store:

@@ -296,8 +296,8 @@ def test_ddp_gloo_two_processes_shard_disjoint_and_complete(store, tmp_path):
 # ---------------------------------------------------------------------- splits
 def test_region_split_shares_no_pattern(store):
     train, val = store.split(0.2, by="region", seed=0)
-    train_patterns = set(store.array("groups")[train.group_indices].ravel().tolist())
-    val_patterns = set(store.array("groups")[val.group_indices].ravel().tolist())
+    train_patterns = set(train.groups.ravel().tolist())
+    val_patterns = set(val.groups.ravel().tolist())
     assert not train_patterns & val_patterns
     assert 0.1 < len(val) / len(store) < 0.45
     assert len(train) + len(val) < len(store)  # groups touching held-out patterns were dropped

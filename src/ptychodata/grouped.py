@@ -20,7 +20,7 @@ from ptychodata.normalize import intensity_scale, x_scale
 from ptychodata.patches import extract_patches
 from ptychodata.scan import ScanData
 
-__all__ = ["PtychoDataContainer", "gather_channels_last", "grouped_data", "member_patches"]
+__all__ = ["PtychoDataContainer", "gather_channels_last", "grouped_data", "grouped_dict", "member_patches"]
 
 _CHUNK_BYTES = 2 << 20
 _THREADS = min(4, os.cpu_count() or 1)
@@ -50,18 +50,67 @@ def grouped_data(
     if groups is None:
         groups = group(scan, config)
     where = f"{scan.source}: " if scan.source else ""
-    scale = x_scale(scan.diffraction, groups, where=where)
-    diffraction, X_full = gather_channels_last(scan.diffraction, groups, scales=(None, scale))
     nphotons = config.nphotons if config.nphotons is not None else scan.nphotons
+    return grouped_dict(
+        scan.diffraction,
+        groups,
+        scale=x_scale(scan.diffraction, groups, where=where),
+        positions=(scan.xcoords, scan.ycoords),
+        positions_start=(scan.xcoords_start, scan.ycoords_start),
+        Y=member_patches(scan, groups) if with_Y else None,
+        objectGuess=scan.object,
+        intensity_scale=intensity_scale(nphotons, scan.N),
+    )
+
+
+def grouped_dict(
+    patterns: np.ndarray,
+    groups: np.ndarray,
+    *,
+    scale: float | np.ndarray,
+    positions: tuple[np.ndarray, np.ndarray],
+    positions_start: tuple[np.ndarray, np.ndarray],
+    Y: np.ndarray | None,
+    objectGuess: np.ndarray | None,
+    intensity_scale: float | None | list[float | None],
+    x_scale: float | list[float] | None = None,
+    centres: tuple[np.ndarray, np.ndarray] | None = None,
+    relative: tuple[np.ndarray, np.ndarray] | None = None,
+) -> dict[str, Any]:
+    """The §6 dict from its parts: what :func:`grouped_data` computes from a scan, or what
+    a store holds.
+
+    Parameters
+    ----------
+    patterns : ndarray of shape (M, N, N)
+        Unscaled amplitudes (may be a memmap).
+    groups : ndarray of shape (B, C), int64
+    scale : float or ndarray of shape (B,)
+        The §5 factor, one for all groups or one per group (several experiments).
+    positions, positions_start : (x, y) pairs of ndarray of shape (M,)
+    Y : ndarray of shape (B, N, N, C), complex64, or None
+    objectGuess : ndarray of shape (H, W) or None
+    intensity_scale, x_scale
+        Recorded as they are; ``x_scale`` defaults to ``scale``.
+    centres, relative : optional
+        Stored group centres ((B, 2), start (B, 2)) and offsets ((B, C, 2), start
+        (B, C, 2)); computed from the positions when None.
+    """
+    if np.ndim(scale) == 0:
+        diffraction, X_full = gather_channels_last(patterns, groups, scales=(None, float(scale)))
+    else:
+        (diffraction,) = gather_channels_last(patterns, groups)
+        X_full = diffraction * np.asarray(scale, np.float32)[:, None, None, None]
+    stored = None if centres is None else (centres, relative)
     return {
         "diffraction": diffraction,
         "X_full": X_full,
-        "Y": member_patches(scan, groups) if with_Y else None,
-        **grouped_coords(scan.xcoords, scan.ycoords, scan.xcoords_start, scan.ycoords_start, groups),
+        "Y": Y,
+        **grouped_coords(*positions, *positions_start, groups, stored=stored),
         "nn_indices": groups,
-        "objectGuess": scan.object,
-        "x_scale": scale,
-        "intensity_scale": intensity_scale(nphotons, scan.N),
+        "objectGuess": objectGuess,
+        "x_scale": scale if x_scale is None else x_scale,
+        "intensity_scale": intensity_scale,
     }
 
 

@@ -29,7 +29,10 @@ def test_default_is_one_group_per_point():
     positions = random_positions(100)
     groups = group(positions, GroupingConfig(gridsize=2, neighbor_count=6, seed=0))
     assert groups.shape == (100, 4)
-    assert sorted(groups[:, :].ravel().tolist()) != list(range(100))  # members, not only seeds
+    assert all(len(set(row)) == 4 for row in groups.tolist())  # 4 distinct members, not a seed repeated
+    _, nearest = cKDTree(positions).query(positions, k=6)  # each point's pool of K = 6
+    pools = [set(pool) for pool in nearest.tolist()]
+    assert all(any(set(row) <= pool for pool in pools) for row in groups.tolist())  # neighbours, not far points
 
 
 def test_sequential_sampling_takes_first_points_as_seeds():

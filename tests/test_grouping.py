@@ -30,7 +30,7 @@ def test_default_is_one_group_per_point():
     groups = group(positions, GroupingConfig(gridsize=2, neighbor_count=6, seed=0))
     assert groups.shape == (100, 4)
     assert all(len(set(row)) == 4 for row in groups.tolist())  # 4 distinct members, not a seed repeated
-    _, nearest = cKDTree(positions).query(positions, k=6)  # each point's pool of K = 6
+    _, nearest = cKDTree(positions).query(positions, k=7)  # each seed's pool: itself and K = 6 neighbours
     pools = [set(pool) for pool in nearest.tolist()]
     assert all(any(set(row) <= pool for pool in pools) for row in groups.tolist())  # neighbours, not far points
 

@@ -188,6 +188,11 @@ class BuildSlot:
             fsync_directory(temporary)
             os.rename(temporary, self.build_dir(build_id))
             fsync_directory(self.path / BUILDS)
+        except OSError as exc:
+            shutil.rmtree(temporary, ignore_errors=True)
+            if not temporary.parent.is_dir():
+                raise StoreNotFoundError(f"{self.path}: the store was removed during the build") from exc
+            raise
         except BaseException:
             shutil.rmtree(temporary, ignore_errors=True)
             raise
@@ -196,12 +201,15 @@ class BuildSlot:
         """Make ``build_id`` the live build: write ``current`` beside itself and replace it
         atomically. Hold the slot's lock."""
         temporary = self.path / f"{TEMP_PREFIX}{CURRENT}-{build_id}"
-        with open(temporary, "w") as handle:
-            handle.write(build_id + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, self.path / CURRENT)
-        fsync_directory(self.path)
+        try:
+            with open(temporary, "w") as handle:
+                handle.write(build_id + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, self.path / CURRENT)
+            fsync_directory(self.path)
+        except FileNotFoundError as exc:
+            raise StoreNotFoundError(f"{self.path}: the store was removed before its build was published") from exc
 
     def remove_temporaries(self) -> int:
         """Delete builds in progress whose process died; call with the slot's lock held

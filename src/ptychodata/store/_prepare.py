@@ -115,42 +115,55 @@ def prepare(
     Store
         Opened on the grouping build this call found or made.
     """
-    from ptychodata.store._store import Store
-
     layout = CacheLayout(ensure_writable_directory(Path(cache_dir) if cache_dir is not None else default_cache_dir()))
     handles = [_Source.open(source) for source in _as_list(sources)]
     frames_key = stable_key("frames", SCHEMA_VERSION, intensity, [handle.identity() for handle in handles])
     frames_slot = layout.frames_slot(frames_key)
     grouping_slot = layout.grouping_slot(frames_key, stable_key("grouping", config.to_dict(), materialize))
     for attempt in range(_ATTEMPTS):
-        _ensure_frames(frames_slot, handles, intensity, verify, progress)
         try:
-            frames_id, frames_lock = open_current(frames_slot)
-        except StoreNotFoundError:  # removed (cache remove) right after it was made
-            continue
-        try:
-            with file_lock(grouping_slot.lock):
-                grouping_slot.remove_temporaries()
-                grouping_id = _reusable_grouping(grouping_slot, frames_id)
-                if grouping_id is None:
-                    grouping_id = _build_grouping(grouping_slot, frames_slot, frames_id, config, materialize, progress)
-                    built = True
-                else:
-                    built = False
-                store = Store.open_build(grouping_slot.path, grouping_id)
-                if built:
-                    _collect_builds(grouping_slot, keep={grouping_id})
-        except StoreNotFoundError:
+            return _prepare_once(frames_slot, grouping_slot, handles, config, intensity, materialize, progress, verify)
+        except StoreNotFoundError:  # removed (e.g. 'ptychodata cache remove') while being prepared: again
             if attempt == _ATTEMPTS - 1:
                 raise
-            continue
-        finally:
-            frames_lock.close()
-        if built:
-            with file_lock(frames_slot.lock):
-                _collect_frames(frames_slot)
-        return store
-    raise StoreError(f"{frames_slot.path}: the store was removed {_ATTEMPTS} times while it was being prepared")
+    raise AssertionError("unreachable")
+
+
+def _prepare_once(
+    frames_slot: BuildSlot,
+    grouping_slot: BuildSlot,
+    handles: list[_Source],
+    config: GroupingConfig,
+    intensity: bool,
+    materialize: bool,
+    progress: bool,
+    verify: bool,
+):
+    from ptychodata.store._store import Store
+
+    _ensure_frames(frames_slot, handles, intensity, verify, progress)
+    frames_id, frames_lock = open_current(frames_slot)
+    try:
+        with file_lock(grouping_slot.lock):
+            grouping_slot.remove_temporaries()
+            grouping_id = _reusable_grouping(grouping_slot, frames_id)
+            built = grouping_id is None
+            if built:
+                try:
+                    grouping_id = _build_grouping(grouping_slot, frames_slot, frames_id, config, materialize, progress)
+                except FileNotFoundError as exc:  # only a forced removal deletes a build a reader holds
+                    if frames_slot.build_dir(frames_id).is_dir():
+                        raise
+                    raise StoreNotFoundError(f"{frames_slot.path}: removed while a grouping was built") from exc
+            store = Store.open_build(grouping_slot.path, grouping_id)
+            if built:
+                _collect_builds(grouping_slot, keep={grouping_id})
+    finally:
+        frames_lock.close()
+    if built:
+        with file_lock(frames_slot.lock):
+            _collect_frames(frames_slot)
+    return store
 
 
 def _as_list(sources: Any) -> list[Any]:

@@ -20,7 +20,7 @@ from scipy.spatial import cKDTree
 
 from ptychodata.errors import GroupingError, ScanDataError
 
-__all__ = ["GroupingConfig", "group", "neighbour_pools"]
+__all__ = ["GroupingConfig", "check_groups", "group", "neighbour_pools"]
 
 # Oversampling enumerates all C-subsets of a pool through a lookup table up to this size.
 _MAX_SUBSET_TABLE = 1 << 20
@@ -45,9 +45,11 @@ class GroupingConfig:
     n_groups : int or None
         Number of groups B; None means one group per scan point.
     seed : int or None
-        Seed of the one ``numpy.random.Generator``; None is nondeterministic.
+        Seed of the one ``numpy.random.Generator``; None is nondeterministic, except with
+        ``sequential_sampling`` where it means 0 (as PtychoPINN fixes it).
     sequential_sampling : bool
-        Take points 0..n_groups-1 as seeds instead of a uniform random draw.
+        Take points 0..n_groups-1 as seeds instead of a uniform random draw; without a
+        seed the member draw is seeded with 0, so the groups are reproducible.
     enable_oversampling : bool
         Allow n_groups > M (at C > 1) by drawing distinct (seed, subset) pairs.
     neighbor_pool_size : int or None
@@ -160,7 +162,7 @@ def group(scan_or_positions: Any, config: GroupingConfig) -> np.ndarray:
             f"{where}key 'xcoords': the scan has {n_points} points, fewer than C=gridsize²={C} a group "
             "needs; lower gridsize or use a larger scan"
         )
-    rng = np.random.default_rng(config.seed)
+    rng = np.random.default_rng(_effective_seed(config))
     if C == 1:
         return _choose_seeds(n_points, n_groups, config.sequential_sampling, rng)[:, None]
     if n_groups > n_points:
@@ -182,6 +184,56 @@ def group(scan_or_positions: Any, config: GroupingConfig) -> np.ndarray:
     return groups
 
 
+def check_groups(groups: Any, *, n_points: int, C: int, where: str = "") -> np.ndarray:
+    """Validate a precomputed group table and return it as C-contiguous int64.
+
+    Parameters
+    ----------
+    groups : array_like of shape (B, C), integer
+        Scan-point indices, one row per group, e.g. PtychoPINN's ``nn_indices`` (int32 at
+        gridsize 2) or an earlier :func:`group` output.
+    n_points : int
+        M, the number of scan points; every index must lie in [0, M).
+    C : int
+        gridsize², the members a group must have.
+    where : str
+        Prefix for error messages (the scan's file).
+
+    Returns
+    -------
+    ndarray of shape (B, C), int64
+
+    Raises
+    ------
+    GroupingError
+        Not 2-D, not an integer dtype, a column count other than C, no groups, or an index
+        outside [0, M) (a negative index would otherwise silently gather from the end).
+    """
+    table = np.asarray(groups)
+    expected = f"expected (B, C={C}) integer indices with C = gridsize²"
+    if table.ndim != 2:
+        raise GroupingError(f"{where}groups: shape {table.shape} ({table.ndim}-D); {expected}")
+    if table.dtype == np.bool_ or not np.issubdtype(table.dtype, np.integer):
+        raise GroupingError(
+            f"{where}groups: dtype {table.dtype}; {expected} (cast with .astype(np.int64) if they are whole numbers)"
+        )
+    if table.shape[1] != C:
+        raise GroupingError(
+            f"{where}groups: shape {table.shape} has {table.shape[1]} columns; {expected} "
+            "(check the table was made for this gridsize)"
+        )
+    if table.shape[0] == 0:
+        raise GroupingError(f"{where}groups: shape {table.shape} holds no groups; expected B >= 1")
+    low, high = int(table.min()), int(table.max())
+    if low < 0 or high >= n_points:
+        bad = np.argwhere((table < 0) | (table >= n_points))[0]
+        raise GroupingError(
+            f"{where}groups[{bad[0]}, {bad[1]}] = {int(table[bad[0], bad[1]])} (values span [{low}, {high}]); "
+            f"expected scan-point indices in [0, {n_points}) for a scan of M={n_points} points"
+        )
+    return np.ascontiguousarray(table, dtype=np.int64)
+
+
 def _positions(scan_or_positions: Any, config: GroupingConfig) -> np.ndarray:
     if hasattr(scan_or_positions, "positions"):
         scan = scan_or_positions
@@ -193,6 +245,13 @@ def _positions(scan_or_positions: Any, config: GroupingConfig) -> np.ndarray:
     if positions.ndim != 2 or positions.shape[1] != 2:
         raise GroupingError(f"positions of shape {positions.shape}; expected (M, 2) with columns (x, y)")
     return positions
+
+
+def _effective_seed(config: GroupingConfig) -> int | None:
+    """``config.seed``; with ``sequential_sampling`` and no seed, 0, as PtychoPINN fixes it there."""
+    if config.seed is None and config.sequential_sampling:
+        return 0
+    return config.seed
 
 
 def _choose_seeds(n_points: int, n_groups: int, sequential: bool, rng: np.random.Generator) -> np.ndarray:

@@ -19,6 +19,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from ptychodata.errors import GroupingError, ScanDataError
+from ptychodata.grouping_ptycho_torch import PtychoTorchRule, ptycho_torch_groups
 
 __all__ = ["GroupingConfig", "check_groups", "group", "neighbour_pools"]
 
@@ -58,6 +59,14 @@ class GroupingConfig:
         Member order within a group: random (as PtychoPINN), or rows by y then x.
     nphotons : float or None
         Photons per pattern, for ``intensity_scale`` (§5); None falls back on the scan's metadata.
+    method : {"sample_then_group", "ptycho_torch"}
+        ``"sample_then_group"``: the contract's rule (§2, PtychoPINN TF's). ``"ptycho_torch"``:
+        ptycho_torch's ``PtychoDataset`` rule (a centre per point inside x/y bounds, its group
+        drawn from itself and its K nearest, or one per quadrant in TL, TR, BL, BR order,
+        ``n_subsample`` groups per centre); see :mod:`ptychodata.grouping_ptycho_torch`. It
+        takes no ``n_groups``, sequential sampling, oversampling or pool size.
+    ptycho_torch : PtychoTorchRule, dict or None
+        ptycho_torch's settings for ``method="ptycho_torch"`` (None: its defaults).
     """
 
     N: int | None = None
@@ -70,8 +79,11 @@ class GroupingConfig:
     neighbor_pool_size: int | None = None
     order: Literal["random", "raster"] = "random"
     nphotons: float | None = None
+    method: Literal["sample_then_group", "ptycho_torch"] = "sample_then_group"
+    ptycho_torch: PtychoTorchRule | None = None
 
     def __post_init__(self) -> None:
+        self._check_method()
         for name in ("gridsize", "neighbor_count"):
             _check_positive_int(name, getattr(self, name))
         for name in ("N", "n_groups", "neighbor_pool_size"):
@@ -81,14 +93,48 @@ class GroupingConfig:
             raise GroupingError(f"order={self.order!r}; expected one of {{'random', 'raster'}}")
         if self.nphotons is not None and not (math.isfinite(self.nphotons) and self.nphotons > 0):
             raise GroupingError(f"nphotons={self.nphotons!r}; expected a positive finite number")
-        if self.C > 1 and self.neighbor_count < self.C:
+        nearest_includes_seed = self.method == "ptycho_torch" and self.ptycho_torch.neighbor_function == "Nearest"
+        if nearest_includes_seed and self.C > 1 and self.neighbor_count + 1 < self.C:
+            raise GroupingError(
+                f"neighbor_count K={self.neighbor_count}: ptycho_torch draws a group of C=gridsize²={self.C} from the "
+                f"centre and its K nearest, so K >= {self.C - 1} is needed; raise neighbor_count or lower gridsize"
+            )
+        contract_rule = self.method == "sample_then_group"
+        if contract_rule and self.C > 1 and self.neighbor_count < self.C:
             raise GroupingError(
                 f"neighbor_count K={self.neighbor_count} < C=gridsize²={self.C}: a group of {self.C} "
                 f"members needs at least {self.C} neighbours; raise neighbor_count or lower gridsize"
             )
-        if self.C > 1 and self.pool_size < self.C:
+        if contract_rule and self.C > 1 and self.pool_size < self.C:
             raise GroupingError(
                 f"neighbor_pool_size={self.neighbor_pool_size} < C=gridsize²={self.C}; expected >= {self.C}"
+            )
+
+    def _check_method(self) -> None:
+        if self.method not in ("sample_then_group", "ptycho_torch"):
+            raise GroupingError(f"method={self.method!r}; expected one of {{'sample_then_group', 'ptycho_torch'}}")
+        if self.method == "sample_then_group":
+            if self.ptycho_torch is not None:
+                raise GroupingError(
+                    "ptycho_torch settings given with method='sample_then_group'; set method='ptycho_torch' to use them"
+                )
+            return
+        object.__setattr__(self, "ptycho_torch", PtychoTorchRule.parse(self.ptycho_torch))
+        not_applicable = {
+            "n_groups": self.n_groups is not None,
+            "sequential_sampling": self.sequential_sampling,
+            "enable_oversampling": self.enable_oversampling,
+            "neighbor_pool_size": self.neighbor_pool_size is not None,
+        }
+        given = [name for name, set_ in not_applicable.items() if set_]
+        if given:
+            raise GroupingError(
+                f"{', '.join(given)} set with method='ptycho_torch', whose group count is (points inside the "
+                "bounds) × ptycho_torch.n_subsample; leave them at their defaults or use method='sample_then_group'"
+            )
+        if self.ptycho_torch.neighbor_function == "4_quadrant" and self.gridsize not in (1, 2):
+            raise GroupingError(
+                f"ptycho_torch neighbor_function='4_quadrant' makes groups of 4; gridsize={self.gridsize}, expected 2"
             )
 
     @property
@@ -118,7 +164,7 @@ class GroupingConfig:
         return {
             _LEGACY_NAMES.get(name, name): value
             for name, value in self.to_dict().items()
-            if value is not None and name != "order"
+            if value is not None and name not in ("order", "method", "ptycho_torch")
         }
 
     @classmethod
@@ -163,6 +209,9 @@ def group(scan_or_positions: Any, config: GroupingConfig) -> np.ndarray:
             "needs; lower gridsize or use a larger scan"
         )
     rng = np.random.default_rng(_effective_seed(config))
+    if config.method == "ptycho_torch":
+        groups = ptycho_torch_groups(positions, C=C, K=config.neighbor_count, rule=config.ptycho_torch, rng=rng).groups
+        return raster_order(groups, positions) if config.order == "raster" and C > 1 else groups
     if C == 1:
         return _choose_seeds(n_points, n_groups, config.sequential_sampling, rng)[:, None]
     if n_groups > n_points:
@@ -248,8 +297,9 @@ def _positions(scan_or_positions: Any, config: GroupingConfig) -> np.ndarray:
 
 
 def _effective_seed(config: GroupingConfig) -> int | None:
-    """``config.seed``; with ``sequential_sampling`` and no seed, 0, as PtychoPINN fixes it there."""
-    if config.seed is None and config.sequential_sampling:
+    """``config.seed``; with no seed, 0 for ``sequential_sampling`` (PtychoPINN fixes it there)
+    and for ``method="ptycho_torch"`` (its planner's default seed)."""
+    if config.seed is None and (config.sequential_sampling or config.method == "ptycho_torch"):
         return 0
     return config.seed
 

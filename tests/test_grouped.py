@@ -163,7 +163,8 @@ def test_container_without_Y_uses_ones(clean_scan):
 
 # ---------------------------------------------------------------- a precomputed group table
 def test_int32_table_comes_back_int64_and_same_groups(clean_scan):
-    table = np.array([[0, 1, 2, 3], [4, 5, 6, 7]], np.int32)  # PtychoPINN's own nn_indices dtype at gridsize 2
+    # int32: PtychoPINN's own nn_indices dtype at gridsize 2
+    table = np.array([[0, 1, 2, 3], [4, 5, 6, 7]], np.int32)
     grouped = grouped_data(clean_scan, GroupingConfig(gridsize=2), groups=table, with_Y=False)
     assert grouped["nn_indices"].dtype == np.int64
     np.testing.assert_array_equal(grouped["nn_indices"], table)

@@ -27,7 +27,8 @@ def test_nearest_draws_from_the_centre_and_its_k_nearest_bounded_points():
     result = ptycho_torch_groups(positions, C=4, K=6, rule=rule, rng=np.random.default_rng(1))
     centres = bounded_points(positions, rule.x_bounds, rule.y_bounds)
     assert result.groups.shape == (len(centres) * 5, 4) and result.groups.dtype == np.int64
-    np.testing.assert_array_equal(result.centres, np.repeat(centres, 5))  # centre-major, n_subsample rows each
+    # centre-major: n_subsample consecutive rows per centre
+    np.testing.assert_array_equal(result.centres, np.repeat(centres, 5))
     assert np.isin(result.groups, centres).all()  # members come from the bounded points only
     _, nearest = cKDTree(positions[centres]).query(positions[centres], k=7)
     candidates = centres[nearest]  # the centre and its 6 nearest bounded points

@@ -20,14 +20,16 @@ from ptychodata.normalize import (
     rms_scaling_constant,
 )
 
-FIXTURE = Path(__file__).resolve().parents[1] / ".." / "shared" / "fixtures" / "ptychopinn" / "ptychopinn_parity.npz"
+REPO = Path(__file__).resolve().parents[1]
+FIXTURE = REPO / ".." / "shared" / "fixtures" / "ptychopinn" / "ptychopinn_parity.npz"
 COORD_KEYS = (
     "coords_nn", "coords_offsets", "coords_relative",
     "coords_start_nn", "coords_start_offsets", "coords_start_relative",
 )
 
 pytestmark = pytest.mark.skipif(
-    not FIXTURE.exists(), reason=f"PtychoPINN parity fixture not found at {FIXTURE} (shared/ beside the clone)"
+    not FIXTURE.exists(),
+    reason=f"PtychoPINN parity fixture not found at {FIXTURE} (shared/ beside the clone)",
 )
 
 

@@ -93,11 +93,14 @@ class GroupingConfig:
             raise GroupingError(f"order={self.order!r}; expected one of {{'random', 'raster'}}")
         if self.nphotons is not None and not (math.isfinite(self.nphotons) and self.nphotons > 0):
             raise GroupingError(f"nphotons={self.nphotons!r}; expected a positive finite number")
-        nearest_includes_seed = self.method == "ptycho_torch" and self.ptycho_torch.neighbor_function == "Nearest"
+        nearest_includes_seed = (
+            self.method == "ptycho_torch" and self.ptycho_torch.neighbor_function == "Nearest"
+        )
         if nearest_includes_seed and self.C > 1 and self.neighbor_count + 1 < self.C:
             raise GroupingError(
-                f"neighbor_count K={self.neighbor_count}: ptycho_torch draws a group of C=gridsize²={self.C} from the "
-                f"centre and its K nearest, so K >= {self.C - 1} is needed; raise neighbor_count or lower gridsize"
+                f"neighbor_count K={self.neighbor_count}: ptycho_torch draws a group of "
+                f"C=gridsize²={self.C} from the centre and its K nearest, so K >= {self.C - 1} is "
+                "needed; raise neighbor_count or lower gridsize"
             )
         contract_rule = self.method == "sample_then_group"
         if contract_rule and self.C > 1 and self.neighbor_count < self.C:
@@ -112,11 +115,14 @@ class GroupingConfig:
 
     def _check_method(self) -> None:
         if self.method not in ("sample_then_group", "ptycho_torch"):
-            raise GroupingError(f"method={self.method!r}; expected one of {{'sample_then_group', 'ptycho_torch'}}")
+            raise GroupingError(
+                f"method={self.method!r}; expected one of {{'sample_then_group', 'ptycho_torch'}}"
+            )
         if self.method == "sample_then_group":
             if self.ptycho_torch is not None:
                 raise GroupingError(
-                    "ptycho_torch settings given with method='sample_then_group'; set method='ptycho_torch' to use them"
+                    "ptycho_torch settings given with method='sample_then_group'; set "
+                    "method='ptycho_torch' to use them"
                 )
             return
         object.__setattr__(self, "ptycho_torch", PtychoTorchRule.parse(self.ptycho_torch))
@@ -129,12 +135,14 @@ class GroupingConfig:
         given = [name for name, set_ in not_applicable.items() if set_]
         if given:
             raise GroupingError(
-                f"{', '.join(given)} set with method='ptycho_torch', whose group count is (points inside the "
-                "bounds) × ptycho_torch.n_subsample; leave them at their defaults or use method='sample_then_group'"
+                f"{', '.join(given)} set with method='ptycho_torch', whose group count is (points "
+                "inside the bounds) × ptycho_torch.n_subsample; leave them at their defaults or use "
+                "method='sample_then_group'"
             )
         if self.ptycho_torch.neighbor_function == "4_quadrant" and self.gridsize not in (1, 2):
             raise GroupingError(
-                f"ptycho_torch neighbor_function='4_quadrant' makes groups of 4; gridsize={self.gridsize}, expected 2"
+                "ptycho_torch neighbor_function='4_quadrant' makes groups of 4; "
+                f"gridsize={self.gridsize}, expected 2"
             )
 
     @property
@@ -210,7 +218,8 @@ def group(scan_or_positions: Any, config: GroupingConfig) -> np.ndarray:
         )
     rng = np.random.default_rng(_effective_seed(config))
     if config.method == "ptycho_torch":
-        groups = ptycho_torch_groups(positions, C=C, K=config.neighbor_count, rule=config.ptycho_torch, rng=rng).groups
+        made = ptycho_torch_groups(positions, C=C, K=config.neighbor_count, rule=config.ptycho_torch, rng=rng)
+        groups = made.groups
         return raster_order(groups, positions) if config.order == "raster" and C > 1 else groups
     if C == 1:
         return _choose_seeds(n_points, n_groups, config.sequential_sampling, rng)[:, None]
@@ -264,7 +273,8 @@ def check_groups(groups: Any, *, n_points: int, C: int, where: str = "") -> np.n
         raise GroupingError(f"{where}groups: shape {table.shape} ({table.ndim}-D); {expected}")
     if table.dtype == np.bool_ or not np.issubdtype(table.dtype, np.integer):
         raise GroupingError(
-            f"{where}groups: dtype {table.dtype}; {expected} (cast with .astype(np.int64) if they are whole numbers)"
+            f"{where}groups: dtype {table.dtype}; {expected} (cast with .astype(np.int64) if they "
+            "are whole numbers)"
         )
     if table.shape[1] != C:
         raise GroupingError(
@@ -277,7 +287,8 @@ def check_groups(groups: Any, *, n_points: int, C: int, where: str = "") -> np.n
     if low < 0 or high >= n_points:
         bad = np.argwhere((table < 0) | (table >= n_points))[0]
         raise GroupingError(
-            f"{where}groups[{bad[0]}, {bad[1]}] = {int(table[bad[0], bad[1]])} (values span [{low}, {high}]); "
+            f"{where}groups[{bad[0]}, {bad[1]}] = {int(table[bad[0], bad[1]])} "
+            f"(values span [{low}, {high}]); "
             f"expected scan-point indices in [0, {n_points}) for a scan of M={n_points} points"
         )
     return np.ascontiguousarray(table, dtype=np.int64)

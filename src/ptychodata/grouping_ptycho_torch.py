@@ -81,18 +81,24 @@ class PtychoTorchRule:
 
     def __post_init__(self) -> None:
         if self.neighbor_function not in ("Nearest", "4_quadrant"):
-            hint = " (ptycho_torch's 'Min_dist' is not offered)" if self.neighbor_function == "Min_dist" else ""
+            offered = self.neighbor_function == "Min_dist"
+            hint = " (ptycho_torch's 'Min_dist' is not offered)" if offered else ""
             raise GroupingError(
-                f"neighbor_function={self.neighbor_function!r}; expected one of {{'Nearest', '4_quadrant'}}{hint}"
+                f"neighbor_function={self.neighbor_function!r}; expected one of "
+                f"{{'Nearest', '4_quadrant'}}{hint}"
             )
         if self.scan_pattern not in _WINDOWS:
-            raise GroupingError(f"scan_pattern={self.scan_pattern!r}; expected one of {{'Isotropic', 'Rectangular'}}")
+            raise GroupingError(
+                f"scan_pattern={self.scan_pattern!r}; expected one of {{'Isotropic', 'Rectangular'}}"
+            )
         for name in ("n_subsample", "K_quadrant"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise GroupingError(f"{name}={value!r}; expected a positive integer")
         if self.K_quadrant <= 4:
-            raise GroupingError(f"K_quadrant={self.K_quadrant}; expected > 4 to find candidates in four quadrants")
+            raise GroupingError(
+                f"K_quadrant={self.K_quadrant}; expected > 4 to find candidates in four quadrants"
+            )
         for name in ("x_bounds", "y_bounds"):
             value = tuple(getattr(self, name))
             if len(value) != 2 or not (0.0 <= value[0] < value[1] <= 1.0):
@@ -116,7 +122,9 @@ class PtychoTorchRule:
             if unknown:
                 raise GroupingError(f"unknown ptycho_torch grouping setting(s) {sorted(unknown)}")
             return cls(**value)
-        raise GroupingError(f"ptycho_torch={value!r}; expected a PtychoTorchRule, a dict of its fields, or None")
+        raise GroupingError(
+            f"ptycho_torch={value!r}; expected a PtychoTorchRule, a dict of its fields, or None"
+        )
 
 
 @dataclass(frozen=True)
@@ -134,7 +142,9 @@ class PtychoTorchGroups:
     centres: np.ndarray
 
 
-def bounded_points(positions: np.ndarray, x_bounds: tuple[float, float], y_bounds: tuple[float, float]) -> np.ndarray:
+def bounded_points(
+    positions: np.ndarray, x_bounds: tuple[float, float], y_bounds: tuple[float, float]
+) -> np.ndarray:
     """Indices of the points inside the bounds, fractions of each axis' range (inclusive).
 
     Parameters
@@ -197,7 +207,8 @@ def _nearest_groups(positions, centres, C, K, repeats, rng) -> PtychoTorchGroups
             "widen x_bounds/y_bounds or lower gridsize"
         )
     _, local = cKDTree(bounded).query(bounded, k=k, workers=-1)
-    candidates = centres[np.asarray(local, np.int64).reshape(len(centres), k)]  # (V, K+1), the centre among them
+    # (V, K+1): each centre's candidates, the centre itself among them
+    candidates = centres[np.asarray(local, np.int64).reshape(len(centres), k)]
     candidates = np.repeat(candidates, repeats, axis=0)
     chosen = rng.random(candidates.shape).argsort(axis=1)[:, :C]  # C distinct, uniform, in random order
     return PtychoTorchGroups(
@@ -223,9 +234,9 @@ def _quadrant_groups(positions, centres, rule: PtychoTorchRule, rng) -> PtychoTo
     keep = (counts == 0).sum(axis=1) < 2  # ptycho_torch drops a centre alone in two or more quadrants
     if not keep.any():
         raise GroupingError(
-            f"no centre has candidates in at least three of the four quadrants within "
-            f"[{rule.min_neighbor_distance}, {rule.max_neighbor_distance}) pixels among its {rule.K_quadrant} "
-            "nearest points; raise max_neighbor_distance or K_quadrant"
+            "no centre has candidates in at least three of the four quadrants within "
+            f"[{rule.min_neighbor_distance}, {rule.max_neighbor_distance}) pixels among its "
+            f"{rule.K_quadrant} nearest points; raise max_neighbor_distance or K_quadrant"
         )
     centres, found, labels, counts = centres[keep], found[keep], labels[keep], counts[keep]
     # Candidates sorted by quadrant within each row (stable: nearest first), and where each quadrant starts.

@@ -175,7 +175,8 @@ def _positive_mean(values: np.ndarray, what: str, where: str) -> float:
     mean = float(values.mean())
     if not (math.isfinite(mean) and mean > 0):
         raise ScanDataError(
-            f"{where}per-pattern {what}: mean {mean}; expected a positive finite mean (are the patterns all zero?)"
+            f"{where}per-pattern {what}: mean {mean}; expected a positive finite mean "
+            "(are the patterns all zero?)"
         )
     return mean
 

@@ -456,7 +456,8 @@ def _metadata_nphotons(metadata: Mapping[str, Any], where: str) -> float | None:
     physics = metadata.get("physics_parameters")
     if physics is not None and not isinstance(physics, Mapping):
         raise ScanDataError(
-            f"{where}key '_metadata': physics_parameters is a {type(physics).__name__}; expected a JSON object"
+            f"{where}key '_metadata': physics_parameters is a {type(physics).__name__}; "
+            "expected a JSON object"
         )
     found = {
         name: value

@@ -13,6 +13,8 @@ from ptychodata.errors import (
 )
 from ptychodata.grouped import PtychoDataContainer, grouped_data
 from ptychodata.grouping import GroupingConfig, group
+from ptychodata.grouping_ptycho_torch import PtychoTorchRule
+from ptychodata.normalize import normalize_probe
 from ptychodata.patches import extract_patches, reassemble
 from ptychodata.scan import ScanData
 from ptychodata.simulate import simulate
@@ -24,6 +26,7 @@ __all__ = [
     "GroupingConfig",
     "GroupingError",
     "PtychoDataContainer",
+    "PtychoTorchRule",
     "PtychodataError",
     "ScanData",
     "ScanDataError",
@@ -35,6 +38,7 @@ __all__ = [
     "extract_patches",
     "group",
     "grouped_data",
+    "normalize_probe",
     "open_store",
     "prepare",
     "reassemble",

@@ -15,7 +15,8 @@ from typing import Any, Literal
 import numpy as np
 
 from ptychodata.coords import grouped_coords
-from ptychodata.grouping import GroupingConfig, group
+from ptychodata.errors import GroupingError, ParameterError
+from ptychodata.grouping import GroupingConfig, check_groups, group
 from ptychodata.normalize import intensity_scale, x_scale
 from ptychodata.patches import extract_patches
 from ptychodata.scan import ScanData
@@ -35,8 +36,10 @@ def grouped_data(
     ----------
     scan : ScanData
     config : GroupingConfig
-    groups : ndarray of shape (B, C), optional
-        Precomputed :func:`~ptychodata.grouping.group` output; computed from ``config`` if None.
+    groups : array_like of shape (B, C), integer, optional
+        Precomputed groups (:func:`~ptychodata.grouping.group` output, or PtychoPINN's
+        ``nn_indices``); computed from ``config`` if None. Checked: 2-D, integer, C =
+        gridsize² columns, indices in [0, M); returned as int64 in ``nn_indices``.
     with_Y : bool
         Compute ground-truth patches ``Y`` (from the file's ``Y`` or cut from the object).
 
@@ -47,9 +50,13 @@ def grouped_data(
         ``coords_nn``/``coords_offsets``/``coords_relative`` and their ``coords_start_*`` twins;
         ``nn_indices`` (B, C) int64; ``objectGuess``; ``x_scale``; ``intensity_scale``.
     """
+    where = f"{scan.source}: " if scan.source else ""
     if groups is None:
         groups = group(scan, config)
-    where = f"{scan.source}: " if scan.source else ""
+    else:
+        if config.N is not None and config.N != scan.N:
+            raise GroupingError(f"{where}config N={config.N} but the patterns are {scan.N}×{scan.N}")
+        groups = check_groups(groups, n_points=scan.n_points, C=config.C, where=where)
     nphotons = config.nphotons if config.nphotons is not None else scan.nphotons
     return grouped_dict(
         scan.diffraction,
@@ -183,11 +190,15 @@ class PtychoDataContainer:
     ----------
     X : (B, N, N, C) float32
     Y, Y_I, Y_phi : (B, N, N, C) complex64 (ones when absent), |Y|, angle(Y) float32
-    coords_nominal, coords_true, coords : (B, 1, 2, C) float32, from ``coords_relative``
+    coords_nominal, coords_true, coords : (B, 1, 2, C) float32
+        All three from ``coords_start_relative`` (the nominal positions), as PtychoPINN's
+        ``ptycho.loader.load`` sets them (§8).
     probe : (N, N) complex64
     nn_indices : (B, C) int64
     global_offsets : (B, 1, 2, 1) float64
+        ``coords_offsets`` (the measured group centre).
     local_offsets : (B, 1, 2, C) float64
+        ``coords_relative`` (measured).
     norm_Y_I : float or None (the intensity scale)
     YY_full : (H, W) complex64 or None
     """
@@ -218,7 +229,7 @@ class PtychoDataContainer:
         Y = grouped.get("Y")
         if Y is None:
             Y = np.ones(grouped["X_full"].shape, np.complex64)
-        coords = np.asarray(grouped["coords_relative"], np.float32)
+        coords = np.asarray(grouped["coords_start_relative"], np.float32)
         arrays = {
             "X": np.asarray(grouped["X_full"], np.float32),
             "Y": np.asarray(Y, np.complex64),
@@ -242,7 +253,7 @@ class PtychoDataContainer:
 
 def _tensor_converter(backend: str):
     if backend not in ("auto", "numpy", "torch"):
-        raise ValueError(f"backend={backend!r}; expected one of {{'auto', 'numpy', 'torch'}}")
+        raise ParameterError(f"backend={backend!r}; expected one of {{'auto', 'numpy', 'torch'}}")
     if backend == "numpy":
         return lambda value: value
     try:

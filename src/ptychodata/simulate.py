@@ -122,7 +122,8 @@ def simulate(
         ``diffraction`` (M, N, N) float32, ``xcoords``/``ycoords`` (M,) float64,
         ``xcoords_start``/``ycoords_start`` the nominal grid ("jittered") or the positions,
         ``probe`` (N, N) complex64, ``object`` (H, W) complex64, and ``metadata`` with
-        ``simulated``, ``seed``, ``pattern``, ``nphotons``, ``fft_norm`` and the parameters.
+        ``simulated``, ``seed``, ``pattern``, ``nphotons`` (also as ``physics_parameters.nphotons``
+        when given, as PtychoPINN stores it), ``fft_norm`` and the parameters.
     """
     radius = N / 4 if probe_radius is None else float(probe_radius)
     _check_args(n_points, N, probe, radius, pattern, overlap, jitter, nphotons, chunk_size)
@@ -154,6 +155,8 @@ def simulate(
         "overlap": float(overlap), "step": step, "jitter": float(jitter) if pattern == "jittered" else 0.0,
         "object": "random" if object_image is None else "image",
     }  # fmt: skip
+    if nphotons is not None:  # also where PtychoPINN's metadata manager keeps it (ScanData.save writes both)
+        metadata["physics_parameters"] = {"nphotons": float(nphotons)}
 
     def build(diffraction: np.ndarray) -> ScanData:
         energies = np.empty(n_points)

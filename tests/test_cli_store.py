@@ -88,3 +88,30 @@ def test_cache_prune_cleans_dead_builds_and_remove_all_empties(tmp_path, sources
     assert main(["inspect", str(path)]) == 0  # the live build is untouched
     assert main(["cache", "remove", "--all", "--cache-dir", str(cache)]) == 0
     assert not list(cache.glob("frames-*"))
+
+
+def test_an_error_during_a_progress_bar_starts_its_own_line(tmp_path, capsys):
+    scan = simulate(n_points=64, N=16, seed=3)
+    diffraction = np.array(scan.diffraction)
+    diffraction[40, 3, 3] = np.nan
+    bad = scan.with_(diffraction=diffraction).save(tmp_path / "bad.npz")
+    assert main(["prepare", str(bad), "--cache-dir", str(tmp_path / "cache")]) == 2
+    err = capsys.readouterr().err
+    assert "copying patterns" in err  # a bar was drawn before the error
+    (line,) = [line for line in err.split("\n") if "error:" in line]
+    assert line.startswith("error: ") and "pattern 40" in line and "bad.npz" in line
+    assert "--intensity" in line and "intensity=True" not in line  # the flag, not the Python argument
+
+
+def test_warnings_print_as_one_line(monkeypatch, capsys):
+    import warnings
+
+    import ptychodata.cli as cli
+
+    def warn(args):
+        warnings.warn("first part\n   second part", UserWarning, stacklevel=1)
+        return 0
+
+    monkeypatch.setattr(cli, "_run_demo", warn)
+    assert main(["demo"]) == 0
+    assert capsys.readouterr().err == "warning: first part second part\n"

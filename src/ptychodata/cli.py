@@ -166,9 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--oversample", action="store_true", help="allow more groups than points (gridsize > 1)"
     )
     prep.add_argument("--nphotons", type=_positive_float, help="photons per pattern, for intensity_scale")
-    prep.add_argument(
-        "--cache-dir", type=Path, help="cache directory (default $PTYCHODATA_CACHE or ~/.cache)"
-    )
+    _add_cache_dir(prep)
     prep.add_argument("--intensity", action="store_true", help="sources hold counts: store sqrt(counts)")
     prep.add_argument("--materialize", action="store_true", help="also write the grouped X array")
     prep.add_argument("--verify", action="store_true", help="re-hash sources before reusing a store")
@@ -189,9 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY",
         help="frame store keys or paths (default: all for list/verify; remove needs keys or --all)",
     )
-    cache.add_argument(
-        "--cache-dir", type=Path, help="cache directory (default $PTYCHODATA_CACHE or ~/.cache)"
-    )
+    _add_cache_dir(cache)
     cache.add_argument("--all", action="store_true", help="with remove: every store")
     cache.add_argument("--force", action="store_true", help="with remove: also stores a reader holds open")
     cache.add_argument("--quick", action="store_true", help="with verify: skip re-hashing the sources")
@@ -471,6 +467,12 @@ def _one_line(message: object) -> str:
 
 
 # ---------------------------------------------------------------------- argument types
+def _add_cache_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--cache-dir", type=Path, help="cache directory (default $PTYCHODATA_CACHE, else ~/.cache/ptychodata)"
+    )
+
+
 def _positive_int(text: str) -> int:
     return _int_at_least(1)(text)
 

@@ -14,6 +14,7 @@ import math
 import numpy as np
 
 from ptychodata.errors import ParameterError, ScanDataError
+from ptychodata.io._memory import rows_per_chunk
 
 __all__ = [
     "checked_energies",
@@ -43,17 +44,23 @@ def pattern_energies(
     -------
     ndarray of shape (M,) or (len(indices),), float64
     """
-    if indices is None:
-        indices = np.arange(diffraction.shape[0])
-    indices = np.asarray(indices, dtype=np.int64)
-    energies = np.empty(len(indices), np.float64)
-    step = max(1, _CHUNK_BYTES // max(1, diffraction[:1].nbytes))
+    return _per_pattern(
+        diffraction,
+        indices,
+        lambda chunk, chunk_indices: checked_energies(chunk, chunk_indices, where=f"{where}key 'diffraction': "),
+    )
+
+
+def _per_pattern(diffraction: np.ndarray, indices: np.ndarray | None, reduce) -> np.ndarray:
+    """``reduce(chunk, chunk_indices)`` over ``diffraction[indices]`` (all patterns when
+    None) read in chunks of about 64 MiB, concatenated: one float64 value per pattern."""
+    indices = np.arange(diffraction.shape[0]) if indices is None else np.asarray(indices, dtype=np.int64)
+    values = np.empty(len(indices), np.float64)
+    step = rows_per_chunk(diffraction[:1].nbytes, _CHUNK_BYTES)
     for start in range(0, len(indices), step):
         chunk_indices = indices[start : start + step]
-        energies[start : start + step] = checked_energies(
-            np.asarray(diffraction[chunk_indices]), chunk_indices, where=f"{where}key 'diffraction': "
-        )
-    return energies
+        values[start : start + step] = reduce(np.asarray(diffraction[chunk_indices]), chunk_indices)
+    return values
 
 
 def checked_energies(chunk: np.ndarray, indices: np.ndarray, *, where: str = "", hint: str = "") -> np.ndarray:
@@ -125,15 +132,9 @@ def pattern_amplitude_sums(
     -------
     ndarray of shape (M,) or (U,), float64
     """
-    if indices is None:
-        indices = np.arange(diffraction.shape[0])
-    indices = np.asarray(indices, dtype=np.int64)
-    sums = np.empty(len(indices), np.float64)
-    step = max(1, _CHUNK_BYTES // max(1, diffraction[:1].nbytes))
-    for start in range(0, len(indices), step):
-        chunk = np.asarray(diffraction[indices[start : start + step]])
-        sums[start : start + step] = chunk.reshape(len(chunk), -1).sum(axis=1, dtype=np.float64)
-    return sums
+    return _per_pattern(
+        diffraction, indices, lambda chunk, _: chunk.reshape(len(chunk), -1).sum(axis=1, dtype=np.float64)
+    )
 
 
 def rms_scaling_constant(energies: np.ndarray, *, N: int, where: str = "") -> float:

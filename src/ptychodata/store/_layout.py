@@ -38,7 +38,9 @@ __all__ = [
     "GroupingFile",
     "ReaderLock",
     "file_lock",
+    "npy_files",
     "npy_name",
+    "npy_stem",
     "object_stem",
 ]
 
@@ -86,8 +88,21 @@ def object_stem(experiment: int) -> str:
     return f"{_OBJECT_PREFIX}{int(experiment)}"
 
 
+_NPY = ".npy"
+
+
 def npy_name(stem: str) -> str:
-    return f"{stem}.npy"
+    return f"{stem}{_NPY}"
+
+
+def npy_stem(name: str) -> str:
+    """The stem of a store file name (``"patterns.npy"`` -> ``"patterns"``)."""
+    return name[: -len(_NPY)] if name.endswith(_NPY) else name
+
+
+def npy_files(directory: Path) -> list[Path]:
+    """The ``.npy`` files of a build directory, sorted by name."""
+    return sorted(directory.glob(f"*{_NPY}"))
 
 
 def new_build_id() -> str:

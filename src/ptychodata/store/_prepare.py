@@ -45,6 +45,7 @@ from ptychodata.store._layout import (
     GroupingFile,
     ReaderLock,
     file_lock,
+    npy_files,
     npy_name,
     object_stem,
     open_current,
@@ -529,7 +530,7 @@ def _write_manifest_last(directory: Path, kind: type, **fields: Any) -> None:
 
     manifest = kind(
         **fields,
-        files={path.name: FileEntry.of(path) for path in sorted(directory.glob("*.npy"))},
+        files={path.name: FileEntry.of(path) for path in npy_files(directory)},
         created=_now(),
         library_version=__version__,
     )

@@ -26,7 +26,7 @@ from ptychodata.store._layout import (
     FrameFile,
     GroupingFile,
     ReaderLock,
-    npy_name,
+    npy_stem,
     object_stem,
     open_current,
 )
@@ -94,8 +94,8 @@ class _OpenBuild:
                                  f"{self.grouping.frames_build_id}")
             check_files(self.frames_dir, self.frames.files)
             check_files(self.grouping_dir, self.grouping.files)
-            self.frame_arrays = {name[:-4]: _map(self.frames_dir / name) for name in self.frames.files}
-            self.group_arrays = {name[:-4]: _map(self.grouping_dir / name) for name in self.grouping.files}
+            self.frame_arrays = {npy_stem(name): _map(self.frames_dir / name) for name in self.frames.files}
+            self.group_arrays = {npy_stem(name): _map(self.grouping_dir / name) for name in self.grouping.files}
         except BaseException:
             self.close()
             raise

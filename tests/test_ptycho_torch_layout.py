@@ -284,6 +284,20 @@ def test_unknown_layout_and_device_Y_are_refused(store):
         store.batch([0], layout="ptycho")
     with pytest.raises(ParameterError, match="with_Y='device' with layout='ptycho_torch'"):
         GroupedDataset(store, with_Y="device", layout="ptycho_torch")
+    with pytest.raises(ParameterError, match="as_tensordict=True with layout='ptycho_torch'; expected False"):
+        GroupedDataset(store, as_tensordict=True, layout="ptycho_torch")
+
+
+def test_indexing_the_dataset_gives_one_group_without_the_batch_axis(store):
+    dataset = GroupedDataset(store, layout="ptycho_torch", with_Y=True)
+    fields, probe, probe_scaling = dataset[5]
+    assert tuple(fields.batch_size) == ()
+    assert tuple(fields["images"].shape) == (store.C, store.N, store.N)
+    np.testing.assert_array_equal(fields["images"].numpy(), store.patterns[store.groups[5]])
+    assert tuple(probe.shape) == (store.C, 1, store.N, store.N) and tuple(probe_scaling.shape) == (1, 1, 1)
+    whole = dataset.finish(dataset.__getitems__([5, 6]))
+    assert dataset.finish(whole) is whole  # a finished batch passes through
+    np.testing.assert_array_equal(whole[0]["label_amp"][0].numpy(), fields["label_amp"].numpy())
 
 
 def test_default_layout_is_unchanged(store):

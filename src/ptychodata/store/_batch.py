@@ -15,7 +15,15 @@ from ptychodata.io._memory import rows_per_chunk
 from ptychodata.patches import extract_patches
 from ptychodata.store._buffers import BufferPool
 
-__all__ = ["BatchGatherer", "BatchSources", "batch_layout", "default_threads"]
+__all__ = [
+    "LAYOUTS",
+    "BatchGatherer",
+    "BatchSources",
+    "PtychoTorchConstants",
+    "batch_layout",
+    "default_threads",
+    "ptycho_torch_layout",
+]
 
 _CACHE_BYTES = 512 << 10
 _MIN_THREAD_BYTES = 1 << 20  # less per thread and the hand-off costs what the thread saves
@@ -44,6 +52,66 @@ def batch_layout(batch_size: int, C: int, N: int, *, with_Y: bool = False) -> La
     if with_Y:
         layout["Y"] = ((B, C, N, N), np.complex64)
     return layout
+
+
+LAYOUTS = ("default", "ptycho_torch")
+
+
+def ptycho_torch_layout(batch_size: int, C: int, N: int, *, with_Y: bool = False) -> Layout:
+    """Shape and dtype of each array of a ptycho_torch batch of ``batch_size`` groups.
+
+    The arrays of ptycho_torch's ``PtychoDataset`` batch, flat: ``images`` (B, C, N, N)
+    raw amplitudes; ``coords_global``, ``coords_relative``, ``coords_start_relative``
+    (B, C, 1, 2); ``coords_center``, ``coords_start_center`` (B, 1, 1, 2); ``nn_indices``
+    (B, C); ``experiment_id`` (B,); ``rms_scaling_constant``, ``physics_scaling_constant``
+    and ``probe_scaling`` (B, 1, 1, 1); ``probe`` (B, 1, 1, N, N) (one probe mode, not yet
+    repeated over the C channels); ``label_amp`` and ``label_phase`` (B, C, N, N) with Y.
+    """
+    B = batch_size
+    layout = {
+        "images": ((B, C, N, N), np.float32),
+        "coords_global": ((B, C, 1, 2), np.float32),
+        "coords_center": ((B, 1, 1, 2), np.float32),
+        "coords_relative": ((B, C, 1, 2), np.float32),
+        "coords_start_center": ((B, 1, 1, 2), np.float32),
+        "coords_start_relative": ((B, C, 1, 2), np.float32),
+        "nn_indices": ((B, C), np.int64),
+        "experiment_id": ((B,), np.int64),
+        "rms_scaling_constant": ((B, 1, 1, 1), np.float32),
+        "physics_scaling_constant": ((B, 1, 1, 1), np.float32),
+        "probe": ((B, 1, 1, N, N), np.complex64),
+        "probe_scaling": ((B, 1, 1, 1), np.float32),
+    }
+    if with_Y:
+        layout["label_amp"] = ((B, C, N, N), np.float32)
+        layout["label_phase"] = ((B, C, N, N), np.float32)
+    return layout
+
+
+@dataclass(frozen=True)
+class PtychoTorchConstants:
+    """ptycho_torch's per-experiment constants of a store (E experiments).
+
+    Attributes
+    ----------
+    rms_scaling_constant : (E,) float32
+        sqrt(N² / mean over all of the experiment's patterns of Σ A²).
+    physics_scaling_constant : (E,) float32
+        1 / mean over all of the experiment's patterns of Σ A.
+    probe : (E, N, N) complex64
+        Each experiment's probe normalised by ptycho_torch's rule
+        (:func:`~ptychodata.normalize.normalize_probe` with ``rule="ptycho_torch"``).
+    probe_scaling : (E,) float32
+        1 / the factor the probe was divided by (ptycho_torch's ``probe_scaling``).
+    probe_scale : float
+        The ``probe_scale`` used.
+    """
+
+    rms_scaling_constant: np.ndarray
+    physics_scaling_constant: np.ndarray
+    probe: np.ndarray
+    probe_scaling: np.ndarray
+    probe_scale: float
 
 
 @dataclass(frozen=True)
@@ -76,6 +144,8 @@ class BatchSources:
     xcoords: np.ndarray
     ycoords: np.ndarray
     experiment_of_pattern: np.ndarray
+    start_centres: np.ndarray | None = None
+    start_relative: np.ndarray | None = None
 
 
 class BatchGatherer:
@@ -135,14 +205,69 @@ class BatchGatherer:
             self.fill_Y(members, out["Y"])
         return out
 
-    def _gather_scaled(self, members: np.ndarray, experiment: np.ndarray, out: np.ndarray, threads: int) -> None:
+    def gather_ptycho_torch(
+        self,
+        index: np.ndarray,
+        constants: PtychoTorchConstants,
+        *,
+        with_Y: bool,
+        reuse: bool,
+        out: dict[str, np.ndarray] | None,
+        threads: int | None,
+    ) -> dict[str, np.ndarray]:
+        """The ptycho_torch batch (:func:`ptycho_torch_layout`) of groups ``index`` (int64,
+        checked, within the build's table), per-experiment values taken from ``constants``."""
+        s = self.sources
+        if s.start_centres is None or s.start_relative is None:
+            raise StoreError("this build has no start (nominal) group coordinates; prepare the store again")
+        if len(constants.probe) != len(s.probes) or constants.probe.shape[1:] != (self.N, self.N):
+            raise ParameterError(
+                f"constants hold {len(constants.probe)} probes of shape {constants.probe.shape[1:]}; "
+                f"expected "
+                f"{len(s.probes)} of shape {(self.N, self.N)} (from this store's ptycho_torch_constants())"
+            )
+        B = len(index)
+        layout = ptycho_torch_layout(B, self.C, self.N, with_Y=with_Y)
+        if out is None:
+            if reuse:
+                out = self.pool.take(layout, key=("ptycho_torch", B, with_Y))
+            else:
+                out = {key: np.empty(shape, dtype) for key, (shape, dtype) in layout.items()}
+        else:
+            check_out(out, layout)
+        experiment = np.take(s.group_experiment, index, out=out["experiment_id"])
+        members = np.take(s.groups, index, axis=0, out=out["nn_indices"])
+        threads = self.threads if threads is None else max(1, int(threads))
+        self._gather_scaled(members, None, out["images"], threads)
+        out["coords_global"][:, :, 0, 0] = s.xcoords[members]
+        out["coords_global"][:, :, 0, 1] = s.ycoords[members]
+        out["coords_center"][:, 0, 0, :] = s.centres[index]
+        out["coords_relative"][:, :, 0, :] = s.relative[index]
+        out["coords_start_center"][:, 0, 0, :] = s.start_centres[index]
+        out["coords_start_relative"][:, :, 0, :] = s.start_relative[index]
+        for key in ("rms_scaling_constant", "physics_scaling_constant", "probe_scaling"):
+            np.take(getattr(constants, key), experiment, out=out[key].reshape(B))
+        np.take(constants.probe, experiment, axis=0, out=out["probe"].reshape(B, self.N, self.N))
+        if with_Y:
+            Y = self.pool.take({"Y": ((B, self.C, self.N, self.N), np.complex64)}, key=("label_Y", B))["Y"]
+            self.fill_Y(members, Y)
+            np.abs(Y, out=out["label_amp"])
+            np.arctan2(Y.imag, Y.real, out=out["label_phase"])
+        return out
+
+    def _gather_scaled(
+        self, members: np.ndarray, experiment: np.ndarray | None, out: np.ndarray, threads: int
+    ) -> None:
         """X = patterns[members] · x_scale[experiment], in cache-sized runs of groups so the
         scaling pass finds the rows it multiplies still in cache; the runs are shared
-        among ``threads`` threads (one core alone does not reach the memory bandwidth)."""
+        among ``threads`` threads (one core alone does not reach the memory bandwidth).
+        ``experiment=None``: the raw patterns, unscaled."""
         B, N = out.shape[0], self.N
         s = self.sources
         if self.sorted_reads:
             self._take(s.patterns, members.reshape(-1), out.reshape(-1, N, N))
+            if experiment is None:
+                return
         step = rows_per_chunk(out[:1].nbytes, _CACHE_BYTES)
 
         def fill(first: int, stop: int) -> None:
@@ -151,6 +276,8 @@ class BatchGatherer:
                 if not self.sorted_reads:
                     np.take(s.patterns, members[start : start + len(rows)].reshape(-1), axis=0,
                             out=rows.reshape(-1, N, N))
+                if experiment is None:
+                    continue
                 if len(s.x_scale) == 1:
                     rows *= s.x_scale[0]
                 else:

@@ -14,9 +14,24 @@ from typing import Any
 
 import numpy as np
 
-from ptychodata.errors import GroupIndexError, StoreClosedError, StoreError, StoreNotFoundError
+from ptychodata.errors import (
+    GroupIndexError,
+    ParameterError,
+    StoreClosedError,
+    StoreError,
+    StoreNotFoundError,
+)
 from ptychodata.grouped import PtychoDataContainer, grouped_dict
-from ptychodata.store._batch import BatchGatherer, BatchSources, Layout, batch_layout
+from ptychodata.normalize import normalize_probe, physics_scaling_constant, rms_scaling_constant
+from ptychodata.store._batch import (
+    LAYOUTS,
+    BatchGatherer,
+    BatchSources,
+    Layout,
+    PtychoTorchConstants,
+    batch_layout,
+    ptycho_torch_layout,
+)
 from ptychodata.store._layout import (
     BUILDS,
     CURRENT,
@@ -107,6 +122,11 @@ class _OpenBuild:
         self.frame_arrays, self.group_arrays = {}, {}
 
 
+def _check_layout(layout: str) -> None:
+    if layout not in LAYOUTS:
+        raise ParameterError(f"layout={layout!r}; expected one of {', '.join(map(repr, LAYOUTS))}")
+
+
 def _map(path: Path) -> np.ndarray:
     # A plain ndarray view of the memmap: same pages, without np.memmap's per-call overhead.
     try:
@@ -179,6 +199,8 @@ class Store:
                 xcoords=f[FrameFile.XCOORDS],
                 ycoords=f[FrameFile.YCOORDS],
                 experiment_of_pattern=f[FrameFile.EXPERIMENT_ID],
+                start_centres=g.get(GroupingFile.COORDS_START_OFFSETS),
+                start_relative=g.get(GroupingFile.COORDS_START_RELATIVE),
             ),
             sorted_reads=sorted_reads,
             threads=threads,
@@ -326,6 +348,60 @@ class Store:
         return self._select(self._open().group_arrays[GroupingFile.COORDS_OFFSETS])
 
     @property
+    def group_relative(self) -> np.ndarray:
+        """Each member's §3 ``coords_relative`` −(p − centre), (B, C, 2) float64, columns (x, y)."""
+        return self._select(self._open().group_arrays[GroupingFile.COORDS_RELATIVE])
+
+    @property
+    def group_start_centres(self) -> np.ndarray:
+        """Each group's centre of the nominal positions (§3 ``coords_start_offsets``), (B, 2)
+        float64, columns (x, y)."""
+        return self._select(self._open().group_arrays[GroupingFile.COORDS_START_OFFSETS])
+
+    @property
+    def group_start_relative(self) -> np.ndarray:
+        """Each member's §3 ``coords_start_relative``, (B, C, 2) float64, columns (x, y)."""
+        return self._select(self._open().group_arrays[GroupingFile.COORDS_START_RELATIVE])
+
+    def ptycho_torch_constants(self, probe_scale: float = 4.0) -> PtychoTorchConstants:
+        """ptycho_torch's per-experiment constants, from all of each experiment's patterns.
+
+        Computed from the stored per-pattern sums (:attr:`energies`, :attr:`amplitude_sums`)
+        of **every** pattern of each experiment, whatever groups this store serves (as
+        ptycho_torch computes them over a whole scan file), and from each probe.
+
+        Parameters
+        ----------
+        probe_scale : float
+            ptycho_torch's ``DataConfig.probe_scale`` (default 4.0).
+
+        Returns
+        -------
+        PtychoTorchConstants
+            ``rms_scaling_constant`` and ``physics_scaling_constant`` (E,) float32,
+            ``probe`` (E, N, N) complex64 normalised by ptycho_torch's rule, ``probe_scaling``
+            (E,) float32 (1 / the probe's factor).
+        """
+        self._open()
+        E = self.n_experiments
+        experiment = np.asarray(self.pattern_experiment)
+        order = np.argsort(experiment, kind="stable")
+        bounds = np.searchsorted(experiment[order], np.arange(E + 1))
+        energies, sums = np.asarray(self.energies), np.asarray(self.amplitude_sums)
+        rms = np.empty(E, np.float32)
+        physics = np.empty(E, np.float32)
+        probes = np.empty((E, self.N, self.N), np.complex64)
+        probe_scaling = np.empty(E, np.float32)
+        for e in range(E):
+            mine = order[bounds[e] : bounds[e + 1]]
+            where = f"{self.path}: experiment {e}: "
+            rms[e] = rms_scaling_constant(energies[mine], N=self.N, where=where)
+            physics[e] = physics_scaling_constant(sums[mine], where=where)
+            probes[e], factor = normalize_probe(self.probe(e), probe_scale, rule="ptycho_torch")
+            probe_scaling[e] = 1.0 / factor
+        return PtychoTorchConstants(rms, physics, probes, probe_scaling, float(probe_scale))
+
+    @property
     def x_scale(self) -> list[float]:
         """The §5 scale factor of each experiment."""
         return list(self.grouping.x_scale)
@@ -344,6 +420,8 @@ class Store:
         reuse: bool = True,
         out: dict[str, np.ndarray] | None = None,
         threads: int | None = None,
+        layout: str = "default",
+        constants: PtychoTorchConstants | None = None,
     ) -> dict[str, np.ndarray]:
         """Gather groups ``indices`` into a §7 batch (channels-first NumPy arrays).
 
@@ -365,6 +443,14 @@ class Store:
         threads : int, optional
             Threads sharing the pattern gather (NumPy copies without the GIL); default
             the store's ``threads``. Pass 1 where processes already use every core.
+        layout : {"default", "ptycho_torch"}
+            ``"ptycho_torch"``: the arrays of ptycho_torch's batch instead (see
+            :func:`~ptychodata.store._batch.ptycho_torch_layout`): raw amplitudes
+            ``images``, its coordinate keys, per-experiment constants and probe, and with Y
+            ``label_amp`` = |Y| and ``label_phase`` = angle(Y).
+        constants : PtychoTorchConstants, optional
+            For ``layout="ptycho_torch"``: :meth:`ptycho_torch_constants`, computed once by
+            the caller; default computed for this call.
 
         Returns
         -------
@@ -373,16 +459,30 @@ class Store:
             ``coords_offsets`` (B, 1, 1, 2) float32 with last axis (x, y); ``nn_indices``
             (B, C) int64 (pattern indices in the store); ``group_index`` (B,) int64 (the
             group's index in the whole grouping); ``experiment_id`` (B,) int64; ``probe``
-            (B, N, N) complex64; ``Y`` if asked.
+            (B, N, N) complex64; ``Y`` if asked. With ``layout="ptycho_torch"``, the keys
+            of :meth:`batch_layout` for that layout.
         """
         self._open()
+        _check_layout(layout)
         index = self._check_indices(indices)
         if self._selection is not None:
             index = self._selection[index]
+        if layout == "ptycho_torch":
+            if with_Y and not self.has_ground_truth:
+                raise ParameterError(f"{self.path}: the store has no object or Y, so with_Y cannot be served")
+            if constants is None:
+                constants = self.ptycho_torch_constants()
+            return self._gatherer.gather_ptycho_torch(
+                index, constants, with_Y=with_Y, reuse=reuse, out=out, threads=threads
+            )
         return self._gatherer.gather(index, with_Y=with_Y, reuse=reuse, out=out, threads=threads)
 
-    def batch_layout(self, batch_size: int, *, with_Y: bool = False) -> Layout:
-        """Shape and dtype of each array of a batch of ``batch_size`` groups (§7)."""
+    def batch_layout(self, batch_size: int, *, with_Y: bool = False, layout: str = "default") -> Layout:
+        """Shape and dtype of each array of a batch of ``batch_size`` groups (§7, or
+        ptycho_torch's arrays with ``layout="ptycho_torch"``)."""
+        _check_layout(layout)
+        if layout == "ptycho_torch":
+            return ptycho_torch_layout(batch_size, self.C, self.N, with_Y=with_Y)
         return batch_layout(batch_size, self.C, self.N, with_Y=with_Y)
 
     def _check_indices(self, indices: Any) -> np.ndarray:

@@ -8,9 +8,18 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without torch
     raise ImportError("ptychodata.torch needs PyTorch: pip install 'ptychodata[torch]'") from exc
 
-from ptychodata.torch._dataset import GroupedDataset, collate_batch
+from ptychodata.torch._dataset import GroupedDataset, collate_batch, ptycho_torch_batch
 from ptychodata.torch._loader import GroupLoader, make_loader, to_device
 from ptychodata.torch._patches import PatchExtractor
 from ptychodata.torch._sampler import GroupSampler
 
-__all__ = ["GroupLoader", "GroupSampler", "GroupedDataset", "PatchExtractor", "collate_batch", "make_loader", "to_device"]
+__all__ = [
+    "GroupLoader",
+    "GroupSampler",
+    "GroupedDataset",
+    "PatchExtractor",
+    "collate_batch",
+    "make_loader",
+    "ptycho_torch_batch",
+    "to_device",
+]

@@ -12,8 +12,9 @@ import torch
 
 from ptychodata.errors import ParameterError
 from ptychodata.store import Store, open_store
+from ptychodata.store._batch import LAYOUTS
 
-__all__ = ["GroupedDataset", "collate_batch"]
+__all__ = ["GroupedDataset", "collate_batch", "ptycho_torch_batch"]
 
 _TORCH_DTYPES = {
     np.dtype(np.float32): torch.float32,
@@ -54,6 +55,23 @@ class GroupedDataset(torch.utils.data.Dataset):
         memory, one buffer per batch (a :class:`SharedBatch`): the DataLoader's pin step
         then has nothing to copy and :func:`~ptychodata.torch.to_device` moves the batch
         in one copy. Needs CUDA.
+    layout : {"default", "ptycho_torch"}
+        ``"ptycho_torch"``: batches for ptycho_torch's ``PtychoPINN_Lightning``. The
+        DataLoader carries them flat (one buffer, as above); :meth:`finish` (which
+        :class:`~ptychodata.torch.GroupLoader` applies) makes ptycho_torch's tuple
+        ``(fields, probe, probe_scaling)``: ``fields`` a ``tensordict.TensorDict`` with
+        batch size (B,) of ``images`` (B, C, N, N) float32 raw amplitudes,
+        ``coords_global``, ``coords_relative`` and ``coords_start_relative`` (B, C, 1, 2),
+        ``coords_center`` and ``coords_start_center`` (B, 1, 1, 2) float32 (last axis
+        (x, y); relative = −(position − centre)), ``nn_indices`` (B, C) int64,
+        ``experiment_id`` (B,) int64, ``rms_scaling_constant`` and
+        ``physics_scaling_constant`` (B, 1, 1, 1) float32, and with ``with_Y``
+        ``label_amp``/``label_phase`` (B, C, N, N) float32; ``probe`` (B, C, 1, N, N)
+        complex64 (the normalised probe repeated over C as a stride-0 view);
+        ``probe_scaling`` (B, 1, 1, 1) float32. The per-experiment constants are computed
+        once, here (:meth:`Store.ptycho_torch_constants`). Needs ``tensordict``.
+    probe_scale : float
+        ptycho_torch's ``probe_scale`` for the probe normalisation (``layout="ptycho_torch"``).
     """
 
     def __init__(
@@ -64,12 +82,31 @@ class GroupedDataset(torch.utils.data.Dataset):
         as_tensordict: bool = False,
         shared_ring: int = 0,
         pin_memory: bool = False,
+        layout: Literal["default", "ptycho_torch"] = "default",
+        probe_scale: float = 4.0,
     ):
         self.store = store if isinstance(store, Store) else open_store(store)
         if with_Y not in (True, False, "device"):
             raise ParameterError(f"with_Y={with_Y!r}; expected True, False or 'device'")
         if with_Y is True and not self.store.has_ground_truth:
             raise ParameterError(f"{self.store.path}: the store has no object or Y, so with_Y cannot be served")
+        if layout not in LAYOUTS:
+            raise ParameterError(f"layout={layout!r}; expected one of {', '.join(map(repr, LAYOUTS))}")
+        self.layout = layout
+        self.constants = None
+        if layout == "ptycho_torch":
+            if with_Y == "device":
+                raise ParameterError(
+                    "with_Y='device' with layout='ptycho_torch'; expected True or False "
+                    "(its label_amp/label_phase are gathered on the CPU)"
+                )
+            if as_tensordict:
+                raise ParameterError(
+                    "as_tensordict=True with layout='ptycho_torch'; expected False "
+                    "(its fields are a TensorDict)"
+                )
+            _import_tensordict()
+            self.constants = self.store.ptycho_torch_constants(probe_scale)
         if as_tensordict:
             _import_tensordict()
         self.with_Y = with_Y
@@ -100,10 +137,13 @@ class GroupedDataset(torch.utils.data.Dataset):
                 placed, nbytes = self._placement(len(index), with_Y)
                 batch = SharedBatch(torch.empty(nbytes, dtype=torch.uint8, pin_memory=True), placed)
             out = {key: value.numpy() for key, value in batch.items()}
-            self.store.batch(index, with_Y=with_Y, out=out, threads=1 if in_worker else None)  # workers: 1 core each
+            self.store.batch(
+                index, with_Y=with_Y, out=out, threads=1 if in_worker else None,  # workers: 1 core each
+                layout=self.layout, constants=self.constants,
+            )
         else:
             # Pooled arrays: recycled only once every tensor (and view) of a batch is gone.
-            arrays = self.store.batch(index, with_Y=with_Y)
+            arrays = self.store.batch(index, with_Y=with_Y, layout=self.layout, constants=self.constants)
             batch = {key: torch.from_numpy(value) for key, value in arrays.items()}
         if self.as_tensordict:
             TensorDict = _import_tensordict()
@@ -113,7 +153,8 @@ class GroupedDataset(torch.utils.data.Dataset):
     def _placement(self, batch_size: int, with_Y: bool) -> tuple[list[Any], int]:
         key = (batch_size, with_Y)
         if key not in self._placements:
-            self._placements[key] = _place(self.store.batch_layout(batch_size, with_Y=with_Y))
+            layout = self.store.batch_layout(batch_size, with_Y=with_Y, layout=self.layout)
+            self._placements[key] = _place(layout)
         return self._placements[key]
 
     def _shared_batch(self, batch_size: int, with_Y: bool) -> SharedBatch:
@@ -129,9 +170,20 @@ class GroupedDataset(torch.utils.data.Dataset):
         return ring[slot]
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor] | Any:
-        """One group, without the batch axis (for code that indexes the dataset directly)."""
+        """One group, without the batch axis (for code that indexes the dataset directly);
+        with ``layout="ptycho_torch"`` the finished tuple ``(fields, probe, probe_scaling)``."""
         batch = self.__getitems__([index])
+        if self.layout == "ptycho_torch":
+            return tuple(part[0] for part in self.finish(batch))
         return batch[0] if self.as_tensordict else {key: value[0] for key, value in batch.items()}
+
+    def finish(self, batch: Any) -> Any:
+        """A batch as the training loop gets it: for ``layout="ptycho_torch"`` ptycho_torch's
+        tuple ``(fields, probe, probe_scaling)`` made from the flat batch (views, no copy);
+        otherwise the batch itself. Run in the main process, after pinning."""
+        if self.layout != "ptycho_torch" or isinstance(batch, tuple):
+            return batch
+        return ptycho_torch_batch(batch, self.store.C)
 
 
 class SharedBatch(dict):
@@ -194,6 +246,30 @@ def _views(buffer: torch.Tensor, layout: list[tuple[str, tuple[int, ...], torch.
     return views
 
 
+def ptycho_torch_batch(flat: dict[str, torch.Tensor], C: int) -> tuple[Any, torch.Tensor, torch.Tensor]:
+    """ptycho_torch's batch tuple from a flat batch of :func:`ptycho_torch_layout` arrays.
+
+    Parameters
+    ----------
+    flat : dict of tensors
+        ``probe`` (B, 1, 1, N, N), ``probe_scaling`` (B, 1, 1, 1) and the fields.
+    C : int
+        Channels: the probe is repeated over them (an ``expand`` view, as ptycho_torch does).
+
+    Returns
+    -------
+    fields : tensordict.TensorDict
+        Batch size (B,); every key of ``flat`` but the probe and its scaling.
+    probe : tensor of shape (B, C, 1, N, N), complex64
+    probe_scaling : tensor of shape (B, 1, 1, 1), float32
+    """
+    TensorDict = _import_tensordict()
+    probe = flat["probe"]
+    fields = {key: value for key, value in flat.items() if key not in ("probe", "probe_scaling")}
+    B = probe.shape[0]
+    return TensorDict(fields, batch_size=[B]), probe.expand(B, C, *probe.shape[2:]), flat["probe_scaling"]
+
+
 def collate_batch(batch: Any) -> Any:
     """The DataLoader ``collate_fn`` for :class:`GroupedDataset`: its batches are already whole."""
     return batch
@@ -203,5 +279,8 @@ def _import_tensordict():
     try:
         from tensordict import TensorDict
     except ImportError:
-        raise ImportError("as_tensordict=True needs tensordict: pip install 'ptychodata[tensordict]'") from None
+        raise ImportError(
+            "as_tensordict=True and layout='ptycho_torch' need tensordict: "
+            "pip install 'ptychodata[tensordict]'"
+        ) from None
     return TensorDict

@@ -36,9 +36,10 @@ class GroupLoader:
     def __iter__(self) -> Iterator[Any]:
         self.delivered = 0
         batches = _in_background(self.loader, self.background) if self.background else self.loader
+        finish = getattr(self.loader.dataset, "finish", None)
         for batch in batches:
             self.delivered += 1
-            yield batch
+            yield batch if finish is None else finish(batch)
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -77,8 +78,15 @@ def make_loader(
     prefetch_factor: int | None = None,
     shared_ring: int | None = None,
     background: int | None = None,
+    layout: str = "default",
+    probe_scale: float = 4.0,
 ) -> GroupLoader:
     """A loader of §7 batches from a store (or a :class:`GroupedDataset`).
+
+    ``layout="ptycho_torch"`` yields ptycho_torch's batch tuple ``(fields, probe,
+    probe_scaling)`` instead, which its ``PtychoPINN_Lightning`` trains on as it is (keys
+    and shapes in :class:`GroupedDataset`; ``probe_scale`` is its probe normalisation's).
+    Sampling, resume, sharding and workers are the same for both layouts.
 
     Defaults, from measurements (``benchmarks/bench_loader.py``, ``bench_gpu.py``):
     ``num_workers=0``: a batch is one vectorised gather of about a millisecond, shared
@@ -114,6 +122,8 @@ def make_loader(
         as_tensordict=as_tensordict,
         shared_ring=shared_ring,
         pin_memory=pin_memory and num_workers == 0 and torch.cuda.is_available(),
+        layout=layout,
+        probe_scale=probe_scale,
     )
     is_distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     if distributed is None:
@@ -183,8 +193,23 @@ def _in_background(iterable: Any, depth: int) -> Iterator[Any]:
 
 
 def to_device(batch: Any, device: torch.device | str, *, non_blocking: bool = True) -> Any:
-    """Move a batch (dict of tensors or TensorDict) to ``device``; with pinned host memory the
-    copies are asynchronous (``non_blocking``)."""
+    """Move a batch (dict of tensors, TensorDict, or ptycho_torch's tuple of them) to
+    ``device``; with pinned host memory the copies are asynchronous (``non_blocking``).
+    A tensor repeated along an axis by ``expand`` (ptycho_torch's probe over C) moves
+    once and is repeated again on the device."""
+    if isinstance(batch, tuple):
+        return tuple(to_device(part, device, non_blocking=non_blocking) for part in batch)
+    if isinstance(batch, torch.Tensor):
+        return _move_tensor(batch, device, non_blocking)
     if isinstance(batch, SharedBatch) or (hasattr(batch, "to") and not isinstance(batch, dict)):
         return batch.to(device, non_blocking=non_blocking)
     return {key: value.to(device, non_blocking=non_blocking) for key, value in batch.items()}
+
+
+def _move_tensor(tensor: torch.Tensor, device: torch.device | str, non_blocking: bool) -> torch.Tensor:
+    shape, strides = tensor.shape, tensor.stride()
+    repeated = [axis for axis in range(tensor.dim()) if strides[axis] == 0 and shape[axis] > 1]
+    if not repeated:
+        return tensor.to(device, non_blocking=non_blocking)
+    index = tuple(slice(0, 1) if axis in repeated else slice(None) for axis in range(tensor.dim()))
+    return tensor[index].to(device, non_blocking=non_blocking).expand(tensor.shape)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 __all__ = [
     "GroupingError",
+    "MissingDependencyError",
     "PtychodataError",
     "ScanDataError",
     "ScanFileNotFoundError",
+    "ScanFormatError",
     "SimulationError",
     "StoreError",
 ]
@@ -34,3 +36,11 @@ class SimulationError(PtychodataError, ValueError):
 
 class StoreError(PtychodataError, OSError):
     """A store on disk is missing, incomplete, corrupt, or cannot be written."""
+
+
+class ScanFormatError(ScanDataError):
+    """A file whose layout no reader recognises, or whose datasets cannot be decoded."""
+
+
+class MissingDependencyError(PtychodataError, ImportError):
+    """An optional dependency (h5py, hdf5plugin, torch) needed for this file or feature is absent."""

@@ -1,0 +1,140 @@
+"""ptychodus' files: training-data HDF5, product files (with a diffraction file), PtychoPINN export.
+
+- Training data (``save_training_data``, ``.h5``): ``patterns`` (M, H, W) counts as measured
+  (bad pixels inpainted or zeroed), ``bad_pixels`` (H, W) bool (True = filled, not measured),
+  ``probe`` (modes, N, N), ``object`` (H_o, W_o), ``probe_position_x_px``/``_y_px`` object-array
+  pixel indices (used unchanged, as ptychodus' own PtychoPINN export does),
+  ``object_pixel_width_m``/``_height_m``, ``photon_energy_eV``, ``detector_object_distance_m``.
+- Product files (``.npz`` or ``.h5``): ``probe_position_x_m``/``_y_m`` metres, ``probe``,
+  ``object``, ``object_pixel_width_m``/``_height_m``, ``object_center_x_m``/``_y_m``,
+  ``probe_position_indexes`` (which pattern each position belongs to). They hold no patterns:
+  pass the diffraction file as ``diffraction=``. Positions become object pixels as ptychodus
+  maps them: ``(x_m − centre_x) / pixel_width + (W_o − 1) / 2``.
+- The PtychoPINN export (``save_ptychopinn_training_data``) is a PtychoPINN ``.npz`` whose
+  ``diff3d`` holds counts and which carries ``bad_pixels``; :mod:`ptychodata.io._npz_layouts`
+  reads it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ptychodata.errors import ScanFormatError
+from ptychodata.io._hdf5 import H5Dataset
+from ptychodata.io._raw import RawScan, squeeze_frames
+
+TRAINING = "ptychodus training data"
+PRODUCT = "ptychodus product"
+_TRAINING_KEYS = ("patterns", "probe_position_x_px", "probe_position_y_px")
+_PRODUCT_KEYS = ("probe_position_x_m", "probe_position_y_m", "probe")
+
+
+def is_training(container: Any) -> bool:
+    return container.kind == "hdf5" and all(f"/{key}" in container for key in _TRAINING_KEYS)
+
+
+def is_product(container: Any) -> bool:
+    prefix = "/" if container.kind == "hdf5" else ""
+    return all(f"{prefix}{key}" in container for key in _PRODUCT_KEYS)
+
+
+def read_training(container: Any, options: Any) -> RawScan:
+    path = container.path
+    patterns = H5Dataset(path, "/patterns")
+    if patterns.ndim != 3:
+        raise ScanFormatError(f"{path}: dataset '/patterns' has shape {patterns.shape}; expected (M, H, W)")
+    object_array = container.get("/object")
+    pixel = (container.scalar("/object_pixel_height_m"), container.scalar("/object_pixel_width_m"))
+    return RawScan(
+        format=TRAINING,
+        path=path,
+        patterns=patterns,
+        patterns_key="/patterns",
+        x=np.asarray(container.read("/probe_position_x_px"), np.float64).reshape(-1),
+        y=np.asarray(container.read("/probe_position_y_px"), np.float64).reshape(-1),
+        position_unit="px",
+        probe=container.get("/probe"),
+        object=None if object_array is None else np.asarray(object_array).reshape(object_array.shape[-2:]),
+        bad=_bad_pixels(container, "/bad_pixels"),
+        counts=True,
+        counts_reason="ptychodus training data hold detector counts",
+        energy_eV=container.scalar("/photon_energy_eV"),
+        distance_m=container.scalar("/detector_object_distance_m"),
+        object_pixel_m=None if None in pixel else pixel,
+        notes=["positions: probe_position_x_px/_y_px used unchanged (object-array pixels)"],
+    )
+
+
+def read_product(container: Any, options: Any) -> RawScan:
+    """A product file's positions, probe and object, with patterns from ``options.diffraction``."""
+    from ptychodata.io._readers import read_patterns_only
+
+    path = container.path
+    prefix = "/" if container.kind == "hdf5" else ""
+    if options.diffraction is None:
+        raise ScanFormatError(
+            f"{path}: a ptychodus product file (positions, probe and object, no diffraction patterns); "
+            "pass the measured patterns as diffraction='patterns.h5' (CXI, ptychodus training data, .npz, "
+            "or an HDF5 file with keys={'diffraction': ...})"
+        )
+    x_m = np.asarray(container.read(f"{prefix}probe_position_x_m"), np.float64).reshape(-1)
+    y_m = np.asarray(container.read(f"{prefix}probe_position_y_m"), np.float64).reshape(-1)
+    object_array = container.get(f"{prefix}object")
+    pixel = (container.scalar(f"{prefix}object_pixel_height_m"), container.scalar(f"{prefix}object_pixel_width_m"))
+    centre = (container.scalar(f"{prefix}object_center_x_m") or 0.0, container.scalar(f"{prefix}object_center_y_m") or 0.0)
+    origin = None
+    if object_array is not None:
+        height, width = np.asarray(object_array).shape[-2:]
+        origin = (centre[0], centre[1], (width - 1) / 2, (height - 1) / 2)
+    diffraction = read_patterns_only(Path(options.diffraction), options)
+    patterns = diffraction.patterns
+    indexes = container.get(f"{prefix}probe_position_indexes")
+    if indexes is not None and not np.array_equal(np.asarray(indexes).reshape(-1), np.arange(len(patterns))):
+        indexes = np.asarray(indexes, np.int64).reshape(-1)
+        if indexes.size and (indexes.min() < 0 or indexes.max() >= len(patterns)):
+            raise ScanFormatError(
+                f"{path}: probe_position_indexes span {indexes.min()}..{indexes.max()}, but "
+                f"{options.diffraction} holds {len(patterns)} patterns"
+            )
+        patterns = np.stack([np.asarray(patterns[int(i)]) for i in indexes])
+    obj = None if object_array is None else np.asarray(object_array)
+    while obj is not None and obj.ndim > 2:
+        obj = obj[0]
+    return RawScan(
+        format=f"{PRODUCT} + {diffraction.format}",
+        path=path,
+        patterns=patterns,
+        patterns_key=f"{options.diffraction}: {diffraction.patterns_key}",
+        x=x_m,
+        y=y_m,
+        position_unit="m",
+        probe=container.get(f"{prefix}probe"),
+        object=obj,
+        bad=diffraction.bad,
+        counts=diffraction.counts,
+        counts_reason=diffraction.counts_reason,
+        shifted=diffraction.shifted,
+        energy_eV=container.scalar(f"{prefix}photon_energy_eV") or diffraction.energy_eV,
+        wavelength_m=diffraction.wavelength_m,
+        distance_m=container.scalar(f"{prefix}detector_object_distance_m") or diffraction.distance_m,
+        detector_pixel_m=diffraction.detector_pixel_m,
+        object_pixel_m=None if None in pixel else pixel,
+        object_origin=origin,
+        metadata={"diffraction_file": str(options.diffraction)},
+        notes=["positions: (x_m − object_center_x_m) / object_pixel_width_m + (W − 1) / 2, as ptychodus maps them"],
+    )
+
+
+def _bad_pixels(container: Any, key: str) -> np.ndarray | None:
+    value = container.get(key)
+    if value is None:
+        return None
+    bad = np.asarray(value) != 0
+    return bad if bad.any() else None
+
+
+def squeeze(array: Any, key: str, path: Path) -> Any:
+    return squeeze_frames(array, key, path)

@@ -60,7 +60,7 @@ def summarize_scan(scan: ScanData, *, max_patterns: int = _SAMPLE_PATTERNS) -> d
     if scan.n_points > 1:
         distances, _ = cKDTree(scan.positions).query(scan.positions, k=2, workers=-1)
         step = float(np.median(distances[:, 1]))
-    diameter = probe_diameter(scan.probe)
+    diameter = None if scan.probe is None else probe_diameter(scan.probe)
     overlap = None if step is None or not diameter else 1.0 - step / diameter
     return {
         "source": scan.source,
@@ -77,7 +77,8 @@ def summarize_scan(scan: ScanData, *, max_patterns: int = _SAMPLE_PATTERNS) -> d
         "probe_diameter_definition": f"diameter of the circle about the intensity centroid holding "
         f"{_PROBE_ENERGY_FRACTION:.0%} of sum |P|^2",
         "overlap": overlap,
-        "probe_shape": list(scan.probe.shape),
+        "probe_shape": None if scan.probe is None else list(scan.probe.shape),
+        "mask": None if scan.mask is None else {"shape": list(scan.mask.shape), "bad_pixels": int((~scan.mask).sum())},
         "object_shape": None if scan.object is None else list(scan.object.shape),
         "metadata": jsonable(dict(scan.metadata)),
     }
@@ -148,12 +149,18 @@ def format_summary(summary: dict[str, Any]) -> str:
         else f"step         {step:.3f} px (median nearest-neighbour distance)"
     )
     diameter = summary["probe_diameter"]
-    probe = "×".join(map(str, summary["probe_shape"]))
-    lines.append(
-        f"probe        {probe}, diameter "
-        + ("n/a (all-zero probe)" if diameter is None else f"{diameter:.2f} px")
-        + f" ({_PROBE_ENERGY_FRACTION:.0%} of |P|² inside)"
-    )
+    if summary["probe_shape"] is None:
+        lines.append("probe        none in the file (grouping and normalisation need none; overlap unknown)")
+    else:
+        probe = "×".join(map(str, summary["probe_shape"]))
+        lines.append(
+            f"probe        {probe}, diameter "
+            + ("n/a (all-zero probe)" if diameter is None else f"{diameter:.2f} px")
+            + f" ({_PROBE_ENERGY_FRACTION:.0%} of |P|² inside)"
+        )
+    if summary.get("mask") is not None:
+        lines.append(f"mask         {summary['mask']['bad_pixels']} bad pixel(s) of {summary['N']}×{summary['N']} "
+                     "(zeroed; mask True = usable)")
     overlap = summary["overlap"]
     if overlap is not None:
         note = " (no overlap: step exceeds the probe diameter)" if overlap < 0 else ""
@@ -181,6 +188,7 @@ def _array_table(scan: ScanData) -> dict[str, dict[str, Any]]:
         ("ycoords_start", scan.ycoords_start, "(= ycoords)" if scan.ycoords_start is scan.ycoords else ""),
         ("scan_index", scan.scan_index, "" if scan.scan_index.any() else "(all 0: one scan)"),
         ("probeGuess", scan.probe, ""),
+        ("mask", scan.mask, ""),
         ("objectGuess", scan.object, ""),
         ("Y", scan.Y, ""),
     ]
@@ -191,6 +199,8 @@ def _array_table(scan: ScanData) -> dict[str, dict[str, Any]]:
             continue
         if isinstance(value, np.memmap):
             note = (note + " memory-mapped").strip()
+        elif hasattr(value, "preparation"):
+            note = (note + " read lazily, prepared per chunk").strip()
         table[key] = {"shape": list(value.shape), "dtype": str(value.dtype), "note": note}
     return table
 

@@ -115,8 +115,9 @@ def plan(raw: RawScan, options: LoadOptions) -> Plan:
         counts = stats.looks_like_counts
         reason = stats.counts_evidence() if counts else "values are not counts by the counts rule"
     if counts and options.intensity is None:
+        evidence = reason if reason == stats.counts_evidence() else f"{reason}; {stats.counts_evidence()}"
         messages.append(
-            f"{where}holds counts ({reason}; {stats.counts_evidence()}): converted to amplitude sqrt(counts); "
+            f"{where}holds counts ({evidence}): converted to amplitude sqrt(counts); "
             "pass intensity=False if they are amplitudes"
         )
     elif (not counts and options.intensity is None and stats.whole_numbers and stats.maximum >= 2
@@ -136,7 +137,9 @@ def plan(raw: RawScan, options: LoadOptions) -> Plan:
         shift_reason = stats.shift_evidence()
     if shift and options.shift is None:
         messages.append(
-            f"{where}patterns are not fftshifted ({shift_reason}; {stats.shift_evidence()}): fftshifted so zero "
+            f"{where}patterns are not fftshifted ("
+            + (shift_reason if shift_reason == stats.shift_evidence() else f"{shift_reason}; {stats.shift_evidence()}")
+            + "): fftshifted so zero "
             "frequency is in the centre; pass shift=False to keep them as stored"
         )
 

@@ -282,6 +282,7 @@ class PatternStats:
     def shift_evidence(self) -> str:
         (cy, cx), (ry, rx) = self.centroid, self.concentration
         H, W = self.mean_pattern.shape
+        cy, cx = (c - n if c > n / 2 else c for c, n in ((cy, H), (cx, W)))  # signed: near 0 = the corners
         return (
             f"the mean pattern's circular centroid is at row {cy:.1f}, column {cx:.1f} of {H}×{W} "
             f"(concentration {ry:.2f}, {rx:.2f})"

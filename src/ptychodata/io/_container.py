@@ -138,6 +138,19 @@ class Container:
             )
         return float(value.reshape(-1)[0])
 
+    def attr(self, key: str, name: str) -> float | None:
+        """A numeric HDF5 attribute ``name`` of ``key`` ("/" for the file) as float, or None."""
+        if self._h5 is None:
+            return None
+        try:
+            value = self._h5[key].attrs.get(name)
+        except (KeyError, OSError):
+            return None
+        if value is None:
+            return None
+        value = np.asarray(value)
+        return float(value.reshape(-1)[0]) if value.size == 1 and np.issubdtype(value.dtype, np.number) else None
+
     def missing(self, key: str) -> ScanFormatError:
         what = "dataset" if self.kind == "hdf5" else "key"
         present = self.keys()

@@ -32,8 +32,36 @@ _DETECTOR = "/entry_1/instrument_1/detector_1"
 _SOURCE = "/entry_1/instrument_1/source_1"
 
 
+PRODUCT = "CXI product (ptychodus)"
+_EXTRAS = "/entry_1/ptychodus"
+
+
 def can_read(container: Any) -> bool:
     return container.kind == "hdf5" and any(path in container for path in _DATA)
+
+
+def is_product(container: Any) -> bool:
+    """A CXI file of positions, probe and object but no detector data (ptychodus writes these)."""
+    return (container.kind == "hdf5" and not can_read(container) and "/entry_1/image_1/data" in container
+            and any(path in container for path in _TRANSLATION))
+
+
+def read_product(container: Any, options: Any) -> RawScan:
+    """Positions +translation (x, y) metres, probe ``image_1``, object ``image_2``, geometry from the extras."""
+    from ptychodata.io._ptychodus import product_scan
+
+    translation_key = next(key for key in _TRANSLATION if key in container)
+    translation = np.asarray(container.read(translation_key), np.float64)
+    probe = np.asarray(container.read("/entry_1/image_1/data"))
+    obj = container.get("/entry_1/image_2/data")
+    pixel = (container.scalar(f"{_EXTRAS}/object_pixel_height_m"), container.scalar(f"{_EXTRAS}/object_pixel_width_m"))
+    centre = (container.scalar(f"{_EXTRAS}/object_center_x_m") or 0.0,
+              container.scalar(f"{_EXTRAS}/object_center_y_m") or 0.0)
+    energy_J = container.scalar(f"{_SOURCE}/energy")
+    return product_scan(container, options, translation[:, 0].copy(), translation[:, 1].copy(), probe, obj, pixel,
+                        centre, None if energy_J is None else energy_J / J_PER_EV,
+                        container.scalar(f"{_DETECTOR}/distance"), container.get(f"{_EXTRAS}/probe_position_indexes"),
+                        PRODUCT)
 
 
 def read(container: Any, options: Any) -> RawScan:

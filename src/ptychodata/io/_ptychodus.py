@@ -74,24 +74,39 @@ def read_product(container: Any, options: Any) -> RawScan:
 
     path = container.path
     prefix = "/" if container.kind == "hdf5" else ""
-    if options.diffraction is None:
-        raise ScanFormatError(
-            f"{path}: a ptychodus product file (positions, probe and object, no diffraction patterns); "
-            "pass the measured patterns as diffraction='patterns.h5' (CXI, ptychodus training data, .npz, "
-            "or an HDF5 file with keys={'diffraction': ...})"
-        )
     x_m = np.asarray(container.read(f"{prefix}probe_position_x_m"), np.float64).reshape(-1)
     y_m = np.asarray(container.read(f"{prefix}probe_position_y_m"), np.float64).reshape(-1)
     object_array = container.get(f"{prefix}object")
-    pixel = (container.scalar(f"{prefix}object_pixel_height_m"), container.scalar(f"{prefix}object_pixel_width_m"))
-    centre = (container.scalar(f"{prefix}object_center_x_m") or 0.0, container.scalar(f"{prefix}object_center_y_m") or 0.0)
+    if container.kind == "hdf5":  # save_product: geometry in attributes of /object and of the file
+        pixel = (container.attr("/object", "pixel_height_m"), container.attr("/object", "pixel_width_m"))
+        centre = (container.attr("/object", "center_x_m") or 0.0, container.attr("/object", "center_y_m") or 0.0)
+        energy, distance = container.attr("/", "photon_energy_eV"), container.attr("/", "detector_object_distance_m")
+    else:
+        pixel = (container.scalar("object_pixel_height_m"), container.scalar("object_pixel_width_m"))
+        centre = (container.scalar("object_center_x_m") or 0.0, container.scalar("object_center_y_m") or 0.0)
+        energy, distance = container.scalar("photon_energy_eV"), container.scalar("detector_object_distance_m")
+    return product_scan(container, options, x_m, y_m, container.get(f"{prefix}probe"), object_array, pixel, centre,
+                        energy, distance, container.get(f"{prefix}probe_position_indexes"), PRODUCT)
+
+
+def product_scan(container, options, x_m, y_m, probe, object_array, pixel, centre, energy, distance, indexes,
+                 name) -> RawScan:
+    """A product's positions (metres), probe and object with the patterns of ``options.diffraction``."""
+    from ptychodata.io._readers import read_patterns_only
+
+    path = container.path
+    if options.diffraction is None:
+        raise ScanFormatError(
+            f"{path}: a {name} file (positions, probe and object, no diffraction patterns); "
+            "pass the measured patterns as diffraction='patterns.h5' (CXI, ptychodus training data, .npz, "
+            "or an HDF5 file with keys={'diffraction': ...})"
+        )
     origin = None
     if object_array is not None:
         height, width = np.asarray(object_array).shape[-2:]
         origin = (centre[0], centre[1], (width - 1) / 2, (height - 1) / 2)
     diffraction = read_patterns_only(Path(options.diffraction), options)
     patterns = diffraction.patterns
-    indexes = container.get(f"{prefix}probe_position_indexes")
     if indexes is not None and not np.array_equal(np.asarray(indexes).reshape(-1), np.arange(len(patterns))):
         indexes = np.asarray(indexes, np.int64).reshape(-1)
         if indexes.size and (indexes.min() < 0 or indexes.max() >= len(patterns)):
@@ -104,22 +119,22 @@ def read_product(container: Any, options: Any) -> RawScan:
     while obj is not None and obj.ndim > 2:
         obj = obj[0]
     return RawScan(
-        format=f"{PRODUCT} + {diffraction.format}",
+        format=f"{name} + {diffraction.format}",
         path=path,
         patterns=patterns,
         patterns_key=f"{options.diffraction}: {diffraction.patterns_key}",
         x=x_m,
         y=y_m,
         position_unit="m",
-        probe=container.get(f"{prefix}probe"),
+        probe=probe,
         object=obj,
         bad=diffraction.bad,
         counts=diffraction.counts,
         counts_reason=diffraction.counts_reason,
         shifted=diffraction.shifted,
-        energy_eV=container.scalar(f"{prefix}photon_energy_eV") or diffraction.energy_eV,
+        energy_eV=energy or diffraction.energy_eV,
         wavelength_m=diffraction.wavelength_m,
-        distance_m=container.scalar(f"{prefix}detector_object_distance_m") or diffraction.distance_m,
+        distance_m=distance or diffraction.distance_m,
         detector_pixel_m=diffraction.detector_pixel_m,
         object_pixel_m=None if None in pixel else pixel,
         object_origin=origin,

@@ -21,6 +21,7 @@ __all__ = ["READERS", "read_patterns_only", "read_raw", "recognise"]
 
 READERS: list[tuple[str, Callable[[Container], bool], Callable[[Container, Any], RawScan]]] = [
     (_cxi.NAME, _cxi.can_read, _cxi.read),
+    (_cxi.PRODUCT, _cxi.is_product, _cxi.read_product),
     (_ptychodus.TRAINING, _ptychodus.is_training, _ptychodus.read_training),
     (_ptychodus.PRODUCT, _ptychodus.is_product, _ptychodus.read_product),
     (_tike.NAME, _tike.can_read, _tike.read),
@@ -63,9 +64,7 @@ def read_patterns_only(path: Path, options: Any) -> RawScan:
         if options.keys:
             if "diffraction" not in options.keys:
                 raise ScanFormatError(f"{path}: keys= needs 'diffraction' for the diffraction file")
-            keys = {"diffraction": options.keys["diffraction"], "xcoords": None}
-            del keys["xcoords"]
-            member = keys["diffraction"]
+            member = options.keys["diffraction"]
             if member not in container:
                 raise container.missing(member)
             return _frames_only(container, member, "key map")

@@ -192,9 +192,9 @@ def plan(raw: RawScan, options: LoadOptions) -> Plan:
     return Plan(preparation, stats, counts, reason, not shift, shift_reason, messages)
 
 
-def build_scan(raw: RawScan, options: LoadOptions, cls: type, *, check_values: bool | None = None) -> Any:
+def build_scan(raw: RawScan, options: LoadOptions, cls: type, *, decided: Plan | None = None) -> Any:
     """The :class:`ScanData` of ``raw`` prepared by ``options`` (warnings issued, metadata recorded)."""
-    decided = plan(raw, options)
+    decided = plan(raw, options) if decided is None else decided
     prep = decided.preparation
     N, window = prep.N, prep.window
     Ho, Wo = prep.oriented_shape
@@ -303,7 +303,8 @@ def _positions(raw, options, decided, x, y, x_start, y_start, metadata):
             raise ScanDataError(
                 f"{raw.where}positions are in metres but the file lacks the geometry to convert them to object "
                 f"pixels (missing {', '.join(missing)}); pass pixel_size=<object pixel in m> "
-                f"(CLI --pixel-size), or the missing {', '.join(missing)}"
+                f"(CLI --pixel-size), or the missing {', '.join(missing)} (CLI --energy-ev/--wavelength, "
+                "--distance, --detector-pixel)"
             )
         wavelength, distance = geometry["wavelength_m"], geometry["distance_m"]
         p_y, p_x = geometry["detector_pixel_m"]
@@ -333,7 +334,8 @@ def _positions(raw, options, decided, x, y, x_start, y_start, metadata):
                 f"object pixel λz/(S·p) = {pixel[1]:.3g} m the median scan step is {step:.1f} px = {step / N:.2f} N, "
                 f"so N×N windows (N = {N}) would overlap by less than half; ptychodata prepares far-field data. "
                 "To load it anyway, flagged metadata['near_field'] = True, pass near_field=True and "
-                "pixel_size=<object pixel in m> (e.g. detector pixel / magnification)"
+                "pixel_size=<object pixel in m> (e.g. detector pixel / magnification; CLI: --near-field "
+                "--pixel-size M)"
             )
     if options.near_field:
         if options.pixel_size is None:
@@ -404,4 +406,4 @@ def read_scan(path: str | Path, cls: type, *, check_values: bool | None = None, 
 
     load_options = LoadOptions(**options)
     raw = read_raw(Path(path), load_options)
-    return build_scan(raw, load_options, cls, check_values=check_values)
+    return build_scan(raw, load_options, cls)

@@ -375,3 +375,24 @@ def test_lazy_scan_saves_streamed_to_our_npz(tmp_path):
     np.testing.assert_array_equal(again.mask, scan.mask)
     np.testing.assert_allclose(again.xcoords, scan.xcoords)
     assert again.metadata["object_pixel_m"] == pytest.approx([dx, dx])
+
+
+def test_prepare_streams_a_chunked_cxi_into_a_store(tmp_path):
+    from ptychodata import GroupingConfig, prepare
+
+    N, M = 16, 36
+    counts = beam_counts(M, N, total=5000)
+    dx = far_field_pixel(1e-10, 1.5, N, 75e-6)
+    probe = np.exp(-((np.arange(N) - N / 2)[:, None] ** 2 + (np.arange(N) - N / 2)[None, :] ** 2) / 20).astype(
+        np.complex64)
+    path = write_cxi(tmp_path / "p.cxi", counts, *raster_m(M, 3 * dx), wavelength=1e-10, chunks=(5, N, N),
+                     probe=probe)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        store = prepare(path, GroupingConfig(gridsize=2, neighbor_count=4, seed=0), cache_dir=tmp_path / "cache",
+                        progress=False)
+    np.testing.assert_allclose(store.array("patterns"), np.sqrt(counts.astype(np.float32)), rtol=1e-6)
+    experiment = store.info()["experiments"][0]
+    # counts known: the mean photons per pattern set intensity_scale = sqrt(nphotons) / (N/2)
+    assert experiment["intensity_scale"] == pytest.approx(np.sqrt(counts.sum((1, 2)).mean()) / (N / 2), rel=1e-3)
+    np.testing.assert_allclose(store.batch([0])["probe"][0], probe)

@@ -396,3 +396,20 @@ def test_prepare_streams_a_chunked_cxi_into_a_store(tmp_path):
     # counts known: the mean photons per pattern set intensity_scale = sqrt(nphotons) / (N/2)
     assert experiment["intensity_scale"] == pytest.approx(np.sqrt(counts.sum((1, 2)).mean()) / (N / 2), rel=1e-3)
     np.testing.assert_allclose(store.batch([0])["probe"][0], probe)
+
+
+def test_grouped_data_gathers_from_a_lazy_scan(tmp_path):
+    from ptychodata import GroupingConfig, grouped_data
+
+    N, M = 16, 30
+    counts = beam_counts(M, N)
+    dx = far_field_pixel(1e-10, 1.5, N, 75e-6)
+    path = write_cxi(tmp_path / "g.cxi", counts, *raster_m(M, 3 * dx), wavelength=1e-10, chunks=(7, N, N))
+    lazy = quiet_load(path)
+    eager = lazy.with_(diffraction=np.asarray(lazy.diffraction))
+    config = GroupingConfig(N=N, gridsize=2, neighbor_count=4, seed=1)
+    a, b = grouped_data(lazy, config), grouped_data(eager, config)
+    np.testing.assert_array_equal(a["diffraction"], b["diffraction"])
+    assert a["x_scale"] == b["x_scale"]
+    picked = np.array([[29, 3], [3, 0]])
+    np.testing.assert_array_equal(lazy.diffraction[picked], eager.diffraction[picked])

@@ -443,10 +443,16 @@ class LazyPatterns:
         unique, inverse = np.unique(indices, return_inverse=True)
         if isinstance(self.raw, np.ndarray):
             raw = self.raw[unique]
-        else:
-            raw = np.stack([np.asarray(self.raw[int(i)]) for i in unique]) if unique.size else np.empty(
-                (0, *self.raw.shape[1:]), self.raw.dtype)
-        return self._prepare(raw, int(unique[0]) if unique.size else 0)[inverse.reshape(indices.shape)]
+        else:  # one read per HDF5 chunk touched, never one per row
+            chunk = int(getattr(self.raw, "rows_per_chunk", 1))
+            raw = np.empty((len(unique), *self.raw.shape[1:]), self.raw.dtype)
+            blocks = unique // chunk
+            starts = np.flatnonzero(np.r_[True, blocks[1:] != blocks[:-1]])
+            for first, stop in zip(starts, np.r_[starts[1:], len(unique)]):
+                block_start = int(blocks[first]) * chunk
+                block = np.asarray(self.raw[block_start : min(M, block_start + chunk)])
+                raw[first:stop] = block[unique[first:stop] - block_start]
+        return self._prepare(raw, 0)[inverse.reshape(indices.shape)]
 
     def _rows(self, start: int, stop: int) -> np.ndarray:
         if stop <= start:

@@ -413,3 +413,37 @@ def test_grouped_data_gathers_from_a_lazy_scan(tmp_path):
     assert a["x_scale"] == b["x_scale"]
     picked = np.array([[29, 3], [3, 0]])
     np.testing.assert_array_equal(lazy.diffraction[picked], eager.diffraction[picked])
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.int32, np.float32])
+@pytest.mark.parametrize("transpose, flip_rows, flip_cols, shift, bin_", [
+    (False, False, False, False, 1), (True, True, False, True, 1), (False, False, True, True, 2), (True, False, True, False, 2),
+])
+def test_preparation_matches_a_plain_numpy_reference(dtype, transpose, flip_rows, flip_cols, shift, bin_):
+    from ptychodata.io._prepare import Preparation
+
+    rng = np.random.default_rng(5)
+    raw = rng.integers(0, 50, (6, 12, 10)).astype(dtype)
+    bad = np.zeros((12, 10), bool)
+    bad[1, 2] = bad[7, 9] = True
+    prep = Preparation((12, 10), transpose=transpose, flip_rows=flip_rows, flip_cols=flip_cols, shift=shift,
+                       crop=(1, 0, 8), bin=bin_, counts=True, bad=bad)
+
+    def orient(frames):
+        frames = frames.swapaxes(-1, -2) if transpose else frames
+        frames = frames[..., ::-1, :] if flip_rows else frames
+        frames = frames[..., ::-1] if flip_cols else frames
+        frames = np.fft.fftshift(frames, axes=(-2, -1)) if shift else frames
+        return frames[..., 1:9, 0:8]
+
+    values = orient(np.where(bad, 0, raw).astype(np.float64))
+    values = values.reshape(6, 8 // bin_, bin_, 8 // bin_, bin_).sum(axis=(2, 4))
+    bad_out = orient(bad[None])[0].reshape(8 // bin_, bin_, 8 // bin_, bin_).any(axis=(1, 3))
+    expected = np.where(bad_out, 0, np.sqrt(values))
+    np.testing.assert_allclose(prep.apply(raw), expected, rtol=1e-6)
+    np.testing.assert_array_equal(prep.mask, ~bad_out)
+    if dtype != np.uint16:
+        negative = raw.copy()
+        negative[4] = -2  # every pixel, so the crop keeps some
+        with pytest.raises(ScanDataError, match=r"pattern 14 holds NaN, Inf or negative counts.*clip_negative=True"):
+            prep.apply(negative, first=10)

@@ -190,8 +190,10 @@ class Preparation:
         if raw.ndim != 3 or tuple(raw.shape[1:]) != tuple(self.frame_shape):
             raise ScanDataError(f"frames of shape {raw.shape}; expected (m, {self.frame_shape[0]}, "
                                 f"{self.frame_shape[1]})")
-        frames = np.array(self._geometry(raw), dtype=np.float32)  # one copy, owned
         bad = self._bad_frame()
+        if self.counts and raw.dtype.kind in "ui" and self.bin == 1:
+            return self._integer_counts(self._geometry(raw), bad, first)
+        frames = np.array(self._geometry(raw), dtype=np.float32)  # one copy, owned
         if bad is not None:
             frames[:, bad] = 0
         if frames.dtype.kind == "f" and raw.dtype.kind == "f":
@@ -204,7 +206,7 @@ class Preparation:
                 )
         if self.clip_negative:
             np.maximum(frames, 0, out=frames)
-        elif self.counts and frames.size and frames.min() < 0:
+        elif self.counts and raw.dtype.kind != "u" and frames.size and frames.min() < 0:
             index = int(np.argmin(frames.reshape(len(frames), -1).min(axis=1)))
             raise ScanDataError(
                 f"pattern {first + index} holds NaN, Inf or negative counts (min {frames[index].min():g}); "
@@ -218,6 +220,23 @@ class Preparation:
         if bad is not None and self.bin > 1:
             frames *= self.mask
         return frames
+
+
+    def _integer_counts(self, frames: np.ndarray, bad: np.ndarray | None, first: int) -> np.ndarray:
+        """Integer counts, no binning: one fused pass sqrt(int) -> float32 (the common beamline case)."""
+        if frames.dtype.kind == "i" and frames.size and not self.clip_negative and frames.min() < 0:
+            index = int(np.argmin(frames.reshape(len(frames), -1).min(axis=1)))
+            raise ScanDataError(
+                f"pattern {first + index} holds NaN, Inf or negative counts (min {frames[index].min()}); "
+                "expected counts >= 0; pass clip_negative=True to clip dark-subtraction negatives to 0"
+            )
+        with np.errstate(invalid="ignore"):  # a negative count gives NaN, clipped to 0 below
+            out = np.sqrt(frames, dtype=np.float32)
+        if self.clip_negative:
+            np.nan_to_num(out, copy=False, nan=0.0)
+        if bad is not None:
+            out[:, bad] = 0
+        return out
 
 
 def circular_centroid(profile: np.ndarray) -> tuple[float, float]:
@@ -390,11 +409,16 @@ class LazyPatterns:
         self.shape = (int(raw.shape[0]), N, N)
         self.dtype = np.dtype(np.float32)
         self._tail: tuple[int, np.ndarray] | None = None
+        self._ahead: tuple[int, Any] | None = None  # (first row, future of the raw block read ahead)
+        self._reader: Any = None  # one background thread, created on the first sequential read
+        self._last_stop: int | None = None
         chunk_rows = int(getattr(raw, "rows_per_chunk", 1))
         frame_bytes = int(np.prod(raw.shape[1:])) * np.dtype(raw.dtype).itemsize
         self.rows_per_read = max(chunk_rows, (_READ_BYTES // max(1, frame_bytes)) // chunk_rows * chunk_rows)
 
     ndim = 3
+    # Every read returns a new array that nothing else references: callers need not copy it.
+    returns_copies = True
 
     @property
     def nbytes(self) -> int:
@@ -412,7 +436,7 @@ class LazyPatterns:
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state["_tail"] = None
+        state["_tail"] = state["_ahead"] = state["_reader"] = state["_last_stop"] = None
         return state
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
@@ -455,24 +479,57 @@ class LazyPatterns:
         return self._prepare(raw, 0)[inverse.reshape(indices.shape)]
 
     def _rows(self, start: int, stop: int) -> np.ndarray:
+        """Prepared rows [start, stop): whole chunks read, the rest kept, the next block read ahead.
+
+        When reads are sequential (each starts where the last stopped), the next block of the
+        same size is read in a background thread while this one is prepared and consumed:
+        HDF5 decompression overlaps the NumPy work (which releases the GIL) and the caller's
+        writing. At most one block is read ahead and one partial block kept.
+        """
         if stop <= start:
             return np.empty((0, *self.shape[1:]), np.float32)
+        sequential = self._last_stop is None and start == 0 or self._last_stop == start
+        self._last_stop = stop
         chunk = int(getattr(self.raw, "rows_per_chunk", 1))
-        parts, position = [], start
+        parts, position, block_end = [], start, None
         if self._tail is not None:
             tail_start, tail = self._tail
             if tail_start <= position < tail_start + len(tail):
                 take = min(stop, tail_start + len(tail))
                 parts.append(tail[position - tail_start : take - tail_start])
+                self._tail = (take, tail[take - tail_start :]) if take < tail_start + len(tail) else None
                 position = take
-        if position < stop:
-            aligned_start = position // chunk * chunk
-            aligned_stop = min(self.shape[0], -(-stop // chunk) * chunk)
-            block = np.asarray(self.raw[aligned_start:aligned_stop])
-            parts.append(block[position - aligned_start : stop - aligned_start])
-            self._tail = (stop, block[stop - aligned_start :].copy()) if aligned_stop > stop else None
+        while position < stop:
+            block_start, block = self._block(position, stop, chunk)
+            block_end = block_start + len(block)
+            take = min(stop, block_end)
+            parts.append(block[position - block_start : take - block_start])
+            self._tail = (take, block[take - block_start :]) if block_end > take else None
+            position = take
+        if sequential and block_end is not None and block_end < self.shape[0] and not isinstance(self.raw, np.ndarray):
+            span = max(chunk, -(-(stop - start) // chunk) * chunk)
+            self._read_ahead(block_end, min(self.shape[0], block_end + span))
         raw = parts[0] if len(parts) == 1 else np.concatenate(parts)
         return self._prepare(raw, start)
+
+    def _block(self, position: int, stop: int, chunk: int) -> tuple[int, np.ndarray]:
+        """A raw block that starts at or before ``position``: the one read ahead, else read now."""
+        if self._ahead is not None:
+            ahead_start, future = self._ahead
+            self._ahead = None
+            block = future.result()
+            if ahead_start <= position < ahead_start + len(block):
+                return ahead_start, block
+        aligned_start = position // chunk * chunk
+        aligned_stop = min(self.shape[0], -(-stop // chunk) * chunk)
+        return aligned_start, np.asarray(self.raw[aligned_start:aligned_stop])
+
+    def _read_ahead(self, start: int, stop: int) -> None:
+        if self._reader is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ptychodata-read-ahead")
+        self._ahead = (start, self._reader.submit(lambda: np.asarray(self.raw[start:stop])))
 
     def _prepare(self, raw: np.ndarray, first: int) -> np.ndarray:
         try:

@@ -5,7 +5,10 @@
 Targets (issue 9): prepare ≥ 60 % of the h5py read rate of the same dataset (whole chunks,
 decompressed), peak RSS < 600 MB whatever the file size. The h5py baseline reads the
 dataset chunk-aligned, 32 MiB at a time, into NumPy and does nothing else; prepare also
-converts counts to amplitudes, checks, hashes and writes the store. Each run is a child
+converts counts to amplitudes, checks, hashes and writes the store. The middle line, the
+reader alone (``ScanData.load`` then ``iter_rows`` over the lazy patterns), separates the
+reader's cost from the store's (hashing and writing float32 amplitudes, twice the bytes of
+uint16 counts). Each run is a child
 process so its peak RSS (VmHWM) is its own; the file is read once first so both runs start
 from the page cache.
 """
@@ -32,6 +35,21 @@ with h5py.File(sys.argv[1]) as f:
     rows = max(data.chunks[0], (32 << 20) // (data[0].nbytes) // data.chunks[0] * data.chunks[0])
     for begin in range(0, data.shape[0], rows):
         block = data[begin:begin + rows]
+seconds = time.perf_counter() - start
+with open("/proc/self/status") as status:
+    peak_kib = next(int(line.split()[1]) for line in status if line.startswith("VmHWM"))
+print(seconds, peak_kib)
+"""
+
+READER = """
+import sys, time, warnings
+from ptychodata import ScanData
+from ptychodata.io._memory import iter_rows
+warnings.simplefilter("ignore")
+start = time.perf_counter()
+patterns = ScanData.load(sys.argv[1]).diffraction
+for _, chunk in iter_rows(patterns, patterns.rows_per_read):
+    pass
 seconds = time.perf_counter() - start
 with open("/proc/self/status") as status:
     peak_kib = next(int(line.split()[1]) for line in status if line.startswith("VmHWM"))
@@ -99,8 +117,11 @@ def main() -> None:
                   f"{path.stat().st_size / 1e6:.0f} MB on disk) in {time.perf_counter() - start:.1f} s")
             run(BASELINE, str(path))  # warm the page cache
             base_s, base_mb = run(BASELINE, str(path))
+            read_s, read_mb = run(READER, str(path))
             prep_s, prep_mb = run(PREPARE, str(path), str(workdir / f"cache_{compression}"))
             print(f"  h5py alone  {base_s:6.2f} s  {args.points / base_s:9.0f} patterns/s  peak RSS {base_mb:5.0f} MB")
+            print(f"  ScanData    {read_s:6.2f} s  {args.points / read_s:9.0f} patterns/s  peak RSS {read_mb:5.0f} MB  "
+                  f"({base_s / read_s:.0%} of h5py: load + read + counts -> float32 amplitudes, no store)")
             print(f"  prepare     {prep_s:6.2f} s  {args.points / prep_s:9.0f} patterns/s  peak RSS {prep_mb:5.0f} MB  "
                   f"({base_s / prep_s:.0%} of h5py; target >= 60 %, RSS < 600 MB)")
     finally:

@@ -447,3 +447,29 @@ def test_preparation_matches_a_plain_numpy_reference(dtype, transpose, flip_rows
         negative[4] = -2  # every pixel, so the crop keeps some
         with pytest.raises(ScanDataError, match=r"pattern 14 holds NaN, Inf or negative counts.*clip_negative=True"):
             prep.apply(negative, first=10)
+
+
+def test_errors_name_file_dataset_and_value(tmp_path):
+    N = 16
+    counts = beam_counts(12, N)
+    x_m, y_m = raster_m(10, 4e-7)  # 10 positions for 12 patterns
+    path = write_cxi(tmp_path / "short.cxi", counts, x_m, y_m, wavelength=1e-10)
+    with pytest.raises(ScanDataError, match=r"short.cxi: length mismatch: key 'diffraction' has shape \(12, 16, 16\) "
+                                            r"\(12 patterns\) but xcoords/ycoords have 10 points"):
+        quiet_load(path)
+    flat = tmp_path / "flat.cxi"
+    with h5py.File(flat, "w") as f:
+        f["/entry_1/instrument_1/detector_1/data"] = np.ones((12, 256))
+    with pytest.raises(ScanFormatError, match=r"flat.cxi: dataset '/entry_1/instrument_1/detector_1/data' has shape "
+                                              r"\(12, 256\); expected \(M, H, W\)"):
+        quiet_load(flat)
+    nopos = tmp_path / "nopos.cxi"
+    with h5py.File(nopos, "w") as f:
+        f["/entry_1/instrument_1/detector_1/data"] = counts
+    with pytest.raises(ScanFormatError, match=r"nopos.cxi: no scan positions: neither "
+                                              r"'/entry_1/sample_1/geometry_1/translation' nor '/entry_1/data_1/translation'"):
+        quiet_load(nopos)
+    with pytest.raises(ScanDataError, match=r"crop size 15 is not divisible by bin=2"):
+        quiet_load(path, crop=15, bin=2)
+    with pytest.raises(ScanDataError, match=r"position_columns='xz'; expected one of \('xy', 'yx'\)"):
+        quiet_load(path, position_columns="xz")

@@ -151,3 +151,23 @@ def test_cxi_positions_agree_with_ptychodus_cxi_reader(tmp_path, written):
     np.testing.assert_allclose(scan.ycoords, (y_their - y_their.min()) / dx + N / 2)
     # the training file's detector pixel is recovered from its object pixel, so the far-field pixel agrees
     assert dx == pytest.approx(PIXEL)
+
+
+def test_convert_writes_training_data_ptychodus_reads(tmp_path, written):
+    from ptychodata.cli import main
+
+    paths, counts, bad, probe, *_ = written
+    out = tmp_path / "again.h5"
+    assert main(["convert", str(paths["train.h5"]), str(out)]) == 0
+    theirs = TrainingDataDiffractionFileReader().read(out)
+    their_patterns = np.concatenate([array.get_patterns() for array in theirs])
+    np.testing.assert_allclose(their_patterns, np.where(bad, 0, counts), rtol=1e-5, atol=1e-4)
+    np.testing.assert_array_equal(theirs.get_bad_pixels(), bad)
+    assert theirs.get_metadata().photon_energy_eV == pytest.approx(8000.0)
+    product = TrainingDataProductFileReader().read(out)
+    original = TrainingDataProductFileReader().read(paths["train.h5"])
+    np.testing.assert_allclose(product.probe_positions.get_coordinates_x_m(),
+                               original.probe_positions.get_coordinates_x_m())
+    np.testing.assert_allclose(product.probes.get_array()[0], probe[:1])
+    again = quiet_load(out)
+    np.testing.assert_allclose(again.diffraction[:], quiet_load(paths["train.h5"]).diffraction[:], rtol=1e-6)

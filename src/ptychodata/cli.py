@@ -110,13 +110,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     conv = commands.add_parser(
         "convert",
-        help="read any recognised scan file and write ptychodata's npz (streamed)",
+        help="read any recognised scan file and write ptychodata's npz or ptychodus' training HDF5 (streamed)",
         description="Read IN in any layout ptychodata recognises (or through --key), prepare the detector "
-        "data (counts to amplitude, shift, crop, bin, mask) and write OUT as an uncompressed .npz in the "
-        "PtychoPINN layout (mask and provenance included), a chunk of patterns at a time.",
+        "data (counts to amplitude, shift, crop, bin, mask) and write OUT, a chunk of patterns at a time: "
+        "an uncompressed .npz in the PtychoPINN layout (mask and provenance included), or, for OUT.h5, "
+        "ptychodus' training-data HDF5 (counts, bad_pixels, probe, object, positions, geometry).",
     )
     conv.add_argument("input", type=Path, metavar="IN", help="scan file")
-    conv.add_argument("output", type=Path, metavar="OUT.npz", help="file to write")
+    conv.add_argument("output", type=Path, metavar="OUT", help="file to write: .npz, or .h5 for ptychodus")
     _add_load_options(conv)
     conv.set_defaults(run=_run_convert)
 
@@ -236,7 +237,12 @@ def _run_convert(args: argparse.Namespace) -> int:
         scan = ScanData.load(args.input, **_load_options(args))
     for warning in caught:
         print(f"note: {_one_line(warning.message)}", file=sys.stderr)
-    written = scan.save(args.output)
+    if args.output.suffix.lower() in (".h5", ".hdf5"):
+        from ptychodata.io._ptychodus import write_training
+
+        written = write_training(args.output, scan)
+    else:
+        written = scan.save(args.output)
     print(
         f"wrote {written}: M={scan.n_points}, N={scan.N}, "
         f"{human_size(written.stat().st_size)} in {time.perf_counter() - start:.2f} s"

@@ -270,6 +270,7 @@ def _positions(raw, options, decided, x, y, x_start, y_start, metadata):
     Ho, Wo = prep.oriented_shape
     unit = raw.position_unit
     if unit == "px":
+        _record_pixel_geometry(raw, options, metadata, window, Ho, Wo)
         if raw.position_origin == "corner":
             x, y = x + Wo / 2, y + Ho / 2
             x_start = None if x_start is None else x_start + Wo / 2
@@ -345,6 +346,20 @@ def _positions(raw, options, decided, x, y, x_start, y_start, metadata):
             )
         metadata["near_field"] = True
     return px, py, to_px(x_start, origin_x_m, origin_x_px, pixel[1]), to_px(y_start, origin_y_m, origin_y_px, pixel[0]), how
+
+
+def _record_pixel_geometry(raw: RawScan, options: LoadOptions, metadata: dict[str, Any], window: int, Ho: int,
+                           Wo: int) -> None:
+    """For pixel positions: record the geometry and, when known, the object pixel (after the crop)."""
+    geometry = _geometry(raw, options, metadata)
+    if options.pixel_size is not None:
+        metadata["object_pixel_m"] = [float(options.pixel_size)] * 2
+    elif raw.object_pixel_m is not None:
+        metadata["object_pixel_m"] = [raw.object_pixel_m[1] * Wo / window, raw.object_pixel_m[0] * Ho / window]
+    elif None not in (geometry["wavelength_m"], geometry["distance_m"], geometry["detector_pixel_m"]):
+        p_y, p_x = geometry["detector_pixel_m"]
+        metadata["object_pixel_m"] = [far_field_pixel(geometry["wavelength_m"], geometry["distance_m"], window, p)
+                                      for p in (p_x, p_y)]
 
 
 def _geometry(raw: RawScan, options: LoadOptions, metadata: dict[str, Any]) -> dict[str, Any]:

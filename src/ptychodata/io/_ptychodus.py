@@ -153,3 +153,74 @@ def _bad_pixels(container: Any, key: str) -> np.ndarray | None:
 
 def squeeze(array: Any, key: str, path: Path) -> Any:
     return squeeze_frames(array, key, path)
+
+
+def write_training(path: str | Path, scan: Any, *, compression: str = "lzf") -> Path:
+    """Write ``scan`` as a ptychodus training-data HDF5 file, streamed, atomically.
+
+    ``patterns`` are the counts again (amplitude², float32, chunked ``compression``),
+    ``bad_pixels`` = not ``scan.mask``, ``probe`` (modes, N, N), ``object`` (the scan's, or
+    ones covering every window when it has none, flagged in the file's attributes),
+    ``probe_position_x_px``/``_y_px`` = ``xcoords``/``ycoords``, and the geometry ptychodus
+    needs from ``scan.metadata``: ``object_pixel_m``, ``photon_energy_eV`` (or
+    ``wavelength_m``) and ``distance_m``.
+    """
+    import os
+    import tempfile
+
+    from ptychodata.errors import ScanDataError
+    from ptychodata.io._hdf5 import require_h5py
+    from ptychodata.io._memory import iter_rows
+    from ptychodata.io._units import HC_EV_M
+
+    h5py = require_h5py()
+    path = Path(path)
+    metadata = scan.metadata
+    energy = metadata.get("photon_energy_eV")
+    if energy is None and metadata.get("wavelength_m"):
+        energy = HC_EV_M / float(metadata["wavelength_m"])
+    needed = {"object_pixel_m": metadata.get("object_pixel_m"), "photon_energy_eV": energy,
+              "distance_m": metadata.get("distance_m")}
+    missing = [name for name, value in needed.items() if value is None]
+    if missing:
+        raise ScanDataError(
+            f"{scan.source or 'scan'}: ptychodus training data need {', '.join(missing)} in the scan's metadata; "
+            "load it with pixel_size=, energy_eV= (or wavelength_m=) and distance_m= (CLI --pixel-size, "
+            "--energy-ev, --distance), or write .npz instead"
+        )
+    if scan.probe is None:
+        raise ScanDataError(f"{scan.source or 'scan'}: ptychodus training data need a probe; the scan has none")
+    N = scan.N
+    probe = scan.extras.get("probe_modes", scan.probe[None])
+    obj, made_object = scan.object, scan.object is None
+    if made_object:
+        shape = (int(np.ceil(scan.ycoords.max())) + N, int(np.ceil(scan.xcoords.max())) + N)
+        obj = np.ones(shape, np.complex64)
+    pixel_x, pixel_y = (float(v) for v in needed["object_pixel_m"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        with h5py.File(tmp_name, "w") as f:
+            patterns = f.create_dataset("patterns", (scan.n_points, N, N), np.float32,
+                                        chunks=(min(64, scan.n_points), N, N), compression=compression)
+            rows = max(64, (32 << 20) // (4 * N * N) // 64 * 64)
+            for start, chunk in iter_rows(scan.diffraction, rows):
+                patterns[start : start + len(chunk)] = np.square(chunk, dtype=np.float32)
+            bad = np.zeros((N, N), bool) if scan.mask is None else ~scan.mask
+            f.create_dataset("bad_pixels", data=bad, compression=compression)
+            f.create_dataset("probe", data=np.asarray(probe, np.complex64), compression=compression)
+            f.create_dataset("object", data=np.asarray(obj, np.complex64), compression=compression)
+            f.create_dataset("probe_position_x_px", data=scan.xcoords, compression=compression)
+            f.create_dataset("probe_position_y_px", data=scan.ycoords, compression=compression)
+            f["object_pixel_width_m"], f["object_pixel_height_m"] = pixel_x, pixel_y
+            f["detector_object_distance_m"] = float(needed["distance_m"])
+            f["photon_energy_eV"] = float(energy)
+            f.attrs["written_by"] = "ptychodata"
+            f.attrs["object_is_placeholder"] = made_object
+        os.chmod(tmp_name, 0o644)
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return path

@@ -79,7 +79,9 @@ def write_file(path: Path, M: int, N: int, compression: str) -> None:
     side = int(np.ceil(np.sqrt(M)))
     with h5py.File(path, "w") as f:
         detector = f.create_group("entry_1/instrument_1/detector_1")
-        data = detector.create_dataset("data", (M, N, N), np.uint16, chunks=(64, N, N), compression=compression)
+        data = detector.create_dataset(
+            "data", (M, N, N), np.uint16, chunks=(64, N, N), compression=compression
+        )
         for start in range(0, M, 4096):
             data[start : start + 4096] = rng.poisson(beam, (min(4096, M - start), N, N))
         detector["distance"], detector["x_pixel_size"], detector["y_pixel_size"] = distance, pixel, pixel
@@ -113,17 +115,25 @@ def main() -> None:
             start = time.perf_counter()
             write_file(path, args.points, args.N, compression)
             raw_mb = args.points * args.N**2 * 2 / 1e6
-            print(f"{compression}: wrote {args.points} patterns of {args.N}×{args.N} uint16 ({raw_mb:.0f} MB raw, "
-                  f"{path.stat().st_size / 1e6:.0f} MB on disk) in {time.perf_counter() - start:.1f} s")
+            print(
+                f"{compression}: wrote {args.points} patterns of {args.N}×{args.N} uint16 ({raw_mb:.0f} MB raw, "
+                f"{path.stat().st_size / 1e6:.0f} MB on disk) in {time.perf_counter() - start:.1f} s"
+            )
             run(BASELINE, str(path))  # warm the page cache
             base_s, base_mb = run(BASELINE, str(path))
             read_s, read_mb = run(READER, str(path))
             prep_s, prep_mb = run(PREPARE, str(path), str(workdir / f"cache_{compression}"))
-            print(f"  h5py alone  {base_s:6.2f} s  {args.points / base_s:9.0f} patterns/s  peak RSS {base_mb:5.0f} MB")
-            print(f"  ScanData    {read_s:6.2f} s  {args.points / read_s:9.0f} patterns/s  peak RSS {read_mb:5.0f} MB  "
-                  f"({base_s / read_s:.0%} of h5py: load + read + counts -> float32 amplitudes, no store)")
-            print(f"  prepare     {prep_s:6.2f} s  {args.points / prep_s:9.0f} patterns/s  peak RSS {prep_mb:5.0f} MB  "
-                  f"({base_s / prep_s:.0%} of h5py; target >= 60 %, RSS < 600 MB)")
+            print(
+                f"  h5py alone  {base_s:6.2f} s  {args.points / base_s:9.0f} patterns/s  peak RSS {base_mb:5.0f} MB"
+            )
+            print(
+                f"  ScanData    {read_s:6.2f} s  {args.points / read_s:9.0f} patterns/s  peak RSS {read_mb:5.0f} MB  "
+                f"({base_s / read_s:.0%} of h5py: load + read + counts -> float32 amplitudes, no store)"
+            )
+            print(
+                f"  prepare     {prep_s:6.2f} s  {args.points / prep_s:9.0f} patterns/s  peak RSS {prep_mb:5.0f} MB  "
+                f"({base_s / prep_s:.0%} of h5py; target >= 60 %, RSS < 600 MB)"
+            )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

@@ -12,25 +12,25 @@ import pytest
 
 pytest.importorskip("ptychodus")
 
-from ptychodus.api.geometry import PixelGeometry  # noqa: E402
-from ptychodus.api.io import save_product, save_ptychopinn_training_data, save_training_data  # noqa: E402
-from ptychodus.api.object import Object, ObjectCenter  # noqa: E402
-from ptychodus.api.probe import ProbeSequence  # noqa: E402
-from ptychodus.api.probe_positions import ProbePosition, ProbePositionSequence  # noqa: E402
-from ptychodus.api.product import Product, ProductMetadata  # noqa: E402
-from ptychodus.api.reconstruct import ReconstructInput  # noqa: E402
-from ptychodus.plugins.cxi_file import (  # noqa: E402
+from ptychodus.api.geometry import PixelGeometry
+from ptychodus.api.io import save_product, save_ptychopinn_training_data, save_training_data
+from ptychodus.api.object import Object, ObjectCenter
+from ptychodus.api.probe import ProbeSequence
+from ptychodus.api.probe_positions import ProbePosition, ProbePositionSequence
+from ptychodus.api.product import Product, ProductMetadata
+from ptychodus.api.reconstruct import ReconstructInput
+from ptychodus.plugins.cxi_file import (
     CXIDiffractionFileReader,
     CXIDiffractionFileWriter,
     CXIProductFileIO,
 )
-from ptychodus.plugins.npz_product_file import NPZProductFileIO  # noqa: E402
-from ptychodus.plugins.training_data_file import (  # noqa: E402
+from ptychodus.plugins.npz_product_file import NPZProductFileIO
+from ptychodus.plugins.training_data_file import (
     TrainingDataDiffractionFileReader,
     TrainingDataProductFileReader,
 )
 
-from ptychodata import ScanData  # noqa: E402
+from ptychodata import ScanData
 
 N, M, PIXEL = 16, 20, 10e-9
 CENTRE = (1.05e-6, -1.95e-6)
@@ -53,16 +53,29 @@ def written(tmp_path_factory):
     bad[3, 5] = bad[10, 2] = True
     x_m = (np.arange(M) % 5) * 3 * PIXEL + 1e-6
     y_m = (np.arange(M) // 5) * 3 * PIXEL - 2e-6
-    positions = ProbePositionSequence([ProbePosition(i, float(x), float(y)) for i, (x, y) in enumerate(zip(x_m, y_m))])
+    positions = ProbePositionSequence(
+        [ProbePosition(i, float(x), float(y)) for i, (x, y) in enumerate(zip(x_m, y_m))]
+    )
     probe = (rng.normal(size=(2, N, N)) + 1j).astype(np.complex64)
-    metadata = ProductMetadata(name="t", comments="", detector_distance_m=2.0, photon_energy_eV=8000.0,
-                               probe_photon_count=0.0, exposure_time_s=0.0, mass_attenuation_m2_per_kg=0.0,
-                               tomography_angle_deg=0.0)
-    product = Product(metadata=metadata, probe_positions=positions,
-                      probes=ProbeSequence(probe, None, PixelGeometry(PIXEL, PIXEL)),
-                      object_=Object(np.ones((1, 60, 60), np.complex64), PixelGeometry(PIXEL, PIXEL),
-                                     ObjectCenter(*CENTRE)),
-                      losses=[])
+    metadata = ProductMetadata(
+        name="t",
+        comments="",
+        detector_distance_m=2.0,
+        photon_energy_eV=8000.0,
+        probe_photon_count=0.0,
+        exposure_time_s=0.0,
+        mass_attenuation_m2_per_kg=0.0,
+        tomography_angle_deg=0.0,
+    )
+    product = Product(
+        metadata=metadata,
+        probe_positions=positions,
+        probes=ProbeSequence(probe, None, PixelGeometry(PIXEL, PIXEL)),
+        object_=Object(
+            np.ones((1, 60, 60), np.complex64), PixelGeometry(PIXEL, PIXEL), ObjectCenter(*CENTRE)
+        ),
+        losses=[],
+    )
     parameters = ReconstructInput(counts, bad, product)
     names = ("train.h5", "export.npz", "product.npz", "product.h5", "product.cxi", "diff.cxi")
     paths = {name: directory / name for name in names}
@@ -71,7 +84,9 @@ def written(tmp_path_factory):
     NPZProductFileIO().write(paths["product.npz"], product)
     save_product(paths["product.h5"], product)
     CXIProductFileIO().write(paths["product.cxi"], product)
-    CXIDiffractionFileWriter().write(paths["diff.cxi"], TrainingDataDiffractionFileReader().read(paths["train.h5"]))
+    CXIDiffractionFileWriter().write(
+        paths["diff.cxi"], TrainingDataDiffractionFileReader().read(paths["train.h5"])
+    )
     return paths, counts, bad, probe, x_m, y_m
 
 
@@ -85,12 +100,18 @@ def test_training_data_agrees_with_ptychodus(written):
         scan = ScanData.load(paths["train.h5"])
     theirs = TrainingDataDiffractionFileReader().read(paths["train.h5"])
     their_patterns = np.concatenate([array.get_patterns() for array in theirs])
-    np.testing.assert_allclose(scan.diffraction[:], np.where(bad, 0, np.sqrt(their_patterns.astype(np.float32))))
+    np.testing.assert_allclose(
+        scan.diffraction[:], np.where(bad, 0, np.sqrt(their_patterns.astype(np.float32)))
+    )
     np.testing.assert_array_equal(scan.mask, ~theirs.get_bad_pixels())
     product = TrainingDataProductFileReader().read(paths["train.h5"])
     geometry = product.object_.get_geometry()
-    np.testing.assert_allclose(scan.xcoords, geometry.map_probe_positions_to_object_x_px(product.probe_positions))
-    np.testing.assert_allclose(scan.ycoords, geometry.map_probe_positions_to_object_y_px(product.probe_positions))
+    np.testing.assert_allclose(
+        scan.xcoords, geometry.map_probe_positions_to_object_x_px(product.probe_positions)
+    )
+    np.testing.assert_allclose(
+        scan.ycoords, geometry.map_probe_positions_to_object_y_px(product.probe_positions)
+    )
     np.testing.assert_array_equal(scan.probe, probe[0])
     assert scan.metadata["format"] == "ptychodus training data"
     assert scan.object.shape == (60, 60)
@@ -120,15 +141,20 @@ def test_product_with_cxi_diffraction_agrees(written, product_name):
     theirs = CXIDiffractionFileReader().read(Path(paths["diff.cxi"]))
     np.testing.assert_array_equal(scan.mask, ~theirs.get_bad_pixels())
     their_patterns = np.concatenate([array.get_patterns() for array in theirs])
-    np.testing.assert_allclose(scan.diffraction[:], np.where(bad, 0, np.sqrt(their_patterns.astype(np.float32))))
+    np.testing.assert_allclose(
+        scan.diffraction[:], np.where(bad, 0, np.sqrt(their_patterns.astype(np.float32)))
+    )
 
 
 def test_product_without_diffraction_says_what_to_pass(written):
     paths = written[0]
     from ptychodata.errors import ScanFormatError
 
-    with pytest.raises(ScanFormatError, match=r"product.npz: a ptychodus product file.*pass the measured patterns "
-                                              r"as diffraction="):
+    with pytest.raises(
+        ScanFormatError,
+        match=r"product.npz: a ptychodus product file.*pass the measured patterns "
+        r"as diffraction=",
+    ):
         quiet_load(paths["product.npz"])
 
 
@@ -166,8 +192,9 @@ def test_convert_writes_training_data_ptychodus_reads(tmp_path, written):
     assert theirs.get_metadata().photon_energy_eV == pytest.approx(8000.0)
     product = TrainingDataProductFileReader().read(out)
     original = TrainingDataProductFileReader().read(paths["train.h5"])
-    np.testing.assert_allclose(product.probe_positions.get_coordinates_x_m(),
-                               original.probe_positions.get_coordinates_x_m())
+    np.testing.assert_allclose(
+        product.probe_positions.get_coordinates_x_m(), original.probe_positions.get_coordinates_x_m()
+    )
     np.testing.assert_allclose(product.probes.get_array()[0], probe[:1])
     again = quiet_load(out)
     np.testing.assert_allclose(again.diffraction[:], quiet_load(paths["train.h5"]).diffraction[:], rtol=1e-6)

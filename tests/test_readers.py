@@ -41,12 +41,27 @@ def raster_m(M, step_m, origin=(2e-6, -3e-6)):
     return origin[0] + (index % side) * step_m, origin[1] + (index // side) * step_m
 
 
-def write_cxi(path, counts, x_m, y_m, *, energy_J=None, wavelength=None, distance=1.5, pixel=75e-6, mask=None,
-              chunks=None, compression="gzip", probe=None):
+def write_cxi(
+    path,
+    counts,
+    x_m,
+    y_m,
+    *,
+    energy_J=None,
+    wavelength=None,
+    distance=1.5,
+    pixel=75e-6,
+    mask=None,
+    chunks=None,
+    compression="gzip",
+    probe=None,
+):
     with h5py.File(path, "w") as f:
         f["cxi_version"] = 160
         det = f.create_group("entry_1/instrument_1/detector_1")
-        det.create_dataset("data", data=counts, chunks=chunks or (4, *counts.shape[1:]), compression=compression)
+        det.create_dataset(
+            "data", data=counts, chunks=chunks or (4, *counts.shape[1:]), compression=compression
+        )
         det["distance"], det["x_pixel_size"], det["y_pixel_size"] = distance, pixel, pixel
         if mask is not None:
             det["mask"] = mask.astype(np.uint32)
@@ -74,8 +89,16 @@ def test_cxi_positions_units_counts_and_mask(tmp_path):
     x_m, y_m = raster_m(M, 3 * dx)
     mask = np.zeros((N, N), bool)
     mask[2, 3] = True
-    path = write_cxi(tmp_path / "scan.h5", counts, x_m, y_m, wavelength=wavelength, distance=distance, pixel=pixel,
-                     mask=mask)
+    path = write_cxi(
+        tmp_path / "scan.h5",
+        counts,
+        x_m,
+        y_m,
+        wavelength=wavelength,
+        distance=distance,
+        pixel=pixel,
+        mask=mask,
+    )
     with pytest.warns(UserWarning, match="CXI detector data are intensities; integer dtype int32"):
         scan = ScanData.load(path)
     assert isinstance(scan.diffraction, LazyPatterns)  # not read at load
@@ -87,7 +110,9 @@ def test_cxi_positions_units_counts_and_mask(tmp_path):
     np.testing.assert_allclose(np.asarray(scan.diffraction), expected, rtol=1e-6)
     assert scan.mask.dtype == bool and not scan.mask[2, 3] and scan.mask.sum() == N * N - 1
     assert scan.metadata["object_pixel_m"] == pytest.approx([dx, dx])
-    assert scan.metadata["nphotons"] == pytest.approx(counts.sum((1, 2)).mean() - counts[:, 2, 3].mean(), rel=0.05)
+    assert scan.metadata["nphotons"] == pytest.approx(
+        counts.sum((1, 2)).mean() - counts[:, 2, 3].mean(), rel=0.05
+    )
     assert scan.probe is None
 
 
@@ -97,8 +122,9 @@ def test_cxi_energy_in_joules_and_explicit_pixel_size(tmp_path):
     wavelength = wavelength_from_energy(energy_eV)
     dx = far_field_pixel(wavelength, 2.0, N, 75e-6)
     x_m, y_m = raster_m(M, 4 * dx)
-    path = write_cxi(tmp_path / "e.cxi", beam_counts(M, N), x_m, y_m, energy_J=energy_eV * 1.602176634e-19,
-                     distance=2.0)
+    path = write_cxi(
+        tmp_path / "e.cxi", beam_counts(M, N), x_m, y_m, energy_J=energy_eV * 1.602176634e-19, distance=2.0
+    )
     scan = quiet_load(path)
     assert scan.metadata["photon_energy_eV"] == pytest.approx(energy_eV)
     assert np.median(np.diff(np.unique(scan.xcoords))) == pytest.approx(4.0)
@@ -110,8 +136,11 @@ def test_metre_positions_without_geometry_say_what_to_pass(tmp_path):
     N, M = 16, 16
     x_m, y_m = raster_m(M, 4e-7)
     path = write_cxi(tmp_path / "nogeo.cxi", beam_counts(M, N), x_m, y_m)  # no energy, no wavelength
-    with pytest.raises(ScanDataError, match=r"nogeo.cxi: positions are in metres.*missing energy_eV= or "
-                                            r"wavelength_m=.*pass pixel_size="):
+    with pytest.raises(
+        ScanDataError,
+        match=r"nogeo.cxi: positions are in metres.*missing energy_eV= or "
+        r"wavelength_m=.*pass pixel_size=",
+    ):
         quiet_load(path)
 
 
@@ -123,7 +152,9 @@ def test_crop_and_bin_follow_the_geometry(tmp_path):
     counts = np.roll(counts, (3, -2), axis=(1, 2))
     dx16 = far_field_pixel(wavelength, distance, 16, pixel)
     x_m, y_m = raster_m(M, 2 * dx16)
-    path = write_cxi(tmp_path / "c.cxi", counts, x_m, y_m, wavelength=wavelength, distance=distance, pixel=pixel)
+    path = write_cxi(
+        tmp_path / "c.cxi", counts, x_m, y_m, wavelength=wavelength, distance=distance, pixel=pixel
+    )
     scan = quiet_load(path, crop=16, bin=2)
     assert scan.N == 8
     window = counts[:, 19 - 8 : 19 + 8, 14 - 8 : 14 + 8].astype(np.float64)
@@ -157,8 +188,14 @@ def test_hdf5_patterns_stream_whole_chunks(tmp_path, compression, monkeypatch):
     N, M = 16, 50
     counts = beam_counts(M, N)
     dx = far_field_pixel(1e-10, 1.5, N, 75e-6)
-    path = write_cxi(tmp_path / "lazy.cxi", counts, *raster_m(M, 3 * dx), wavelength=1e-10, chunks=(8, N, N),
-                     compression=compression)
+    path = write_cxi(
+        tmp_path / "lazy.cxi",
+        counts,
+        *raster_m(M, 3 * dx),
+        wavelength=1e-10,
+        chunks=(8, N, N),
+        compression=compression,
+    )
     scan = quiet_load(path)
     reads = []
     original = _hdf5.H5Dataset.__getitem__
@@ -179,8 +216,11 @@ def test_unavailable_filter_is_named(tmp_path, monkeypatch):
     N, M = 16, 9
     path = write_cxi(tmp_path / "f.cxi", beam_counts(M, N), *raster_m(M, 4e-7), wavelength=1e-10)
     monkeypatch.setattr(h5py.h5z, "filter_avail", lambda code: code != 1)
-    with pytest.raises(ScanFormatError, match=r"f.cxi: dataset '/entry_1/data_1/data': compressed with HDF5 "
-                                              r"filter 1 \(gzip\).*pip install hdf5plugin"):
+    with pytest.raises(
+        ScanFormatError,
+        match=r"f.cxi: dataset '/entry_1/data_1/data': compressed with HDF5 "
+        r"filter 1 \(gzip\).*pip install hdf5plugin",
+    ):
         quiet_load(path)
 
 
@@ -209,8 +249,11 @@ def test_tike_without_shift_override_keeps_corners():
 
 
 def test_petra_near_field_is_refused_then_flagged():
-    with pytest.raises(ScanDataError, match=r"PETRAIII.*near-field \(Fresnel\).*median scan step is 59.8 px = "
-                                            r"0.60 N.*near_field=True and pixel_size="):
+    with pytest.raises(
+        ScanDataError,
+        match=r"PETRAIII.*near-field \(Fresnel\).*median scan step is 59.8 px = "
+        r"0.60 N.*near_field=True and pixel_size=",
+    ):
         quiet_load(PETRA)
     with pytest.raises(ScanDataError, match="near_field=True needs pixel_size="):
         quiet_load(PETRA, near_field=True)
@@ -262,8 +305,14 @@ def test_slac_npz_patterns_stored_last(tmp_path):
     path = tmp_path / "slac.npz"
     x = np.arange(M) % 5 * 3.0 + 20
     y = np.arange(M) // 5 * 3.0 + 20
-    np.savez(path, diffraction=np.moveaxis(amplitudes, 0, 2), xcoords_start=x, ycoords_start=y,
-             probeGuess=np.ones((N, N), np.complex64), objectGuess=np.ones((64, 64), np.complex64))
+    np.savez(
+        path,
+        diffraction=np.moveaxis(amplitudes, 0, 2),
+        xcoords_start=x,
+        ycoords_start=y,
+        probeGuess=np.ones((N, N), np.complex64),
+        objectGuess=np.ones((64, 64), np.complex64),
+    )
     scan = quiet_load(path)
     assert scan.metadata["format"] == "SLAC npz"
     np.testing.assert_allclose(scan.diffraction, amplitudes)
@@ -282,8 +331,11 @@ def test_key_map_hdf5_with_one_position_array_yx_corner(tmp_path):
     scan = quiet_load(path, keys=keys, position_columns="yx", position_origin="corner")
     np.testing.assert_allclose(scan.xcoords, cols + N / 2)
     np.testing.assert_allclose(scan.ycoords, rows + N / 2)
-    with pytest.raises(ScanFormatError, match=r"any.h5: no dataset '/measurement/nothere'; the file holds: "
-                                              r"/measurement/frames, /measurement/pos"):
+    with pytest.raises(
+        ScanFormatError,
+        match=r"any.h5: no dataset '/measurement/nothere'; the file holds: "
+        r"/measurement/frames, /measurement/pos",
+    ):
         quiet_load(path, keys={**keys, "probe": "/measurement/nothere"})
     with pytest.raises(ScanFormatError, match=r"any.h5: hdf5 file of no layout.*keys=\{'diffraction'"):
         quiet_load(path)
@@ -297,7 +349,9 @@ def test_unshifted_patterns_are_detected_by_the_circular_centroid(tmp_path):
     with h5py.File(path, "w") as f:
         f["d"], f["x"], f["y"] = counts, np.arange(M) % 4 * 3.0 + 9, np.arange(M) // 4 * 3.0 + 9
     keys = {"diffraction": "/d", "xcoords": "/x", "ycoords": "/y"}
-    with pytest.warns(UserWarning, match=r"not fftshifted.*circular centroid is at row -?0\.\d, column -?0\.\d"):
+    with pytest.warns(
+        UserWarning, match=r"not fftshifted.*circular centroid is at row -?0\.\d, column -?0\.\d"
+    ):
         scan = ScanData.load(path, keys=keys, intensity=True)
     np.testing.assert_allclose(scan.diffraction[0], np.sqrt(np.fft.fftshift(counts[0])), rtol=1e-6)
     kept = quiet_load(path, keys=keys, intensity=True, shift=False)
@@ -315,15 +369,21 @@ def test_counts_rule_for_whole_number_floats(tmp_path):
         return tmp_path / name
 
     high = beam_counts(M, N, total=20 * N * N).astype(np.float32)  # 20 × N² per pattern: counts
-    with pytest.warns(UserWarning, match=r"whole-number float32 values up to .*= (19|20)\.\d × the 256 pixels \(rule: ≥ 10×\)"):
+    with pytest.warns(
+        UserWarning,
+        match=r"whole-number float32 values up to .*= (19|20)\.\d × the 256 pixels \(rule: ≥ 10×\)",
+    ):
         scan = ScanData.load(write("high.h5", high), keys=keys)
     np.testing.assert_allclose(scan.diffraction, np.sqrt(high), rtol=1e-6)
     low = beam_counts(M, N, total=2 * N * N).astype(np.float32)  # 2 × N²: ambiguous, kept, said so
-    with pytest.warns(UserWarning, match="taken as amplitudes; if they are counts at low dose, pass intensity=True"):
+    with pytest.warns(
+        UserWarning, match="taken as amplitudes; if they are counts at low dose, pass intensity=True"
+    ):
         scan = ScanData.load(write("low.h5", low), keys=keys)
     np.testing.assert_allclose(scan.diffraction, low)
-    np.testing.assert_allclose(quiet_load(tmp_path / "low.h5", keys=keys, intensity=True).diffraction,
-                               np.sqrt(low), rtol=1e-6)
+    np.testing.assert_allclose(
+        quiet_load(tmp_path / "low.h5", keys=keys, intensity=True).diffraction, np.sqrt(low), rtol=1e-6
+    )
 
 
 def test_nan_pixels_become_the_mask(tmp_path):
@@ -341,8 +401,11 @@ def test_nan_pixels_become_the_mask(tmp_path):
 def test_positions_in_metres_passed_as_pixels_are_refused():
     rng = np.random.default_rng(0)
     with pytest.raises(ScanDataError, match=r"span only 4.5e-07 px.*positions look like metres.*pixel_size="):
-        ScanData.from_arrays(diffraction=rng.uniform(0, 1, (16, 8, 8)), xcoords=np.arange(16) * 3e-8,
-                             ycoords=np.arange(16) % 4 * 3e-8)
+        ScanData.from_arrays(
+            diffraction=rng.uniform(0, 1, (16, 8, 8)),
+            xcoords=np.arange(16) * 3e-8,
+            ycoords=np.arange(16) % 4 * 3e-8,
+        )
     x = np.concatenate([np.arange(15) * 1e-4, [50.0]])  # an outlier widens the span, the steps stay tiny
     with pytest.raises(ScanDataError, match=r"median step between neighbouring positions is 0.0001 px"):
         ScanData.from_arrays(diffraction=rng.uniform(0, 1, (16, 8, 8)), xcoords=x, ycoords=np.zeros(16))
@@ -352,8 +415,13 @@ def test_probe_modes_first_by_default_all_on_request(tmp_path):
     N, M = 16, 9
     modes = (np.arange(3 * N * N).reshape(3, N, N) + 1j).astype(np.complex64)
     path = tmp_path / "modes.npz"
-    np.savez(path, diffraction=np.ones((M, N, N), np.float32) * 0.5, xcoords=np.arange(M) * 2.0,
-             ycoords=np.arange(M) % 3 * 2.0, probeGuess=modes)
+    np.savez(
+        path,
+        diffraction=np.ones((M, N, N), np.float32) * 0.5,
+        xcoords=np.arange(M) * 2.0,
+        ycoords=np.arange(M) % 3 * 2.0,
+        probeGuess=modes,
+    )
     with pytest.warns(UserWarning, match="probe has 3 modes.*probe_modes='all'"):
         scan = ScanData.load(path)
     np.testing.assert_array_equal(scan.probe, modes[0])
@@ -383,18 +451,26 @@ def test_prepare_streams_a_chunked_cxi_into_a_store(tmp_path):
     N, M = 16, 36
     counts = beam_counts(M, N, total=5000)
     dx = far_field_pixel(1e-10, 1.5, N, 75e-6)
-    probe = np.exp(-((np.arange(N) - N / 2)[:, None] ** 2 + (np.arange(N) - N / 2)[None, :] ** 2) / 20).astype(
-        np.complex64)
-    path = write_cxi(tmp_path / "p.cxi", counts, *raster_m(M, 3 * dx), wavelength=1e-10, chunks=(5, N, N),
-                     probe=probe)
+    probe = np.exp(
+        -((np.arange(N) - N / 2)[:, None] ** 2 + (np.arange(N) - N / 2)[None, :] ** 2) / 20
+    ).astype(np.complex64)
+    path = write_cxi(
+        tmp_path / "p.cxi", counts, *raster_m(M, 3 * dx), wavelength=1e-10, chunks=(5, N, N), probe=probe
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        store = prepare(path, GroupingConfig(gridsize=2, neighbor_count=4, seed=0), cache_dir=tmp_path / "cache",
-                        progress=False)
+        store = prepare(
+            path,
+            GroupingConfig(gridsize=2, neighbor_count=4, seed=0),
+            cache_dir=tmp_path / "cache",
+            progress=False,
+        )
     np.testing.assert_allclose(store.array("patterns"), np.sqrt(counts.astype(np.float32)), rtol=1e-6)
     experiment = store.info()["experiments"][0]
     # counts known: the mean photons per pattern set intensity_scale = sqrt(nphotons) / (N/2)
-    assert experiment["intensity_scale"] == pytest.approx(np.sqrt(counts.sum((1, 2)).mean()) / (N / 2), rel=1e-3)
+    assert experiment["intensity_scale"] == pytest.approx(
+        np.sqrt(counts.sum((1, 2)).mean()) / (N / 2), rel=1e-3
+    )
     np.testing.assert_allclose(store.batch([0])["probe"][0], probe)
 
 
@@ -416,9 +492,15 @@ def test_grouped_data_gathers_from_a_lazy_scan(tmp_path):
 
 
 @pytest.mark.parametrize("dtype", [np.uint16, np.int32, np.float32])
-@pytest.mark.parametrize("transpose, flip_rows, flip_cols, shift, bin_", [
-    (False, False, False, False, 1), (True, True, False, True, 1), (False, False, True, True, 2), (True, False, True, False, 2),
-])
+@pytest.mark.parametrize(
+    "transpose, flip_rows, flip_cols, shift, bin_",
+    [
+        (False, False, False, False, 1),
+        (True, True, False, True, 1),
+        (False, False, True, True, 2),
+        (True, False, True, False, 2),
+    ],
+)
 def test_preparation_matches_a_plain_numpy_reference(dtype, transpose, flip_rows, flip_cols, shift, bin_):
     from ptychodata.io._prepare import Preparation
 
@@ -426,8 +508,17 @@ def test_preparation_matches_a_plain_numpy_reference(dtype, transpose, flip_rows
     raw = rng.integers(0, 50, (6, 12, 10)).astype(dtype)
     bad = np.zeros((12, 10), bool)
     bad[1, 2] = bad[7, 9] = True
-    prep = Preparation((12, 10), transpose=transpose, flip_rows=flip_rows, flip_cols=flip_cols, shift=shift,
-                       crop=(1, 0, 8), bin=bin_, counts=True, bad=bad)
+    prep = Preparation(
+        (12, 10),
+        transpose=transpose,
+        flip_rows=flip_rows,
+        flip_cols=flip_cols,
+        shift=shift,
+        crop=(1, 0, 8),
+        bin=bin_,
+        counts=True,
+        bad=bad,
+    )
 
     def orient(frames):
         frames = frames.swapaxes(-1, -2) if transpose else frames
@@ -445,7 +536,9 @@ def test_preparation_matches_a_plain_numpy_reference(dtype, transpose, flip_rows
     if dtype != np.uint16:
         negative = raw.copy()
         negative[4] = -2  # every pixel, so the crop keeps some
-        with pytest.raises(ScanDataError, match=r"pattern 14 holds NaN, Inf or negative counts.*clip_negative=True"):
+        with pytest.raises(
+            ScanDataError, match=r"pattern 14 holds NaN, Inf or negative counts.*clip_negative=True"
+        ):
             prep.apply(negative, first=10)
 
 
@@ -454,20 +547,29 @@ def test_errors_name_file_dataset_and_value(tmp_path):
     counts = beam_counts(12, N)
     x_m, y_m = raster_m(10, 4e-7)  # 10 positions for 12 patterns
     path = write_cxi(tmp_path / "short.cxi", counts, x_m, y_m, wavelength=1e-10)
-    with pytest.raises(ScanDataError, match=r"short.cxi: length mismatch: key 'diffraction' has shape \(12, 16, 16\) "
-                                            r"\(12 patterns\) but xcoords/ycoords have 10 points"):
+    with pytest.raises(
+        ScanDataError,
+        match=r"short.cxi: length mismatch: key 'diffraction' has shape \(12, 16, 16\) "
+        r"\(12 patterns\) but xcoords/ycoords have 10 points",
+    ):
         quiet_load(path)
     flat = tmp_path / "flat.cxi"
     with h5py.File(flat, "w") as f:
         f["/entry_1/instrument_1/detector_1/data"] = np.ones((12, 256))
-    with pytest.raises(ScanFormatError, match=r"flat.cxi: dataset '/entry_1/instrument_1/detector_1/data' has shape "
-                                              r"\(12, 256\); expected \(M, H, W\)"):
+    with pytest.raises(
+        ScanFormatError,
+        match=r"flat.cxi: dataset '/entry_1/instrument_1/detector_1/data' has shape "
+        r"\(12, 256\); expected \(M, H, W\)",
+    ):
         quiet_load(flat)
     nopos = tmp_path / "nopos.cxi"
     with h5py.File(nopos, "w") as f:
         f["/entry_1/instrument_1/detector_1/data"] = counts
-    with pytest.raises(ScanFormatError, match=r"nopos.cxi: no scan positions: neither "
-                                              r"'/entry_1/sample_1/geometry_1/translation' nor '/entry_1/data_1/translation'"):
+    with pytest.raises(
+        ScanFormatError,
+        match=r"nopos.cxi: no scan positions: neither "
+        r"'/entry_1/sample_1/geometry_1/translation' nor '/entry_1/data_1/translation'",
+    ):
         quiet_load(nopos)
     with pytest.raises(ScanDataError, match=r"crop size 15 is not divisible by bin=2"):
         quiet_load(path, crop=15, bin=2)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ptychodata.errors import ScanDataError
-from ptychodata.io import read_npz, write_npz
+from ptychodata.io import write_npz
 
 __all__ = ["ScanData"]
 

@@ -74,13 +74,19 @@ class LoadOptions:
             raise ScanDataError(f"bin={self.bin!r}; expected a positive integer")
         if self.crop is not None and (int(self.crop) != self.crop or self.crop < 2):
             raise ScanDataError(f"crop={self.crop!r}; expected an integer pattern size >= 2")
-        for name, allowed in (("position_unit", ("px", "m")), ("position_columns", ("xy", "yx")),
-                              ("position_origin", ("centre", "corner")), ("probe_modes", ("first", "all"))):
+        for name, allowed in (
+            ("position_unit", ("px", "m")),
+            ("position_columns", ("xy", "yx")),
+            ("position_origin", ("centre", "corner")),
+            ("probe_modes", ("first", "all")),
+        ):
             value = getattr(self, name)
             if value is not None and value not in allowed:
                 raise ScanDataError(f"{name}={value!r}; expected one of {allowed}")
         if self.pixel_size is not None and not self.pixel_size > 0:
-            raise ScanDataError(f"pixel_size={self.pixel_size!r}; expected the object pixel size in metres, > 0")
+            raise ScanDataError(
+                f"pixel_size={self.pixel_size!r}; expected the object pixel size in metres, > 0"
+            )
 
 
 @dataclass
@@ -101,8 +107,13 @@ def plan(raw: RawScan, options: LoadOptions) -> Plan:
     where = raw.where + f"key {raw.patterns_key!r}: "
     messages: list[str] = []
     H, W = (int(n) for n in raw.patterns.shape[1:])
-    orient = Preparation((H, W), transpose=options.transpose, flip_rows=options.flip_rows,
-                         flip_cols=options.flip_cols, crop=(0, 0, min(H, W)))
+    orient = Preparation(
+        (H, W),
+        transpose=options.transpose,
+        flip_rows=options.flip_rows,
+        flip_cols=options.flip_cols,
+        crop=(0, 0, min(H, W)),
+    )
     stats = analyze_sample(raw.patterns, orient, where)
     Ho, Wo = orient.oriented_shape
 
@@ -120,8 +131,13 @@ def plan(raw: RawScan, options: LoadOptions) -> Plan:
             f"{where}holds counts ({evidence}): converted to amplitude sqrt(counts); "
             "pass intensity=False if they are amplitudes"
         )
-    elif (not counts and options.intensity is None and stats.whole_numbers and stats.maximum >= 2
-          and not stats.integer_dtype):
+    elif (
+        not counts
+        and options.intensity is None
+        and stats.whole_numbers
+        and stats.maximum >= 2
+        and not stats.integer_dtype
+    ):
         messages.append(
             f"{where}whole-number values ({stats.counts_evidence()}) are taken as amplitudes; if they are counts "
             "at low dose, pass intensity=True"
@@ -138,7 +154,11 @@ def plan(raw: RawScan, options: LoadOptions) -> Plan:
     if shift and options.shift is None:
         messages.append(
             f"{where}patterns are not fftshifted ("
-            + (shift_reason if shift_reason == stats.shift_evidence() else f"{shift_reason}; {stats.shift_evidence()}")
+            + (
+                shift_reason
+                if shift_reason == stats.shift_evidence()
+                else f"{shift_reason}; {stats.shift_evidence()}"
+            )
             + "): fftshifted so zero "
             "frequency is in the centre; pass shift=False to keep them as stored"
         )
@@ -147,7 +167,9 @@ def plan(raw: RawScan, options: LoadOptions) -> Plan:
     bad = np.zeros((H, W), bool)
     if raw.bad is not None:
         if raw.bad.shape != (H, W):
-            raise ScanDataError(f"{raw.where}bad-pixel mask of shape {raw.bad.shape}; expected the frame shape {(H, W)}")
+            raise ScanDataError(
+                f"{raw.where}bad-pixel mask of shape {raw.bad.shape}; expected the frame shape {(H, W)}"
+            )
         bad |= raw.bad
     if options.mask is not None:
         usable = np.asarray(options.mask)
@@ -169,8 +191,10 @@ def plan(raw: RawScan, options: LoadOptions) -> Plan:
         )
     if size is None and Ho != Wo:
         size = min(Ho, Wo)
-        messages.append(f"{where}detector frames are {Ho}×{Wo}: cropped to {size}×{size} around the beam centre; "
-                        "pass crop= to choose the size")
+        messages.append(
+            f"{where}detector frames are {Ho}×{Wo}: cropped to {size}×{size} around the beam centre; "
+            "pass crop= to choose the size"
+        )
     crop = None
     if size is not None:
         if size > min(Ho, Wo):
@@ -185,8 +209,15 @@ def plan(raw: RawScan, options: LoadOptions) -> Plan:
 
     clip = bool(options.clip_negative)
     preparation = Preparation(
-        (H, W), transpose=options.transpose, flip_rows=options.flip_rows, flip_cols=options.flip_cols,
-        shift=shift, crop=crop, bin=int(options.bin), clip_negative=bool(clip), counts=counts,
+        (H, W),
+        transpose=options.transpose,
+        flip_rows=options.flip_rows,
+        flip_cols=options.flip_cols,
+        shift=shift,
+        crop=crop,
+        bin=int(options.bin),
+        clip_negative=bool(clip),
+        counts=counts,
         bad=bad if bad.any() else None,
     )
     return Plan(preparation, stats, counts, reason, not shift, shift_reason, messages)
@@ -208,8 +239,11 @@ def build_scan(raw: RawScan, options: LoadOptions, cls: type, *, decided: Plan |
     if not (prep.is_identity and raw.square_required):  # the contract npz as it is records nothing new
         metadata["format"] = raw.format
         metadata["preparation"] = prep.steps()
-        metadata["counts"] = {"converted": decided.counts, "reason": decided.counts_reason,
-                              "evidence": decided.stats.counts_evidence()}
+        metadata["counts"] = {
+            "converted": decided.counts,
+            "reason": decided.counts_reason,
+            "evidence": decided.stats.counts_evidence(),
+        }
         metadata["shift"] = {"shifted_in_file": decided.shifted_in_file, "reason": decided.shift_reason}
     if prep.mask is not None:
         metadata["bad_pixels"] = int((~prep.mask).sum())
@@ -225,8 +259,10 @@ def build_scan(raw: RawScan, options: LoadOptions, cls: type, *, decided: Plan |
         patterns = LazyPatterns(raw.patterns, prep, where=f"{raw.where}key {raw.patterns_key!r}: ")[:]
 
     # positions
-    x, y, x_start, y_start = (None if v is None else np.asarray(v, np.float64).reshape(-1)
-                              for v in (raw.x, raw.y, raw.x_start, raw.y_start))
+    x, y, x_start, y_start = (
+        None if v is None else np.asarray(v, np.float64).reshape(-1)
+        for v in (raw.x, raw.y, raw.x_start, raw.y_start)
+    )
     x, y, x_start, y_start, conversion = _positions(raw, options, decided, x, y, x_start, y_start, metadata)
     if conversion != "object pixels, used unchanged" or not raw.square_required:
         metadata["positions"] = conversion
@@ -258,7 +294,9 @@ def build_scan(raw: RawScan, options: LoadOptions, cls: type, *, decided: Plan |
 def _mean_photons(decided: Plan) -> float:
     """Mean counts per prepared pattern: the sampled mean frame through shift, crop, bin and mask."""
     prep = decided.preparation
-    geometric = Preparation(prep.oriented_shape, shift=prep.shift, crop=prep.crop, bin=prep.bin, clip_negative=True)
+    geometric = Preparation(
+        prep.oriented_shape, shift=prep.shift, crop=prep.crop, bin=prep.bin, clip_negative=True
+    )
     frame = geometric.apply(np.ascontiguousarray(decided.stats.mean_pattern[None]))[0]
     mask = prep.mask
     return float(frame.sum() if mask is None else (frame * mask).sum())
@@ -297,9 +335,15 @@ def _positions(raw, options, decided, x, y, x_start, y_start, metadata):
         how = f"metres / the file's object pixel ({pixel[1]:g} m wide, {pixel[0]:g} m high)"
         far_field = False
     else:
-        missing = [name for name, value in (("energy_eV= or wavelength_m=", geometry["wavelength_m"]),
-                                            ("distance_m=", geometry["distance_m"]),
-                                            ("detector_pixel_m=", geometry["detector_pixel_m"])) if value is None]
+        missing = [
+            name
+            for name, value in (
+                ("energy_eV= or wavelength_m=", geometry["wavelength_m"]),
+                ("distance_m=", geometry["distance_m"]),
+                ("detector_pixel_m=", geometry["detector_pixel_m"]),
+            )
+            if value is None
+        ]
         if missing:
             raise ScanDataError(
                 f"{raw.where}positions are in metres but the file lacks the geometry to convert them to object "
@@ -309,9 +353,14 @@ def _positions(raw, options, decided, x, y, x_start, y_start, metadata):
             )
         wavelength, distance = geometry["wavelength_m"], geometry["distance_m"]
         p_y, p_x = geometry["detector_pixel_m"]
-        pixel = (far_field_pixel(wavelength, distance, window, p_y), far_field_pixel(wavelength, distance, window, p_x))
-        how = (f"metres / far-field object pixel λz/(S·p) = {pixel[1]:.4g} m (λ {wavelength:.4g} m, z {distance:g} m, "
-               f"S {window} detector pixels, p {p_x:g} m)")
+        pixel = (
+            far_field_pixel(wavelength, distance, window, p_y),
+            far_field_pixel(wavelength, distance, window, p_x),
+        )
+        how = (
+            f"metres / far-field object pixel λz/(S·p) = {pixel[1]:.4g} m (λ {wavelength:.4g} m, z {distance:g} m, "
+            f"S {window} detector pixels, p {p_x:g} m)"
+        )
         far_field = True
     metadata["object_pixel_m"] = [pixel[1], pixel[0]]  # (x, y)
     if raw.object_origin is not None:
@@ -345,21 +394,32 @@ def _positions(raw, options, decided, x, y, x_start, y_start, metadata):
                 "does not hold for near-field (Fresnel) data"
             )
         metadata["near_field"] = True
-    return px, py, to_px(x_start, origin_x_m, origin_x_px, pixel[1]), to_px(y_start, origin_y_m, origin_y_px, pixel[0]), how
+    return (
+        px,
+        py,
+        to_px(x_start, origin_x_m, origin_x_px, pixel[1]),
+        to_px(y_start, origin_y_m, origin_y_px, pixel[0]),
+        how,
+    )
 
 
-def _record_pixel_geometry(raw: RawScan, options: LoadOptions, metadata: dict[str, Any], window: int, Ho: int,
-                           Wo: int) -> None:
+def _record_pixel_geometry(
+    raw: RawScan, options: LoadOptions, metadata: dict[str, Any], window: int, Ho: int, Wo: int
+) -> None:
     """For pixel positions: record the geometry and, when known, the object pixel (after the crop)."""
     geometry = _geometry(raw, options, metadata)
     if options.pixel_size is not None:
         metadata["object_pixel_m"] = [float(options.pixel_size)] * 2
     elif raw.object_pixel_m is not None:
-        metadata["object_pixel_m"] = [raw.object_pixel_m[1] * Wo / window, raw.object_pixel_m[0] * Ho / window]
+        metadata["object_pixel_m"] = [
+            raw.object_pixel_m[1] * Wo / window,
+            raw.object_pixel_m[0] * Ho / window,
+        ]
     elif None not in (geometry["wavelength_m"], geometry["distance_m"], geometry["detector_pixel_m"]):
         p_y, p_x = geometry["detector_pixel_m"]
-        metadata["object_pixel_m"] = [far_field_pixel(geometry["wavelength_m"], geometry["distance_m"], window, p)
-                                      for p in (p_x, p_y)]
+        metadata["object_pixel_m"] = [
+            far_field_pixel(geometry["wavelength_m"], geometry["distance_m"], window, p) for p in (p_x, p_y)
+        ]
 
 
 def _geometry(raw: RawScan, options: LoadOptions, metadata: dict[str, Any]) -> dict[str, Any]:
@@ -369,8 +429,12 @@ def _geometry(raw: RawScan, options: LoadOptions, metadata: dict[str, Any]) -> d
         wavelength = wavelength_from_energy(energy)
     distance = options.distance_m if options.distance_m is not None else raw.distance_m
     pixel = (options.detector_pixel_m,) * 2 if options.detector_pixel_m is not None else raw.detector_pixel_m
-    geometry = {"photon_energy_eV": energy, "wavelength_m": wavelength, "distance_m": distance,
-                "detector_pixel_m": None if pixel is None else tuple(float(p) for p in pixel)}
+    geometry = {
+        "photon_energy_eV": energy,
+        "wavelength_m": wavelength,
+        "distance_m": distance,
+        "detector_pixel_m": None if pixel is None else tuple(float(p) for p in pixel),
+    }
     metadata.update({key: value for key, value in geometry.items() if value is not None})
     return geometry
 
@@ -392,7 +456,9 @@ def _probe(raw, options, N, window, Wo, Ho, extras, decided) -> np.ndarray | Non
     if probe.ndim >= 3 and probe.shape[-1] == 1 and probe.shape[-2] > 1:  # (N, N, 1)
         probe = probe[..., 0]
     if probe.ndim < 2:
-        raise ScanDataError(f"{raw.where}probe of shape {probe.shape}; expected (N, N) or a stack of modes (..., N, N)")
+        raise ScanDataError(
+            f"{raw.where}probe of shape {probe.shape}; expected (N, N) or a stack of modes (..., N, N)"
+        )
     modes = probe.reshape(-1, *probe.shape[-2:])
     if window != Wo or window != Ho:
         decided.warnings.append(
@@ -407,9 +473,15 @@ def _probe(raw, options, N, window, Wo, Ho, extras, decided) -> np.ndarray | Non
         modes = modes[:, r0 : r0 + N, c0 : c0 + N]
         decided.warnings.append(f"{raw.where}probe of {h}×{w} centre-cropped to the pattern size {N}×{N}")
     if len(modes) > 1:
-        decided.warnings.append(f"{raw.where}probe has {len(modes)} modes (shape {probe.shape}): the first is the "
-                                "scan's probe" + ("; all are in extras['probe_modes']" if options.probe_modes == "all"
-                                                  else "; pass probe_modes='all' to keep all"))
+        decided.warnings.append(
+            f"{raw.where}probe has {len(modes)} modes (shape {probe.shape}): the first is the "
+            "scan's probe"
+            + (
+                "; all are in extras['probe_modes']"
+                if options.probe_modes == "all"
+                else "; pass probe_modes='all' to keep all"
+            )
+        )
     if options.probe_modes == "all":
         extras["probe_modes"] = np.ascontiguousarray(modes, np.complex64)
     return modes[0]

@@ -55,7 +55,7 @@ def sniff(path: str | os.PathLike) -> str:
             if handle.read(8) == _HDF5_MAGIC:
                 return "hdf5"
             offset *= 2
-    if head.startswith(_ZIP_MAGIC) or head.startswith(b"PK\x05\x06"):
+    if head.startswith((_ZIP_MAGIC, b"PK\x05\x06")):
         return "zip"
     if head.startswith(_BZ2_MAGIC):
         return "bz2"
@@ -77,8 +77,14 @@ class Container:
         ``"bz2"``/``"gzip"`` when the ``.npz`` itself was compressed (then read into memory).
     """
 
-    def __init__(self, path: Path, kind: str, members: dict[str, np.ndarray] | None = None, h5: Any = None,
-                 compression: str | None = None):
+    def __init__(
+        self,
+        path: Path,
+        kind: str,
+        members: dict[str, np.ndarray] | None = None,
+        h5: Any = None,
+        compression: str | None = None,
+    ):
         self.path, self.kind, self.compression = path, kind, compression
         self._members = members
         self._h5 = h5
@@ -91,6 +97,9 @@ class Container:
         from ptychodata.io._hdf5 import dataset_paths
 
         return dataset_paths(self._h5)
+
+    def __iter__(self):
+        return iter(self.keys())
 
     def __contains__(self, key: str) -> bool:
         if self._members is not None:
@@ -149,7 +158,9 @@ class Container:
         if value is None:
             return None
         value = np.asarray(value)
-        return float(value.reshape(-1)[0]) if value.size == 1 and np.issubdtype(value.dtype, np.number) else None
+        return (
+            float(value.reshape(-1)[0]) if value.size == 1 and np.issubdtype(value.dtype, np.number) else None
+        )
 
     def missing(self, key: str) -> ScanFormatError:
         what = "dataset" if self.kind == "hdf5" else "key"
@@ -164,7 +175,7 @@ class Container:
     def __enter__(self) -> Container:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
@@ -186,7 +197,9 @@ def open_container(path: str | os.PathLike) -> Container:
             with opener(path, "rb") as handle:
                 blob = handle.read()
         except (OSError, EOFError, ValueError) as exc:
-            raise ScanFormatError(f"{path}: {kind} stream could not be decompressed ({exc}); truncated?") from exc
+            raise ScanFormatError(
+                f"{path}: {kind} stream could not be decompressed ({exc}); truncated?"
+            ) from exc
         return Container(path, "npz", members=_npz_from_bytes(path, blob, kind), compression=kind)
     if kind == "npy":
         raise ScanFormatError(
@@ -207,7 +220,9 @@ def _npz_from_bytes(path: Path, blob: bytes, kind: str) -> dict[str, np.ndarray]
                 if not info.filename.endswith(".npy"):
                     continue
                 with archive.open(info) as member:
-                    members[info.filename[: -len(".npy")]] = np.lib.format.read_array(member, allow_pickle=False)
+                    members[info.filename[: -len(".npy")]] = np.lib.format.read_array(
+                        member, allow_pickle=False
+                    )
             return members
     except zipfile.BadZipFile as exc:
         raise ScanFormatError(f"{path}: the {kind} stream does not hold an .npz archive ({exc})") from exc

@@ -42,8 +42,12 @@ def can_read(container: Any) -> bool:
 
 def is_product(container: Any) -> bool:
     """A CXI file of positions, probe and object but no detector data (ptychodus writes these)."""
-    return (container.kind == "hdf5" and not can_read(container) and "/entry_1/image_1/data" in container
-            and any(path in container for path in _TRANSLATION))
+    return (
+        container.kind == "hdf5"
+        and not can_read(container)
+        and "/entry_1/image_1/data" in container
+        and any(path in container for path in _TRANSLATION)
+    )
 
 
 def read_product(container: Any, options: Any) -> RawScan:
@@ -54,14 +58,29 @@ def read_product(container: Any, options: Any) -> RawScan:
     translation = np.asarray(container.read(translation_key), np.float64)
     probe = np.asarray(container.read("/entry_1/image_1/data"))
     obj = container.get("/entry_1/image_2/data")
-    pixel = (container.scalar(f"{_EXTRAS}/object_pixel_height_m"), container.scalar(f"{_EXTRAS}/object_pixel_width_m"))
-    centre = (container.scalar(f"{_EXTRAS}/object_center_x_m") or 0.0,
-              container.scalar(f"{_EXTRAS}/object_center_y_m") or 0.0)
+    pixel = (
+        container.scalar(f"{_EXTRAS}/object_pixel_height_m"),
+        container.scalar(f"{_EXTRAS}/object_pixel_width_m"),
+    )
+    centre = (
+        container.scalar(f"{_EXTRAS}/object_center_x_m") or 0.0,
+        container.scalar(f"{_EXTRAS}/object_center_y_m") or 0.0,
+    )
     energy_J = container.scalar(f"{_SOURCE}/energy")
-    return product_scan(container, options, translation[:, 0].copy(), translation[:, 1].copy(), probe, obj, pixel,
-                        centre, None if energy_J is None else energy_J / J_PER_EV,
-                        container.scalar(f"{_DETECTOR}/distance"), container.get(f"{_EXTRAS}/probe_position_indexes"),
-                        PRODUCT)
+    return product_scan(
+        container,
+        options,
+        translation[:, 0].copy(),
+        translation[:, 1].copy(),
+        probe,
+        obj,
+        pixel,
+        centre,
+        None if energy_J is None else energy_J / J_PER_EV,
+        container.scalar(f"{_DETECTOR}/distance"),
+        container.get(f"{_EXTRAS}/probe_position_indexes"),
+        PRODUCT,
+    )
 
 
 def read(container: Any, options: Any) -> RawScan:
@@ -84,10 +103,16 @@ def read(container: Any, options: Any) -> RawScan:
         raise ScanFormatError(
             f"{path}: dataset {translation_key!r} has shape {translation.shape}; expected (M, 3) (x, y, z) in metres"
         )
-    x_pixel, y_pixel = container.scalar(f"{_DETECTOR}/x_pixel_size"), container.scalar(f"{_DETECTOR}/y_pixel_size")
+    x_pixel, y_pixel = (
+        container.scalar(f"{_DETECTOR}/x_pixel_size"),
+        container.scalar(f"{_DETECTOR}/y_pixel_size"),
+    )
     detector_pixel = None
     if x_pixel is not None or y_pixel is not None:
-        detector_pixel = (y_pixel if y_pixel is not None else x_pixel, x_pixel if x_pixel is not None else y_pixel)
+        detector_pixel = (
+            y_pixel if y_pixel is not None else x_pixel,
+            x_pixel if x_pixel is not None else y_pixel,
+        )
     energy_J = container.scalar(f"{_SOURCE}/energy")
     bad = None
     if f"{_DETECTOR}/mask" in container:
@@ -96,7 +121,9 @@ def read(container: Any, options: Any) -> RawScan:
     probe = container.get(f"{_SOURCE}/illumination")
     metadata: dict[str, Any] = {"translation_dataset": translation_key, "patterns_dataset": data_key}
     if f"{_DETECTOR}/basis_vectors" in container:
-        metadata["detector_basis_vectors_m"] = np.asarray(container.read(f"{_DETECTOR}/basis_vectors")).tolist()
+        metadata["detector_basis_vectors_m"] = np.asarray(
+            container.read(f"{_DETECTOR}/basis_vectors")
+        ).tolist()
     return RawScan(
         format=NAME,
         path=path,

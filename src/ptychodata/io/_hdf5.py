@@ -15,10 +15,26 @@ import numpy as np
 
 from ptychodata.errors import MissingDependencyError, ScanFormatError
 
-__all__ = ["H5Dataset", "check_filters", "dataset_paths", "get_dataset", "open_h5", "read_dataset", "require_h5py"]
+__all__ = [
+    "H5Dataset",
+    "check_filters",
+    "dataset_paths",
+    "get_dataset",
+    "open_h5",
+    "read_dataset",
+    "require_h5py",
+]
 
 # Filters h5py decodes without plugins.
-_BUILTIN_FILTERS = {1: "gzip", 2: "shuffle", 3: "fletcher32", 4: "szip", 5: "nbit", 6: "scaleoffset", 32000: "lzf"}
+_BUILTIN_FILTERS = {
+    1: "gzip",
+    2: "shuffle",
+    3: "fletcher32",
+    4: "szip",
+    5: "nbit",
+    6: "scaleoffset",
+    32000: "lzf",
+}
 # Registered HDF5 filter ids that hdf5plugin provides, for error messages.
 _PLUGIN_FILTERS = {
     307: "bzip2",

@@ -27,8 +27,18 @@ from ptychodata.io._units import J_PER_EV
 
 NAME = "key map"
 KNOWN = {
-    "diffraction", "xcoords", "ycoords", "positions", "probe", "object", "bad_pixels", "energy_eV", "energy_J",
-    "wavelength_m", "distance_m", "detector_pixel_m",
+    "diffraction",
+    "xcoords",
+    "ycoords",
+    "positions",
+    "probe",
+    "object",
+    "bad_pixels",
+    "energy_eV",
+    "energy_J",
+    "wavelength_m",
+    "distance_m",
+    "detector_pixel_m",
 }
 
 
@@ -36,22 +46,31 @@ def read(container: Any, options: Any) -> RawScan:
     path, keys = container.path, dict(options.keys)
     unknown = sorted(set(keys) - KNOWN)
     if unknown:
-        raise ScanFormatError(f"keys= names {unknown} that ptychodata does not know; expected some of {sorted(KNOWN)}")
+        raise ScanFormatError(
+            f"keys= names {unknown} that ptychodata does not know; expected some of {sorted(KNOWN)}"
+        )
     if "diffraction" not in keys:
-        raise ScanFormatError(f"{path}: keys= needs 'diffraction' (the dataset of patterns); got {sorted(keys)}")
-    for name, member in keys.items():
+        raise ScanFormatError(
+            f"{path}: keys= needs 'diffraction' (the dataset of patterns); got {sorted(keys)}"
+        )
+    for member in keys.values():
         if member not in container:
             raise container.missing(member)
     key = keys["diffraction"]
     stored = container.raw(key)
     patterns = H5Dataset(path, key) if container.kind == "hdf5" else stored
     if container.kind == "hdf5" and patterns.ndim != 3:
-        raise ScanFormatError(f"{path}: dataset {key!r} has shape {patterns.shape}; expected (M, H, W) patterns")
+        raise ScanFormatError(
+            f"{path}: dataset {key!r} has shape {patterns.shape}; expected (M, H, W) patterns"
+        )
     if "positions" in keys:
         if "xcoords" in keys or "ycoords" in keys:
-            raise ScanFormatError("keys= gives both 'positions' and 'xcoords'/'ycoords'; give one or the other")
-        x, y = positions_from_columns(container.read(keys["positions"]), options.position_columns or "xy",
-                                      keys["positions"], path)
+            raise ScanFormatError(
+                "keys= gives both 'positions' and 'xcoords'/'ycoords'; give one or the other"
+            )
+        x, y = positions_from_columns(
+            container.read(keys["positions"]), options.position_columns or "xy", keys["positions"], path
+        )
     elif "xcoords" in keys and "ycoords" in keys:
         x = np.asarray(container.read(keys["xcoords"]), np.float64).reshape(-1)
         y = np.asarray(container.read(keys["ycoords"]), np.float64).reshape(-1)
@@ -73,7 +92,9 @@ def read(container: Any, options: Any) -> RawScan:
         value = np.asarray(container.read(keys["detector_pixel_m"]), np.float64).reshape(-1)
         pixel = (float(value[0]), float(value[-1])) if value.size in (1, 2) else None
         if pixel is None:
-            raise ScanFormatError(f"{path}: {keys['detector_pixel_m']!r} holds {value.size} values; expected 1 or 2")
+            raise ScanFormatError(
+                f"{path}: {keys['detector_pixel_m']!r} holds {value.size} values; expected 1 or 2"
+            )
     bad = None
     if "bad_pixels" in keys:
         bad = np.asarray(container.read(keys["bad_pixels"])) != 0

@@ -25,8 +25,19 @@ EXPORT = "ptychodus PtychoPINN export"
 SLAC = "SLAC npz"
 PTYCHONN = "PtychoNN npz"
 _KNOWN = {
-    "diffraction", "diff3d", "xcoords", "ycoords", "xcoords_start", "ycoords_start", "probeGuess",
-    "objectGuess", "scan_index", "Y", "_metadata", "bad_pixels", "mask",
+    "diffraction",
+    "diff3d",
+    "xcoords",
+    "ycoords",
+    "xcoords_start",
+    "ycoords_start",
+    "probeGuess",
+    "objectGuess",
+    "scan_index",
+    "Y",
+    "_metadata",
+    "bad_pixels",
+    "mask",
 }
 # ptychodus' rule for SLAC files: coordinates are metres when every |value| is at most this.
 _SLAC_METRES_BELOW = 1e-3
@@ -74,7 +85,7 @@ def read_ptychopinn(container: Any, options: Any) -> RawScan:
         Y=container.get("Y"),
         square_required=not slac,
         metadata={"_metadata": container.get("_metadata")},
-        extras={k: container.read(k) for k in container.keys() if k not in _KNOWN},
+        extras={k: container.read(k) for k in container if k not in _KNOWN},
     )
     if "mask" in container:  # ptychodata's own files: (N, N) bool, True = usable
         raw.bad = ~(np.asarray(container.read("mask")) != 0)
@@ -90,7 +101,9 @@ def read_ptychopinn(container: Any, options: Any) -> RawScan:
             raw.energy_eV = container.scalar("photon_energy_eV") or container.scalar("probe_energy_ev")
             pixel = container.scalar("detector_pixel_size_m")
             raw.detector_pixel_m = None if pixel is None else (pixel, pixel)
-            raw.notes.append(f"positions: metres (every |value| ≤ {_SLAC_METRES_BELOW:g}, ptychodus' SLAC rule)")
+            raw.notes.append(
+                f"positions: metres (every |value| ≤ {_SLAC_METRES_BELOW:g}, ptychodus' SLAC rule)"
+            )
     return raw
 
 
@@ -99,7 +112,11 @@ def read_ptychonn(container: Any, options: Any) -> RawScan:
     patterns = squeeze_frames(container.raw("reciprocal"), "reciprocal", path)
     x, y = positions_from_columns(container.read("position"), "yx", "position", path)
     real = container.get("real")
-    Y = real if real is not None and np.iscomplexobj(real) and real.shape[:3] == tuple(patterns.shape[:3]) else None
+    Y = (
+        real
+        if real is not None and np.iscomplexobj(real) and real.shape[:3] == tuple(patterns.shape[:3])
+        else None
+    )
     return RawScan(
         format=PTYCHONN,
         path=path,
@@ -110,7 +127,10 @@ def read_ptychonn(container: Any, options: Any) -> RawScan:
         position_unit=options.position_unit or "m",
         Y=Y,
         probe=container.get("probe"),
-        extras={k: container.read(k) for k in container.keys() if k not in ("reciprocal", "position", "probe")
-                and not (k == "real" and Y is not None)},
+        extras={
+            k: container.read(k)
+            for k in container
+            if k not in ("reciprocal", "position", "probe") and not (k == "real" and Y is not None)
+        },
         notes=["positions: PtychoNN 'position' columns (y, x), metres"],
     )

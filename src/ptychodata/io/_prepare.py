@@ -104,8 +104,15 @@ class Preparation:
     @property
     def is_identity(self) -> bool:
         return not (
-            self.transpose or self.flip_rows or self.flip_cols or self.shift or self.crop is not None
-            or self.bin != 1 or self.clip_negative or self.counts or self.bad is not None
+            self.transpose
+            or self.flip_rows
+            or self.flip_cols
+            or self.shift
+            or self.crop is not None
+            or self.bin != 1
+            or self.clip_negative
+            or self.counts
+            or self.bad is not None
         )
 
     @property
@@ -176,7 +183,9 @@ class Preparation:
         if self.bad is None:
             return None
         if getattr(self, "_bad_geom", None) is None:
-            object.__setattr__(self, "_bad_geom", np.ascontiguousarray(self._geometry(np.asarray(self.bad, bool)[None])[0]))
+            object.__setattr__(
+                self, "_bad_geom", np.ascontiguousarray(self._geometry(np.asarray(self.bad, bool)[None])[0])
+            )
         return self._bad_geom
 
     def apply(self, raw: np.ndarray, first: int = 0) -> np.ndarray:
@@ -188,8 +197,9 @@ class Preparation:
         """
         raw = np.asarray(raw)
         if raw.ndim != 3 or tuple(raw.shape[1:]) != tuple(self.frame_shape):
-            raise ScanDataError(f"frames of shape {raw.shape}; expected (m, {self.frame_shape[0]}, "
-                                f"{self.frame_shape[1]})")
+            raise ScanDataError(
+                f"frames of shape {raw.shape}; expected (m, {self.frame_shape[0]}, {self.frame_shape[1]})"
+            )
         bad = self._bad_frame()
         if self.counts and raw.dtype.kind in "ui" and self.bin == 1:
             return self._integer_counts(self._geometry(raw), bad, first)
@@ -220,7 +230,6 @@ class Preparation:
         if bad is not None and self.bin > 1:
             frames *= self.mask
         return frames
-
 
     def _integer_counts(self, frames: np.ndarray, bad: np.ndarray | None, first: int) -> np.ndarray:
         """Integer counts, no binning: one fused pass sqrt(int) -> float32 (the common beamline case)."""
@@ -281,7 +290,11 @@ class PatternStats:
         total is at least ``COUNTS_TOTAL_FACTOR`` × the pixels per pattern."""
         if self.integer_dtype:
             return True
-        return self.whole_numbers and self.maximum >= 2 and self.mean_total >= COUNTS_TOTAL_FACTOR * self.n_pixels
+        return (
+            self.whole_numbers
+            and self.maximum >= 2
+            and self.mean_total >= COUNTS_TOTAL_FACTOR * self.n_pixels
+        )
 
     def counts_evidence(self) -> str:
         if self.integer_dtype:
@@ -314,7 +327,10 @@ class PatternStats:
         if not total > 0:
             return ((pattern.shape[0] - 1) / 2, (pattern.shape[1] - 1) / 2)
         rows, cols = pattern.sum(axis=1), pattern.sum(axis=0)
-        return (float((rows * np.arange(len(rows))).sum() / total), float((cols * np.arange(len(cols))).sum() / total))
+        return (
+            float((rows * np.arange(len(rows))).sum() / total),
+            float((cols * np.arange(len(cols))).sum() / total),
+        )
 
 
 def sample_blocks(n_points: int, rows_per_block: int, block_bytes: int) -> list[tuple[int, int]]:
@@ -506,7 +522,12 @@ class LazyPatterns:
             parts.append(block[position - block_start : take - block_start])
             self._tail = (take, block[take - block_start :]) if block_end > take else None
             position = take
-        if sequential and block_end is not None and block_end < self.shape[0] and not isinstance(self.raw, np.ndarray):
+        if (
+            sequential
+            and block_end is not None
+            and block_end < self.shape[0]
+            and not isinstance(self.raw, np.ndarray)
+        ):
             span = max(chunk, -(-(stop - start) // chunk) * chunk)
             self._read_ahead(block_end, min(self.shape[0], block_end + span))
         raw = parts[0] if len(parts) == 1 else np.concatenate(parts)

@@ -70,27 +70,46 @@ def read_training(container: Any, options: Any) -> RawScan:
 
 def read_product(container: Any, options: Any) -> RawScan:
     """A product file's positions, probe and object, with patterns from ``options.diffraction``."""
-    from ptychodata.io._readers import read_patterns_only
-
-    path = container.path
     prefix = "/" if container.kind == "hdf5" else ""
     x_m = np.asarray(container.read(f"{prefix}probe_position_x_m"), np.float64).reshape(-1)
     y_m = np.asarray(container.read(f"{prefix}probe_position_y_m"), np.float64).reshape(-1)
     object_array = container.get(f"{prefix}object")
     if container.kind == "hdf5":  # save_product: geometry in attributes of /object and of the file
         pixel = (container.attr("/object", "pixel_height_m"), container.attr("/object", "pixel_width_m"))
-        centre = (container.attr("/object", "center_x_m") or 0.0, container.attr("/object", "center_y_m") or 0.0)
-        energy, distance = container.attr("/", "photon_energy_eV"), container.attr("/", "detector_object_distance_m")
+        centre = (
+            container.attr("/object", "center_x_m") or 0.0,
+            container.attr("/object", "center_y_m") or 0.0,
+        )
+        energy, distance = (
+            container.attr("/", "photon_energy_eV"),
+            container.attr("/", "detector_object_distance_m"),
+        )
     else:
         pixel = (container.scalar("object_pixel_height_m"), container.scalar("object_pixel_width_m"))
         centre = (container.scalar("object_center_x_m") or 0.0, container.scalar("object_center_y_m") or 0.0)
-        energy, distance = container.scalar("photon_energy_eV"), container.scalar("detector_object_distance_m")
-    return product_scan(container, options, x_m, y_m, container.get(f"{prefix}probe"), object_array, pixel, centre,
-                        energy, distance, container.get(f"{prefix}probe_position_indexes"), PRODUCT)
+        energy, distance = (
+            container.scalar("photon_energy_eV"),
+            container.scalar("detector_object_distance_m"),
+        )
+    return product_scan(
+        container,
+        options,
+        x_m,
+        y_m,
+        container.get(f"{prefix}probe"),
+        object_array,
+        pixel,
+        centre,
+        energy,
+        distance,
+        container.get(f"{prefix}probe_position_indexes"),
+        PRODUCT,
+    )
 
 
-def product_scan(container, options, x_m, y_m, probe, object_array, pixel, centre, energy, distance, indexes,
-                 name) -> RawScan:
+def product_scan(
+    container, options, x_m, y_m, probe, object_array, pixel, centre, energy, distance, indexes, name
+) -> RawScan:
     """A product's positions (metres), probe and object with the patterns of ``options.diffraction``."""
     from ptychodata.io._readers import read_patterns_only
 
@@ -139,7 +158,9 @@ def product_scan(container, options, x_m, y_m, probe, object_array, pixel, centr
         object_pixel_m=None if None in pixel else pixel,
         object_origin=origin,
         metadata={"diffraction_file": str(options.diffraction)},
-        notes=["positions: (x_m − object_center_x_m) / object_pixel_width_m + (W − 1) / 2, as ptychodus maps them"],
+        notes=[
+            "positions: (x_m − object_center_x_m) / object_pixel_width_m + (W − 1) / 2, as ptychodus maps them"
+        ],
     )
 
 
@@ -179,8 +200,11 @@ def write_training(path: str | Path, scan: Any, *, compression: str = "lzf") -> 
     energy = metadata.get("photon_energy_eV")
     if energy is None and metadata.get("wavelength_m"):
         energy = HC_EV_M / float(metadata["wavelength_m"])
-    needed = {"object_pixel_m": metadata.get("object_pixel_m"), "photon_energy_eV": energy,
-              "distance_m": metadata.get("distance_m")}
+    needed = {
+        "object_pixel_m": metadata.get("object_pixel_m"),
+        "photon_energy_eV": energy,
+        "distance_m": metadata.get("distance_m"),
+    }
     missing = [name for name, value in needed.items() if value is None]
     if missing:
         raise ScanDataError(
@@ -189,7 +213,9 @@ def write_training(path: str | Path, scan: Any, *, compression: str = "lzf") -> 
             "--energy-ev, --distance), or write .npz instead"
         )
     if scan.probe is None:
-        raise ScanDataError(f"{scan.source or 'scan'}: ptychodus training data need a probe; the scan has none")
+        raise ScanDataError(
+            f"{scan.source or 'scan'}: ptychodus training data need a probe; the scan has none"
+        )
     N = scan.N
     probe = scan.extras.get("probe_modes", scan.probe[None])
     obj, made_object = scan.object, scan.object is None
@@ -202,8 +228,13 @@ def write_training(path: str | Path, scan: Any, *, compression: str = "lzf") -> 
     os.close(fd)
     try:
         with h5py.File(tmp_name, "w") as f:
-            patterns = f.create_dataset("patterns", (scan.n_points, N, N), np.float32,
-                                        chunks=(min(64, scan.n_points), N, N), compression=compression)
+            patterns = f.create_dataset(
+                "patterns",
+                (scan.n_points, N, N),
+                np.float32,
+                chunks=(min(64, scan.n_points), N, N),
+                compression=compression,
+            )
             rows = max(64, (32 << 20) // (4 * N * N) // 64 * 64)
             for start, chunk in iter_rows(scan.diffraction, rows):
                 patterns[start : start + len(chunk)] = np.square(chunk, dtype=np.float32)

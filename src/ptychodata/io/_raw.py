@@ -88,9 +88,7 @@ def squeeze_frames(array: Any, key: str, path: Path, n_points: int | None = None
     while len(shape) > 3 and shape[0] == 1:
         array, shape = _index(array, 0, key, path), shape[1:]
     if len(shape) != 3:
-        raise ScanFormatError(
-            f"{path}: {key!r} has shape {shape}; expected a stack of patterns (M, H, W)"
-        )
+        raise ScanFormatError(f"{path}: {key!r} has shape {shape}; expected a stack of patterns (M, H, W)")
     if n_points is not None and shape[0] != n_points and shape[2] == n_points and shape[0] == shape[1]:
         if not isinstance(array, np.ndarray):
             raise ScanFormatError(

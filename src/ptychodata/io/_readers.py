@@ -86,5 +86,11 @@ def _frames_only(container: Container, key: str, kind: str) -> RawScan:
 
     patterns = H5Dataset(container.path, key) if container.kind == "hdf5" else container.raw(key)
     patterns = squeeze_frames(patterns, key, container.path)
-    return RawScan(format=f"{kind} patterns", path=container.path, patterns=patterns, patterns_key=key,
-                   x=np.zeros(0), y=np.zeros(0))
+    return RawScan(
+        format=f"{kind} patterns",
+        path=container.path,
+        patterns=patterns,
+        patterns_key=key,
+        x=np.zeros(0),
+        y=np.zeros(0),
+    )

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 
 from ptychodata.io._raw import RawScan, positions_from_columns, squeeze_frames
 
@@ -40,6 +39,6 @@ def read(container: Any, options: Any) -> RawScan:
         counts_reason="tike stores measured intensities (counts)",
         shifted=False,
         shifted_reason="tike stores patterns unshifted (zero frequency in the corners)",
-        extras={key: container.read(key) for key in container.keys() if key not in ("data", "scan", "probe")},
+        extras={key: container.read(key) for key in container if key not in ("data", "scan", "probe")},
         notes=["positions: tike's (row, col) window corners, centre x = col + N/2, y = row + N/2"],
     )

@@ -575,3 +575,29 @@ def test_errors_name_file_dataset_and_value(tmp_path):
         quiet_load(path, crop=15, bin=2)
     with pytest.raises(ScanDataError, match=r"position_columns='xz'; expected one of \('xy', 'yx'\)"):
         quiet_load(path, position_columns="xz")
+
+
+def test_format_convention_contradicted_by_the_data_is_not_applied_twice(tmp_path):
+    """A tike file whose patterns were already fftshifted: the data win over the format's convention."""
+    counts = beam_counts(9, 16).astype(np.float32)  # zero frequency in the centre
+    scan_rc = np.stack([np.arange(9) // 3 * 4.0, np.arange(9) % 3 * 4.0], axis=1)[None]
+    path = tmp_path / "shifted_tike.npz"
+    np.savez(path, data=counts[None], scan=scan_rc, probe=np.ones((1, 1, 1, 1, 16, 16), np.complex64))
+    with pytest.warns(UserWarning, match=r"tike stores patterns unshifted.*but the mean pattern's circular "
+                                         r"centroid is at row 8\.\d, column 8\.\d.*kept as stored by the data"):
+        scan = ScanData.load(path)
+    np.testing.assert_allclose(scan.diffraction, np.sqrt(counts), rtol=1e-6)
+
+
+def test_crop_centre_ignores_a_hot_bad_pixel(tmp_path):
+    N, M = 32, 9
+    counts = np.zeros((M, N, N), np.uint32)
+    counts[:, 10:14, 18:22] = 100  # the beam, centred at row 11.5, column 19.5
+    counts[:, 30, 1] = 10**7  # a hot pixel, masked
+    bad = np.zeros((N, N), bool)
+    bad[30, 1] = True
+    path = write_cxi(tmp_path / "hot.cxi", counts, *raster_m(M, 3 * far_field_pixel(1e-10, 1.5, 8, 75e-6)),
+                     wavelength=1e-10, mask=bad)
+    scan = quiet_load(path, crop=8)
+    assert "crop 8×8 at row 8, column 16" in scan.metadata["preparation"]
+    assert np.asarray(scan.diffraction)[0, 2:6, 2:6].min() == pytest.approx(10.0)

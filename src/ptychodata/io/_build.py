@@ -114,7 +114,22 @@ def plan(raw: RawScan, options: LoadOptions) -> Plan:
         flip_cols=options.flip_cols,
         crop=(0, 0, min(H, W)),
     )
-    stats = analyze_sample(raw.patterns, orient, where)
+    # bad pixels known before reading (the file's, the caller's; True = usable there) stay out of the statistics
+    bad = np.zeros((H, W), bool)
+    if raw.bad is not None:
+        if raw.bad.shape != (H, W):
+            raise ScanDataError(
+                f"{raw.where}bad-pixel mask of shape {raw.bad.shape}; expected the frame shape {(H, W)}"
+            )
+        bad |= raw.bad
+    if options.mask is not None:
+        usable = np.asarray(options.mask)
+        if usable.shape != (H, W):
+            raise ScanDataError(
+                f"mask= of shape {usable.shape}; expected the detector frame shape {(H, W)} (True = usable)"
+            )
+        bad |= ~usable.astype(bool)
+    stats = analyze_sample(raw.patterns, orient, where, exclude=_oriented(bad, options))
     Ho, Wo = orient.oriented_shape
 
     # counts or amplitude
@@ -146,6 +161,14 @@ def plan(raw: RawScan, options: LoadOptions) -> Plan:
     # shift
     if options.shift is not None:
         shift, shift_reason = bool(options.shift), f"shift={options.shift} given"
+    elif raw.shifted is not None and stats.centroid_is_decisive and raw.shifted == stats.looks_unshifted:
+        # the format's convention and the data disagree: the data win, and say so
+        shift, shift_reason = stats.looks_unshifted, stats.shift_evidence()
+        messages.append(
+            f"{where}{raw.shifted_reason}, but {stats.shift_evidence()}: "
+            + ("fftshifted" if shift else "kept as stored")
+            + f" by the data; pass shift={not shift} to override"
+        )
     elif raw.shifted is not None:
         shift, shift_reason = not raw.shifted, raw.shifted_reason
     else:
@@ -163,21 +186,7 @@ def plan(raw: RawScan, options: LoadOptions) -> Plan:
             "frequency is in the centre; pass shift=False to keep them as stored"
         )
 
-    # bad pixels: the file's, the caller's (True = usable), NaN
-    bad = np.zeros((H, W), bool)
-    if raw.bad is not None:
-        if raw.bad.shape != (H, W):
-            raise ScanDataError(
-                f"{raw.where}bad-pixel mask of shape {raw.bad.shape}; expected the frame shape {(H, W)}"
-            )
-        bad |= raw.bad
-    if options.mask is not None:
-        usable = np.asarray(options.mask)
-        if usable.shape != (H, W):
-            raise ScanDataError(
-                f"mask= of shape {usable.shape}; expected the detector frame shape {(H, W)} (True = usable)"
-            )
-        bad |= ~usable.astype(bool)
+    # and pixels NaN in every sampled pattern
     nan = stats.nan_pixels  # oriented like the stats; the mask is kept in the raw frame
     nan = nan[::-1] if options.flip_rows else nan
     nan = nan[:, ::-1] if options.flip_cols else nan
@@ -201,7 +210,7 @@ def plan(raw: RawScan, options: LoadOptions) -> Plan:
             raise ScanDataError(f"{where}crop={size} exceeds the detector frame {Ho}×{Wo}")
         if options.center is not None:
             centre = (float(options.center[0]), float(options.center[1]))
-        else:
+        else:  # the mean pattern's centre of mass (bad pixels were left out of it)
             centre = stats.center_of_mass(shifted=shift)
         row0 = int(np.clip(round(centre[0]) - size // 2, 0, Ho - size))
         col0 = int(np.clip(round(centre[1]) - size // 2, 0, Wo - size))
@@ -221,6 +230,13 @@ def plan(raw: RawScan, options: LoadOptions) -> Plan:
         bad=bad if bad.any() else None,
     )
     return Plan(preparation, stats, counts, reason, not shift, shift_reason, messages)
+
+
+def _oriented(frame: np.ndarray, options: LoadOptions) -> np.ndarray:
+    """A raw-frame (H, W) array in the oriented frame: transpose, then flips."""
+    frame = frame.T if options.transpose else frame
+    frame = frame[::-1] if options.flip_rows else frame
+    return frame[:, ::-1] if options.flip_cols else frame
 
 
 def build_scan(raw: RawScan, options: LoadOptions, cls: type, *, decided: Plan | None = None) -> Any:

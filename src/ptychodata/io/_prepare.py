@@ -147,7 +147,7 @@ class Preparation:
             steps.append("clip negatives to 0")
         if self.counts:
             steps.append("sqrt (counts to amplitude)")
-        if self.bad is not None:
+        if self.bad is not None and not self.mask.all():
             steps.append(f"zero {int((~self.mask).sum())} bad pixel(s)")
         return steps
 
@@ -320,9 +320,15 @@ class PatternStats:
             f"(concentration {ry:.2f}, {rx:.2f})"
         )
 
+    @property
+    def centroid_is_decisive(self) -> bool:
+        """The mean pattern is concentrated enough for its centroid to say where zero frequency is."""
+        return min(self.concentration) >= _MIN_CONCENTRATION
+
     def center_of_mass(self, shifted: bool) -> tuple[float, float]:
         """Centre of mass (row, col) of the mean pattern in the (optionally fftshifted) frame."""
-        pattern = np.fft.fftshift(self.mean_pattern) if shifted else self.mean_pattern
+        pattern = np.clip(self.mean_pattern, 0, None)
+        pattern = np.fft.fftshift(pattern) if shifted else pattern
         total = pattern.sum()
         if not total > 0:
             return ((pattern.shape[0] - 1) / 2, (pattern.shape[1] - 1) / 2)
@@ -342,8 +348,12 @@ def sample_blocks(n_points: int, rows_per_block: int, block_bytes: int) -> list[
     return [(int(b) * rows_per_block, min(n_points, (int(b) + 1) * rows_per_block)) for b in picks]
 
 
-def analyze_sample(raw: Any, orient: Preparation, where: str) -> PatternStats:
-    """Measure a sample of whole chunks of ``raw`` (M, H, W), oriented by ``orient``'s flips/transpose."""
+def analyze_sample(raw: Any, orient: Preparation, where: str, exclude: np.ndarray | None = None) -> PatternStats:
+    """Measure a sample of whole chunks of ``raw`` (M, H, W), oriented by ``orient``'s flips/transpose.
+
+    ``exclude`` (oriented (H, W) bool, True = bad pixel) is left out of the mean pattern, so a
+    hot pixel moves neither the centroid nor the centre of mass.
+    """
     n_points = int(raw.shape[0])
     rows = int(getattr(raw, "rows_per_chunk", 1))
     if rows == 1:
@@ -382,6 +392,8 @@ def analyze_sample(raw: Any, orient: Preparation, where: str) -> PatternStats:
     if nan_pixels is not None:
         nan_pixels = nan_pixels[::-1] if orient.flip_rows else nan_pixels
         nan_pixels = nan_pixels[:, ::-1] if orient.flip_cols else nan_pixels
+    if exclude is not None and exclude.any():
+        mean = np.where(exclude, 0.0, mean)
     positive = np.clip(mean, 0, None)
     cy = circular_centroid(positive.sum(axis=1))
     cx = circular_centroid(positive.sum(axis=0))

@@ -601,3 +601,21 @@ def test_crop_centre_ignores_a_hot_bad_pixel(tmp_path):
     scan = quiet_load(path, crop=8)
     assert "crop 8×8 at row 8, column 16" in scan.metadata["preparation"]
     assert np.asarray(scan.diffraction)[0, 2:6, 2:6].min() == pytest.approx(10.0)
+
+
+def test_estimated_probe_when_asked_and_flagged(tmp_path, small_scan):
+    path = tmp_path / "noprobe.npz"
+    np.savez(path, diffraction=np.asarray(small_scan.diffraction), xcoords=small_scan.xcoords,
+             ycoords=small_scan.ycoords)
+    assert quiet_load(path).probe is None
+    with pytest.warns(UserWarning, match=r"an ESTIMATE IFFT\(sqrt\(mean intensity\)\).*probe_estimated"):
+        scan = ScanData.load(path, estimate_probe=True)
+    assert "IFFT(sqrt(mean I))" in scan.metadata["probe_estimated"]
+    mean_intensity = (np.asarray(small_scan.diffraction, np.float64) ** 2).mean(axis=0)
+    far_field = np.abs(np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(scan.probe), norm="ortho"))) ** 2
+    np.testing.assert_allclose(far_field, mean_intensity, rtol=1e-4, atol=1e-6 * mean_intensity.max())
+    # centred in real space, like the simulator's probes
+    intensity = np.abs(scan.probe) ** 2
+    rows, cols = np.indices(intensity.shape)
+    assert (intensity * rows).sum() / intensity.sum() == pytest.approx(small_scan.N / 2, abs=1.0)
+    assert (intensity * cols).sum() / intensity.sum() == pytest.approx(small_scan.N / 2, abs=1.0)

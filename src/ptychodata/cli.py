@@ -282,6 +282,8 @@ def _add_load_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--position-origin", choices=("centre", "corner"),
                        help="positions are window centres (default) or minimum corners")
     group.add_argument("--probe-modes", choices=("first", "all"), default="first", help="probe modes to keep")
+    group.add_argument("--estimate-probe", action="store_true",
+                       help="without a probe in the file, use the flagged estimate IFFT(sqrt(mean I))")
     group.add_argument("--near-field", action="store_true", help="accept near-field data (needs --pixel-size)")
 
 
@@ -314,6 +316,7 @@ def _load_options(args: argparse.Namespace) -> dict[str, Any]:
         "position_origin": args.position_origin,
         "probe_modes": args.probe_modes,
         "near_field": args.near_field,
+        "estimate_probe": args.estimate_probe,
     }
     if args.mask is not None:
         options["mask"] = np.load(args.mask, allow_pickle=False) != 0

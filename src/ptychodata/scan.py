@@ -219,7 +219,8 @@ class ScanData:
             pixel in m), ``energy_eV``, ``wavelength_m``, ``distance_m``,
             ``detector_pixel_m``, ``position_unit`` ({"px", "m"}), ``position_columns``
             ({"xy", "yx"}), ``position_origin`` ({"centre", "corner"}), ``probe_modes``
-            ({"first", "all"}), ``near_field`` (bool; needs ``pixel_size``).
+            ({"first", "all"}), ``estimate_probe`` (bool: without a probe in the file, use the
+            flagged estimate IFFT(sqrt(mean I))), ``near_field`` (bool; needs ``pixel_size``).
 
         Raises
         ------

@@ -66,6 +66,7 @@ class LoadOptions:
     position_columns: str | None = None
     position_origin: str | None = None
     probe_modes: str = "first"
+    estimate_probe: bool = False
     near_field: bool = False
     patterns_only: bool = False
 
@@ -287,6 +288,13 @@ def build_scan(raw: RawScan, options: LoadOptions, cls: type, *, decided: Plan |
 
     extras = dict(raw.extras)
     probe = _probe(raw, options, N, window, Wo, Ho, extras, decided)
+    if probe is None and options.estimate_probe:
+        probe = _estimated_probe(decided)
+        metadata["probe_estimated"] = "IFFT(sqrt(mean I)): the far-field amplitude of the mean pattern, zero phase"
+        decided.warnings.append(
+            f"{raw.where}no probe in the file: an ESTIMATE IFFT(sqrt(mean intensity)) (zero far-field phase) is "
+            "used, flagged in metadata['probe_estimated']"
+        )
     for message in decided.warnings:
         warnings.warn(message, UserWarning, stacklevel=4)
     scan = cls(
@@ -463,6 +471,19 @@ def _median_step(x: np.ndarray, y: np.ndarray) -> float | None:
         return None
     distances, _ = cKDTree(points).query(points, k=2)
     return float(np.median(distances[:, 1]))
+
+
+def _estimated_probe(decided: Plan) -> np.ndarray:
+    """(N, N) complex64 probe whose far field is sqrt of the mean prepared intensity, centred in real space."""
+    prep = decided.preparation
+    geometric = Preparation(prep.oriented_shape, shift=prep.shift, crop=prep.crop, bin=prep.bin, clip_negative=True)
+    # counts: the mean of the values is the mean intensity; amplitudes: the mean of their squares
+    stats = decided.stats
+    intensity = stats.mean_pattern if decided.counts else stats.mean_square_pattern
+    mean = geometric.apply(np.ascontiguousarray(intensity[None]))[0].astype(np.float64)
+    far_field = np.sqrt(np.clip(mean, 0, None))
+    probe = np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(far_field), norm="ortho"))
+    return probe.astype(np.complex64)
 
 
 def _probe(raw, options, N, window, Wo, Ho, extras, decided) -> np.ndarray | None:

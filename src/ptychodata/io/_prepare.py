@@ -281,6 +281,7 @@ class PatternStats:
     n_negative: int
     nan_pixels: np.ndarray = field(repr=False)
     mean_pattern: np.ndarray = field(repr=False)
+    mean_square_pattern: np.ndarray = field(repr=False)
     centroid: tuple[float, float]
     concentration: tuple[float, float]
 
@@ -360,7 +361,7 @@ def analyze_sample(raw: Any, orient: Preparation, where: str, exclude: np.ndarra
         rows = 8
     frame_bytes = int(np.prod(raw.shape[1:])) * np.dtype(raw.dtype).itemsize
     dtype = np.dtype(raw.dtype)
-    total = None
+    total = total_square = None
     low, high, count, totals, negatives, whole = math.inf, -math.inf, 0, 0.0, 0, True
     nan_pixels = None
     for start, stop in sample_blocks(n_points, rows, rows * frame_bytes):
@@ -381,19 +382,22 @@ def analyze_sample(raw: Any, orient: Preparation, where: str, exclude: np.ndarra
         if whole and dtype.kind == "f":
             whole = bool(np.all(values == np.round(values)))
         totals += float(values.sum())
-        summed = values.sum(axis=0)
+        summed, squared = values.sum(axis=0), np.square(values).sum(axis=0)
         total = summed if total is None else total + summed
+        total_square = squared if total_square is None else total_square + squared
         count += len(values)
     mean = total / max(1, count)
+    mean_square = total_square / max(1, count)
     if orient.flip_rows:
-        mean = mean[::-1]
+        mean, mean_square = mean[::-1], mean_square[::-1]
     if orient.flip_cols:
-        mean = mean[:, ::-1]
+        mean, mean_square = mean[:, ::-1], mean_square[:, ::-1]
     if nan_pixels is not None:
         nan_pixels = nan_pixels[::-1] if orient.flip_rows else nan_pixels
         nan_pixels = nan_pixels[:, ::-1] if orient.flip_cols else nan_pixels
     if exclude is not None and exclude.any():
         mean = np.where(exclude, 0.0, mean)
+        mean_square = np.where(exclude, 0.0, mean_square)
     positive = np.clip(mean, 0, None)
     cy = circular_centroid(positive.sum(axis=1))
     cx = circular_centroid(positive.sum(axis=0))
@@ -410,6 +414,7 @@ def analyze_sample(raw: Any, orient: Preparation, where: str, exclude: np.ndarra
         n_negative=negatives,
         nan_pixels=np.zeros(mean.shape, bool) if nan_pixels is None else nan_pixels,
         mean_pattern=mean,
+        mean_square_pattern=mean_square,
         centroid=(cy[0], cx[0]),
         concentration=(cy[1], cx[1]),
     )

@@ -47,13 +47,12 @@ class NaiveDataset(torch.utils.data.Dataset):
     """One group per ``__getitem__`` from memmaps of the store's files (the usual first attempt)."""
 
     def __init__(self, store):
-        frames, grouping = Path(store.frames_path), Path(store.path)
-        self.patterns = np.load(frames / "patterns.npy", mmap_mode="r")
-        self.probes = np.load(frames / "probes.npy", mmap_mode="r")
-        self.groups = np.load(grouping / "groups.npy", mmap_mode="r")
-        self.group_experiment = np.load(grouping / "group_experiment.npy", mmap_mode="r")
-        self.coords_relative = np.load(grouping / "coords_relative.npy", mmap_mode="r")
-        self.coords_offsets = np.load(grouping / "coords_offsets.npy", mmap_mode="r")
+        self.patterns = store.patterns
+        self.probes = np.stack([store.probe(e) for e in range(store.n_experiments)])
+        self.groups = store.groups
+        self.group_experiment = store.group_experiment
+        self.coords_relative = store._open().group_arrays["coords_relative"]
+        self.coords_offsets = store.group_centres
         self.x_scale = np.asarray(store.grouping.x_scale, np.float32)
 
     def __len__(self) -> int:

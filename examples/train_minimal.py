@@ -269,9 +269,9 @@ def main(argv: list[str] | None = None) -> None:
 
         # Reconstruct: every group's patches, stitched at the members' positions.
         pred = predict_all(model, store, device)
-        members = store.array("groups")  # (B, C) pattern indices, = a batch's nn_indices
-        x, y = store.array("xcoords")[members], store.array("ycoords")[members]
-        truth, probe = np.array(store.array("object_0")), np.array(store.array("probes")[0])
+        members = store.groups  # (B, C) pattern indices, = a batch's nn_indices
+        x, y = store.positions[members, 0], store.positions[members, 1]
+        truth, probe = np.array(store.object(0)), np.array(store.probe(0))
         obj, illumination = stitch(pred, x, y, truth.shape, probe)
 
     # Scanned area: pixels lit with at least 10 % of the peak illumination.

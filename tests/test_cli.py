@@ -276,4 +276,4 @@ def test_demo_defaults_print_the_pipeline(capsys):
 def test_demo_impossible_grouping_is_an_error(capsys):
     assert main(["demo", "--points", "64", "--N", "16", "--gridsize", "3", "--neighbors", "4"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and "neighbor_count" in err
+    assert err.startswith("error: ") and "raise --neighbors" in err and "neighbor_count" not in err

@@ -1,5 +1,7 @@
 """The store commands of the CLI: prepare, inspect STORE, cache list|verify|remove."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -42,7 +44,7 @@ def test_prepare_errors_exit_2(tmp_path, sources, capsys):
     assert "nothere.npz" in capsys.readouterr().err
     assert main(["prepare", str(sources[0]), "--gridsize", "3", "--neighbors", "4", "--cache-dir",
                  str(tmp_path / "c")]) == 2
-    assert "neighbor_count" in capsys.readouterr().err
+    assert "--neighbors" in capsys.readouterr().err
 
 
 def test_inspect_store_and_plot(tmp_path, sources, capsys):
@@ -75,10 +77,41 @@ def test_cache_list_verify_remove(tmp_path, sources, capsys):
     assert main(["cache", "remove", "nosuchkey", "--cache-dir", str(cache)]) == 2
 
 
-def test_cache_remove_all_cleans_temporaries(tmp_path, sources, capsys):
+def test_cache_prune_cleans_dead_builds_and_remove_all_empties(tmp_path, sources, capsys):
     cache = tmp_path / "cache"
-    prepare_cli(capsys, sources[0], "--cache-dir", cache)
-    (cache / ".tmp-frames-deadbeef-123-abcd").mkdir()
+    path = Path(prepare_cli(capsys, sources[0], "--cache-dir", cache))
+    (path.parent.parent / "builds" / ".tmp-deadbeef").mkdir()  # a frames build whose process died
+    (path / "builds" / ".tmp-cafe").mkdir()  # and a grouping build
+    assert main(["cache", "prune", "--cache-dir", str(cache)]) == 0
+    assert "removed 2 " in capsys.readouterr().out
+    assert not list(cache.rglob(".tmp-*"))
+    assert main(["inspect", str(path)]) == 0  # the live build is untouched
     assert main(["cache", "remove", "--all", "--cache-dir", str(cache)]) == 0
-    assert "1 leftover" in capsys.readouterr().out
-    assert not any(p.is_dir() for p in cache.iterdir())
+    assert not list(cache.glob("frames-*"))
+
+
+def test_an_error_during_a_progress_bar_starts_its_own_line(tmp_path, capsys):
+    scan = simulate(n_points=64, N=16, seed=3)
+    diffraction = np.array(scan.diffraction)
+    diffraction[40, 3, 3] = np.nan
+    bad = scan.with_(diffraction=diffraction).save(tmp_path / "bad.npz")
+    assert main(["prepare", str(bad), "--cache-dir", str(tmp_path / "cache")]) == 2
+    err = capsys.readouterr().err
+    assert "copying patterns" in err  # a bar was drawn before the error
+    (line,) = [line for line in err.split("\n") if "error:" in line]
+    assert line.startswith("error: ") and "pattern 40" in line and "bad.npz" in line
+    assert "--intensity" in line and "intensity=True" not in line  # the flag, not the Python argument
+
+
+def test_warnings_print_as_one_line(monkeypatch, capsys):
+    import warnings
+
+    import ptychodata.cli as cli
+
+    def warn(args):
+        warnings.warn("first part\n   second part", UserWarning, stacklevel=1)
+        return 0
+
+    monkeypatch.setattr(cli, "_run_demo", warn)
+    assert main(["demo"]) == 0
+    assert capsys.readouterr().err == "warning: first part second part\n"

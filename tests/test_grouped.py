@@ -3,6 +3,7 @@ import pytest
 
 from ptychodata import (
     GroupingConfig,
+    GroupingError,
     PtychoDataContainer,
     ScanData,
     ScanDataError,
@@ -88,7 +89,6 @@ def test_X_full_is_scaled_to_mean_energy_N_over_2_squared(clean_scan):
 
 
 def test_scale_counts_patterns_by_multiplicity():
-    rng = np.random.default_rng(0)
     diffraction = np.stack([np.full((4, 4), 1.0), np.full((4, 4), 3.0)]).astype(np.float32)
     scan = ScanData.from_arrays(diffraction=diffraction, xcoords=[0.0, 1.0], ycoords=[0.0, 0.0],
                                 probe=np.ones((4, 4)))
@@ -96,7 +96,7 @@ def test_scale_counts_patterns_by_multiplicity():
     grouped = grouped_data(scan, GroupingConfig(), groups=groups)
     mean_energy = (16 * 1 + 2 * 16 * 9) / 3  # pattern 1 is in two groups
     assert grouped["x_scale"] == pytest.approx(np.sqrt(4 / mean_energy))
-    assert grouped["Y"] is None and rng is not None
+    assert grouped["Y"] is None  # no object, no file Y
 
 
 def test_file_Y_takes_precedence(clean_scan):
@@ -158,3 +158,60 @@ def test_container_without_Y_uses_ones(clean_scan):
     container = PtychoDataContainer.from_grouped(grouped, clean_scan.probe, backend="numpy")
     np.testing.assert_array_equal(container.Y, np.ones((4, 32, 32, 1), np.complex64))
     assert container.YY_full is None
+
+
+# ---------------------------------------------------------------- a precomputed group table
+def test_int32_table_comes_back_int64_and_same_groups(clean_scan):
+    # int32: PtychoPINN's own nn_indices dtype at gridsize 2
+    table = np.array([[0, 1, 2, 3], [4, 5, 6, 7]], np.int32)
+    grouped = grouped_data(clean_scan, GroupingConfig(gridsize=2), groups=table, with_Y=False)
+    assert grouped["nn_indices"].dtype == np.int64
+    np.testing.assert_array_equal(grouped["nn_indices"], table)
+    np.testing.assert_array_equal(grouped["diffraction"][1, :, :, 2], clean_scan.diffraction[6])
+
+
+@pytest.mark.parametrize(
+    "table, gridsize, message",
+    [
+        (np.arange(4), 2, r"groups: shape \(4,\) \(1-D\); expected \(B, C=4\) integer indices"),
+        (np.zeros((2, 4), np.float64), 2, r"groups: dtype float64; expected \(B, C=4\).*astype\(np.int64\)"),
+        (np.zeros((2, 1), bool), 1, r"groups: dtype bool; expected \(B, C=1\)"),
+        (np.zeros((2, 9), np.int64), 2, r"groups: shape \(2, 9\) has 9 columns; expected \(B, C=4\)"),
+        (np.zeros((0, 4), np.int64), 2, r"groups: shape \(0, 4\) holds no groups"),
+        (np.array([[0, 1, -1, 3]]), 2, r"groups\[0, 2\] = -1 \(values span \[-1, 3\]\); expected .*\[0, 100\)"),
+        (np.array([[5], [100]]), 1, r"groups\[1, 0\] = 100 .*\[0, 100\) for a scan of M=100 points"),
+    ],
+)
+def test_bad_group_tables_are_named(clean_scan, table, gridsize, message):
+    with pytest.raises(GroupingError, match=message):
+        grouped_data(clean_scan, GroupingConfig(gridsize=gridsize), groups=table)
+
+
+def test_group_table_error_names_the_file(scan_file):
+    scan = ScanData.load(scan_file)
+    with pytest.raises(GroupingError, match=rf"{scan_file.name}: groups\[0, 0\] = 64 "):
+        grouped_data(scan, GroupingConfig(), groups=np.array([[64]]))
+
+
+def test_config_N_checked_with_a_group_table(clean_scan):
+    with pytest.raises(GroupingError, match="config N=16 but the patterns are 32×32"):
+        grouped_data(clean_scan, GroupingConfig(N=16), groups=np.array([[0]]))
+
+
+def test_container_coordinates_follow_ptychopinn_loader(clean_scan):
+    """§8: coords_nominal = coords_true = coords = coords_start_relative (float32);
+    global_offsets = coords_offsets, local_offsets = coords_relative."""
+    rng = np.random.default_rng(5)
+    scan = clean_scan.with_(xcoords_start=clean_scan.xcoords + rng.uniform(-1, 1, clean_scan.n_points),
+                            ycoords_start=clean_scan.ycoords + rng.uniform(-1, 1, clean_scan.n_points))
+    grouped = grouped_data(scan, GroupingConfig(gridsize=2, neighbor_count=6, n_groups=12, seed=0))
+    container = PtychoDataContainer.from_grouped(grouped, scan.probe, backend="numpy")
+    start = grouped["coords_start_relative"].astype(np.float32)
+    assert np.abs(start - grouped["coords_relative"]).max() > 0.1  # the two are distinguishable here
+    for name in ("coords_nominal", "coords_true", "coords"):
+        value = getattr(container, name)
+        assert value.dtype == np.float32
+        np.testing.assert_array_equal(value, start)
+    assert container.global_offsets.dtype == np.float64 and container.local_offsets.dtype == np.float64
+    np.testing.assert_array_equal(container.global_offsets, grouped["coords_offsets"])
+    np.testing.assert_array_equal(container.local_offsets, grouped["coords_relative"])

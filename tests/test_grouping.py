@@ -29,7 +29,10 @@ def test_default_is_one_group_per_point():
     positions = random_positions(100)
     groups = group(positions, GroupingConfig(gridsize=2, neighbor_count=6, seed=0))
     assert groups.shape == (100, 4)
-    assert sorted(groups[:, :].ravel().tolist()) != list(range(100))  # members, not only seeds
+    assert all(len(set(row)) == 4 for row in groups.tolist())  # 4 distinct members, not a seed repeated
+    _, nearest = cKDTree(positions).query(positions, k=7)  # each seed's pool: itself and K = 6 neighbours
+    pools = [set(pool) for pool in nearest.tolist()]
+    assert all(any(set(row) <= pool for pool in pools) for row in groups.tolist())  # neighbours, not far points
 
 
 def test_sequential_sampling_takes_first_points_as_seeds():
@@ -193,3 +196,14 @@ def test_config_legacy_round_trip():
 def test_config_n_must_match_scan(small_scan):
     with pytest.raises(GroupingError, match="N=32"):
         group(small_scan, GroupingConfig(N=32))
+
+
+def test_sequential_sampling_without_seed_is_deterministic():
+    """PtychoPINN fixes the seed at 0 for sequential sampling; so do we (member draw at C > 1)."""
+    positions = np.random.default_rng(4).uniform(0, 50, (60, 2))
+    config = GroupingConfig(gridsize=2, neighbor_count=7, n_groups=20, sequential_sampling=True)
+    first, second = group(positions, config), group(positions, config)
+    np.testing.assert_array_equal(first, second)
+    np.testing.assert_array_equal(first, group(positions, GroupingConfig(**{**config.to_dict(), "seed": 0})))
+    other = group(positions, GroupingConfig(**{**config.to_dict(), "seed": 1}))
+    assert not np.array_equal(first, other)  # the member draw does depend on the seed

@@ -465,10 +465,9 @@ def test_prepare_streams_a_chunked_cxi_into_a_store(tmp_path):
             cache_dir=tmp_path / "cache",
             progress=False,
         )
-    np.testing.assert_allclose(store.array("patterns"), np.sqrt(counts.astype(np.float32)), rtol=1e-6)
-    experiment = store.info()["experiments"][0]
+    np.testing.assert_allclose(store.patterns, np.sqrt(counts.astype(np.float32)), rtol=1e-6)
     # counts known: the mean photons per pattern set intensity_scale = sqrt(nphotons) / (N/2)
-    assert experiment["intensity_scale"] == pytest.approx(
+    assert store.intensity_scale[0] == pytest.approx(
         np.sqrt(counts.sum((1, 2)).mean()) / (N / 2), rel=1e-3
     )
     np.testing.assert_allclose(store.batch([0])["probe"][0], probe)

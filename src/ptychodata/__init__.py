@@ -15,6 +15,8 @@ from ptychodata.errors import (
 )
 from ptychodata.grouped import PtychoDataContainer, grouped_data
 from ptychodata.grouping import GroupingConfig, group
+from ptychodata.grouping_ptycho_torch import PtychoTorchRule
+from ptychodata.normalize import normalize_probe
 from ptychodata.patches import extract_patches, reassemble
 from ptychodata.scan import ScanData
 from ptychodata.simulate import simulate
@@ -27,6 +29,7 @@ __all__ = [
     "GroupingError",
     "MissingDependencyError",
     "PtychoDataContainer",
+    "PtychoTorchRule",
     "PtychodataError",
     "ScanData",
     "ScanDataError",
@@ -39,6 +42,7 @@ __all__ = [
     "extract_patches",
     "group",
     "grouped_data",
+    "normalize_probe",
     "open_store",
     "prepare",
     "reassemble",

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ptychodata.errors import PtychodataError
+from ptychodata.errors import ParameterError, PtychodataError, StoreNotFoundError
 from ptychodata.summary import human_size
 
 __all__ = ["build_parser", "main"]
@@ -52,14 +52,56 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, usage errors: argparse has printed already
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    previous = warnings.showwarning
+    warnings.showwarning = _show_warning
     try:
         return args.run(args)
     except (PtychodataError, OSError) as exc:
-        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        _close_progress_bars()
+        print(f"error: {_for_the_command_line(_one_line(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        _close_progress_bars()
         print("error: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.showwarning = previous
+
+
+# Library messages name Python arguments; on the command line they are flags.
+_FLAGS = {
+    "enable_oversampling=True": "--oversample",
+    "intensity=True": "--intensity",
+    "intensity=False": "no --intensity",
+    "cache_dir=...": "--cache-dir DIR",
+    "materialize=True": "--materialize",
+    "verify=True": "--verify",
+    "neighbor_count": "--neighbors",
+    "n_groups": "--n-groups",
+    "nphotons=": "--nphotons ",
+    "pixel_size=": "--pixel-size ",
+}
+
+
+def _for_the_command_line(message: str) -> str:
+    for argument, flag in _FLAGS.items():
+        message = message.replace(argument, flag)
+    return message
+
+
+def _close_progress_bars() -> None:
+    """End unfinished progress bars so the next line starts on a line of its own."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+    sys.stderr.flush()
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ARG001
+    """Warnings as one ``warning: ...`` line, without Python's source line."""
+    _close_progress_bars()
+    print(f"warning: {_for_the_command_line(_one_line(message))}", file=sys.stderr if file is None else file)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -140,27 +182,30 @@ def build_parser() -> argparse.ArgumentParser:
         "--oversample", action="store_true", help="allow more groups than points (gridsize > 1)"
     )
     prep.add_argument("--nphotons", type=_positive_float, help="photons per pattern, for intensity_scale")
-    prep.add_argument(
-        "--cache-dir", type=Path, help="cache directory (default $PTYCHODATA_CACHE or ~/.cache)"
-    )
+    _add_cache_dir(prep)
     prep.add_argument("--intensity", action="store_true", help="sources hold counts: store sqrt(counts)")
     prep.add_argument("--materialize", action="store_true", help="also write the grouped X array")
     prep.add_argument("--verify", action="store_true", help="re-hash sources before reusing a store")
     prep.add_argument("--quiet", action="store_true", help="no progress bars")
     prep.set_defaults(run=_run_prepare)
 
-    cache = commands.add_parser("cache", help="list, verify or remove cached stores")
-    cache.add_argument("action", choices=("list", "verify", "remove"))
+    cache = commands.add_parser(
+        "cache",
+        help="list, verify, prune or remove cached stores",
+        description="list: every store with its builds and groupings; verify: files, sources and hashes of "
+        "the live builds; prune: delete builds that are not live and that no reader holds, and leftovers of "
+        "builds that died; remove: delete whole stores (refused while a reader holds one, unless --force).",
+    )
+    cache.add_argument("action", choices=("list", "verify", "prune", "remove"))
     cache.add_argument(
         "stores",
         nargs="*",
         metavar="KEY",
         help="frame store keys or paths (default: all for list/verify; remove needs keys or --all)",
     )
-    cache.add_argument(
-        "--cache-dir", type=Path, help="cache directory (default $PTYCHODATA_CACHE or ~/.cache)"
-    )
-    cache.add_argument("--all", action="store_true", help="with remove: every store and leftover temporary")
+    _add_cache_dir(cache)
+    cache.add_argument("--all", action="store_true", help="with remove: every store")
+    cache.add_argument("--force", action="store_true", help="with remove: also stores a reader holds open")
     cache.add_argument("--quick", action="store_true", help="with verify: skip re-hashing the sources")
     cache.set_defaults(run=_run_cache)
 
@@ -292,7 +337,7 @@ def _load_options(args: argparse.Namespace) -> dict[str, Any]:
     for item in args.key:
         name, sep, member = item.partition("=")
         if not sep or not name or not member:
-            raise PtychodataError(f"--key {item!r}: expected NAME=PATH, e.g. --key diffraction=/entry/data/data")
+            raise ParameterError(f"--key {item!r}: expected NAME=PATH, e.g. --key diffraction=/entry/data/data")
         keys[name] = member
     options: dict[str, Any] = {
         "keys": keys or None,
@@ -326,14 +371,19 @@ def _load_options(args: argparse.Namespace) -> dict[str, Any]:
 def _inspect_store(args: argparse.Namespace) -> int:
     from ptychodata.store import open_store
 
-    store = open_store(args.file)
+    with open_store(args.file) as store:
+        return _print_store(store, args)
+
+
+def _print_store(store: Any, args: argparse.Namespace) -> int:
     info = store.info()
     if args.json:
         print(json.dumps(info, indent=2))
     else:
         config = info["config"]
         print(f"store        {info['path']}")
-        print(f"frames       {info['frames_path']}")
+        print(f"build        {info['build_id']} ({info['build_path']})")
+        print(f"frames       {info['frames_build_id']} ({info['frames_path']})")
         print(
             f"patterns     {info['n_patterns']} of {info['N']}×{info['N']}, {human_size(info['bytes_on_disk'])} "
             "on disk"
@@ -385,19 +435,20 @@ def _run_prepare(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         verify=args.verify,
     )
-    if not args.quiet:
-        print(
-            f"{len(store)} groups of C={store.C} from {store.frames.n_patterns} patterns "
-            f"({time.perf_counter() - start:.2f} s)",
-            file=sys.stderr,
-        )
-    print(store.path)
+    with store:
+        if not args.quiet:
+            print(
+                f"{len(store)} groups of C={store.C} from {store.n_patterns} patterns, build {store.build_id[:8]} "
+                f"({time.perf_counter() - start:.2f} s)",
+                file=sys.stderr,
+            )
+        print(store.path)
     return 0
 
 
 def _run_cache(args: argparse.Namespace) -> int:
     from ptychodata.store import default_cache_dir
-    from ptychodata.store._cache import list_stores, remove_store, remove_temporaries, verify_store
+    from ptychodata.store._cache import list_stores, prune_cache, remove_store, verify_store
 
     cache_dir = args.cache_dir or default_cache_dir()
     stores = list_stores(cache_dir)
@@ -408,7 +459,7 @@ def _run_cache(args: argparse.Namespace) -> int:
             wanted - {s.key for s in stores} - {str(s.path) for s in stores} - {s.path.name for s in stores}
         )
         if missing:
-            raise PtychodataError(f"{cache_dir}: no store {', '.join(sorted(missing))}")
+            raise StoreNotFoundError(f"{cache_dir}: no store {', '.join(sorted(missing))}")
     if args.action == "list":
         print(f"{cache_dir}: {len(stores)} store(s)")
         for cached in stores:
@@ -419,15 +470,15 @@ def _run_cache(args: argparse.Namespace) -> int:
             )
             print(
                 f"{cached.key}  {human_size(cached.bytes_on_disk):>9}  "
-                f"{cached.manifest.created if cached.manifest else '?'}  {sources}"
+                f"{cached.manifest.created if cached.manifest else '?'}  {len(cached.builds)} build(s)  {sources}"
             )
             for grouping, manifest in cached.groupings:
                 what = (
-                    "unreadable"
+                    "no live build"
                     if manifest is None
                     else (f"{manifest.n_groups} groups of C={manifest.C}, config {manifest.config}")
                 )
-                print(f"    {grouping.name}  {what}")
+                print(f"    {grouping.path}  {what}")
         return 0
     if args.action == "verify":
         failures = 0
@@ -436,13 +487,14 @@ def _run_cache(args: argparse.Namespace) -> int:
             failures += bool(problems)
             print(f"{cached.key}  " + ("ok" if not problems else "PROBLEM: " + "; ".join(problems)))
         return 1 if failures else 0
+    if args.action == "prune":
+        print(f"removed {prune_cache(cache_dir)} unused build(s) and leftover(s)")
+        return 0
     if not args.stores and not args.all:
-        raise PtychodataError("cache remove needs store keys, or --all")
+        raise ParameterError("cache remove needs store keys, or --all")
     for cached in stores:
-        remove_store(cached.path)
+        remove_store(cached.path, force=args.force)
         print(f"removed {cached.path}")
-    if args.all:
-        print(f"removed {remove_temporaries(cache_dir)} leftover temporary build(s)")
     return 0
 
 
@@ -523,6 +575,12 @@ def _one_line(message: object) -> str:
 
 
 # ---------------------------------------------------------------------- argument types
+def _add_cache_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--cache-dir", type=Path, help="cache directory (default $PTYCHODATA_CACHE, else ~/.cache/ptychodata)"
+    )
+
+
 def _positive_int(text: str) -> int:
     return _int_at_least(1)(text)
 

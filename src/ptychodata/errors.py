@@ -1,16 +1,35 @@
-"""Exception types. Each is a ``PtychodataError`` and also the builtin it refines."""
+"""Exception types. Each is a ``PtychodataError`` and also the builtin it refines, so
+``except ValueError`` (or ``IndexError``, ``OSError``, ``FileNotFoundError``) keeps working.
+
+::
+
+    PtychodataError
+    ├── ScanDataError (ValueError)            a scan file or arrays break the contract
+    │   └── ScanFileNotFoundError (FileNotFoundError)
+    ├── GroupingError (ValueError)            a grouping the scan cannot satisfy
+    ├── SimulationError (ValueError)          simulate() arguments that make no scan
+    ├── ParameterError (ValueError)           an argument out of its range or of the wrong kind
+    ├── GroupIndexError (IndexError)          a group index outside a store
+    └── StoreError (OSError)                  a store missing, incomplete, corrupt or unwritable
+        ├── StoreNotFoundError (FileNotFoundError)
+        └── StoreClosedError (ValueError)     a closed store used again
+"""
 
 from __future__ import annotations
 
 __all__ = [
+    "GroupIndexError",
     "GroupingError",
     "MissingDependencyError",
+    "ParameterError",
     "PtychodataError",
     "ScanDataError",
     "ScanFileNotFoundError",
     "ScanFormatError",
     "SimulationError",
+    "StoreClosedError",
     "StoreError",
+    "StoreNotFoundError",
 ]
 
 
@@ -34,8 +53,24 @@ class SimulationError(PtychodataError, ValueError):
     """Arguments to :func:`~ptychodata.simulate.simulate` that cannot make a scan."""
 
 
+class ParameterError(PtychodataError, ValueError):
+    """An argument outside its documented range, or of the wrong shape or kind."""
+
+
+class GroupIndexError(PtychodataError, IndexError):
+    """A group index outside the store (or the part of it) being read."""
+
+
 class StoreError(PtychodataError, OSError):
     """A store on disk is missing, incomplete, corrupt, or cannot be written."""
+
+
+class StoreNotFoundError(StoreError, FileNotFoundError):
+    """No store (or no such build of it) at the given path."""
+
+
+class StoreClosedError(StoreError, ValueError):
+    """A :class:`~ptychodata.store.Store` used after :meth:`~ptychodata.store.Store.close`."""
 
 
 class ScanFormatError(ScanDataError):

@@ -15,12 +15,13 @@ from typing import Any, Literal
 import numpy as np
 
 from ptychodata.coords import grouped_coords
-from ptychodata.grouping import GroupingConfig, group
+from ptychodata.errors import GroupingError, ParameterError
+from ptychodata.grouping import GroupingConfig, check_groups, group
 from ptychodata.normalize import intensity_scale, x_scale
 from ptychodata.patches import extract_patches
 from ptychodata.scan import ScanData
 
-__all__ = ["PtychoDataContainer", "gather_channels_last", "grouped_data", "member_patches"]
+__all__ = ["PtychoDataContainer", "gather_channels_last", "grouped_data", "grouped_dict", "member_patches"]
 
 _CHUNK_BYTES = 2 << 20
 _THREADS = min(4, os.cpu_count() or 1)
@@ -35,8 +36,10 @@ def grouped_data(
     ----------
     scan : ScanData
     config : GroupingConfig
-    groups : ndarray of shape (B, C), optional
-        Precomputed :func:`~ptychodata.grouping.group` output; computed from ``config`` if None.
+    groups : array_like of shape (B, C), integer, optional
+        Precomputed groups (:func:`~ptychodata.grouping.group` output, or PtychoPINN's
+        ``nn_indices``); computed from ``config`` if None. Checked: 2-D, integer, C =
+        gridsize² columns, indices in [0, M); returned as int64 in ``nn_indices``.
     with_Y : bool
         Compute ground-truth patches ``Y`` (from the file's ``Y`` or cut from the object).
 
@@ -47,21 +50,74 @@ def grouped_data(
         ``coords_nn``/``coords_offsets``/``coords_relative`` and their ``coords_start_*`` twins;
         ``nn_indices`` (B, C) int64; ``objectGuess``; ``x_scale``; ``intensity_scale``.
     """
+    where = f"{scan.source}: " if scan.source else ""
     if groups is None:
         groups = group(scan, config)
-    where = f"{scan.source}: " if scan.source else ""
-    scale = x_scale(scan.diffraction, groups, where=where)
-    diffraction, X_full = gather_channels_last(scan.diffraction, groups, scales=(None, scale))
+    else:
+        if config.N is not None and config.N != scan.N:
+            raise GroupingError(f"{where}config N={config.N} but the patterns are {scan.N}×{scan.N}")
+        groups = check_groups(groups, n_points=scan.n_points, C=config.C, where=where)
     nphotons = config.nphotons if config.nphotons is not None else scan.nphotons
+    return grouped_dict(
+        scan.diffraction,
+        groups,
+        scale=x_scale(scan.diffraction, groups, where=where),
+        positions=(scan.xcoords, scan.ycoords),
+        positions_start=(scan.xcoords_start, scan.ycoords_start),
+        Y=member_patches(scan, groups) if with_Y else None,
+        objectGuess=scan.object,
+        intensity_scale=intensity_scale(nphotons, scan.N),
+    )
+
+
+def grouped_dict(
+    patterns: np.ndarray,
+    groups: np.ndarray,
+    *,
+    scale: float | np.ndarray,
+    positions: tuple[np.ndarray, np.ndarray],
+    positions_start: tuple[np.ndarray, np.ndarray],
+    Y: np.ndarray | None,
+    objectGuess: np.ndarray | None,
+    intensity_scale: float | None | list[float | None],
+    x_scale: float | list[float] | None = None,
+    centres: tuple[np.ndarray, np.ndarray] | None = None,
+    relative: tuple[np.ndarray, np.ndarray] | None = None,
+) -> dict[str, Any]:
+    """The §6 dict from its parts: what :func:`grouped_data` computes from a scan, or what
+    a store holds.
+
+    Parameters
+    ----------
+    patterns : ndarray of shape (M, N, N)
+        Unscaled amplitudes (may be a memmap).
+    groups : ndarray of shape (B, C), int64
+    scale : float or ndarray of shape (B,)
+        The §5 factor, one for all groups or one per group (several experiments).
+    positions, positions_start : (x, y) pairs of ndarray of shape (M,)
+    Y : ndarray of shape (B, N, N, C), complex64, or None
+    objectGuess : ndarray of shape (H, W) or None
+    intensity_scale, x_scale
+        Recorded as they are; ``x_scale`` defaults to ``scale``.
+    centres, relative : optional
+        Stored group centres ((B, 2), start (B, 2)) and offsets ((B, C, 2), start
+        (B, C, 2)); computed from the positions when None.
+    """
+    if np.ndim(scale) == 0:
+        diffraction, X_full = gather_channels_last(patterns, groups, scales=(None, float(scale)))
+    else:
+        (diffraction,) = gather_channels_last(patterns, groups)
+        X_full = diffraction * np.asarray(scale, np.float32)[:, None, None, None]
+    stored = None if centres is None else (centres, relative)
     return {
         "diffraction": diffraction,
         "X_full": X_full,
-        "Y": member_patches(scan, groups) if with_Y else None,
-        **grouped_coords(scan.xcoords, scan.ycoords, scan.xcoords_start, scan.ycoords_start, groups),
+        "Y": Y,
+        **grouped_coords(*positions, *positions_start, groups, stored=stored),
         "nn_indices": groups,
-        "objectGuess": scan.object,
-        "x_scale": scale,
-        "intensity_scale": intensity_scale(nphotons, scan.N),
+        "objectGuess": objectGuess,
+        "x_scale": scale if x_scale is None else x_scale,
+        "intensity_scale": intensity_scale,
     }
 
 
@@ -134,11 +190,15 @@ class PtychoDataContainer:
     ----------
     X : (B, N, N, C) float32
     Y, Y_I, Y_phi : (B, N, N, C) complex64 (ones when absent), |Y|, angle(Y) float32
-    coords_nominal, coords_true, coords : (B, 1, 2, C) float32, from ``coords_relative``
+    coords_nominal, coords_true, coords : (B, 1, 2, C) float32
+        All three from ``coords_start_relative`` (the nominal positions), as PtychoPINN's
+        ``ptycho.loader.load`` sets them (§8).
     probe : (N, N) complex64
     nn_indices : (B, C) int64
     global_offsets : (B, 1, 2, 1) float64
+        ``coords_offsets`` (the measured group centre).
     local_offsets : (B, 1, 2, C) float64
+        ``coords_relative`` (measured).
     norm_Y_I : float or None (the intensity scale)
     YY_full : (H, W) complex64 or None
     """
@@ -169,7 +229,7 @@ class PtychoDataContainer:
         Y = grouped.get("Y")
         if Y is None:
             Y = np.ones(grouped["X_full"].shape, np.complex64)
-        coords = np.asarray(grouped["coords_relative"], np.float32)
+        coords = np.asarray(grouped["coords_start_relative"], np.float32)
         arrays = {
             "X": np.asarray(grouped["X_full"], np.float32),
             "Y": np.asarray(Y, np.complex64),
@@ -193,7 +253,7 @@ class PtychoDataContainer:
 
 def _tensor_converter(backend: str):
     if backend not in ("auto", "numpy", "torch"):
-        raise ValueError(f"backend={backend!r}; expected one of {{'auto', 'numpy', 'torch'}}")
+        raise ParameterError(f"backend={backend!r}; expected one of {{'auto', 'numpy', 'torch'}}")
     if backend == "numpy":
         return lambda value: value
     try:

@@ -19,8 +19,9 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from ptychodata.errors import GroupingError, ScanDataError
+from ptychodata.grouping_ptycho_torch import PtychoTorchRule, ptycho_torch_groups
 
-__all__ = ["GroupingConfig", "group", "neighbour_pools"]
+__all__ = ["GroupingConfig", "check_groups", "group", "neighbour_pools"]
 
 # Oversampling enumerates all C-subsets of a pool through a lookup table up to this size.
 _MAX_SUBSET_TABLE = 1 << 20
@@ -45,9 +46,11 @@ class GroupingConfig:
     n_groups : int or None
         Number of groups B; None means one group per scan point.
     seed : int or None
-        Seed of the one ``numpy.random.Generator``; None is nondeterministic.
+        Seed of the one ``numpy.random.Generator``; None is nondeterministic, except with
+        ``sequential_sampling`` where it means 0 (as PtychoPINN fixes it).
     sequential_sampling : bool
-        Take points 0..n_groups-1 as seeds instead of a uniform random draw.
+        Take points 0..n_groups-1 as seeds instead of a uniform random draw; without a
+        seed the member draw is seeded with 0, so the groups are reproducible.
     enable_oversampling : bool
         Allow n_groups > M (at C > 1) by drawing distinct (seed, subset) pairs.
     neighbor_pool_size : int or None
@@ -56,6 +59,14 @@ class GroupingConfig:
         Member order within a group: random (as PtychoPINN), or rows by y then x.
     nphotons : float or None
         Photons per pattern, for ``intensity_scale`` (§5); None falls back on the scan's metadata.
+    method : {"sample_then_group", "ptycho_torch"}
+        ``"sample_then_group"``: the contract's rule (§2, PtychoPINN TF's). ``"ptycho_torch"``:
+        ptycho_torch's ``PtychoDataset`` rule (a centre per point inside x/y bounds, its group
+        drawn from itself and its K nearest, or one per quadrant in TL, TR, BL, BR order,
+        ``n_subsample`` groups per centre); see :mod:`ptychodata.grouping_ptycho_torch`. It
+        takes no ``n_groups``, sequential sampling, oversampling or pool size.
+    ptycho_torch : PtychoTorchRule, dict or None
+        ptycho_torch's settings for ``method="ptycho_torch"`` (None: its defaults).
     """
 
     N: int | None = None
@@ -68,8 +79,11 @@ class GroupingConfig:
     neighbor_pool_size: int | None = None
     order: Literal["random", "raster"] = "random"
     nphotons: float | None = None
+    method: Literal["sample_then_group", "ptycho_torch"] = "sample_then_group"
+    ptycho_torch: PtychoTorchRule | None = None
 
     def __post_init__(self) -> None:
+        self._check_method()
         for name in ("gridsize", "neighbor_count"):
             _check_positive_int(name, getattr(self, name))
         for name in ("N", "n_groups", "neighbor_pool_size"):
@@ -79,14 +93,56 @@ class GroupingConfig:
             raise GroupingError(f"order={self.order!r}; expected one of {{'random', 'raster'}}")
         if self.nphotons is not None and not (math.isfinite(self.nphotons) and self.nphotons > 0):
             raise GroupingError(f"nphotons={self.nphotons!r}; expected a positive finite number")
-        if self.C > 1 and self.neighbor_count < self.C:
+        nearest_includes_seed = (
+            self.method == "ptycho_torch" and self.ptycho_torch.neighbor_function == "Nearest"
+        )
+        if nearest_includes_seed and self.C > 1 and self.neighbor_count + 1 < self.C:
+            raise GroupingError(
+                f"neighbor_count K={self.neighbor_count}: ptycho_torch draws a group of "
+                f"C=gridsize²={self.C} from the centre and its K nearest, so K >= {self.C - 1} is "
+                "needed; raise neighbor_count or lower gridsize"
+            )
+        contract_rule = self.method == "sample_then_group"
+        if contract_rule and self.C > 1 and self.neighbor_count < self.C:
             raise GroupingError(
                 f"neighbor_count K={self.neighbor_count} < C=gridsize²={self.C}: a group of {self.C} "
                 f"members needs at least {self.C} neighbours; raise neighbor_count or lower gridsize"
             )
-        if self.C > 1 and self.pool_size < self.C:
+        if contract_rule and self.C > 1 and self.pool_size < self.C:
             raise GroupingError(
                 f"neighbor_pool_size={self.neighbor_pool_size} < C=gridsize²={self.C}; expected >= {self.C}"
+            )
+
+    def _check_method(self) -> None:
+        if self.method not in ("sample_then_group", "ptycho_torch"):
+            raise GroupingError(
+                f"method={self.method!r}; expected one of {{'sample_then_group', 'ptycho_torch'}}"
+            )
+        if self.method == "sample_then_group":
+            if self.ptycho_torch is not None:
+                raise GroupingError(
+                    "ptycho_torch settings given with method='sample_then_group'; set "
+                    "method='ptycho_torch' to use them"
+                )
+            return
+        object.__setattr__(self, "ptycho_torch", PtychoTorchRule.parse(self.ptycho_torch))
+        not_applicable = {
+            "n_groups": self.n_groups is not None,
+            "sequential_sampling": self.sequential_sampling,
+            "enable_oversampling": self.enable_oversampling,
+            "neighbor_pool_size": self.neighbor_pool_size is not None,
+        }
+        given = [name for name, set_ in not_applicable.items() if set_]
+        if given:
+            raise GroupingError(
+                f"{', '.join(given)} set with method='ptycho_torch', whose group count is (points "
+                "inside the bounds) × ptycho_torch.n_subsample; leave them at their defaults or use "
+                "method='sample_then_group'"
+            )
+        if self.ptycho_torch.neighbor_function == "4_quadrant" and self.gridsize not in (1, 2):
+            raise GroupingError(
+                "ptycho_torch neighbor_function='4_quadrant' makes groups of 4; "
+                f"gridsize={self.gridsize}, expected 2"
             )
 
     @property
@@ -116,7 +172,7 @@ class GroupingConfig:
         return {
             _LEGACY_NAMES.get(name, name): value
             for name, value in self.to_dict().items()
-            if value is not None and name != "order"
+            if value is not None and name not in ("order", "method", "ptycho_torch")
         }
 
     @classmethod
@@ -160,7 +216,11 @@ def group(scan_or_positions: Any, config: GroupingConfig) -> np.ndarray:
             f"{where}key 'xcoords': the scan has {n_points} points, fewer than C=gridsize²={C} a group "
             "needs; lower gridsize or use a larger scan"
         )
-    rng = np.random.default_rng(config.seed)
+    rng = np.random.default_rng(_effective_seed(config))
+    if config.method == "ptycho_torch":
+        made = ptycho_torch_groups(positions, C=C, K=config.neighbor_count, rule=config.ptycho_torch, rng=rng)
+        groups = made.groups
+        return raster_order(groups, positions) if config.order == "raster" and C > 1 else groups
     if C == 1:
         return _choose_seeds(n_points, n_groups, config.sequential_sampling, rng)[:, None]
     if n_groups > n_points:
@@ -182,6 +242,58 @@ def group(scan_or_positions: Any, config: GroupingConfig) -> np.ndarray:
     return groups
 
 
+def check_groups(groups: Any, *, n_points: int, C: int, where: str = "") -> np.ndarray:
+    """Validate a precomputed group table and return it as C-contiguous int64.
+
+    Parameters
+    ----------
+    groups : array_like of shape (B, C), integer
+        Scan-point indices, one row per group, e.g. PtychoPINN's ``nn_indices`` (int32 at
+        gridsize 2) or an earlier :func:`group` output.
+    n_points : int
+        M, the number of scan points; every index must lie in [0, M).
+    C : int
+        gridsize², the members a group must have.
+    where : str
+        Prefix for error messages (the scan's file).
+
+    Returns
+    -------
+    ndarray of shape (B, C), int64
+
+    Raises
+    ------
+    GroupingError
+        Not 2-D, not an integer dtype, a column count other than C, no groups, or an index
+        outside [0, M) (a negative index would otherwise silently gather from the end).
+    """
+    table = np.asarray(groups)
+    expected = f"expected (B, C={C}) integer indices with C = gridsize²"
+    if table.ndim != 2:
+        raise GroupingError(f"{where}groups: shape {table.shape} ({table.ndim}-D); {expected}")
+    if table.dtype == np.bool_ or not np.issubdtype(table.dtype, np.integer):
+        raise GroupingError(
+            f"{where}groups: dtype {table.dtype}; {expected} (cast with .astype(np.int64) if they "
+            "are whole numbers)"
+        )
+    if table.shape[1] != C:
+        raise GroupingError(
+            f"{where}groups: shape {table.shape} has {table.shape[1]} columns; {expected} "
+            "(check the table was made for this gridsize)"
+        )
+    if table.shape[0] == 0:
+        raise GroupingError(f"{where}groups: shape {table.shape} holds no groups; expected B >= 1")
+    low, high = int(table.min()), int(table.max())
+    if low < 0 or high >= n_points:
+        bad = np.argwhere((table < 0) | (table >= n_points))[0]
+        raise GroupingError(
+            f"{where}groups[{bad[0]}, {bad[1]}] = {int(table[bad[0], bad[1]])} "
+            f"(values span [{low}, {high}]); "
+            f"expected scan-point indices in [0, {n_points}) for a scan of M={n_points} points"
+        )
+    return np.ascontiguousarray(table, dtype=np.int64)
+
+
 def _positions(scan_or_positions: Any, config: GroupingConfig) -> np.ndarray:
     if hasattr(scan_or_positions, "positions"):
         scan = scan_or_positions
@@ -193,6 +305,14 @@ def _positions(scan_or_positions: Any, config: GroupingConfig) -> np.ndarray:
     if positions.ndim != 2 or positions.shape[1] != 2:
         raise GroupingError(f"positions of shape {positions.shape}; expected (M, 2) with columns (x, y)")
     return positions
+
+
+def _effective_seed(config: GroupingConfig) -> int | None:
+    """``config.seed``; with no seed, 0 for ``sequential_sampling`` (PtychoPINN fixes it there)
+    and for ``method="ptycho_torch"`` (its planner's default seed)."""
+    if config.seed is None and (config.sequential_sampling or config.method == "ptycho_torch"):
+        return 0
+    return config.seed
 
 
 def _choose_seeds(n_points: int, n_groups: int, sequential: bool, rng: np.random.Generator) -> np.ndarray:

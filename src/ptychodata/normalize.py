@@ -2,6 +2,9 @@
 
 ``x_scale`` makes the mean per-pattern energy Σ X² of the grouped patterns (N/2)²;
 ``intensity_scale`` is the Poisson model's input scale; the probe factor is optional.
+``rms_scaling_constant`` and ``physics_scaling_constant`` are ptycho_torch's per-experiment
+constants (means over all of a scan's patterns, not the grouped ones), computed from
+per-pattern sums so a store can keep the sums and never reread the patterns.
 """
 
 from __future__ import annotations
@@ -10,9 +13,20 @@ import math
 
 import numpy as np
 
-from ptychodata.errors import ScanDataError
+from ptychodata.errors import ParameterError, ScanDataError
+from ptychodata.io._memory import rows_per_chunk
 
-__all__ = ["checked_energies", "intensity_scale", "normalize_probe", "pattern_energies", "scale_from_energies", "x_scale"]
+__all__ = [
+    "checked_energies",
+    "intensity_scale",
+    "normalize_probe",
+    "pattern_amplitude_sums",
+    "pattern_energies",
+    "physics_scaling_constant",
+    "rms_scaling_constant",
+    "scale_from_energies",
+    "x_scale",
+]
 
 _CHUNK_BYTES = 64 << 20
 
@@ -30,17 +44,23 @@ def pattern_energies(
     -------
     ndarray of shape (M,) or (len(indices),), float64
     """
-    if indices is None:
-        indices = np.arange(diffraction.shape[0])
-    indices = np.asarray(indices, dtype=np.int64)
-    energies = np.empty(len(indices), np.float64)
-    step = max(1, _CHUNK_BYTES // max(1, diffraction[:1].nbytes))
+    return _per_pattern(
+        diffraction,
+        indices,
+        lambda chunk, chunk_indices: checked_energies(chunk, chunk_indices, where=f"{where}key 'diffraction': "),
+    )
+
+
+def _per_pattern(diffraction: np.ndarray, indices: np.ndarray | None, reduce) -> np.ndarray:
+    """``reduce(chunk, chunk_indices)`` over ``diffraction[indices]`` (all patterns when
+    None) read in chunks of about 64 MiB, concatenated: one float64 value per pattern."""
+    indices = np.arange(diffraction.shape[0]) if indices is None else np.asarray(indices, dtype=np.int64)
+    values = np.empty(len(indices), np.float64)
+    step = rows_per_chunk(diffraction[:1].nbytes, _CHUNK_BYTES)
     for start in range(0, len(indices), step):
         chunk_indices = indices[start : start + step]
-        energies[start : start + step] = checked_energies(
-            np.asarray(diffraction[chunk_indices]), chunk_indices, where=f"{where}key 'diffraction': "
-        )
-    return energies
+        values[start : start + step] = reduce(np.asarray(diffraction[chunk_indices]), chunk_indices)
+    return values
 
 
 def checked_energies(chunk: np.ndarray, indices: np.ndarray, *, where: str = "", hint: str = "") -> np.ndarray:
@@ -94,15 +114,120 @@ def intensity_scale(nphotons: float | None, N: int) -> float | None:
     return None if nphotons is None else math.sqrt(float(nphotons)) / (N / 2)
 
 
-def normalize_probe(probe: np.ndarray, probe_scale: float = 4.0) -> tuple[np.ndarray, float]:
-    """Divide the probe by probe_scale · mean |P| over the centred disk r < N/4 (§5).
+def pattern_amplitude_sums(
+    diffraction: np.ndarray, indices: np.ndarray | None = None, *, where: str = ""
+) -> np.ndarray:
+    """Σ over pixels of the amplitude for each pattern (or only ``indices``), in float64.
 
-    Returns the normalised (N, N) complex64 probe and the factor it was divided by.
+    Read in chunks of about 64 MiB, like :func:`pattern_energies`; the input to
+    :func:`physics_scaling_constant`.
+
+    Parameters
+    ----------
+    diffraction : ndarray of shape (M, N, N)
+        Amplitudes (may be a memmap).
+    indices : ndarray of shape (U,), int, optional
+
+    Returns
+    -------
+    ndarray of shape (M,) or (U,), float64
     """
+    return _per_pattern(
+        diffraction, indices, lambda chunk, _: chunk.reshape(len(chunk), -1).sum(axis=1, dtype=np.float64)
+    )
+
+
+def rms_scaling_constant(energies: np.ndarray, *, N: int, where: str = "") -> float:
+    """ptycho_torch's ``rms_scaling_constant``: sqrt(N² / mean over patterns of Σ A²).
+
+    The mean is over **all** of an experiment's patterns, each once (ptycho_torch's
+    ``get_rms_scaling_factor`` with ``normalize="Batch"``): twice the §5 ``x_scale`` when
+    every pattern is grouped once, since §5 targets (N/2)² instead of N².
+
+    Parameters
+    ----------
+    energies : ndarray of shape (M,)
+        Σ A² of each pattern (:func:`pattern_energies`).
+    N : int
+        Pattern side length.
+    """
+    mean_energy = _positive_mean(energies, "energies (Σ A²)", where)
+    return math.sqrt(N * N / mean_energy)
+
+
+def physics_scaling_constant(amplitude_sums: np.ndarray, *, where: str = "") -> float:
+    """ptycho_torch's ``physics_scaling_constant``: 1 / mean over patterns of Σ A.
+
+    The mean is over all of an experiment's patterns, each once (ptycho_torch's
+    ``get_physics_scaling_factor`` with ``normalize="Batch"``).
+
+    Parameters
+    ----------
+    amplitude_sums : ndarray of shape (M,)
+        Σ A of each pattern (:func:`pattern_amplitude_sums`).
+    """
+    return 1.0 / _positive_mean(amplitude_sums, "amplitude sums (Σ A)", where)
+
+
+def _positive_mean(values: np.ndarray, what: str, where: str) -> float:
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim != 1 or values.size == 0:
+        raise ScanDataError(f"{where}per-pattern {what}: shape {values.shape}; expected (M,) with M >= 1")
+    mean = float(values.mean())
+    if not (math.isfinite(mean) and mean > 0):
+        raise ScanDataError(
+            f"{where}per-pattern {what}: mean {mean}; expected a positive finite mean "
+            "(are the patterns all zero?)"
+        )
+    return mean
+
+
+_PROBE_RULES = ("tf", "ptycho_torch")
+
+
+def normalize_probe(
+    probe: np.ndarray, probe_scale: float = 4.0, *, rule: str = "tf"
+) -> tuple[np.ndarray, float]:
+    """Divide the probe by probe_scale · a mean amplitude (§5); PtychoPINN's two rules.
+
+    Parameters
+    ----------
+    probe : ndarray of shape (N, N), complex
+    probe_scale : float
+        PtychoPINN's ``probe_scale`` (default 4.0).
+    rule : {"tf", "ptycho_torch"}
+        ``"tf"`` (the contract's, PtychoPINN TF's ``probe.set_probe``): the factor is
+        probe_scale · mean over **all** N×N pixels of |P| · mask, the mask being the disk
+        d < N//4 with d measured from the half-pixel-shifted centre (pixel i at i − N//2 + ½),
+        so pixels outside the disk count as zeros in the mean.
+        ``"ptycho_torch"`` (``ptycho_torch.helper.normalize_probe_like_tf`` with its default
+        ``probe_mask=False``): probe_scale · mean over all pixels of |P|, no mask.
+
+    Returns
+    -------
+    normalised : ndarray of shape (N, N), complex64
+        ``probe / factor``.
+    factor : float
+        What the probe was divided by; ptycho_torch's ``probe_scaling`` is ``1 / factor``.
+    """
+    if rule not in _PROBE_RULES:
+        raise ParameterError(f"rule={rule!r}; expected one of {{'tf', 'ptycho_torch'}}")
+    probe = np.asarray(probe)
+    if probe.ndim != 2 or probe.shape[0] != probe.shape[1]:
+        raise ScanDataError(f"probe: shape {probe.shape}; expected (N, N)")
+    if not (math.isfinite(probe_scale) and probe_scale > 0):
+        raise ParameterError(f"probe_scale={probe_scale!r}; expected a positive finite number")
+    amplitude = np.abs(probe.astype(np.complex128))
     N = probe.shape[-1]
-    rows, cols = np.indices(probe.shape[-2:]) - N // 2
-    disk = rows**2 + cols**2 < (N / 4) ** 2
-    factor = float(probe_scale * np.abs(probe[..., disk]).mean())
-    if not factor > 0:
-        raise ScanDataError(f"probe has zero amplitude inside r < N/4 = {N / 4}; cannot normalise it")
+    if rule == "tf":
+        centred = np.arange(N) - N // 2 + 0.5
+        inside = np.hypot(centred[:, None], centred[None, :]) < N // 4
+        mean_amplitude = float(np.where(inside, amplitude, 0.0).mean())
+        region = f"the disk d < N//4 = {N // 4}"
+    else:
+        mean_amplitude = float(amplitude.mean())
+        region = "the probe"
+    factor = probe_scale * mean_amplitude
+    if not (math.isfinite(factor) and factor > 0):
+        raise ScanDataError(f"probe: mean amplitude over {region} is {mean_amplitude}; cannot normalise it")
     return (probe / factor).astype(np.complex64), factor

@@ -23,6 +23,8 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from ptychodata.errors import ParameterError
+
 __all__ = ["extract_patches", "reassemble"]
 
 _CHUNK_BYTES = 1 << 22
@@ -30,16 +32,16 @@ _CHUNK_BYTES = 1 << 22
 
 def _check_int(value: object, name: str, minimum: int = 1) -> int:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        raise ParameterError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
 
 
 def _check_positions(x: object, y: object) -> tuple[np.ndarray, np.ndarray]:
     xa, ya = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     if xa.shape != ya.shape:
-        raise ValueError(f"x and y must have the same shape, got x {xa.shape} and y {ya.shape}")
+        raise ParameterError(f"x and y must have the same shape, got x {xa.shape} and y {ya.shape}")
     if not (np.isfinite(xa).all() and np.isfinite(ya).all()):
-        raise ValueError("x and y must be finite; found NaN or Inf positions")
+        raise ParameterError("x and y must be finite; found NaN or Inf positions")
     return xa, ya
 
 
@@ -122,22 +124,22 @@ def extract_patches(
     """
     obj = np.asarray(obj)
     if obj.ndim != 2 or 0 in obj.shape:
-        raise ValueError(f"obj must be a non-empty 2-D (H, W) array, got shape {obj.shape}")
+        raise ParameterError(f"obj must be a non-empty 2-D (H, W) array, got shape {obj.shape}")
     if obj.dtype == np.bool_ or not np.issubdtype(obj.dtype, np.number):
-        raise ValueError(f"obj must be numeric (complex64 expected), got dtype {obj.dtype}")
+        raise ParameterError(f"obj must be numeric (complex64 expected), got dtype {obj.dtype}")
     N = _check_int(N, "N")
     chunk = _chunk(chunk_size, N)
     x, y = _check_positions(x, y)
     if x.ndim != 1:
-        raise ValueError(f"x and y must have shape (P,), got {x.shape}")
+        raise ParameterError(f"x and y must have shape (P,), got {x.shape}")
     P, (H, W), n = x.shape[0], obj.shape, N + 1
     if out is None:
         out = np.empty((P, N, N), np.complex64)
     elif not isinstance(out, np.ndarray) or out.shape != (P, N, N):
         found = getattr(out, "shape", type(out).__name__)
-        raise ValueError(f"out must have shape (P, N, N) = {(P, N, N)}, got {found}")
+        raise ParameterError(f"out must have shape (P, N, N) = {(P, N, N)}, got {found}")
     elif not np.issubdtype(out.dtype, np.complexfloating) or not out.flags.writeable:
-        raise ValueError(f"out must be a writable complex array, got dtype {out.dtype}")
+        raise ParameterError(f"out must be a writable complex array, got dtype {out.dtype}")
     windows = sliding_window_view(obj, (n, n)) if H >= n and W >= n else None
     buf = np.empty((2, min(chunk, P), N * 2 * n), np.float32)
     for s in range(0, P, chunk):
@@ -152,27 +154,27 @@ def _grouped_view(patches: np.ndarray, x: np.ndarray, channels_last: bool | None
     shape = patches.shape
     if patches.ndim == 3:
         if shape[1] != shape[2] or x.shape != (shape[0],):
-            raise ValueError(f"patches (P, N, N) need x, y of shape (P,); got patches {shape}, x {x.shape}")
+            raise ParameterError(f"patches (P, N, N) need x, y of shape (P,); got patches {shape}, x {x.shape}")
         return patches[:, None], 1
     if patches.ndim != 4:
-        raise ValueError(f"patches must be (P, N, N), (B, C, N, N) or (B, N, N, C), got {shape}")
+        raise ParameterError(f"patches must be (P, N, N), (B, C, N, N) or (B, N, N, C), got {shape}")
     C = x.shape[1] if x.ndim == 2 else None
     first = shape[2] == shape[3] and C in (None, shape[1])
     last = shape[1] == shape[2] and C in (None, shape[3])
     if channels_last is None:
         if first and last:
-            raise ValueError(
+            raise ParameterError(
                 f"cannot tell the channel axis of patches {shape}; pass channels_last=True for "
                 "(B, N, N, C) or channels_last=False for (B, C, N, N)"
             )
         channels_last = last
     if not (last if channels_last else first):
         want = "(B, N, N, C)" if channels_last else "(B, C, N, N)"
-        raise ValueError(f"patches must be {want} with C = x.shape[1]; got patches {shape}, x {x.shape}")
+        raise ParameterError(f"patches must be {want} with C = x.shape[1]; got patches {shape}, x {x.shape}")
     view = np.moveaxis(patches, 3, 1) if channels_last else patches
     B, C = view.shape[:2]
     if x.shape not in ((B, C), (B * C,)):
-        raise ValueError(f"x and y must have shape (B, C) = {(B, C)} for patches {shape}, got {x.shape}")
+        raise ParameterError(f"x and y must have shape (B, C) = {(B, C)} for patches {shape}, got {x.shape}")
     return view, C
 
 
@@ -245,7 +247,7 @@ def reassemble(
     patches = np.asarray(patches)
     x, y = _check_positions(x, y)
     if np.ndim(shape) != 1 or len(shape) != 2:
-        raise ValueError(f"shape must be (H, W), got {shape!r}")
+        raise ParameterError(f"shape must be (H, W), got {shape!r}")
     H, W = (_check_int(v, "shape") for v in shape)
     view, C = _grouped_view(patches, x, channels_last)
     x, y = x.ravel(), y.ravel()
@@ -256,7 +258,7 @@ def reassemble(
     if weight is not None:
         weight = np.asarray(weight, np.float32)
         if weight.shape != (N, N):
-            raise ValueError(f"weight must have the patches' shape ({N}, {N}), got {weight.shape}")
+            raise ParameterError(f"weight must have the patches' shape ({N}, {N}), got {weight.shape}")
     buf = np.empty((2, min(chunk, P), n * 2 * n), np.float32)
     weight_buf = None if weight is None else np.empty_like(buf)
     for s in range(0, P, chunk):

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ptychodata.errors import ParameterError
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure, SubFigure
@@ -59,7 +61,7 @@ def plot_scan(scan: ScanData, path: str | os.PathLike, *, n_patterns: int = 4) -
         The file written.
     """
     if n_patterns < 1:
-        raise ValueError(f"n_patterns={n_patterns!r}; expected a positive integer")
+        raise ParameterError(f"n_patterns={n_patterns!r}; expected a positive integer")
     fig = _new_figure()
     has_object = scan.object is not None
     left, right = fig.subfigures(1, 2, width_ratios=[1.0, 2.7])
@@ -116,7 +118,7 @@ def plot_groups(grouped: Mapping[str, Any], path: str | os.PathLike, *, n_groups
         The file written.
     """
     if n_groups < 1:
-        raise ValueError(f"n_groups={n_groups!r}; expected a positive integer")
+        raise ParameterError(f"n_groups={n_groups!r}; expected a positive integer")
     coords_nn = np.asarray(grouped["coords_nn"], dtype=np.float64)[:, 0]  # (B, 2, C)
     centres = np.asarray(grouped["coords_offsets"], dtype=np.float64)[:, 0, :, 0]  # (B, 2)
     relative = np.asarray(grouped["coords_relative"], dtype=np.float64)[:, 0]  # (B, 2, C)
@@ -191,8 +193,8 @@ def plot_store(store: Store, path: str | os.PathLike, *, n_groups: int = 3) -> P
     fig = _new_figure()
     left, right = fig.subfigures(1, 2, width_ratios=[1, 1.3])
     ax = left.subplots()
-    x, y = store.array("xcoords"), store.array("ycoords")
-    experiment = store.array("experiment_id")
+    x, y = store.positions.T
+    experiment = store.pattern_experiment
     for experiment_id in range(store.n_experiments):
         mine = experiment == experiment_id
         ax.scatter(x[mine], y[mine], s=_marker_size(len(x)), label=f"experiment {experiment_id}")

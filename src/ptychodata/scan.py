@@ -10,6 +10,8 @@ the file's content) and prepares the detector data on the way in.
 from __future__ import annotations
 
 import json
+import math
+import numbers
 import os
 import warnings
 from collections.abc import Mapping
@@ -126,6 +128,7 @@ class ScanData:
             "metadata": dict(self.metadata),
             "extras": dict(self.extras),
         }
+        _metadata_nphotons(values["metadata"], where)  # a malformed or conflicting nphotons fails here
         _check_same_length(
             {key: values[key] for key in ("xcoords", "xcoords_start", "ycoords_start", "scan_index")}, where
         )
@@ -263,7 +266,12 @@ class ScanData:
         if self.Y is not None:
             arrays["Y"] = self.Y
         arrays.update(self.extras)
-        arrays["_metadata"] = np.array(json.dumps(dict(self.metadata), default=_json_default))
+        metadata = dict(self.metadata)
+        nphotons = self.nphotons
+        if nphotons is not None:  # both places: ours (top level) and PtychoPINN's (physics_parameters)
+            metadata["nphotons"] = nphotons
+            metadata["physics_parameters"] = {**metadata.get("physics_parameters", {}), "nphotons": nphotons}
+        arrays["_metadata"] = np.array(json.dumps(metadata, default=_json_default))
         return write_npz(path, arrays)
 
     def with_(self, **changes: Any) -> ScanData:
@@ -288,9 +296,12 @@ class ScanData:
 
     @property
     def nphotons(self) -> float | None:
-        """``metadata["nphotons"]`` when the file recorded it."""
-        value = self.metadata.get("nphotons")
-        return None if value is None else float(value)
+        """Photons per pattern when the metadata records it, else None.
+
+        Read from ``metadata["nphotons"]`` or, as PtychoPINN's metadata manager writes it,
+        ``metadata["physics_parameters"]["nphotons"]`` (the two must agree when both are set).
+        """
+        return _metadata_nphotons(self.metadata, "")
 
     def __len__(self) -> int:
         return self.n_points
@@ -508,8 +519,15 @@ def _parse_patches(values: Any, n_points: int, N: int, where: str) -> np.ndarray
 
 
 def _parse_metadata(value: np.ndarray | None, where: str) -> dict[str, Any]:
+    """The ``_metadata`` JSON object: a 0-d str array (ours) or a 0-d object array holding a
+    str (PtychoPINN's metadata manager; read by the NPZ reader without free unpickling)."""
     if value is None:
         return {}
+    if isinstance(value, np.ndarray) and value.size != 1:
+        raise ScanDataError(
+            f"{where}key '_metadata': shape {value.shape}, dtype {value.dtype}; expected a 0-d array holding "
+            "a JSON string"
+        )
     text = value.item() if isinstance(value, np.ndarray) else value
     if isinstance(text, bytes):
         text = text.decode()
@@ -520,6 +538,36 @@ def _parse_metadata(value: np.ndarray | None, where: str) -> dict[str, Any]:
     if not isinstance(metadata, dict):
         raise ScanDataError(f"{where}key '_metadata': JSON {type(metadata).__name__}; expected an object")
     return metadata
+
+
+def _metadata_nphotons(metadata: Mapping[str, Any], where: str) -> float | None:
+    """``nphotons`` from the top level or ``physics_parameters`` (PtychoPINN); None if neither."""
+    physics = metadata.get("physics_parameters")
+    if physics is not None and not isinstance(physics, Mapping):
+        raise ScanDataError(
+            f"{where}key '_metadata': physics_parameters is a {type(physics).__name__}; "
+            "expected a JSON object"
+        )
+    found = {
+        name: value
+        for name, value in (("nphotons", metadata.get("nphotons")),
+                            ("physics_parameters.nphotons", (physics or {}).get("nphotons")))
+        if value is not None
+    }
+    photons: dict[str, float] = {}
+    for name, value in found.items():
+        number = value if isinstance(value, numbers.Real) and not isinstance(value, bool) else None
+        if number is None or not (math.isfinite(number) and number > 0):
+            raise ScanDataError(
+                f"{where}key '_metadata': {name} = {value!r}; expected a positive finite number of photons"
+            )
+        photons[name] = float(number)
+    if len(set(photons.values())) > 1:
+        raise ScanDataError(
+            f"{where}key '_metadata': nphotons = {photons['nphotons']!r} but physics_parameters.nphotons = "
+            f"{photons['physics_parameters.nphotons']!r}; expected one value (or only one of the two keys)"
+        )
+    return next(iter(photons.values()), None)
 
 
 def _json_default(value: Any) -> Any:

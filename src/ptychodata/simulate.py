@@ -130,7 +130,8 @@ def simulate(
         ``diffraction`` (M, N, N) float32, ``xcoords``/``ycoords`` (M,) float64,
         ``xcoords_start``/``ycoords_start`` the nominal grid ("jittered") or the positions,
         ``probe`` (N, N) complex64, ``object`` (H, W) complex64, and ``metadata`` with
-        ``simulated``, ``seed``, ``pattern``, ``nphotons``, ``fft_norm`` and the parameters.
+        ``simulated``, ``seed``, ``pattern``, ``nphotons`` (also as ``physics_parameters.nphotons``
+        when given, as PtychoPINN stores it), ``fft_norm`` and the parameters.
     """
     if object is not None:
         if object_image is not None:
@@ -179,6 +180,8 @@ def simulate(
         "object": "random" if object_image is None else "image",
         "positions": "given" if positions is not None else pattern,
     }  # fmt: skip
+    if nphotons is not None:  # also where PtychoPINN's metadata manager keeps it (ScanData.save writes both)
+        metadata["physics_parameters"] = {"nphotons": float(nphotons)}
 
     def build(diffraction: np.ndarray) -> ScanData:
         energies = np.empty(n_points)

@@ -264,7 +264,10 @@ def build_scan(raw: RawScan, options: LoadOptions, cls: type, *, decided: Plan |
         metadata["shift"] = {"shifted_in_file": decided.shifted_in_file, "reason": decided.shift_reason}
     if prep.mask is not None:
         metadata["bad_pixels"] = int((~prep.mask).sum())
-    if decided.counts and "nphotons" not in metadata:
+    from ptychodata.scan import _metadata_nphotons
+
+    recorded = _metadata_nphotons(metadata, raw.where)  # validates the file's record, names the file
+    if decided.counts and recorded is None:  # the file's own record wins over the measured mean
         metadata["nphotons"] = _mean_photons(decided)
 
     # patterns

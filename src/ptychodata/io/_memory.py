@@ -8,7 +8,12 @@ from collections.abc import Iterator
 
 import numpy as np
 
-__all__ = ["iter_rows", "release_pages"]
+__all__ = ["iter_rows", "release_pages", "rows_per_chunk"]
+
+
+def rows_per_chunk(row_bytes: int, budget_bytes: int) -> int:
+    """How many rows of ``row_bytes`` each fit in ``budget_bytes`` (at least one)."""
+    return max(1, int(budget_bytes) // max(1, int(row_bytes)))
 
 
 def iter_rows(array: np.ndarray, rows: int) -> Iterator[tuple[int, np.ndarray]]:

@@ -4,11 +4,18 @@ An ``.npz`` is a zip of ``.npy`` files. A member stored without compression is a
 plain ``.npy`` at some byte offset inside the zip, so it can be ``np.memmap``-ed there:
 opening a multi-GB scan then costs milliseconds and almost no resident memory.
 Compressed members have to be inflated and are read into memory.
+
+A member of object dtype is never unpickled freely: the only one read is a 0-d object
+array holding a string (how PtychoPINN's metadata manager stores its ``_metadata`` JSON),
+through an unpickler that admits numpy's array reconstruction, ``ndarray`` and ``dtype``
+and nothing else, so no code named by the file can run.
 """
 
 from __future__ import annotations
 
+import io
 import os
+import pickle
 import struct
 import tempfile
 import zipfile
@@ -26,6 +33,22 @@ __all__ = ["read_npz", "write_npz"]
 _LOCAL_HEADER = struct.Struct("<4s5H3L2H")  # zip local file header, 30 bytes
 _LOCAL_MAGIC = b"PK\x03\x04"
 _STREAM_BYTES = 32 << 20
+
+# What unpickling a 0-d object array needs, and nothing more; numpy 1.x pickles name
+# ``numpy.core.multiarray``, numpy 2 ``numpy._core.multiarray``. The callables are taken
+# from numpy itself, not imported by the names the file gives.
+_RECONSTRUCT = np.ndarray.__reduce__(np.zeros(()))[0]
+_ALLOWED_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,
+    ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+}
+# What a malformed (not hostile: that is refused by name) pickle can raise while loading.
+_MALFORMED_PICKLE = (
+    pickle.UnpicklingError, AttributeError, EOFError, IndexError, KeyError, MemoryError, OverflowError,
+    TypeError, ValueError,
+)
 
 
 def read_npz(path: str | os.PathLike, *, mmap: bool = True) -> dict[str, np.ndarray]:
@@ -59,17 +82,81 @@ def read_npz(path: str | os.PathLike, *, mmap: bool = True) -> dict[str, np.ndar
 def _read_member(path, raw, archive, info, file_size, mmap) -> np.ndarray:
     key = info.filename[: -len(".npy")]
     if info.compress_type == zipfile.ZIP_STORED and mmap:
-        return _memmap_member(path, raw, info, file_size, key)
+        mapped = _memmap_member(path, raw, info, file_size, key)
+        if mapped is not None:
+            return mapped
     try:
         with archive.open(info) as member:
+            shape, _, dtype = _read_header(member)
+            if dtype.hasobject:
+                return _read_string_object(member, path, key, shape, dtype)
+        with archive.open(info) as member:
             return npy_format.read_array(member, allow_pickle=False)
+    except ScanDataError:
+        raise
     except ValueError as exc:
         raise ScanDataError(f"{path}: key {key!r} could not be read ({exc})") from exc
     except (EOFError, zipfile.BadZipFile) as exc:
         raise ScanDataError(f"{path}: key {key!r} is truncated or corrupt ({exc})") from exc
 
 
-def _memmap_member(path, raw, info, file_size, key) -> np.ndarray:
+def _read_header(stream) -> tuple[tuple[int, ...], bool, np.dtype]:
+    version = npy_format.read_magic(stream)
+    if version == (1, 0):
+        return npy_format.read_array_header_1_0(stream)
+    if version == (2, 0):
+        return npy_format.read_array_header_2_0(stream)
+    raise ValueError(f".npy format version {version} is not supported")
+
+
+class _StringArrayUnpickler(pickle.Unpickler):
+    """Admits only the globals a pickled 0-d object array needs; refuses every other one."""
+
+    def __init__(self, stream, where: str) -> None:
+        super().__init__(stream)
+        self._where = where
+
+    def find_class(self, module: str, name: str):
+        found = _ALLOWED_GLOBALS.get((module, name))
+        if found is None:
+            raise ScanDataError(
+                f"{self._where}the pickle asks for {module}.{name}; refused without running it: only a 0-d "
+                "object array holding a string (numpy array reconstruction, ndarray, dtype, str) is read"
+            )
+        return found
+
+    def persistent_load(self, pid):
+        raise ScanDataError(f"{self._where}the pickle uses persistent id {pid!r}; refused")
+
+
+def _read_string_object(stream, path, key, shape, dtype) -> np.ndarray:
+    """A 0-d object array holding a str (PtychoPINN's ``_metadata``), read by a restricted unpickler."""
+    where = f"{path}: key {key!r}: "
+    if shape != () or dtype != np.dtype(object):
+        raise ScanDataError(
+            f"{where}holds Python objects (dtype {dtype}, shape {shape}); only a 0-d object array holding a "
+            "string (e.g. PtychoPINN's _metadata JSON) is read, never other pickles"
+        )
+    try:
+        value = _StringArrayUnpickler(stream, where).load()
+    except ScanDataError:  # refused by find_class; it is a ValueError too, so let it through as is
+        raise
+    except _MALFORMED_PICKLE as exc:
+        raise ScanDataError(
+            f"{where}not a readable pickled 0-d object array ({type(exc).__name__}: {exc})"
+        ) from exc
+    if not isinstance(value, np.ndarray):
+        raise ScanDataError(f"{where}the pickle holds a {type(value).__name__}; expected a 0-d object array")
+    if value.shape != () or value.dtype != object or not isinstance(value.item(), str):
+        held = type(value.item()).__name__ if value.size == 1 else "several values"
+        raise ScanDataError(
+            f"{where}the pickle holds an array of shape {value.shape}, dtype {value.dtype}, holding {held}; "
+            "expected a 0-d object array holding a str"
+        )
+    return value
+
+
+def _memmap_member(path, raw, info, file_size, key) -> np.ndarray | None:
     raw.seek(info.header_offset)
     header = raw.read(_LOCAL_HEADER.size)
     if len(header) < _LOCAL_HEADER.size or header[:4] != _LOCAL_MAGIC:
@@ -77,20 +164,11 @@ def _memmap_member(path, raw, info, file_size, key) -> np.ndarray:
     name_length, extra_length = _LOCAL_HEADER.unpack(header)[-2:]
     raw.seek(info.header_offset + _LOCAL_HEADER.size + name_length + extra_length)
     try:
-        version = npy_format.read_magic(raw)
-        if version == (1, 0):
-            shape, fortran_order, dtype = npy_format.read_array_header_1_0(raw)
-        elif version == (2, 0):
-            shape, fortran_order, dtype = npy_format.read_array_header_2_0(raw)
-        else:
-            raise ValueError(f".npy format version {version} is not supported")
+        shape, fortran_order, dtype = _read_header(raw)
     except ValueError as exc:
         raise ScanDataError(f"{path}: key {key!r} is not a valid .npy member ({exc})") from exc
     if dtype.hasobject:
-        raise ScanDataError(
-            f"{path}: key {key!r} holds Python objects (dtype {dtype}); only plain numeric or string "
-            "arrays are read, never pickles"
-        )
+        return None  # read from the archive by the restricted unpickler instead
     offset = raw.tell()
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if offset + nbytes > file_size:

@@ -1,77 +1,86 @@
-"""The cache directory: list, verify and remove stores.
+"""The cache directory: list, verify, prune and remove stores.
 
-A cache holds frame stores ``frames-<key>/`` (each with ``groupings/<key>/``), their lock
-files, and possibly ``.tmp-*`` directories left by builds that died; those are never
-opened as stores and are removed by the next build of the same key or by ``remove``.
+A cache holds frames slots ``frames-<key>/`` (each with its builds and its groupings'
+slots; layout in :mod:`ptychodata.store._layout`). ``prune`` deletes what no one can
+use any more: builds that are not live and that no reader holds, and temporaries of
+builds whose process died. ``remove`` deletes whole stores.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from ptychodata.errors import StoreError
-from ptychodata.store._files import TEMP_PREFIX, file_lock
+from ptychodata.store._layout import TRASH_PREFIX, BuildSlot, CacheLayout, file_lock
 from ptychodata.store._manifest import FrameManifest, GroupingManifest, check_files, read_manifest
 
-__all__ = ["CachedStore", "list_stores", "remove_store", "verify_store"]
+__all__ = ["CachedStore", "list_stores", "prune_cache", "remove_store", "verify_store"]
 
 
 @dataclass(frozen=True)
 class CachedStore:
-    """One frame store in a cache, with its groupings and size on disk."""
+    """One frames slot of a cache: its live build's manifest, its groupings, its size."""
 
-    path: Path
+    slot: BuildSlot
     manifest: FrameManifest | None
-    groupings: list[tuple[Path, GroupingManifest | None]]
+    builds: list[str]
+    groupings: list[tuple[BuildSlot, GroupingManifest | None]]
     bytes_on_disk: int
     problem: str | None
 
     @property
+    def path(self) -> Path:
+        return self.slot.path
+
+    @property
     def key(self) -> str:
-        return self.path.name.removeprefix("frames-")
+        return self.slot.key
 
 
 def list_stores(cache_dir: Path) -> list[CachedStore]:
-    """Every frame store under ``cache_dir`` (temporaries excluded), newest first."""
-    cache_dir = Path(cache_dir)
-    if not cache_dir.is_dir():
-        return []
-    stores = [_describe(path) for path in cache_dir.glob("frames-*") if path.is_dir()]
+    """Every frames slot under ``cache_dir``, newest first."""
+    stores = [_describe(slot) for slot in CacheLayout(Path(cache_dir)).frame_slots()]
     return sorted(stores, key=lambda s: s.manifest.created if s.manifest else "", reverse=True)
 
 
-def _describe(path: Path) -> CachedStore:
-    problem = None
+def _live(slot: BuildSlot, kind: type) -> tuple[FrameManifest | GroupingManifest | None, str | None]:
+    build_id = slot.current_id()
+    if build_id is None:
+        return None, f"{slot.path}: no live build (not a store of this ptychodata version, or never completed)"
     try:
-        manifest = read_manifest(path, FrameManifest)
+        return read_manifest(slot.build_dir(build_id), kind), None
     except StoreError as exc:
-        manifest, problem = None, str(exc)
-    groupings = []
-    for grouping in sorted((path / "groupings").glob("*")):
-        if grouping.is_dir() and not grouping.name.startswith(TEMP_PREFIX):
-            try:
-                groupings.append((grouping, read_manifest(grouping, GroupingManifest)))
-            except StoreError:
-                groupings.append((grouping, None))
-    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-    return CachedStore(path, manifest, groupings, size, problem)
+        return None, str(exc)
+
+
+def _describe(slot: BuildSlot) -> CachedStore:
+    manifest, problem = _live(slot, FrameManifest)
+    groupings = [(grouping, _live(grouping, GroupingManifest)[0]) for grouping in slot.groupings()]
+    size = sum(f.stat().st_size for f in slot.path.rglob("*") if f.is_file())
+    return CachedStore(slot, manifest, slot.build_ids(), groupings, size, problem)
 
 
 def verify_store(path: Path, *, content: bool = True) -> list[str]:
-    """Problems of a frame store and its groupings; an empty list means all is well.
+    """Problems of a frames slot's live build and its groupings' live builds; an empty
+    list means all is well.
 
-    Checks manifests and file sizes, that each source file is unchanged (size and
-    modification time) and, with ``content=True``, that its content hash still matches.
+    Checks manifests and file sizes, that each grouping's frames build exists, that each
+    source file is unchanged (size and modification time) and, with ``content=True``,
+    that its content hash still matches.
     """
     from ptychodata.scan import ScanData
     from ptychodata.store._prepare import content_hash
 
-    path = Path(path)
+    slot = _frames_slot(Path(path))
+    manifest, problem = _live(slot, FrameManifest)
+    if manifest is None:
+        return [problem]
     try:
-        manifest = read_manifest(path, FrameManifest)
-        check_files(path, manifest.files)
+        check_files(slot.build_dir(manifest.build_id), manifest.files)
     except StoreError as exc:
         return [str(exc)]
     problems = []
@@ -86,34 +95,86 @@ def verify_store(path: Path, *, content: bool = True) -> list[str]:
             and content_hash(ScanData.load(source.path, check_values=False)) != source.content_hash
         ):
             problems.append(f"source {source.path}: content differs from the hash recorded in the store")
-    for grouping, grouping_manifest in _describe(path).groupings:
+    for grouping in slot.groupings():
+        grouping_manifest, problem = _live(grouping, GroupingManifest)
         if grouping_manifest is None:
-            problems.append(f"{grouping}: unreadable grouping manifest")
+            problems.append(problem)
             continue
         try:
-            check_files(grouping, grouping_manifest.files)
+            check_files(grouping.build_dir(grouping_manifest.build_id), grouping_manifest.files)
         except StoreError as exc:
             problems.append(str(exc))
+        if not slot.build_dir(grouping_manifest.frames_build_id).is_dir():
+            problems.append(f"{grouping.path}: its frames build {grouping_manifest.frames_build_id} is gone")
+        elif grouping_manifest.frames_build_id != manifest.build_id:
+            problems.append(f"{grouping.path}: made from an older frames build (prepare rebuilds it)")
     return problems
 
 
-def remove_store(path: Path) -> None:
-    """Delete one frame store (with its groupings) under its build lock."""
-    path = Path(path)
+def _frames_slot(path: Path) -> BuildSlot:
+    layout = CacheLayout(path.parent)
     if not path.name.startswith("frames-") or not path.is_dir():
-        raise StoreError(f"{path}: not a frame store directory (frames-<key>)")
-    with file_lock(path.parent / f"{path.name}.lock"):
-        shutil.rmtree(path)
-    (path.parent / f"{path.name}.lock").unlink(missing_ok=True)
+        raise StoreError(f"{path}: not a frames store directory (frames-<key>)")
+    return layout.frames_slot(path.name[len("frames-") :])
 
 
-def remove_temporaries(cache_dir: Path) -> int:
-    """Remove ``.tmp-*`` build directories whose build is not running (its lock is free)."""
+@contextlib.contextmanager
+def _all_locks(slot: BuildSlot):
+    """Hold the frames slot's lock and every grouping slot's lock (frames first: the order
+    prepare never inverts, since it holds at most one lock at a time)."""
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(file_lock(slot.lock))
+        for grouping in slot.groupings():
+            stack.enter_context(file_lock(grouping.lock))
+        yield
+
+
+def remove_store(path: Path, *, force: bool = False) -> None:
+    """Delete one frames store with all its builds and groupings.
+
+    Builds that a reader holds open are refused (``StoreError`` naming them) unless
+    ``force``; forced, open readers keep the data they have mapped, and re-opening
+    (e.g. in a new DataLoader worker) raises ``StoreError``. Lock files stay.
+    """
+    slot = _frames_slot(Path(path))
+    with _all_locks(slot):
+        if not force:
+            in_use = [
+                f"{s.path.name}/{build}"
+                for s in (slot, *slot.groupings())
+                for build in s.build_ids()
+                if s.is_read(build)
+            ]
+            if in_use:
+                raise StoreError(
+                    f"{slot.path}: builds in use by a reader ({', '.join(in_use)}); close them, or remove with --force"
+                )
+        trash = slot.path.parent / f"{TRASH_PREFIX}{slot.path.name}-{os.getpid()}"
+        os.rename(slot.path, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def prune_cache(cache_dir: Path) -> int:
+    """Delete, in every store of the cache, builds that are not live and that no reader
+    holds (and frames builds no live grouping was made from), temporaries of dead builds,
+    and removals that were interrupted. Returns how many directories were deleted."""
+    from ptychodata.store._prepare import _collect_builds, _collect_frames
+
+    cache_dir = Path(cache_dir)
     removed = 0
-    for temporary in Path(cache_dir).glob(f"{TEMP_PREFIX}frames-*"):
-        name = temporary.name[len(TEMP_PREFIX) :].rsplit("-", 2)[0]
-        with file_lock(Path(cache_dir) / f"{name}.lock"):
-            if temporary.exists():
-                shutil.rmtree(temporary, ignore_errors=True)
-                removed += 1
+    for leftover in cache_dir.glob(f"{TRASH_PREFIX}frames-*") if cache_dir.is_dir() else []:
+        shutil.rmtree(leftover, ignore_errors=True)
+        removed += 1
+    for slot in CacheLayout(cache_dir).frame_slots():
+        for grouping in slot.groupings():
+            with file_lock(grouping.lock):
+                before = len(grouping.build_ids())
+                removed += grouping.remove_temporaries()
+                _collect_builds(grouping, keep={grouping.current_id()})
+                removed += before - len(grouping.build_ids())
+        with file_lock(slot.lock):
+            before = len(slot.build_ids())
+            removed += slot.remove_temporaries()
+            _collect_frames(slot)
+            removed += before - len(slot.build_ids())
     return removed

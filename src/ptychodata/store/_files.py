@@ -1,43 +1,30 @@
-"""File plumbing for the store: streamed ``.npy`` writing, bounded-RSS reading, atomic
-directory builds and an OS file lock.
+"""File plumbing for the store: streamed, fsync-ed ``.npy`` writing and bounded-RSS reading.
 
-A store directory is built under a temporary name beside its target, every file is
-fsync-ed, the manifest is written last, and the directory is renamed into place. A
-rename is atomic, so a reader sees either no store or a complete one.
+Where builds go and how they become live is :mod:`ptychodata.store._layout`'s job.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import fcntl
 import hashlib
-import mmap
 import os
-import shutil
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 from numpy.lib import format as npy_format
 
 from ptychodata.errors import StoreError
-from ptychodata.io._memory import iter_rows, release_pages
+from ptychodata.io._memory import iter_rows, release_pages, rows_per_chunk
 
 __all__ = [
     "NpyWriter",
-    "atomic_directory",
-    "file_lock",
+    "ensure_writable_directory",
     "iter_rows",
     "new_hasher",
     "release_pages",
-    "remove_stale_temporaries",
+    "rows_per_chunk",
     "write_npy",
 ]
-
-TEMP_PREFIX = ".tmp-"
-_PAGE = mmap.PAGESIZE
 
 
 def new_hasher():
@@ -98,70 +85,6 @@ def write_npy(path: Path, array: np.ndarray) -> None:
             writer.shape = (0,)
         else:
             writer.write(array)
-
-
-@contextlib.contextmanager
-def atomic_directory(target: Path) -> Iterator[Path]:
-    """Build a directory under a temporary name beside ``target``, then rename it into place.
-
-    The temporary directory is removed if the block raises. Files written inside must be
-    fsync-ed by the writer; the parent directory is fsync-ed after the rename.
-    """
-    target = Path(target)
-    temporary = target.parent / f"{TEMP_PREFIX}{target.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    temporary.mkdir(parents=True)
-    try:
-        yield temporary
-        _fsync_directory(temporary)
-        if target.exists():  # a stale or invalid store: replace it
-            shutil.rmtree(target)
-        os.rename(temporary, target)
-        _fsync_directory(target.parent)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
-
-
-def _fsync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``path`` (created if needed) for the block.
-
-    Other processes asking for the same lock wait. The OS drops the lock when the holder
-    dies, even by SIGKILL, so a crashed build never blocks the next one.
-    """
-    path = Path(path)
-    try:
-        handle = open(path, "a+b")  # noqa: SIM115 - held for the lock's lifetime
-    except OSError as exc:
-        raise StoreError(f"{path.parent}: cannot create a lock file there ({exc.strerror})") from exc
-    try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        yield
-    finally:
-        with contextlib.suppress(OSError):
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-        handle.close()
-
-
-def remove_stale_temporaries(directory: Path, name: str) -> int:
-    """Remove leftover ``.tmp-<name>-*`` build directories; call while holding ``name``'s lock.
-
-    Builds of ``name`` happen only under its lock, so with the lock held any temporary of
-    that name belongs to a build that died. Returns how many were removed.
-    """
-    removed = 0
-    for leftover in Path(directory).glob(f"{TEMP_PREFIX}{name}-*"):
-        shutil.rmtree(leftover, ignore_errors=True)
-        removed += 1
-    return removed
 
 
 def ensure_writable_directory(path: Path) -> Path:

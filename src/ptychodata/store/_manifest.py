@@ -1,9 +1,10 @@
 """Store manifests: what a store holds, where it came from, and how to check its files.
 
-Two levels (issue: two keys). A *frame store* holds the patterns of its sources once and
-is keyed by those sources; a *grouping* inside it holds one grouping config's index table
-and is keyed by the frame key plus the config. Both manifests carry the schema version
-first, dtypes as ``np.dtype.str`` and shapes as int lists, and are written last.
+Two levels. A *frames build* holds the patterns of its sources once and is keyed by those
+sources; a *grouping build* holds one grouping config's index table, is keyed by the
+frames key plus the config, and names the frames build it was made from. Both manifests
+carry the schema version first, dtypes as ``np.dtype.str`` and shapes as int lists, and
+are written last: a build directory is complete exactly when its manifest is there.
 """
 
 from __future__ import annotations
@@ -17,12 +18,12 @@ from typing import Any
 
 import numpy as np
 
-from ptychodata.errors import StoreError
+from ptychodata.errors import StoreError, StoreNotFoundError
+from ptychodata.store._layout import MANIFEST
 
 __all__ = ["SCHEMA_VERSION", "FileEntry", "FrameManifest", "GroupingManifest", "SourceEntry", "stable_key"]
 
-SCHEMA_VERSION = 1
-MANIFEST = "manifest.json"
+SCHEMA_VERSION = 2
 
 
 def stable_key(*parts: Any) -> str:
@@ -84,6 +85,7 @@ class ExperimentEntry:
     object_shape: list[int] | None
     nphotons: float | None
     has_Y: bool
+    metadata: dict[str, Any] = field(default_factory=dict)
 
     @property
     def n_points(self) -> int:
@@ -100,16 +102,16 @@ class _Manifest:
 
 @dataclass(frozen=True)
 class FrameManifest(_Manifest):
-    """The frame store's record: sources, pattern count, files; ``build_id`` is new per build."""
+    """A frames build's record: sources, pattern count, files; ``build_id`` is new per build."""
 
     key: str
+    build_id: str
     N: int
     n_patterns: int
     intensity: bool
     experiments: list[ExperimentEntry]
     files: dict[str, FileEntry]
     created: str
-    build_id: str
     library_version: str
     schema_version: int = SCHEMA_VERSION
     format: str = "ptychodata-frames"
@@ -126,10 +128,13 @@ class FrameManifest(_Manifest):
 
 @dataclass(frozen=True)
 class GroupingManifest(_Manifest):
-    """A grouping's record: its config, scale factors per experiment, files."""
+    """A grouping build's record: the frames build it was made from, its config, scale
+    factors per experiment, files."""
 
     key: str
+    build_id: str
     frames_key: str
+    frames_build_id: str
     config: dict[str, Any]
     n_groups: int
     C: int
@@ -138,7 +143,6 @@ class GroupingManifest(_Manifest):
     materialized: bool
     files: dict[str, FileEntry]
     created: str
-    build_id: str
     library_version: str
     schema_version: int = SCHEMA_VERSION
     format: str = "ptychodata-grouping"
@@ -167,7 +171,7 @@ def read_manifest(directory: Path, kind: type[FrameManifest | GroupingManifest])
         with open(path) as handle:
             values = json.load(handle)
     except FileNotFoundError:
-        raise StoreError(f"{directory}: not a ptychodata store ({MANIFEST} is missing)") from None
+        raise StoreNotFoundError(f"{directory}: not a ptychodata store build ({MANIFEST} is missing)") from None
     except (OSError, json.JSONDecodeError) as exc:
         raise StoreError(f"{path}: unreadable manifest ({exc})") from exc
     expected_format = kind.__dataclass_fields__["format"].default

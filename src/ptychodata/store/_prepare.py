@@ -1,17 +1,19 @@
-"""Build stores: copy sources into a frame store once, then write groupings into it.
+"""Build stores: copy sources into a frames build once, then write groupings of it.
 
 ``prepare`` streams each source's patterns in chunks (bounded memory), hashes and checks
-them while copying, and records per-pattern energies so that any later grouping gets
-its scale factors (§5) without reading a pattern again. Every build happens in a
-temporary directory under an OS file lock and is renamed into place when complete.
+them while copying, and records per-pattern energies and amplitude sums so that any
+later grouping gets its scale factors (§5) without reading a pattern again. Every build
+happens in a temporary directory under the slot's OS file lock, is renamed into the
+slot's ``builds/`` when complete and becomes live when ``current`` is replaced
+(layout: :mod:`ptychodata.store._layout`).
 """
 
 from __future__ import annotations
 
 import datetime
+import json
 import math
 import os
-import uuid
 import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -22,22 +24,34 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from ptychodata.errors import PtychodataError, ScanDataError, StoreError
+from ptychodata.coords import group_coords
+from ptychodata.errors import ParameterError, ScanDataError, StoreError, StoreNotFoundError
 from ptychodata.grouping import GroupingConfig, group
 from ptychodata.normalize import checked_energies, intensity_scale, scale_from_energies
 from ptychodata.scan import ScanData, counts_to_amplitude
 from ptychodata.store._files import (
     NpyWriter,
-    atomic_directory,
     ensure_writable_directory,
-    file_lock,
     iter_rows,
     new_hasher,
     release_pages,
-    remove_stale_temporaries,
+    rows_per_chunk,
     write_npy,
 )
+from ptychodata.store._layout import (
+    BuildSlot,
+    CacheLayout,
+    FrameFile,
+    GroupingFile,
+    ReaderLock,
+    file_lock,
+    npy_files,
+    npy_name,
+    object_stem,
+    open_current,
+)
 from ptychodata.store._manifest import (
+    SCHEMA_VERSION,
     ExperimentEntry,
     FileEntry,
     FrameManifest,
@@ -52,7 +66,7 @@ from ptychodata.store._manifest import (
 __all__ = ["default_cache_dir", "prepare"]
 
 _CHUNK_BYTES = 32 << 20
-GROUPINGS = "groupings"
+_ATTEMPTS = 3  # a frames build removed under a grouping build: start again
 
 
 def default_cache_dir() -> Path:
@@ -75,6 +89,12 @@ def prepare(
 ):
     """Prepare (or reuse) the store of ``sources`` grouped by ``config`` and open it.
 
+    Every build is immutable and has its own id: a changed source gives a new frames
+    build, made beside the old one and then made live by replacing the ``current``
+    pointer atomically (see :mod:`ptychodata.store._layout`). Readers of the old build
+    keep it until they close; it is deleted by a later ``prepare`` once no reader holds
+    it, or by ``ptychodata cache``.
+
     Parameters
     ----------
     sources : path, ScanData, or a list of them
@@ -94,30 +114,57 @@ def prepare(
     Returns
     -------
     Store
+        Opened on the grouping build this call found or made.
     """
+    layout = CacheLayout(ensure_writable_directory(Path(cache_dir) if cache_dir is not None else default_cache_dir()))
+    handles = [_Source.open(source) for source in _as_list(sources)]
+    frames_key = stable_key("frames", SCHEMA_VERSION, intensity, [handle.identity() for handle in handles])
+    frames_slot = layout.frames_slot(frames_key)
+    grouping_slot = layout.grouping_slot(frames_key, stable_key("grouping", config.to_dict(), materialize))
+    for attempt in range(_ATTEMPTS):
+        try:
+            return _prepare_once(frames_slot, grouping_slot, handles, config, intensity, materialize, progress, verify)
+        except StoreNotFoundError:  # removed (e.g. 'ptychodata cache remove') while being prepared: again
+            if attempt == _ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _prepare_once(
+    frames_slot: BuildSlot,
+    grouping_slot: BuildSlot,
+    handles: list[_Source],
+    config: GroupingConfig,
+    intensity: bool,
+    materialize: bool,
+    progress: bool,
+    verify: bool,
+):
     from ptychodata.store._store import Store
 
-    cache = ensure_writable_directory(Path(cache_dir) if cache_dir is not None else default_cache_dir())
-    handles = [_Source.open(source) for source in _as_list(sources)]
-    frames_key = stable_key("frames", intensity, [handle.identity() for handle in handles])
-    frames_dir = cache / f"frames-{frames_key}"
-    with file_lock(cache / f"frames-{frames_key}.lock"):
-        reason = _frames_stale(frames_dir, handles, verify)
-        if reason is not None:
-            remove_stale_temporaries(cache, frames_dir.name)
-            with atomic_directory(frames_dir) as building:
-                _build_frames(building, frames_key, handles, intensity, progress)
-    frames = read_manifest(frames_dir, FrameManifest)
-    grouping_key = stable_key("grouping", frames_key, config.to_dict(), materialize)
-    groupings = frames_dir / GROUPINGS
-    groupings.mkdir(exist_ok=True)
-    with file_lock(groupings / f"{grouping_key}.lock"):
-        grouping_dir = groupings / grouping_key
-        if _grouping_stale(grouping_dir, frames) is not None:
-            remove_stale_temporaries(groupings, grouping_key)
-            with atomic_directory(grouping_dir) as building:
-                _build_grouping(building, grouping_key, frames_dir, frames, config, materialize, progress)
-    return Store(grouping_dir)
+    _ensure_frames(frames_slot, handles, intensity, verify, progress)
+    frames_id, frames_lock = open_current(frames_slot)
+    try:
+        with file_lock(grouping_slot.lock):
+            grouping_slot.remove_temporaries()
+            grouping_id = _reusable_grouping(grouping_slot, frames_id)
+            built = grouping_id is None
+            if built:
+                try:
+                    grouping_id = _build_grouping(grouping_slot, frames_slot, frames_id, config, materialize, progress)
+                except FileNotFoundError as exc:  # only a forced removal deletes a build a reader holds
+                    if frames_slot.build_dir(frames_id).is_dir():
+                        raise
+                    raise StoreNotFoundError(f"{frames_slot.path}: removed while a grouping was built") from exc
+            store = Store.open_build(grouping_slot.path, grouping_id)
+            if built:
+                _collect_builds(grouping_slot, keep={grouping_id})
+    finally:
+        frames_lock.close()
+    if built:
+        with file_lock(frames_slot.lock):
+            _collect_frames(frames_slot)
+    return store
 
 
 def _as_list(sources: Any) -> list[Any]:
@@ -125,7 +172,7 @@ def _as_list(sources: Any) -> list[Any]:
         return [sources]
     sources = list(sources)
     if not sources:
-        raise StoreError("prepare() needs at least one source")
+        raise ParameterError("prepare() needs at least one source")
     return sources
 
 
@@ -133,7 +180,8 @@ class _Source:
     """A source scan to copy: its identity now, its (memory-mapped) arrays when first needed.
 
     Reusing an up-to-date store only stats the file; the scan is opened for a build or
-    a content check.
+    a content check. An in-memory scan is identified by the hash of everything that
+    reaches the store.
     """
 
     def __init__(self, path: str | None, size: int | None, mtime_ns: int | None, scan: ScanData | None = None):
@@ -160,6 +208,10 @@ class _Source:
     def identity(self) -> dict[str, Any]:
         return {"path": self.path} if self.path is not None else {"content_hash": self.known_hash}
 
+    @property
+    def name(self) -> str:
+        return self.path or "in-memory scan"
+
 
 def _stat_source(path: Path) -> os.stat_result:
     try:
@@ -169,93 +221,142 @@ def _stat_source(path: Path) -> os.stat_result:
 
 
 def content_hash(scan: ScanData, *, progress: bool = False) -> str:
-    """The hash recorded for a source: its patterns (as stored in the source) and other arrays."""
+    """The hash recorded for a source: every array that reaches the store (name, shape,
+    dtype and bytes, patterns as stored in the source) and its metadata."""
     hasher = _hash_small_arrays(scan)
+    _hash_header(hasher, "diffraction", scan.diffraction)
     for _, chunk in tqdm(_pattern_chunks(scan), disable=not progress, desc="hashing", unit="chunk"):
         hasher.update(memoryview(np.ascontiguousarray(chunk)).cast("B"))
     return hasher.hexdigest()
 
 
+def _hash_header(hasher, name: str, array: np.ndarray) -> None:
+    hasher.update(json.dumps([name, list(array.shape), np.dtype(array.dtype).str]).encode())
+
+
 def _hash_small_arrays(scan: ScanData):
+    """A hasher fed with everything of ``scan`` but its patterns."""
     hasher = new_hasher()
-    for array in (
-        scan.xcoords,
-        scan.ycoords,
-        scan.xcoords_start,
-        scan.ycoords_start,
-        scan.probe,
-        scan.object,
-    ):
-        if array is not None:
-            hasher.update(np.ascontiguousarray(array).tobytes())
+    fields = {
+        "xcoords": scan.xcoords,
+        "ycoords": scan.ycoords,
+        "xcoords_start": scan.xcoords_start,
+        "ycoords_start": scan.ycoords_start,
+        "scan_index": scan.scan_index,
+        "probe": scan.probe,
+        "object": scan.object,
+    }
+    for name, array in fields.items():
+        if array is None:
+            hasher.update(f"{name}:none".encode())
+            continue
+        _hash_header(hasher, name, array)
+        hasher.update(memoryview(np.ascontiguousarray(array)).cast("B"))
+    if scan.Y is None:
+        hasher.update(b"Y:none")
+    else:
+        _hash_header(hasher, "Y", scan.Y)
+        for _, chunk in iter_rows(scan.Y, rows_per_chunk(scan.Y[:1].nbytes, _CHUNK_BYTES)):
+            hasher.update(memoryview(np.ascontiguousarray(chunk)).cast("B"))
+    hasher.update(json.dumps(dict(scan.metadata), sort_keys=True, default=str).encode())
     return hasher
 
 
 def _pattern_chunks(scan: ScanData) -> Iterator[tuple[int, np.ndarray]]:
-    rows = max(1, _CHUNK_BYTES // max(1, scan.diffraction[:1].nbytes))
-    return iter_rows(scan.diffraction, rows)
+    return iter_rows(scan.diffraction, rows_per_chunk(scan.diffraction[:1].nbytes, _CHUNK_BYTES))
 
 
-def _complete_manifest(directory: Path, kind: type) -> FrameManifest | GroupingManifest | str:
-    """The manifest of a complete store directory, or why there is none (absent, broken)."""
-    if not directory.exists():
-        return "absent"
+def _live_manifest(slot: BuildSlot, kind: type) -> FrameManifest | GroupingManifest | None:
+    """The manifest of the slot's live build when it is complete, else None."""
+    build_id = slot.current_id()
+    if build_id is None:
+        return None
+    directory = slot.build_dir(build_id)
     try:
         manifest = read_manifest(directory, kind)
         check_files(directory, manifest.files)
-    except StoreError as exc:
-        return str(exc)
-    return manifest
+    except StoreError:
+        return None
+    return manifest if manifest.build_id == build_id else None
 
 
-def _frames_stale(frames_dir: Path, handles: list[_Source], verify: bool) -> str | None:
-    """Why the frame store at ``frames_dir`` cannot be reused, or None when it can."""
-    manifest = _complete_manifest(frames_dir, FrameManifest)
-    if isinstance(manifest, str):
-        return manifest
+def _ensure_frames(slot: BuildSlot, handles: list[_Source], intensity: bool, verify: bool, progress: bool) -> None:
+    """Make the frames slot's live build match ``handles``, building a new one if needed."""
+    with file_lock(slot.lock):
+        slot.remove_temporaries()
+        if _frames_current(_live_manifest(slot, FrameManifest), handles, verify):
+            return
+        with slot.new_build() as (build_id, directory):
+            _build_frames(directory, slot.frames_key, build_id, handles, intensity, progress)
+        slot.publish(build_id)
+        _collect_frames(slot)
+
+
+def _frames_current(manifest: FrameManifest | None, handles: list[_Source], verify: bool) -> bool:
+    """Whether the live frames build was made from exactly these sources as they are now."""
+    if manifest is None:
+        return False
     recorded = [experiment.source for experiment in manifest.experiments]
+    if len(recorded) != len(handles):
+        return False
     for entry, handle in zip(recorded, handles):
-        if entry.path != handle.path:
-            return "sources differ"
-        reason = entry.changed()
-        if reason is not None:
-            return reason
+        if entry.path != handle.path or (entry.path is None and entry.content_hash != handle.known_hash):
+            return False
+        if entry.changed() is not None:
+            return False
         if verify and entry.path is not None and content_hash(handle.scan) != entry.content_hash:
-            return f"source {entry.path} content differs from the store's hash"
-    return None
+            return False
+    return True
 
 
-def _grouping_stale(grouping_dir: Path, frames: FrameManifest) -> str | None:
-    manifest = _complete_manifest(grouping_dir, GroupingManifest)
-    if isinstance(manifest, str):
-        return manifest
-    return None if manifest.frames_key == frames.key else "built for other frames"
+def _reusable_grouping(slot: BuildSlot, frames_id: str) -> str | None:
+    manifest = _live_manifest(slot, GroupingManifest)
+    return manifest.build_id if manifest is not None and manifest.frames_build_id == frames_id else None
+
+
+def _collect_builds(slot: BuildSlot, keep: set[str]) -> None:
+    """Delete the slot's builds that are not in ``keep`` and that no reader holds."""
+    for build_id in slot.build_ids():
+        if build_id not in keep:
+            slot.remove_build_if_unread(build_id)
+
+
+def _collect_frames(slot: BuildSlot) -> None:
+    """Delete old frames builds that no reader holds and no live grouping was made from.
+    Hold the frames slot's lock."""
+    keep = {slot.current_id()}
+    for grouping in slot.groupings():
+        manifest = _live_manifest(grouping, GroupingManifest)
+        if manifest is not None:
+            keep.add(manifest.frames_build_id)
+    _collect_builds(slot, keep)
 
 
 # ---------------------------------------------------------------------- frames
-def _build_frames(directory: Path, key: str, handles: list[_Source], intensity: bool, progress: bool) -> None:
+def _build_frames(
+    directory: Path, key: str, build_id: str, handles: list[_Source], intensity: bool, progress: bool
+) -> None:
     sizes = {handle.scan.N for handle in handles}
     if len(sizes) > 1:
-        found = ", ".join(f"{h.path or 'in-memory scan'}: N={h.scan.N}" for h in handles)
+        found = ", ".join(f"{h.name}: N={h.scan.N}" for h in handles)
         raise ScanDataError(f"sources have different pattern sizes ({found}); a store needs one N")
     N = sizes.pop()
     n_total = sum(handle.scan.n_points for handle in handles)
-    all_Y = all(handle.scan.Y is not None for handle in handles)
     experiments = []
     start = 0
-    bar = tqdm(total=n_total, disable=not progress, desc="copying patterns", unit="pattern", unit_scale=True)
     with (
-        NpyWriter(directory / "patterns.npy", (n_total, N, N), np.float32) as patterns,
-        NpyWriter(directory / "energies.npy", (n_total,), np.float64) as energies,
+        tqdm(total=n_total, disable=not progress, desc="copying patterns", unit="pattern", unit_scale=True) as bar,
+        NpyWriter(directory / npy_name(FrameFile.PATTERNS), (n_total, N, N), np.float32) as patterns,
+        NpyWriter(directory / npy_name(FrameFile.ENERGIES), (n_total,), np.float64) as energies,
+        NpyWriter(directory / npy_name(FrameFile.AMPLITUDE_SUMS), (n_total,), np.float64) as sums,
     ):
         for experiment_id, handle in enumerate(handles):
-            digest = _copy_patterns(handle, patterns, energies, intensity, bar)
+            digest = _copy_patterns(handle, patterns, energies, sums, intensity, bar)
             scan = handle.scan
-            source = SourceEntry(handle.path, handle.size, handle.mtime_ns, digest)
             experiments.append(
                 ExperimentEntry(
                     experiment_id=experiment_id,
-                    source=source,
+                    source=SourceEntry(handle.path, handle.size, handle.mtime_ns, digest),
                     start=start,
                     stop=start + scan.n_points,
                     object_shape=None if scan.object is None else list(scan.object.shape),
@@ -264,49 +365,60 @@ def _build_frames(directory: Path, key: str, handles: list[_Source], intensity: 
                 )
             )
             if scan.object is not None:
-                write_npy(directory / f"object_{experiment_id}.npy", scan.object)
+                write_npy(directory / npy_name(object_stem(experiment_id)), scan.object)
             start += scan.n_points
-    bar.close()
     scans = [handle.scan for handle in handles]
     columns = {
-        "xcoords": [s.xcoords for s in scans],
-        "ycoords": [s.ycoords for s in scans],
-        "xcoords_start": [s.xcoords_start for s in scans],
-        "ycoords_start": [s.ycoords_start for s in scans],
-        "scan_index": [s.scan_index for s in scans],
-        "experiment_id": [np.full(s.n_points, e, np.int64) for e, s in enumerate(scans)],
+        FrameFile.XCOORDS: [s.xcoords for s in scans],
+        FrameFile.YCOORDS: [s.ycoords for s in scans],
+        FrameFile.XCOORDS_START: [s.xcoords_start for s in scans],
+        FrameFile.YCOORDS_START: [s.ycoords_start for s in scans],
+        FrameFile.SCAN_INDEX: [s.scan_index for s in scans],
+        FrameFile.EXPERIMENT_ID: [np.full(s.n_points, e, np.int64) for e, s in enumerate(scans)],
     }
-    for name, parts in columns.items():
-        write_npy(directory / f"{name}.npy", np.concatenate(parts))
-    write_npy(directory / "probes.npy", np.stack([s.probe for s in scans]))
-    if all_Y:
-        with NpyWriter(directory / "Y.npy", (n_total, N, N), np.complex64) as writer:
+    for stem, parts in columns.items():
+        write_npy(directory / npy_name(stem), np.concatenate(parts))
+    write_npy(directory / npy_name(FrameFile.PROBES), np.stack([s.probe for s in scans]))
+    if all(scan.Y is not None for scan in scans):
+        with NpyWriter(directory / npy_name(FrameFile.Y), (n_total, N, N), np.complex64) as writer:
             for scan in scans:
-                for _, chunk in iter_rows(scan.Y, max(1, _CHUNK_BYTES // (8 * N * N))):
+                for _, chunk in iter_rows(scan.Y, rows_per_chunk(8 * N * N, _CHUNK_BYTES)):
                     writer.write(chunk)
     _write_manifest_last(
-        directory, FrameManifest, key=key, N=N, n_patterns=n_total, intensity=intensity, experiments=experiments
+        directory,
+        FrameManifest,
+        key=key,
+        build_id=build_id,
+        N=N,
+        n_patterns=n_total,
+        intensity=intensity,
+        experiments=experiments,
     )
 
 
 def _copy_patterns(
-    handle: _Source, patterns: NpyWriter, energies: NpyWriter, intensity: bool, bar: tqdm
+    handle: _Source, patterns: NpyWriter, energies: NpyWriter, sums: NpyWriter, intensity: bool, bar: tqdm
 ) -> str:
     """Stream one source's patterns into the store; return its content hash.
 
     The main thread reads, converts and checks chunk k+1 while a writer thread hashes
     and writes chunk k (both release the GIL), so reading overlaps writing. At most two
-    chunks are in memory.
+    chunks are in memory. Per pattern, Σ A² and Σ A are recorded (§5 scales of any later
+    grouping, ptycho_torch's constants) so no pattern is read again for them.
     """
     scan = handle.scan
-    hasher = _hash_small_arrays(scan) if handle.known_hash is None else None
-    where = f"{handle.path or 'in-memory scan'}: key 'diffraction'"
+    hasher = None
+    if handle.known_hash is None:
+        hasher = _hash_small_arrays(scan)
+        _hash_header(hasher, "diffraction", scan.diffraction)
+    where = f"{handle.name}: key 'diffraction'"
 
     def write(raw: np.ndarray, amplitude: np.ndarray, chunk_energy: np.ndarray) -> None:
         if hasher is not None:
             hasher.update(memoryview(np.ascontiguousarray(raw)).cast("B"))
         patterns.write(amplitude)
         energies.write(chunk_energy)
+        sums.write(amplitude.sum(axis=(1, 2), dtype=np.float64))
 
     with ThreadPoolExecutor(max_workers=1) as writer:
         pending = None
@@ -332,30 +444,33 @@ def _copy_patterns(
 
 # ---------------------------------------------------------------------- groupings
 def _build_grouping(
-    directory: Path,
-    key: str,
-    frames_dir: Path,
-    frames: FrameManifest,
+    slot: BuildSlot,
+    frames_slot: BuildSlot,
+    frames_id: str,
     config: GroupingConfig,
     materialize: bool,
     progress: bool,
-) -> None:
+) -> str:
+    """Build and publish a grouping of frames build ``frames_id``; return its build id.
+    Hold the grouping slot's lock and a reader lock on the frames build."""
+    frames_dir = frames_slot.build_dir(frames_id)
+    frames = read_manifest(frames_dir, FrameManifest)
     if config.N is not None and config.N != frames.N:
-        raise PtychodataError(f"config N={config.N} but the store's patterns are {frames.N}×{frames.N}")
-    x = np.load(frames_dir / "xcoords.npy")
-    y = np.load(frames_dir / "ycoords.npy")
-    energies = np.load(frames_dir / "energies.npy", mmap_mode="r")
+        raise ParameterError(f"config N={config.N} but the store's patterns are {frames.N}×{frames.N}")
+    x = np.load(frames_dir / npy_name(FrameFile.XCOORDS))
+    y = np.load(frames_dir / npy_name(FrameFile.YCOORDS))
+    energies = np.load(frames_dir / npy_name(FrameFile.ENERGIES), mmap_mode="r")
     n_groups = _split_groups(config.n_groups, [e.n_points for e in frames.experiments])
     all_groups, group_experiment, scales, photon_scales = [], [], [], []
     for experiment, count in zip(frames.experiments, n_groups):
         sl = slice(experiment.start, experiment.stop)
         experiment_config = replace(config, n_groups=count, seed=_experiment_seed(config.seed, experiment))
+        where = f"{experiment.source.path or 'in-memory scan'}: "
         try:
             groups = group(np.stack([x[sl], y[sl]], axis=1), experiment_config) + experiment.start
         except ScanDataError as exc:
-            raise ScanDataError(f"{experiment.source.path or 'in-memory scan'}: {exc}") from None
+            raise ScanDataError(f"{where}{exc}") from None
         used, multiplicity = np.unique(groups, return_counts=True)
-        where = f"{experiment.source.path or 'in-memory scan'}: "
         scales.append(scale_from_energies(energies[used], multiplicity, N=frames.N, where=where))
         nphotons = config.nphotons if config.nphotons is not None else experiment.nphotons
         photon_scales.append(intensity_scale(nphotons, frames.N))
@@ -363,37 +478,45 @@ def _build_grouping(
         group_experiment.append(np.full(len(groups), experiment.experiment_id, np.int64))
     groups = np.concatenate(all_groups)
     experiment_of_group = np.concatenate(group_experiment)
-    members = np.stack([x[groups], y[groups]], axis=-1)  # (B, C, 2)
-    centres = members.mean(axis=1)
-    write_npy(directory / "groups.npy", groups)
-    write_npy(directory / "group_experiment.npy", experiment_of_group)
-    write_npy(directory / "coords_offsets.npy", centres)
-    write_npy(directory / "coords_relative.npy", -(members - centres[:, None, :]))
-    if materialize:
-        _materialize_X(directory, frames_dir, groups, np.asarray(scales)[experiment_of_group], progress)
-    _write_manifest_last(
-        directory,
-        GroupingManifest,
-        key=key,
-        frames_key=frames.key,
-        config=config.to_dict(),
-        n_groups=len(groups),
-        C=int(groups.shape[1]),
-        x_scale=scales,
-        intensity_scale=photon_scales,
-        materialized=materialize,
-    )
+    x_start = np.load(frames_dir / npy_name(FrameFile.XCOORDS_START))
+    y_start = np.load(frames_dir / npy_name(FrameFile.YCOORDS_START))
+    with slot.new_build() as (build_id, directory):
+        write_npy(directory / npy_name(GroupingFile.GROUPS), groups)
+        write_npy(directory / npy_name(GroupingFile.GROUP_EXPERIMENT), experiment_of_group)
+        for (xs, ys), (offsets_stem, relative_stem) in (
+            ((x, y), (GroupingFile.COORDS_OFFSETS, GroupingFile.COORDS_RELATIVE)),
+            ((x_start, y_start), (GroupingFile.COORDS_START_OFFSETS, GroupingFile.COORDS_START_RELATIVE)),
+        ):
+            coords = group_coords(xs, ys, groups)  # (B, 1, 2, C) layout of §3
+            write_npy(directory / npy_name(offsets_stem), coords.offsets[:, 0, :, 0])  # (B, 2)
+            write_npy(directory / npy_name(relative_stem), coords.relative[:, 0].transpose(0, 2, 1))  # (B, C, 2)
+        if materialize:
+            _materialize_X(directory, frames_dir, groups, np.asarray(scales)[experiment_of_group], progress)
+        _write_manifest_last(
+            directory,
+            GroupingManifest,
+            key=slot.key,
+            build_id=build_id,
+            frames_key=frames.key,
+            frames_build_id=frames_id,
+            config=config.to_dict(),
+            n_groups=len(groups),
+            C=int(groups.shape[1]),
+            x_scale=scales,
+            intensity_scale=photon_scales,
+            materialized=materialize,
+        )
+    slot.publish(build_id)
+    return build_id
 
 
 def _materialize_X(directory: Path, frames_dir: Path, groups: np.ndarray, scale: np.ndarray, progress: bool):
-    patterns = np.load(frames_dir / "patterns.npy", mmap_mode="r")
+    patterns = np.load(frames_dir / npy_name(FrameFile.PATTERNS), mmap_mode="r")
     n_groups, C = groups.shape
     N = patterns.shape[-1]
-    step = max(1, _CHUNK_BYTES // (4 * C * N * N))
-    with NpyWriter(directory / "X.npy", (n_groups, C, N, N), np.float32) as writer:
-        for start in tqdm(
-            range(0, n_groups, step), disable=not progress, desc="materializing X", unit="chunk"
-        ):
+    step = rows_per_chunk(4 * C * N * N, _CHUNK_BYTES)
+    with NpyWriter(directory / npy_name(GroupingFile.X), (n_groups, C, N, N), np.float32) as writer:
+        for start in tqdm(range(0, n_groups, step), disable=not progress, desc="materializing X", unit="chunk"):
             block = patterns[groups[start : start + step].ravel()].reshape(-1, C, N, N)
             block *= scale[start : start + step, None, None, None].astype(np.float32)
             writer.write(block)
@@ -401,14 +524,14 @@ def _materialize_X(directory: Path, frames_dir: Path, groups: np.ndarray, scale:
 
 
 def _write_manifest_last(directory: Path, kind: type, **fields: Any) -> None:
-    """Write the manifest of a finished build: its files, a fresh build id, the time."""
+    """Write the manifest of a finished build (its files, the time): last, so its presence
+    marks the build complete."""
     from ptychodata import __version__
 
     manifest = kind(
         **fields,
-        files={path.name: FileEntry.of(path) for path in sorted(directory.glob("*.npy"))},
+        files={path.name: FileEntry.of(path) for path in npy_files(directory)},
         created=_now(),
-        build_id=uuid.uuid4().hex,
         library_version=__version__,
     )
     write_manifest(directory, manifest)

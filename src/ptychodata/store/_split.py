@@ -7,58 +7,36 @@ every training group that touches a held-out pattern.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Literal
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from ptychodata.store._store import Store
+from ptychodata.errors import ParameterError
 
-__all__ = ["StoreView", "split_groups"]
-
-
-class StoreView:
-    """A subset of a store's groups with the store's batch API.
-
-    ``len(view)`` counts the subset; ``view.batch(i)`` serves the subset's i-th groups
-    (``group_index`` in the batch stays the index in the whole store).
-    """
-
-    def __init__(self, store: Store, group_indices: np.ndarray):
-        self.store = store
-        self.group_indices = np.asarray(group_indices, np.int64)
-
-    def __len__(self) -> int:
-        return len(self.group_indices)
-
-    def __getattr__(self, name: str) -> Any:  # N, C, n_experiments, array(), ... of the store
-        if name in ("store", "group_indices"):
-            raise AttributeError(name)
-        return getattr(self.store, name)
-
-    def batch(self, indices: Any, **kwargs: Any) -> dict[str, np.ndarray]:
-        """:meth:`Store.batch` of the view's groups ``indices`` (positions within the view)."""
-        index = np.asarray(indices, np.int64)
-        if index.size and (index.min() < -len(self) or index.max() >= len(self)):
-            raise IndexError(f"group index out of range for a view of {len(self)} groups")
-        return self.store.batch(self.group_indices[index], **kwargs)
-
-    def __repr__(self) -> str:
-        return f"StoreView({self.store!r}, groups={len(self)})"
+__all__ = ["split_groups"]
 
 
 def split_groups(
-    store: Store,
+    centres: np.ndarray,
+    group_experiment: np.ndarray,
+    groups: np.ndarray,
     val_fraction: float,
     *,
     by: Literal["region", "random"] = "region",
     seed: int | None = 0,
     tiles: int = 4,
+    n_patterns: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Group indices of a (train, val) split.
+    """Positions (in the given groups) of a (train, val) split.
 
     Parameters
     ----------
+    centres : ndarray of shape (B, 2)
+        Group centres (x, y).
+    group_experiment : ndarray of shape (B,)
+        The experiment of each group; tiles are drawn per experiment.
+    groups : ndarray of shape (B, C)
+        Pattern indices of each group's members.
     val_fraction : float in (0, 1)
         Target share of groups held out (region splits reach it by whole tiles).
     by : {"region", "random"}
@@ -69,23 +47,26 @@ def split_groups(
         ``"random"``: groups drawn at random; neighbouring groups then share patterns.
     """
     if not 0 < val_fraction < 1:
-        raise ValueError(f"val_fraction={val_fraction}; expected a number in (0, 1)")
+        raise ParameterError(f"val_fraction={val_fraction}; expected a number in (0, 1)")
     if by not in ("region", "random"):
-        raise ValueError(f"by={by!r}; expected one of {{'region', 'random'}}")
+        raise ParameterError(f"by={by!r}; expected one of {{'region', 'random'}}")
     rng = np.random.default_rng(seed)
-    n_groups = len(store)
+    n_groups = len(groups)
+    if n_groups < 2:
+        raise ParameterError(f"cannot split {n_groups} group(s) into a training and a validation set")
     if by == "random":
         is_val = np.zeros(n_groups, bool)
         is_val[rng.choice(n_groups, size=max(1, round(val_fraction * n_groups)), replace=False)] = True
         return np.flatnonzero(~is_val), np.flatnonzero(is_val)
-    centres = np.asarray(store.array("coords_offsets"))
-    experiment = np.asarray(store.array("group_experiment"))
+    centres = np.asarray(centres)
+    experiment = np.asarray(group_experiment)
+    groups = np.asarray(groups)
     is_val = np.zeros(n_groups, bool)
-    for experiment_id in range(store.n_experiments):
+    for experiment_id in np.unique(experiment):
         mine = np.flatnonzero(experiment == experiment_id)
         is_val[mine] = _held_out_tiles(centres[mine], val_fraction, tiles, rng)
-    groups = np.asarray(store.array("groups"))
-    val_patterns = np.zeros(store.frames.n_patterns, bool)
+    n_patterns = int(groups.max()) + 1 if n_patterns is None else n_patterns
+    val_patterns = np.zeros(n_patterns, bool)
     val_patterns[groups[is_val].ravel()] = True
     touches_val = val_patterns[groups].any(axis=1)
     return np.flatnonzero(~is_val & ~touches_val), np.flatnonzero(is_val)

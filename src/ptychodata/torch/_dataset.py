@@ -10,7 +10,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from ptychodata.store import Store, StoreView, open_store
+from ptychodata.errors import ParameterError
+from ptychodata.store import Store, open_store
 
 __all__ = ["GroupedDataset", "collate_batch"]
 
@@ -33,7 +34,7 @@ class GroupedDataset(torch.utils.data.Dataset):
 
     Parameters
     ----------
-    store : Store, StoreView or path
+    store : Store or path
     with_Y : bool or "device"
         Add ground-truth patches ``Y`` (B, C, N, N) complex64 gathered or cut on the CPU;
         ``"device"`` leaves Y to a :class:`~ptychodata.torch.PatchExtractor` on the GPU.
@@ -57,18 +58,18 @@ class GroupedDataset(torch.utils.data.Dataset):
 
     def __init__(
         self,
-        store: Store | StoreView | str | os.PathLike,
+        store: Store | str | os.PathLike,
         *,
         with_Y: bool | Literal["device"] = False,
         as_tensordict: bool = False,
         shared_ring: int = 0,
         pin_memory: bool = False,
     ):
-        self.store = store if isinstance(store, (Store, StoreView)) else open_store(store)
+        self.store = store if isinstance(store, Store) else open_store(store)
         if with_Y not in (True, False, "device"):
-            raise ValueError(f"with_Y={with_Y!r}; expected True, False or 'device'")
+            raise ParameterError(f"with_Y={with_Y!r}; expected True, False or 'device'")
         if with_Y is True and not self.store.has_ground_truth:
-            raise ValueError(f"{self.store.path}: the store has no object or Y, so with_Y cannot be served")
+            raise ParameterError(f"{self.store.path}: the store has no object or Y, so with_Y cannot be served")
         if as_tensordict:
             _import_tensordict()
         self.with_Y = with_Y
@@ -79,7 +80,7 @@ class GroupedDataset(torch.utils.data.Dataset):
         self._placements: dict[tuple[int, bool], tuple[list[Any], int]] = {}
         self.pin_memory = pin_memory
         if pin_memory and not torch.cuda.is_available():
-            raise ValueError("pin_memory=True needs CUDA (page-locked memory is for copies to a GPU)")
+            raise ParameterError("pin_memory=True needs CUDA (page-locked memory is for copies to a GPU)")
 
     def __len__(self) -> int:
         return len(self.store)

@@ -44,7 +44,11 @@ class GroupLoader:
         return len(self.loader)
 
     def set_epoch(self, epoch: int) -> None:
+        """Start epoch ``epoch`` (see :meth:`GroupSampler.set_epoch`); a ``state_dict()``
+        taken right after it resumes at the start of that epoch (or at a loaded state's
+        position in it)."""
         self.sampler.set_epoch(epoch)
+        self.delivered = 0
 
     def state_dict(self) -> dict[str, Any]:
         return self.sampler.state_dict(batches_done=self.delivered)

@@ -7,6 +7,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ptychodata.errors import ParameterError
+
 __all__ = ["PatchExtractor"]
 
 
@@ -42,10 +44,9 @@ class PatchExtractor(torch.nn.Module):
     @classmethod
     def from_store(cls, store: Any, device: torch.device | str = "cpu") -> PatchExtractor:
         """Objects, positions and pattern experiments of a store, moved to ``device``."""
-        objects = [store.array(f"object_{e}") for e in range(store.n_experiments)]
-        positions = np.stack([store.array("xcoords"), store.array("ycoords")], axis=1)
-        extractor = cls(objects, store.N, positions)
-        extractor.register_buffer("experiment_of", torch.from_numpy(np.array(store.array("experiment_id"))))
+        objects = [store.object(e) for e in range(store.n_experiments)]
+        extractor = cls(objects, store.N, store.positions)
+        extractor.register_buffer("experiment_of", torch.from_numpy(np.array(store.pattern_experiment)))
         return extractor.to(device)
 
     def forward(
@@ -83,7 +84,7 @@ class PatchExtractor(torch.nn.Module):
     def for_members(self, nn_indices: torch.Tensor) -> torch.Tensor:
         """Y (B, C, N, N) complex64 for the members ``nn_indices`` (B, C) of a batch."""
         if not hasattr(self, "positions"):
-            raise ValueError("this extractor has no positions table; build it with PatchExtractor.from_store")
+            raise ParameterError("this extractor has no positions table; build it with PatchExtractor.from_store")
         flat = nn_indices.reshape(-1).to(self.positions.device)
         out = torch.empty((flat.numel(), self.N, self.N), dtype=torch.complex64, device=self.positions.device)
         experiment_of = self.experiment_of[flat]

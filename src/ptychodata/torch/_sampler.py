@@ -20,6 +20,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from ptychodata.errors import ParameterError
+
 __all__ = ["GroupSampler"]
 
 
@@ -53,12 +55,12 @@ class GroupSampler(torch.utils.data.Sampler):
         rank: int | None = None,
     ):
         if batch_size < 1:
-            raise ValueError(f"batch_size={batch_size}; expected a positive integer")
+            raise ParameterError(f"batch_size={batch_size}; expected a positive integer")
         distributed = dist.is_available() and dist.is_initialized()
         self.num_replicas = num_replicas if num_replicas is not None else (dist.get_world_size() if distributed else 1)
         self.rank = rank if rank is not None else (dist.get_rank() if distributed else 0)
         if not 0 <= self.rank < self.num_replicas:
-            raise ValueError(f"rank={self.rank}; expected 0 <= rank < num_replicas={self.num_replicas}")
+            raise ParameterError(f"rank={self.rank}; expected 0 <= rank < num_replicas={self.num_replicas}")
         self.n_groups = int(n_groups)
         self.batch_size = int(batch_size)
         self.shuffle = shuffle
@@ -68,13 +70,16 @@ class GroupSampler(torch.utils.data.Sampler):
         self._start = 0  # global positions of this epoch already consumed (resume point)
         self._yielded = 0  # batches this rank has yielded in the current pass
         self._pass_complete = False
+        self._resume_pending = False  # a loaded state not yet iterated
 
     # ------------------------------------------------------------------ epochs
     def set_epoch(self, epoch: int) -> None:
-        """Start epoch ``epoch`` from its beginning on the next iteration."""
-        if epoch != self.epoch:
-            self._start, self._yielded, self._pass_complete = 0, 0, False
-        self.epoch = int(epoch)
+        """Start epoch ``epoch`` from its beginning on the next iteration, or, right after
+        :meth:`load_state_dict` for that same epoch, from where the saved run stopped."""
+        epoch = int(epoch)
+        if not (self._resume_pending and epoch == self.epoch):
+            self._start, self._yielded, self._pass_complete, self._resume_pending = 0, 0, False, False
+        self.epoch = epoch
 
     def global_order(self, epoch: int | None = None) -> np.ndarray:
         """The epoch's permutation of all group indices, identical on every rank."""
@@ -106,7 +111,7 @@ class GroupSampler(torch.utils.data.Sampler):
     def __iter__(self) -> Iterator[list[int]]:
         if self._pass_complete:  # iterating again without set_epoch: the whole epoch again
             self._start, self._pass_complete = 0, False
-        self._yielded = 0
+        self._yielded, self._resume_pending = 0, False
         for batch in self._schedule():
             self._yielded += 1
             yield batch.tolist()
@@ -144,7 +149,7 @@ class GroupSampler(torch.utils.data.Sampler):
         batch size; the remaining global order is the same either way.
         """
         if state["n_groups"] != self.n_groups:
-            raise ValueError(f"state is for {state['n_groups']} groups, this sampler has {self.n_groups}")
+            raise ParameterError(f"state is for {state['n_groups']} groups, this sampler has {self.n_groups}")
         self.seed, self.shuffle, self.epoch = int(state["seed"]), bool(state["shuffle"]), int(state["epoch"])
         self._start = int(state["consumed"])
-        self._yielded, self._pass_complete = 0, False
+        self._yielded, self._pass_complete, self._resume_pending = 0, False, True

@@ -1,0 +1,239 @@
+"""Gathering §7 batches from a store's memory-mapped arrays into (pooled) buffers."""
+
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ptychodata.errors import ParameterError, StoreError
+from ptychodata.io._memory import rows_per_chunk
+from ptychodata.patches import extract_patches
+from ptychodata.store._buffers import BufferPool
+
+__all__ = ["BatchGatherer", "BatchSources", "batch_layout", "default_threads"]
+
+_CACHE_BYTES = 512 << 10
+_MIN_THREAD_BYTES = 1 << 20  # less per thread and the hand-off costs what the thread saves
+
+Layout = dict[str, tuple[tuple[int, ...], type]]
+
+
+def default_threads() -> int:
+    """Usable cores, at most 4."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(4, cores))
+
+
+def batch_layout(batch_size: int, C: int, N: int, *, with_Y: bool = False) -> Layout:
+    """Shape and dtype of each array of a batch of ``batch_size`` groups (§7)."""
+    B = batch_size
+    layout = {
+        "X": ((B, C, N, N), np.float32),
+        "coords_relative": ((B, C, 1, 2), np.float32),
+        "coords_offsets": ((B, 1, 1, 2), np.float32),
+        "nn_indices": ((B, C), np.int64),
+        "group_index": ((B,), np.int64),
+        "experiment_id": ((B,), np.int64),
+        "probe": ((B, N, N), np.complex64),
+    }
+    if with_Y:
+        layout["Y"] = ((B, C, N, N), np.complex64)
+    return layout
+
+
+@dataclass(frozen=True)
+class BatchSources:
+    """What a batch is gathered from (memory-mapped arrays of one build).
+
+    Attributes
+    ----------
+    patterns : (M, N, N) float32
+    groups : (B, C) int64; group_experiment : (B,) int64
+    centres : (B, 2) float64; relative : (B, C, 2) float64
+    x_scale : (E,) float32
+    probes : (E, N, N) complex64
+    X : (B, C, N, N) float32 or None (materialized stores)
+    Y : (M, N, N) complex64 or None (stored patches)
+    objects : list of (H, W) complex64 or None, one per experiment
+    xcoords, ycoords, experiment_of_pattern : (M,)
+    """
+
+    patterns: np.ndarray
+    groups: np.ndarray
+    group_experiment: np.ndarray
+    centres: np.ndarray
+    relative: np.ndarray
+    x_scale: np.ndarray
+    probes: np.ndarray
+    X: np.ndarray | None
+    Y: np.ndarray | None
+    objects: list[np.ndarray | None]
+    xcoords: np.ndarray
+    ycoords: np.ndarray
+    experiment_of_pattern: np.ndarray
+
+
+class BatchGatherer:
+    """Fills §7 batches from :class:`BatchSources`, with recycled buffers and a few threads."""
+
+    def __init__(self, sources: BatchSources, *, sorted_reads: bool = False, threads: int | None = None):
+        self.sources = sources
+        self.N = int(sources.patterns.shape[-1])
+        self.C = int(sources.groups.shape[1])
+        self.sorted_reads = sorted_reads
+        self.threads = default_threads() if threads is None else max(1, int(threads))
+        self.pool = BufferPool()
+        self._executor: ThreadPoolExecutor | None = None
+        self._executor_key = (0, 0)  # (process id, threads) it was made for
+        self._executor_lock = threading.Lock()
+
+    def layout(self, batch_size: int, *, with_Y: bool = False) -> Layout:
+        return batch_layout(batch_size, self.C, self.N, with_Y=with_Y)
+
+    def gather(
+        self,
+        index: np.ndarray,
+        *,
+        with_Y: bool,
+        reuse: bool,
+        out: dict[str, np.ndarray] | None,
+        threads: int | None,
+        group_index: np.ndarray | None = None,
+    ) -> dict[str, np.ndarray]:
+        """The batch of groups ``index`` (int64, checked, within the build's table).
+        ``group_index`` is what the batch reports as each group's index (default ``index``)."""
+        s = self.sources
+        B = len(index)
+        layout = self.layout(B, with_Y=with_Y)
+        if out is None:
+            if reuse:
+                out = self.pool.take(layout, key=("batch", B, with_Y))
+            else:
+                out = {key: np.empty(shape, dtype) for key, (shape, dtype) in layout.items()}
+        else:
+            check_out(out, layout)
+        experiment = np.take(s.group_experiment, index, out=out["experiment_id"])
+        members = np.take(s.groups, index, axis=0, out=out["nn_indices"])
+        threads = self.threads if threads is None else max(1, int(threads))
+        if s.X is not None:  # materialized: already scaled
+            self._take(s.X, index, out["X"])
+        else:
+            self._gather_scaled(members, experiment, out["X"], threads)
+        out["coords_relative"][:, :, 0, :] = s.relative[index]
+        out["coords_offsets"][:, 0, 0, :] = s.centres[index]
+        out["group_index"][:] = index if group_index is None else group_index
+        if len(s.probes) == 1:
+            out["probe"][:] = s.probes[0]
+        else:
+            np.take(s.probes, experiment, axis=0, out=out["probe"])
+        if with_Y:
+            self.fill_Y(members, out["Y"])
+        return out
+
+    def _gather_scaled(self, members: np.ndarray, experiment: np.ndarray, out: np.ndarray, threads: int) -> None:
+        """X = patterns[members] · x_scale[experiment], in cache-sized runs of groups so the
+        scaling pass finds the rows it multiplies still in cache; the runs are shared
+        among ``threads`` threads (one core alone does not reach the memory bandwidth)."""
+        B, N = out.shape[0], self.N
+        s = self.sources
+        if self.sorted_reads:
+            self._take(s.patterns, members.reshape(-1), out.reshape(-1, N, N))
+        step = rows_per_chunk(out[:1].nbytes, _CACHE_BYTES)
+
+        def fill(first: int, stop: int) -> None:
+            for start in range(first, stop, step):
+                rows = out[start : min(start + step, stop)]
+                if not self.sorted_reads:
+                    np.take(s.patterns, members[start : start + len(rows)].reshape(-1), axis=0,
+                            out=rows.reshape(-1, N, N))
+                if len(s.x_scale) == 1:
+                    rows *= s.x_scale[0]
+                else:
+                    rows *= s.x_scale[experiment[start : start + len(rows)]][:, None, None, None]
+
+        parts = min(threads, -(-B // step), max(1, out.nbytes // _MIN_THREAD_BYTES))
+        if parts <= 1:
+            fill(0, B)
+            return
+        bounds = [round(B * part / parts / step) * step for part in range(parts)] + [B]
+        executor = self._thread_pool(parts - 1)
+        pending = [executor.submit(fill, bounds[part], bounds[part + 1]) for part in range(1, parts)]
+        fill(bounds[0], bounds[1])
+        for future in pending:
+            future.result()
+
+    def _thread_pool(self, workers: int) -> ThreadPoolExecutor:
+        """The gather threads, made again in a forked child (threads do not survive fork).
+
+        A pool too small for ``workers`` is replaced, never shut down: another thread may
+        be submitting to it at this moment; its idle threads end when it is collected.
+        """
+        with self._executor_lock:
+            pid, size = self._executor_key
+            if self._executor is None or pid != os.getpid() or size < workers:
+                self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ptychodata-gather")
+                self._executor_key = (os.getpid(), workers)
+            return self._executor
+
+    def close(self) -> None:
+        with self._executor_lock:
+            if self._executor is not None and self._executor_key[0] == os.getpid():
+                self._executor.shutdown(wait=True)
+            self._executor = None
+
+    def _take(self, source: np.ndarray, index: np.ndarray, out: np.ndarray) -> None:
+        """``out[:] = source[index]`` in one vectorised gather into an existing buffer.
+
+        With ``sorted_reads`` the rows are read in ascending order into a scratch buffer
+        and then put back in the requested order.
+        """
+        if not self.sorted_reads:
+            np.take(source, index, axis=0, out=out)
+            return
+        order = np.argsort(index, kind="stable")
+        scratch = self.pool.take({"scratch": (out.shape, out.dtype)})["scratch"]
+        np.take(source, index[order], axis=0, out=scratch)
+        out[order] = scratch
+
+    def fill_Y(self, members: np.ndarray, out: np.ndarray) -> None:
+        """Ground-truth patches of ``members`` (any shape of pattern indices) into ``out``
+        (the same shape + (N, N)): stored patches, or cut from each experiment's object."""
+        s = self.sources
+        flat_members = members.reshape(-1)
+        flat_out = out.reshape(-1, self.N, self.N)
+        if s.Y is not None:
+            self._take(s.Y, flat_members, flat_out)
+            return
+        experiment_of = s.experiment_of_pattern[flat_members]
+        for experiment in np.unique(experiment_of):
+            obj = s.objects[experiment]
+            if obj is None:
+                raise StoreError(f"experiment {experiment} has no object, so no ground-truth Y")
+            rows = np.flatnonzero(experiment_of == experiment)
+            points = flat_members[rows]
+            flat_out[rows] = extract_patches(obj, s.xcoords[points], s.ycoords[points], self.N)
+
+
+def check_out(out: Any, layout: Layout) -> None:
+    """Refuse ``out`` arrays a gather could not fill in place (wrong key, shape, dtype, a
+    non-contiguous or read-only view): a reshape of such a view would be a copy, and the
+    batch would silently stay unfilled."""
+    if not isinstance(out, dict):
+        raise ParameterError(f"out must be a dict of arrays with keys {sorted(layout)}; got {type(out).__name__}")
+    for key, (shape, dtype) in layout.items():
+        array = out.get(key)
+        if not isinstance(array, np.ndarray):
+            raise ParameterError(f"out[{key!r}]: missing or not a NumPy array; expected shape {shape}, dtype {np.dtype(dtype)}")
+        if array.shape != shape or array.dtype != dtype:
+            raise ParameterError(
+                f"out[{key!r}]: shape {array.shape}, dtype {array.dtype}; expected shape {shape}, dtype {np.dtype(dtype)}"
+            )
+        if not array.flags.c_contiguous:
+            raise ParameterError(f"out[{key!r}]: not C-contiguous (strides {array.strides}); pass contiguous arrays")
+        if not array.flags.writeable:
+            raise ParameterError(f"out[{key!r}]: read-only; pass writable arrays")

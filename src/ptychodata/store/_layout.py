@@ -1,0 +1,346 @@
+"""The on-disk layout of a store cache: the one module that spells its names.
+
+::
+
+    <cache>/
+      locks/                          OS file locks; never inside a directory that is deleted
+        frames-<fkey>.lock            held while frames of <fkey> are built, collected or removed
+        frames-<fkey>.<gkey>.lock     held while grouping <gkey> of those frames is built or collected
+      frames-<fkey>/                  a *slot*: immutable builds plus a pointer to the live one
+        current                       the live build's id (replaced atomically with os.replace)
+        builds/<build-id>/            manifest.json + patterns.npy, energies.npy, ... (never modified)
+        builds/.tmp-<build-id>/       a build in progress (or one whose process died)
+        groupings/<gkey>/             a slot of its own: current + builds/<build-id>/
+                                      each grouping build names the frames build it was made from
+
+A reader resolves ``current`` once, then opens that build and holds a shared lock on its
+manifest for as long as it is open; an old build is deleted only by a process that gets
+the exclusive lock on that manifest without waiting, i.e. when no reader holds it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from ptychodata.errors import StoreError, StoreNotFoundError
+
+__all__ = [
+    "BuildSlot",
+    "CacheLayout",
+    "FrameFile",
+    "GroupingFile",
+    "ReaderLock",
+    "file_lock",
+    "npy_files",
+    "npy_name",
+    "npy_stem",
+    "object_stem",
+]
+
+MANIFEST = "manifest.json"
+CURRENT = "current"
+BUILDS = "builds"
+GROUPINGS = "groupings"
+LOCKS = "locks"
+FRAMES_PREFIX = "frames-"
+TEMP_PREFIX = ".tmp-"
+TRASH_PREFIX = ".trash-"
+_OBJECT_PREFIX = "object_"
+
+
+class FrameFile:
+    """File stems of a frames build (``<stem>.npy``)."""
+
+    PATTERNS = "patterns"  # (M, N, N) float32 amplitudes
+    ENERGIES = "energies"  # (M,) float64 Σ A²
+    AMPLITUDE_SUMS = "amplitude_sums"  # (M,) float64 Σ A
+    XCOORDS = "xcoords"
+    YCOORDS = "ycoords"
+    XCOORDS_START = "xcoords_start"
+    YCOORDS_START = "ycoords_start"
+    SCAN_INDEX = "scan_index"
+    EXPERIMENT_ID = "experiment_id"
+    PROBES = "probes"  # (E, N, N) complex64
+    Y = "Y"  # (M, N, N) complex64, when every source has patches
+
+
+class GroupingFile:
+    """File stems of a grouping build (``<stem>.npy``)."""
+
+    GROUPS = "groups"  # (B, C) int64 pattern indices
+    GROUP_EXPERIMENT = "group_experiment"  # (B,) int64
+    COORDS_OFFSETS = "coords_offsets"  # (B, 2) float64 centres (x, y)
+    COORDS_RELATIVE = "coords_relative"  # (B, C, 2) float64
+    COORDS_START_OFFSETS = "coords_start_offsets"
+    COORDS_START_RELATIVE = "coords_start_relative"
+    X = "X"  # (B, C, N, N) float32, materialized stores only
+
+
+def object_stem(experiment: int) -> str:
+    """Stem of experiment ``experiment``'s object in a frames build."""
+    return f"{_OBJECT_PREFIX}{int(experiment)}"
+
+
+_NPY = ".npy"
+
+
+def npy_name(stem: str) -> str:
+    return f"{stem}{_NPY}"
+
+
+def npy_stem(name: str) -> str:
+    """The stem of a store file name (``"patterns.npy"`` -> ``"patterns"``)."""
+    return name[: -len(_NPY)] if name.endswith(_NPY) else name
+
+
+def npy_files(directory: Path) -> list[Path]:
+    """The ``.npy`` files of a build directory, sorted by name."""
+    return sorted(directory.glob(f"*{_NPY}"))
+
+
+def new_build_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True)
+class CacheLayout:
+    """Paths of one cache directory."""
+
+    root: Path
+
+    def frames_slot(self, frames_key: str) -> BuildSlot:
+        return BuildSlot(self.root / f"{FRAMES_PREFIX}{frames_key}", self.root / LOCKS / f"{FRAMES_PREFIX}{frames_key}.lock")
+
+    def grouping_slot(self, frames_key: str, grouping_key: str) -> BuildSlot:
+        frames = self.root / f"{FRAMES_PREFIX}{frames_key}"
+        lock = self.root / LOCKS / f"{FRAMES_PREFIX}{frames_key}.{grouping_key}.lock"
+        return BuildSlot(frames / GROUPINGS / grouping_key, lock)
+
+    def frame_slots(self) -> list[BuildSlot]:
+        """Every frames slot of the cache (directories named ``frames-*``)."""
+        if not self.root.is_dir():
+            return []
+        return [self.frames_slot(path.name[len(FRAMES_PREFIX) :]) for path in sorted(self.root.glob(f"{FRAMES_PREFIX}*")) if path.is_dir()]
+
+
+@dataclass(frozen=True)
+class BuildSlot:
+    """A directory of immutable builds and a ``current`` pointer to the live one.
+
+    Frames stores and groupings are both slots; ``lock`` is the slot's build lock, kept
+    in the cache's ``locks/`` directory so it survives the slot's removal.
+    """
+
+    path: Path
+    lock: Path
+
+    @property
+    def key(self) -> str:
+        name = self.path.name
+        return name[len(FRAMES_PREFIX) :] if name.startswith(FRAMES_PREFIX) else name
+
+    @property
+    def frames_key(self) -> str:
+        """The key of the frames slot this slot is (or belongs to)."""
+        frames = self.path if self.path.parent.name != GROUPINGS else self.path.parent.parent
+        return frames.name[len(FRAMES_PREFIX) :]
+
+    def build_dir(self, build_id: str) -> Path:
+        return self.path / BUILDS / build_id
+
+    def groupings(self) -> list[BuildSlot]:
+        """Grouping slots inside a frames slot."""
+        root = self.path / GROUPINGS
+        if not root.is_dir():
+            return []
+        frames_key = self.frames_key
+        return [
+            BuildSlot(path, self.lock.parent / f"{FRAMES_PREFIX}{frames_key}.{path.name}.lock")
+            for path in sorted(root.iterdir())
+            if path.is_dir() and not path.name.startswith((TEMP_PREFIX, TRASH_PREFIX))
+        ]
+
+    def current_id(self) -> str | None:
+        """The live build's id, or None when the slot has none (yet)."""
+        try:
+            text = (self.path / CURRENT).read_text().strip()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StoreError(f"{self.path / CURRENT}: unreadable ({exc.strerror})") from exc
+        return text or None
+
+    def build_ids(self) -> list[str]:
+        """Ids of the complete builds present (temporaries and trash excluded)."""
+        root = self.path / BUILDS
+        if not root.is_dir():
+            return []
+        return sorted(p.name for p in root.iterdir() if not p.name.startswith((TEMP_PREFIX, TRASH_PREFIX)))
+
+    def temporaries(self) -> list[Path]:
+        root = self.path / BUILDS
+        if not root.is_dir():
+            return []
+        return [p for p in root.iterdir() if p.name.startswith((TEMP_PREFIX, TRASH_PREFIX))]
+
+    @contextlib.contextmanager
+    def new_build(self) -> Iterator[tuple[str, Path]]:
+        """A temporary directory for a new build; on success it is renamed to
+        ``builds/<id>`` (not yet current: call :meth:`publish`). Removed if the block raises.
+        Hold the slot's lock."""
+        build_id = new_build_id()
+        temporary = self.path / BUILDS / f"{TEMP_PREFIX}{build_id}"
+        temporary.mkdir(parents=True)
+        try:
+            yield build_id, temporary
+            fsync_directory(temporary)
+            os.rename(temporary, self.build_dir(build_id))
+            fsync_directory(self.path / BUILDS)
+        except OSError as exc:
+            shutil.rmtree(temporary, ignore_errors=True)
+            if not temporary.parent.is_dir():
+                raise StoreNotFoundError(f"{self.path}: the store was removed during the build") from exc
+            raise
+        except BaseException:
+            shutil.rmtree(temporary, ignore_errors=True)
+            raise
+
+    def publish(self, build_id: str) -> None:
+        """Make ``build_id`` the live build: write ``current`` beside itself and replace it
+        atomically. Hold the slot's lock."""
+        temporary = self.path / f"{TEMP_PREFIX}{CURRENT}-{build_id}"
+        try:
+            with open(temporary, "w") as handle:
+                handle.write(build_id + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, self.path / CURRENT)
+            fsync_directory(self.path)
+        except FileNotFoundError as exc:
+            raise StoreNotFoundError(f"{self.path}: the store was removed before its build was published") from exc
+
+    def remove_temporaries(self) -> int:
+        """Delete builds in progress whose process died; call with the slot's lock held
+        (builds only happen under it, so every temporary then belongs to a dead build)."""
+        leftovers = self.temporaries()
+        for path in leftovers:
+            shutil.rmtree(path, ignore_errors=True)
+        for path in self.path.glob(f"{TEMP_PREFIX}{CURRENT}-*"):
+            path.unlink(missing_ok=True)
+        return len(leftovers)
+
+    def is_read(self, build_id: str) -> bool:
+        """Whether a reader holds build ``build_id`` open now."""
+        with _exclusive(self.build_dir(build_id)) as acquired:
+            return acquired is False
+
+    def remove_build_if_unread(self, build_id: str) -> bool:
+        """Delete build ``build_id`` unless a reader holds it open; True if it was deleted.
+
+        A reader holds a shared ``flock`` on the build's manifest; the exclusive lock is
+        asked without waiting, so a build in use is left alone. The directory is renamed
+        away first, so no reader can open it once deletion starts. Hold the slot's lock.
+        """
+        build = self.build_dir(build_id)
+        with _exclusive(build) as acquired:
+            if acquired is False:
+                return False
+            trash = self.path / BUILDS / f"{TRASH_PREFIX}{build_id}"
+            try:
+                os.rename(build, trash)
+            except FileNotFoundError:
+                return False
+            shutil.rmtree(trash, ignore_errors=True)
+            return True
+
+
+@contextlib.contextmanager
+def _exclusive(build: Path) -> Iterator[bool | None]:
+    """Try the exclusive lock on a build's manifest without waiting: yields True (held
+    for the block), False (a reader holds the build), or None (no manifest)."""
+    try:
+        handle = open(build / MANIFEST, "rb")  # noqa: SIM115 - closed below
+    except FileNotFoundError:
+        yield None
+        return
+    with handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+
+
+class ReaderLock:
+    """A shared ``flock`` on a build's manifest, held while the build is open.
+
+    While any process holds one, :meth:`BuildSlot.remove_build_if_unread` leaves the build
+    alone. Forked children share the lock with their parent (same open file).
+    """
+
+    def __init__(self, build: Path):
+        self.build = build
+        try:
+            self._handle = open(build / MANIFEST, "rb")  # noqa: SIM115 - closed by close()
+        except FileNotFoundError:
+            raise StoreNotFoundError(f"{build}: no such store build (removed, or never completed)") from None
+        fcntl.flock(self._handle.fileno(), fcntl.LOCK_SH)
+        if os.fstat(self._handle.fileno()).st_nlink == 0:  # deleted while we waited for the lock
+            self.close()
+            raise StoreNotFoundError(f"{build}: the store build was removed while it was being opened")
+
+    def close(self) -> None:
+        self._handle.close()
+
+
+def open_current(slot: BuildSlot, attempts: int = 5) -> tuple[str, ReaderLock]:
+    """Resolve ``current`` and lock that build for reading, retrying if it is replaced
+    and deleted in between."""
+    for _ in range(attempts):
+        build_id = slot.current_id()
+        if build_id is None:
+            break
+        try:
+            return build_id, ReaderLock(slot.build_dir(build_id))
+        except StoreNotFoundError:
+            continue
+    raise StoreNotFoundError(f"{slot.path}: not a prepared store (no live build); run prepare")
+
+
+def fsync_directory(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created, with its directory, if needed).
+
+    Other processes asking for the same lock wait. The OS drops the lock when the holder
+    dies, even by SIGKILL, so a crashed build never blocks the next one. Lock files are
+    never deleted: a waiter and a newcomer must always lock the same file.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a+b")  # noqa: SIM115 - held for the lock's lifetime
+    except OSError as exc:
+        raise StoreError(f"{path.parent}: cannot create a lock file there ({exc.strerror})") from exc
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        handle.close()

@@ -95,7 +95,9 @@ def test_inspect_hints_raw_counts(tmp_path, capsys, dtype):
     path = write_counts_file(tmp_path / "counts.npz", dtype)
     assert main(["inspect", str(path)]) == 0
     captured = capsys.readouterr()
-    assert "looks like raw counts: load with intensity=True" in captured.out
+    assert "intensity    counts: converted to amplitude sqrt(counts)" in captured.out
+    rule = "integer dtype uint16" if dtype == np.uint16 else "whole-number float32 values up to 5000"
+    assert f"evidence: {rule}" in captured.out
     assert "Traceback" not in captured.err
 
 
@@ -115,6 +117,60 @@ def test_inspect_non_zip_file_is_a_one_line_error(tmp_path, capsys):
     assert captured.out == ""
     assert captured.err.startswith("error: ") and str(path) in captured.err
     assert len(captured.err.strip().splitlines()) == 1 and "Traceback" not in captured.err
+
+
+def test_inspect_describes_a_cxi_tree_and_its_problem(capsys):
+    from pathlib import Path
+
+    petra = Path(__file__).parent / "data" / "cdtools_p25_nearfield" / "PETRAIII_P25_Near_Field_Ptycho.cxi"
+    assert main(["inspect", str(petra)]) == 1  # readable, described, but not loadable as it is
+    out = capsys.readouterr().out
+    assert "layout       CXI 1.6" in out
+    assert "/entry_1/data_1/data" in out and "chunks (25, 13, 25)  gzip  -> /entry_1/instrument_1/detector_1/data" in out
+    assert "evidence: integer dtype int32" in out and "bad pixels   5" in out
+    assert "PROBLEM" in out and "near-field" in out and "--near-field" in out
+    assert main(["inspect", str(petra), "--near-field", "--pixel-size", "1e-7", "--json"]) == 0
+    description = json.loads(capsys.readouterr().out)
+    assert description["problem"] is None and description["metadata"]["near_field"] is True
+    assert description["evidence"]["counts"]["converted"] is True and description["n_points"] == 200
+
+
+def test_inspect_unrecognised_hdf5_says_what_to_pass(tmp_path, capsys):
+    import h5py
+
+    path = tmp_path / "other.h5"
+    with h5py.File(path, "w") as f:
+        f["/scan/frames"] = np.ones((4, 8, 8), np.float32)
+    assert main(["inspect", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "layout       not recognised: name the datasets with --key diffraction=PATH" in out
+    assert "/scan/frames" in out and "(4, 8, 8)" in out
+
+
+def test_convert_streams_a_cxi_to_our_npz(tmp_path, capsys):
+    import h5py
+
+    rng = np.random.default_rng(0)
+    M, N = 16, 32
+    counts = rng.poisson(5.0, (M, N, N)).astype(np.uint16)
+    counts[:, 14:18, 13:17] += 400
+    path = tmp_path / "raw.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("/d", data=counts, chunks=(4, N, N), compression="lzf")
+        f["/pos"] = np.stack([np.arange(M) % 4 * 2e-7, np.arange(M) // 4 * 2e-7], axis=1)
+    out = tmp_path / "out.npz"
+    argv = ["convert", str(path), str(out), "--key", "diffraction=/d", "--key", "positions=/pos",
+            "--position-unit", "m", "--crop", "16", "--center", "16", "15", "--bin", "2", "--pixel-size", "1e-7"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert f"wrote {out}: M=16, N=8" in captured.out and "holds counts" in captured.err
+    scan = ScanData.load(out)
+    window = counts[:, 8:24, 7:23].astype(np.float64).reshape(M, 8, 2, 8, 2).sum(axis=(2, 4))
+    np.testing.assert_allclose(scan.diffraction, np.sqrt(window), rtol=1e-5)
+    np.testing.assert_allclose(np.unique(scan.xcoords), [4, 6, 8, 10])
+    assert scan.metadata["preparation"][0] == "crop 16×16 at row 8, column 7"
+    assert main(["convert", str(path), str(out), "--key", "diffraction"]) == 2
+    assert "--key 'diffraction': expected NAME=PATH" in capsys.readouterr().err
 
 
 def test_inspect_missing_file(tmp_path, capsys):

@@ -91,10 +91,15 @@ def test_intensity_true_names_the_bad_pattern(tmp_path):
         ScanData.load(write(tmp_path, **{**arrays(), "diffraction": counts}), intensity=True)
 
 
-def test_integer_diffraction_without_intensity_warns(tmp_path):
+def test_integer_diffraction_is_counts_with_a_warning(tmp_path):
     data = arrays()
-    with pytest.warns(UserWarning, match="intensity=True"):
-        ScanData.load(write(tmp_path, **{**data, "diffraction": np.ones((12, 8, 8), np.uint16)}))
+    counts = np.full((12, 8, 8), 9, np.uint16)
+    with pytest.warns(UserWarning, match="integer dtype uint16.*sqrt\\(counts\\).*intensity=False"):
+        scan = ScanData.load(write(tmp_path, **{**data, "diffraction": counts}))
+    np.testing.assert_array_equal(np.asarray(scan.diffraction), np.full((12, 8, 8), 3, np.float32))
+    assert scan.metadata["nphotons"] == pytest.approx(9 * 64)
+    kept = ScanData.load(write(tmp_path, "kept.npz", **{**data, "diffraction": counts}), intensity=False)
+    assert kept.diffraction.dtype == np.uint16 and kept.diffraction.max() == 9
 
 
 def test_save_round_trip_and_ptychopinn_keys(tmp_path, small_scan):
@@ -129,10 +134,10 @@ def expect_error(tmp_path, match, **members):
 def test_missing_key_lists_present_keys(tmp_path):
     data = arrays()
     del data["probeGuess"]
-    error = expect_error(tmp_path, "missing required key.*probeGuess", **data)
-    assert "xcoords" in str(error)  # the keys present are listed
+    assert ScanData.load(write(tmp_path, **data)).probe is None  # the probe is optional (§10)
     del data["diffraction"]
-    expect_error(tmp_path, "diffraction \\(or diff3d\\)", **data)
+    error = expect_error(tmp_path, "missing required key.*diffraction \\(or diff3d\\)", **data)
+    assert "xcoords" in str(error)  # the keys present are listed
 
 
 def test_length_mismatch(tmp_path):
@@ -152,8 +157,16 @@ def test_non_square_patterns(tmp_path):
 
 def test_probe_size_must_match(tmp_path):
     data = arrays()
-    expect_error(tmp_path, "'probeGuess'.*\\(16, 16\\); expected \\(8, 8\\)",
-                 **{**data, "probeGuess": np.ones((16, 16), np.complex64)})
+    expect_error(tmp_path, "'probeGuess'.*\\(4, 4\\); expected \\(8, 8\\)",
+                 **{**data, "probeGuess": np.ones((4, 4), np.complex64)})
+
+
+def test_larger_probe_is_centre_cropped(tmp_path):
+    data = arrays()
+    big = np.arange(256, dtype=np.complex64).reshape(16, 16)
+    with pytest.warns(UserWarning, match="probe of 16×16 centre-cropped to the pattern size 8×8"):
+        scan = ScanData.load(write(tmp_path, **{**data, "probeGuess": big}))
+    np.testing.assert_array_equal(scan.probe, big[4:12, 4:12])
 
 
 def test_complex_diffraction(tmp_path):

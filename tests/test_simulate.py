@@ -240,3 +240,29 @@ def test_progress_bar_runs(capsys):
     scan = simulate(20, 16, chunk_size=5, progress=True, seed=0)
     assert scan.n_points == 20
     assert "simulate" in capsys.readouterr().err
+
+
+def test_simulate_from_a_reconstruction_probe_object_positions():
+    """The LCLS case: a real probe, object and positions, no patterns; |FFT(P·Y_c)| = X_c (§4)."""
+    from ptychodata import GroupingConfig, grouped_data
+    from ptychodata.errors import SimulationError
+
+    rng = np.random.default_rng(3)
+    N = 16
+    yy, xx = np.mgrid[:N, :N] - N / 2
+    probe = (np.exp(-(xx**2 + yy**2) / 18) * np.exp(1j * 0.05 * (xx**2 + yy**2))).astype(np.complex64)
+    obj = (np.exp(1j * rng.uniform(-1, 1, (60, 70)))).astype(np.complex64)
+    positions = np.stack([rng.uniform(12, 58, 40), rng.uniform(12, 48, 40)], axis=1)
+    scan = simulate(probe=probe, object=obj, positions=positions, seed=0)
+    assert scan.N == N and scan.n_points == 40 and scan.metadata["positions"] == "given"
+    np.testing.assert_array_equal(scan.xcoords, positions[:, 0])  # used as given, not re-centred
+    np.testing.assert_array_equal(scan.probe, probe)
+    grouped = grouped_data(scan, GroupingConfig(N=N, gridsize=2, neighbor_count=4, seed=0))
+    Y, X = grouped["Y"], grouped["diffraction"]
+    far_field = np.abs(np.fft.fftshift(np.fft.fft2(probe[None, :, :, None] * Y, axes=(1, 2), norm="ortho"),
+                                       axes=(1, 2)))
+    np.testing.assert_allclose(far_field, X, rtol=1e-3, atol=1e-4 * X.max())
+    with pytest.raises(SimulationError, match="positions= are pixels of a given object: pass object="):
+        simulate(probe=probe, positions=positions)
+    with pytest.raises(SimulationError, match=r"probe array of shape \(16, 8\); expected \(N, N\)"):
+        simulate(probe=np.ones((16, 8), np.complex64), object=obj, positions=positions)

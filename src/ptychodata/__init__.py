@@ -5,9 +5,11 @@
 
 from ptychodata.errors import (
     GroupingError,
+    MissingDependencyError,
     PtychodataError,
     ScanDataError,
     ScanFileNotFoundError,
+    ScanFormatError,
     SimulationError,
     StoreError,
 )
@@ -25,12 +27,14 @@ __version__ = "0.1.0"
 __all__ = [
     "GroupingConfig",
     "GroupingError",
+    "MissingDependencyError",
     "PtychoDataContainer",
     "PtychoTorchRule",
     "PtychodataError",
     "ScanData",
     "ScanDataError",
     "ScanFileNotFoundError",
+    "ScanFormatError",
     "SimulationError",
     "Store",
     "StoreError",

@@ -1,4 +1,4 @@
-"""The ``ptychodata`` command: ``simulate``, ``inspect``, ``prepare``, ``cache`` and ``demo``.
+"""The ``ptychodata`` command: ``simulate``, ``inspect``, ``convert``, ``prepare``, ``cache`` and ``demo``.
 
 Thin by design: parse the arguments, call one library function, print. A
 :class:`~ptychodata.errors.PtychodataError` (or an OS error such as an unwritable
@@ -6,7 +6,7 @@ path) becomes a one-line ``error: ...`` on stderr and exit status 2, without a
 traceback; success is 0. Library modules are imported inside the commands, so
 ``ptychodata --help`` is fast.
 
-The numbers ``inspect`` prints come from :func:`ptychodata.summary.summarize_scan`.
+The numbers ``inspect`` prints come from :func:`ptychodata.summary.describe_file`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ptychodata.errors import ParameterError, PtychodataError, StoreNotFoundError
-from ptychodata.summary import format_summary, human_size, summarize_scan
+from ptychodata.summary import human_size
 
 __all__ = ["build_parser", "main"]
 
@@ -137,15 +137,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     insp = commands.add_parser(
         "inspect",
-        help="summarise a scan file",
-        description="Print what a scan file holds: arrays, value ranges (on a sample of patterns), "
-        "scan extent, step, probe size and overlap, and whether the patterns look like amplitudes "
-        "or raw counts.",
+        help="describe any scan file (HDF5/CXI, npz, npz.bz2, ptychodus, tike, ...)",
+        description="Print what a file holds before validating it: the HDF5/npz tree with shapes, dtypes, "
+        "chunks and filters, the layout recognised, counts-or-amplitude evidence with numbers, shift state, "
+        "bad pixels, geometry and units, and what to pass when something is missing; then, when it loads, "
+        "the scan summary (value ranges on a sample of patterns, extent, step, probe size, overlap). "
+        "Exit status 1 when the file is readable but does not load as it is.",
     )
-    insp.add_argument("file", type=Path, metavar="FILE", help="scan .npz, or a store directory")
+    insp.add_argument("file", type=Path, metavar="FILE", help="scan file, or a store directory")
     insp.add_argument("--plot", type=Path, metavar="OUT.png", help="also draw an overview figure")
-    insp.add_argument("--json", action="store_true", help="print the summary as JSON")
+    insp.add_argument("--json", action="store_true", help="print the description as JSON")
+    _add_load_options(insp)
     insp.set_defaults(run=_run_inspect)
+
+    conv = commands.add_parser(
+        "convert",
+        help="read any recognised scan file and write ptychodata's npz or ptychodus' training HDF5 (streamed)",
+        description="Read IN in any layout ptychodata recognises (or through --key), prepare the detector "
+        "data (counts to amplitude, shift, crop, bin, mask) and write OUT, a chunk of patterns at a time: "
+        "an uncompressed .npz in the PtychoPINN layout (mask and provenance included), or, for OUT.h5, "
+        "ptychodus' training-data HDF5 (counts, bad_pixels, probe, object, positions, geometry).",
+    )
+    conv.add_argument("input", type=Path, metavar="IN", help="scan file")
+    conv.add_argument("output", type=Path, metavar="OUT", help="file to write: .npz, or .h5 for ptychodus")
+    _add_load_options(conv)
+    conv.set_defaults(run=_run_convert)
 
     prep = commands.add_parser(
         "prepare",
@@ -237,27 +253,119 @@ def _run_simulate(args: argparse.Namespace) -> int:
 
 
 def _run_inspect(args: argparse.Namespace) -> int:
-    from ptychodata.scan import ScanData
+    from ptychodata.summary import describe_file, format_description
 
     if args.file.is_dir():
         return _inspect_store(args)
+    description = describe_file(args.file, **_load_options(args))
+    if args.json:
+        print(json.dumps(description, indent=2))
+    else:
+        print(format_description(description))
+    if args.plot is not None and description["problem"] is None:
+        from ptychodata.plot import plot_scan
+        from ptychodata.scan import ScanData
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # already reported above
+            scan = ScanData.load(args.file, **_load_options(args))
+        print(f"plot: {plot_scan(scan, args.plot)}")
+    return 0 if description["problem"] is None else 1
+
+
+def _run_convert(args: argparse.Namespace) -> int:
+    from ptychodata.scan import ScanData
+
+    start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        scan = ScanData.load(args.file)
-    summary = summarize_scan(scan)
-    summary["file"] = str(args.file)
-    summary["file_size_bytes"] = args.file.stat().st_size
-    if args.json:
-        print(json.dumps(summary, indent=2))
-    else:
-        print(format_summary(summary))
+        scan = ScanData.load(args.input, **_load_options(args))
     for warning in caught:
-        print(f"warning: {_one_line(warning.message)}", file=sys.stderr)
-    if args.plot is not None:
-        from ptychodata.plot import plot_scan
+        print(f"note: {_one_line(warning.message)}", file=sys.stderr)
+    if args.output.suffix.lower() in (".h5", ".hdf5"):
+        from ptychodata.io._ptychodus import write_training
 
-        print(f"plot: {plot_scan(scan, args.plot)}")
+        written = write_training(args.output, scan)
+    else:
+        written = scan.save(args.output)
+    print(
+        f"wrote {written}: M={scan.n_points}, N={scan.N}, "
+        f"{human_size(written.stat().st_size)} in {time.perf_counter() - start:.2f} s"
+    )
     return 0
+
+
+def _add_load_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("reading (see ScanData.load)")
+    group.add_argument("--key", action="append", default=[], metavar="NAME=PATH",
+                       help="key map for other layouts, e.g. --key diffraction=/entry/data --key positions=/pos "
+                       "(names: diffraction, xcoords, ycoords, positions, probe, object, bad_pixels, energy_eV, "
+                       "energy_J, wavelength_m, distance_m, detector_pixel_m)")
+    group.add_argument("--diffraction", type=Path, metavar="FILE", help="patterns for a ptychodus product file")
+    counts = group.add_mutually_exclusive_group()
+    counts.add_argument("--intensity", dest="intensity", action="store_true", default=None,
+                        help="the patterns are counts (sqrt taken)")
+    counts.add_argument("--amplitude", dest="intensity", action="store_false", help="the patterns are amplitudes")
+    shift = group.add_mutually_exclusive_group()
+    shift.add_argument("--shift", dest="shift", action="store_true", default=None, help="fftshift the patterns")
+    shift.add_argument("--no-shift", dest="shift", action="store_false", help="keep the patterns as stored")
+    group.add_argument("--crop", type=_int_at_least(2), help="crop to N×N around the beam centre")
+    group.add_argument("--center", type=float, nargs=2, metavar=("ROW", "COL"), help="beam centre for --crop")
+    group.add_argument("--bin", type=_positive_int, default=1, help="sum BIN×BIN pixel blocks (after the crop)")
+    group.add_argument("--transpose", action="store_true", help="swap the detector axes")
+    group.add_argument("--flip-rows", action="store_true", help="reverse the detector rows")
+    group.add_argument("--flip-cols", action="store_true", help="reverse the detector columns")
+    group.add_argument("--mask", type=Path, metavar="MASK.npy", help="(H, W) mask of the detector, non-zero = usable")
+    group.add_argument("--clip-negative", action="store_true", help="clip negative counts (dark subtraction) to 0")
+    group.add_argument("--pixel-size", type=_positive_float, metavar="M", help="object pixel size in metres")
+    group.add_argument("--energy-ev", type=_positive_float, help="photon energy in eV")
+    group.add_argument("--wavelength", type=_positive_float, metavar="M", help="wavelength in metres")
+    group.add_argument("--distance", type=_positive_float, metavar="M", help="detector distance in metres")
+    group.add_argument("--detector-pixel", type=_positive_float, metavar="M", help="detector pixel in metres")
+    group.add_argument("--position-unit", choices=("px", "m"), help="unit of key-mapped positions (default px)")
+    group.add_argument("--position-columns", choices=("xy", "yx"), help="column order of --key positions")
+    group.add_argument("--position-origin", choices=("centre", "corner"),
+                       help="positions are window centres (default) or minimum corners")
+    group.add_argument("--probe-modes", choices=("first", "all"), default="first", help="probe modes to keep")
+    group.add_argument("--estimate-probe", action="store_true",
+                       help="without a probe in the file, use the flagged estimate IFFT(sqrt(mean I))")
+    group.add_argument("--near-field", action="store_true", help="accept near-field data (needs --pixel-size)")
+
+
+def _load_options(args: argparse.Namespace) -> dict[str, Any]:
+    keys = {}
+    for item in args.key:
+        name, sep, member = item.partition("=")
+        if not sep or not name or not member:
+            raise ParameterError(f"--key {item!r}: expected NAME=PATH, e.g. --key diffraction=/entry/data/data")
+        keys[name] = member
+    options: dict[str, Any] = {
+        "keys": keys or None,
+        "diffraction": None if args.diffraction is None else str(args.diffraction),
+        "intensity": args.intensity,
+        "shift": args.shift,
+        "crop": args.crop,
+        "center": None if args.center is None else tuple(args.center),
+        "bin": args.bin,
+        "transpose": args.transpose,
+        "flip_rows": args.flip_rows,
+        "flip_cols": args.flip_cols,
+        "clip_negative": args.clip_negative or None,
+        "pixel_size": args.pixel_size,
+        "energy_eV": args.energy_ev,
+        "wavelength_m": args.wavelength,
+        "distance_m": args.distance,
+        "detector_pixel_m": args.detector_pixel,
+        "position_unit": args.position_unit,
+        "position_columns": args.position_columns,
+        "position_origin": args.position_origin,
+        "probe_modes": args.probe_modes,
+        "near_field": args.near_field,
+        "estimate_probe": args.estimate_probe,
+    }
+    if args.mask is not None:
+        options["mask"] = np.load(args.mask, allow_pickle=False) != 0
+    return options
 
 
 def _inspect_store(args: argparse.Namespace) -> int:

@@ -20,10 +20,12 @@ from __future__ import annotations
 __all__ = [
     "GroupIndexError",
     "GroupingError",
+    "MissingDependencyError",
     "ParameterError",
     "PtychodataError",
     "ScanDataError",
     "ScanFileNotFoundError",
+    "ScanFormatError",
     "SimulationError",
     "StoreClosedError",
     "StoreError",
@@ -69,3 +71,11 @@ class StoreNotFoundError(StoreError, FileNotFoundError):
 
 class StoreClosedError(StoreError, ValueError):
     """A :class:`~ptychodata.store.Store` used after :meth:`~ptychodata.store.Store.close`."""
+
+
+class ScanFormatError(ScanDataError):
+    """A file whose layout no reader recognises, or whose datasets cannot be decoded."""
+
+
+class MissingDependencyError(PtychodataError, ImportError):
+    """An optional dependency (h5py, hdf5plugin, torch) needed for this file or feature is absent."""

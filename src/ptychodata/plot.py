@@ -68,7 +68,12 @@ def plot_scan(scan: ScanData, path: str | os.PathLike, *, n_patterns: int = 4) -
     _draw_positions(left.subplots(), scan)
     top, bottom = right.subfigures(2, 1)
     axes = top.subplots(1, 4 if has_object else 2)
-    _draw_complex(axes[0], axes[1], scan.probe, "probe")
+    if scan.probe is not None:
+        _draw_complex(axes[0], axes[1], scan.probe, "probe")
+    else:
+        for ax in axes[:2]:
+            ax.text(0.5, 0.5, "no probe in the file", ha="center", va="center", transform=ax.transAxes)
+            ax.set_axis_off()
     if has_object:
         amp_ax, phase_ax = axes[2], axes[3]
         _draw_complex(amp_ax, phase_ax, scan.object, "object")

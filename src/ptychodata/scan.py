@@ -1,9 +1,10 @@
-"""One ptychography scan: diffraction amplitudes, scan positions, probe and optional object (§1).
+"""One ptychography scan: diffraction amplitudes, scan positions, optional probe, object and mask (§1, §10).
 
 Every ``ScanData`` is valid: its constructor normalises the layouts seen in real files
 and raises :class:`~ptychodata.errors.ScanDataError` naming the key, what was found and
 what was expected for anything else. Coordinates are in object pixels, x = column,
-y = row.
+y = row. :meth:`ScanData.load` reads every format of :mod:`ptychodata.io` (recognised from
+the file's content) and prepares the detector data on the way in.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ptychodata.errors import ScanDataError
-from ptychodata.io import read_npz, write_npz
+from ptychodata.io import write_npz
 
 __all__ = ["ScanData"]
 
@@ -43,8 +44,16 @@ _KNOWN_KEYS = {
     "objectGuess",
     "scan_index",
     "Y",
+    "mask",
     "_metadata",
 }
+# Positions spanning less than this many pixels, or whose median nearest-neighbour step is
+# below _MIN_STEP_PX, are metres (or another physical unit) passed as pixels: refused.
+_MIN_SPAN_PX = 1.0
+_MIN_STEP_PX = 0.01
+# The step check looks at most this many evenly spaced points (a subset can only see
+# larger steps than the full scan, so it never refuses a scan the full check would accept).
+_STEP_CHECK_POINTS = 20000
 
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -53,17 +62,22 @@ class ScanData:
 
     Attributes
     ----------
-    diffraction : ndarray of shape (M, N, N), real
-        Measured amplitudes (sqrt of counts), FFT-shifted. May be a read-only memmap.
+    diffraction : ndarray of shape (M, N, N), real, or LazyPatterns
+        Measured amplitudes (sqrt of counts), FFT-shifted. May be a read-only memmap, or a
+        :class:`~ptychodata.io._prepare.LazyPatterns` that reads and prepares rows from a
+        file on each ``diffraction[start:stop]`` (float32; ``np.asarray`` reads it whole).
     xcoords, ycoords : ndarray of shape (M,), float64
         Scan positions in object pixels (x = column, y = row).
-    probe : ndarray of shape (N, N), complex64
+    probe : ndarray of shape (N, N), complex64, or None
+        None when the source has no probe (grouping and normalisation need none).
     xcoords_start, ycoords_start : ndarray of shape (M,), float64
         Nominal (commanded) positions; equal to ``xcoords``/``ycoords`` when unknown.
     scan_index : ndarray of shape (M,), int64
     object : ndarray of shape (H, W), complex64, or None
     Y : ndarray of shape (M, N, N), complex64, or None
         Precomputed ground-truth patches, one per scan point.
+    mask : ndarray of shape (N, N), bool, or None
+        Bad-pixel mask, True = measured and usable; bad pixels hold 0 in ``diffraction``.
     metadata : dict
         Free metadata (the file's ``_metadata`` JSON), e.g. ``{"nphotons": 1e9}``.
     extras : dict of ndarray
@@ -75,12 +89,13 @@ class ScanData:
     diffraction: np.ndarray
     xcoords: np.ndarray
     ycoords: np.ndarray
-    probe: np.ndarray
+    probe: np.ndarray | None = None
     xcoords_start: np.ndarray | None = None
     ycoords_start: np.ndarray | None = None
     scan_index: np.ndarray | None = None
     object: np.ndarray | None = None
     Y: np.ndarray | None = None
+    mask: np.ndarray | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
     extras: Mapping[str, np.ndarray] = field(default_factory=dict)
     source: str | None = None
@@ -90,6 +105,7 @@ class ScanData:
         xcoords = _parse_coords(self.xcoords, "xcoords", where)
         ycoords = _parse_coords(self.ycoords, "ycoords", where)
         n_points = _check_same_length({"xcoords": xcoords, "ycoords": ycoords}, where)
+        _check_not_metres(xcoords, ycoords, where)
         diffraction = _parse_diffraction(self.diffraction, n_points, where)
         N = diffraction.shape[-1]
         values = {
@@ -105,9 +121,10 @@ class ScanData:
             "scan_index": np.zeros(n_points, np.int64)
             if self.scan_index is None
             else _parse_scan_index(self.scan_index, where),
-            "probe": _parse_probe(self.probe, N, where),
+            "probe": None if self.probe is None else _parse_probe(self.probe, N, where),
             "object": None if self.object is None else _parse_object(self.object, where),
             "Y": None if self.Y is None else _parse_patches(self.Y, n_points, N, where),
+            "mask": None if self.mask is None else _parse_mask(self.mask, N, where),
             "metadata": dict(self.metadata),
             "extras": dict(self.extras),
         }
@@ -126,12 +143,13 @@ class ScanData:
         diffraction: np.ndarray,
         xcoords: np.ndarray,
         ycoords: np.ndarray,
-        probe: np.ndarray,
+        probe: np.ndarray | None = None,
         object: np.ndarray | None = None,
         xcoords_start: np.ndarray | None = None,
         ycoords_start: np.ndarray | None = None,
         scan_index: np.ndarray | None = None,
         Y: np.ndarray | None = None,
+        mask: np.ndarray | None = None,
         metadata: Mapping[str, Any] | None = None,
         intensity: bool = False,
         check_values: bool = True,
@@ -154,6 +172,7 @@ class ScanData:
             scan_index=scan_index,
             object=object,
             Y=Y,
+            mask=mask,
             metadata=metadata or {},
         )
         if check_values and not intensity:
@@ -162,48 +181,67 @@ class ScanData:
 
     @classmethod
     def load(
-        cls, path: str | os.PathLike, *, intensity: bool = False, check_values: bool | None = None
+        cls,
+        path: str | os.PathLike,
+        *,
+        keys: Mapping[str, str] | None = None,
+        intensity: bool | None = None,
+        check_values: bool | None = None,
+        **options: Any,
     ) -> ScanData:
-        """Read a scan from an ``.npz`` (PtychoPINN / ptychodus layout, §1).
+        """Read a scan from any file ptychodata recognises, preparing the detector data on the way.
 
-        Uncompressed members are memory-mapped, not read. ``intensity=True`` converts
-        counts to amplitude (reads the patterns). ``check_values`` scans amplitudes for
-        NaN/Inf/negative values; by default only when the patterns take at most 512 MiB,
-        so opening a multi-GB file stays fast (readers of the data check what they read).
+        The format is recognised from the content (HDF5 signature, zip, bz2/gzip magic, then
+        the keys), not the suffix: CXI 1.6, ptychodus training-data HDF5, ptychodus product
+        files (with ``diffraction=``), ptychodus' PtychoPINN export, tike ``.npz`` (also
+        ``.npz.bz2``), PtychoNN and SLAC ``.npz``, and the PtychoPINN ``.npz`` of §1. HDF5
+        patterns are not read at load: ``diffraction`` is then a lazy source read (and
+        prepared) a whole chunk at a time. Uncompressed ``.npz`` members are memory-mapped.
+
+        Parameters
+        ----------
+        path : path
+        keys : dict, optional
+            Explicit key map for any other ``.npz``/HDF5 layout: ``{"diffraction": "/a/b",
+            "xcoords": ..., "ycoords": ...}`` or ``{"positions": ...}`` with
+            ``position_columns``; optional ``probe``, ``object``, ``bad_pixels``,
+            ``energy_eV``, ``energy_J``, ``wavelength_m``, ``distance_m``, ``detector_pixel_m``.
+        intensity : bool, optional
+            True: the patterns are counts (sqrt taken); False: amplitudes. Default: what
+            the format says, else the counts rule (integer dtype, or whole numbers with a
+            mean per-pattern total ≥ 10·N²), with a warning naming the evidence.
+        check_values : bool, optional
+            Scan amplitudes for NaN/Inf/negatives; by default for in-memory or
+            memory-mapped patterns of at most 512 MiB (lazy sources are checked as read).
+        **options
+            ``diffraction`` (path of the patterns for a product file), ``shift`` (bool;
+            default detected from the mean pattern's circular centroid), ``crop`` (int N),
+            ``center`` ((row, col) of the beam; default the mean pattern's centre of mass),
+            ``bin`` (int), ``transpose``, ``flip_rows``, ``flip_cols`` (bool), ``mask``
+            ((H, W) bool, True = usable), ``clip_negative`` (bool), ``pixel_size`` (object
+            pixel in m), ``energy_eV``, ``wavelength_m``, ``distance_m``,
+            ``detector_pixel_m``, ``position_unit`` ({"px", "m"}), ``position_columns``
+            ({"xy", "yx"}), ``position_origin`` ({"centre", "corner"}), ``probe_modes``
+            ({"first", "all"}), ``estimate_probe`` (bool: without a probe in the file, use the
+            flagged estimate IFFT(sqrt(mean I))), ``near_field`` (bool; needs ``pixel_size``).
+
+        Raises
+        ------
+        ScanDataError
+            Missing datasets, wrong shapes, unconvertible units, near-field data (unless
+            ``near_field=True``), positions that look like metres; ``ScanFormatError`` for an
+            unrecognised layout or an unavailable HDF5 compression filter.
         """
-        path = Path(path)
-        where = f"{path}: "
-        members = read_npz(path)
-        missing = [key for key in ("xcoords", "ycoords", "probeGuess") if key not in members]
-        if not any(key in members for key in _DIFFRACTION_KEYS):
-            missing.insert(0, "diffraction (or diff3d)")
-        if missing:
-            raise ScanDataError(
-                f"{where}missing required key(s) {', '.join(missing)}; keys present: "
-                f"{sorted(members) or 'none'}"
-            )
-        diffraction_key = "diffraction" if "diffraction" in members else "diff3d"
-        diffraction = members[diffraction_key]
-        if intensity:
-            diffraction = counts_to_amplitude(diffraction, source=f"{where}key {diffraction_key!r}")
-        scan = cls(
-            diffraction=diffraction,
-            xcoords=members["xcoords"],
-            ycoords=members["ycoords"],
-            probe=members["probeGuess"],
-            xcoords_start=members.get("xcoords_start"),
-            ycoords_start=members.get("ycoords_start"),
-            scan_index=members.get("scan_index"),
-            object=members.get("objectGuess"),
-            Y=members.get("Y"),
-            metadata=_parse_metadata(members.get("_metadata"), where),
-            extras={key: value for key, value in members.items() if key not in _KNOWN_KEYS},
-            source=str(path),
-        )
+        from ptychodata.io._build import read_scan
+        from ptychodata.io._prepare import LazyPatterns
+
+        scan = read_scan(path, cls, keys=None if keys is None else dict(keys), intensity=intensity, **options)
+        if isinstance(scan.diffraction, LazyPatterns):
+            return scan
         if check_values is None:
             check_values = scan.diffraction.nbytes <= _EAGER_CHECK_BYTES
-        if check_values and not intensity:
-            check_amplitudes(scan.diffraction, where=f"{where}key {diffraction_key!r}: ")
+        if check_values:
+            check_amplitudes(scan.diffraction, where=f"{path}: key 'diffraction': ")
         return scan
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -217,9 +255,12 @@ class ScanData:
             "ycoords": self.ycoords,
             "xcoords_start": self.xcoords_start,
             "ycoords_start": self.ycoords_start,
-            "probeGuess": self.probe,
             "scan_index": self.scan_index,
         }
+        if self.probe is not None:
+            arrays["probeGuess"] = self.probe
+        if self.mask is not None:
+            arrays["mask"] = self.mask
         if self.object is not None:
             arrays["objectGuess"] = self.object
         if self.Y is not None:
@@ -352,8 +393,15 @@ def _check_same_length(arrays: Mapping[str, np.ndarray], where: str) -> int:
 
 
 def _parse_diffraction(values: Any, n_points: int, where: str) -> np.ndarray:
-    array = np.asanyarray(values)
     key = "diffraction"
+    if hasattr(values, "preparation"):  # a LazyPatterns source: already (M, N, N) float32
+        if values.shape[0] != n_points:
+            raise ScanDataError(
+                f"{where}length mismatch: key {key!r} has shape {values.shape} ({values.shape[0]} patterns) but "
+                f"xcoords/ycoords have {n_points} points; expected (M, N, N) with M={n_points}"
+            )
+        return values
+    array = np.asanyarray(values)
     if np.iscomplexobj(array):
         raise ScanDataError(
             f"{where}key {key!r}: complex dtype {array.dtype}; expected real amplitudes "
@@ -383,6 +431,47 @@ def _parse_diffraction(values: Any, n_points: int, where: str) -> np.ndarray:
             stacklevel=4,
         )
     return array
+
+
+def _check_not_metres(xcoords: np.ndarray, ycoords: np.ndarray, where: str) -> None:
+    """Refuse positions spanning < 1 px or with a median step < 0.01 px: metres passed as pixels."""
+    if len(xcoords) < 2:
+        return
+    span = max(float(np.ptp(xcoords)), float(np.ptp(ycoords)))
+    if span == 0:
+        return  # every point at one position (a stationary series): no unit to judge
+    hint = (
+        "positions look like metres (or another physical unit), not object pixels; convert them with the "
+        "object pixel size (ScanData.load(..., pixel_size=...), or energy/distance/detector pixel for the "
+        "far-field pixel λz/(N·p))"
+    )
+    if span < _MIN_SPAN_PX:
+        raise ScanDataError(
+            f"{where}xcoords/ycoords span only {span:.3g} px (x {xcoords.min():.3g} .. {xcoords.max():.3g}, "
+            f"y {ycoords.min():.3g} .. {ycoords.max():.3g}); {hint}"
+        )
+    from scipy.spatial import cKDTree
+
+    stride = max(1, -(-len(xcoords) // _STEP_CHECK_POINTS))
+    points = np.stack([xcoords[::stride], ycoords[::stride]], axis=1)
+    k = min(len(points), 8)
+    distances, _ = cKDTree(points).query(points, k=k)
+    distances = np.where(distances > 0, distances, np.inf)[:, 1:].min(axis=1)
+    distances = distances[np.isfinite(distances)]
+    if distances.size and float(np.median(distances)) < _MIN_STEP_PX:
+        raise ScanDataError(
+            f"{where}median step between neighbouring positions is {float(np.median(distances)):.3g} px "
+            f"(span {span:.3g} px); {hint}"
+        )
+
+
+def _parse_mask(values: Any, N: int, where: str) -> np.ndarray:
+    mask = np.asarray(values)
+    if mask.shape != (N, N):
+        raise ScanDataError(f"{where}key 'mask': shape {mask.shape}; expected ({N}, {N}), True = usable pixel")
+    if mask.dtype != np.bool_ and not np.issubdtype(mask.dtype, np.integer):
+        raise ScanDataError(f"{where}key 'mask': dtype {mask.dtype}; expected bool (True = usable pixel)")
+    return np.ascontiguousarray(mask != 0)
 
 
 def _squeeze_2d(values: Any, key: str, where: str, expected: str) -> np.ndarray:

@@ -56,11 +56,13 @@ def simulate(
     n_points: int = 1024,
     N: int = 64,
     *,
-    probe: Literal["disk", "gaussian"] = "disk",
+    probe: Literal["disk", "gaussian"] | np.ndarray = "disk",
     probe_radius: float | None = None,
     defocus: float = 2.0,
     object_image: np.ndarray | None = None,
     object_shape: tuple[int, int] | None = None,
+    object: np.ndarray | None = None,
+    positions: np.ndarray | None = None,
     pattern: Literal["raster", "jittered", "fermat"] = "raster",
     overlap: float = 0.7,
     jitter: float = 0.2,
@@ -78,15 +80,21 @@ def simulate(
         M, the number of scan points (exactly M positions are made).
     N : int
         Side of the probe, object windows and patterns, in pixels.
-    probe : {"disk", "gaussian"}
+    probe : {"disk", "gaussian"} or ndarray of shape (N, N), complex
         Soft-edged disk (tanh edge of width radius/8) or Gaussian amplitude
-        ``exp(-(r/radius)²)``, peak 1, centred on pixel (N//2, N//2).
+        ``exp(-(r/radius)²)``, peak 1, centred on pixel (N//2, N//2); or a probe array,
+        e.g. from a real reconstruction (its size sets N).
     probe_radius : float, optional
         Probe radius in pixels, 0 < radius <= N/2; default N/4.
     defocus : float
         Quadratic phase of the probe, in radians at r = radius: ``defocus · (r/radius)²``.
     object_image : ndarray of shape (H, W), optional
         Object to scan: real values are used as amplitude (zero phase), complex as is.
+    object : ndarray of shape (H, W), optional
+        The same as ``object_image`` (e.g. a reconstruction's object); give one of the two.
+    positions : ndarray of shape (M, 2), optional
+        Scan positions (x, y) in pixels of the given object (x = column, y = row), used as
+        they are (not re-centred); they set M. Needs ``object``/``object_image``.
     object_shape : (H, W), optional
         Shape of the random object (Gaussian noise low-pass filtered by a Gaussian of std
         N/8 pixels; amplitude in [0.5, 1], phase in [-π/2, π/2]). Default: the smallest
@@ -125,14 +133,28 @@ def simulate(
         ``simulated``, ``seed``, ``pattern``, ``nphotons`` (also as ``physics_parameters.nphotons``
         when given, as PtychoPINN stores it), ``fft_norm`` and the parameters.
     """
+    if object is not None:
+        if object_image is not None:
+            raise SimulationError("give the object as object= or object_image=, not both")
+        object_image = object
+    given_probe = None
+    if not isinstance(probe, str):
+        given_probe = _user_probe(probe)
+        N, probe = given_probe.shape[0], "given"
+    if positions is not None:
+        positions = _user_positions(positions, object_image)
+        n_points = len(positions)
     radius = N / 4 if probe_radius is None else float(probe_radius)
     _check_args(n_points, N, probe, radius, pattern, overlap, jitter, nphotons, chunk_size)
     n_points, N, chunk_size = int(n_points), int(N), int(chunk_size)
     rng, seed_value = _make_rng(seed)
     step = (1.0 - overlap) * 2.0 * radius
-    x_start, y_start = _scan_grid(n_points, step, pattern)
+    if positions is not None:
+        x_start, y_start = positions[:, 0].copy(), positions[:, 1].copy()
+    else:
+        x_start, y_start = _scan_grid(n_points, step, pattern)
     x, y = x_start, y_start
-    if pattern == "jittered":
+    if pattern == "jittered" and positions is None:
         x = x_start + rng.uniform(-jitter * step, jitter * step, n_points)
         y = y_start + rng.uniform(-jitter * step, jitter * step, n_points)
     if object_image is not None:
@@ -141,19 +163,22 @@ def simulate(
         if object_shape is None:
             object_shape = tuple(math.ceil(np.ptp(c)) + N + 4 for c in (y, x))
         obj = _random_object(_parse_shape(object_shape), max(1.0, N / 8), rng)
-    # Centre the scan in the object, off the integer grid.
+    # Centre the scan in the object, off the integer grid (given positions stay where they are).
     shift_x = (obj.shape[1] - 1) / 2 - (x.min() + x.max()) / 2 + _SUBPIXEL_OFFSET[0]
     shift_y = (obj.shape[0] - 1) / 2 - (y.min() + y.max()) / 2 + _SUBPIXEL_OFFSET[1]
+    if positions is not None:
+        shift_x = shift_y = 0.0
     x, y, x_start, y_start = x + shift_x, y + shift_y, x_start + shift_x, y_start + shift_y
     _check_inside(x, y, N, obj.shape)
     noise_key = int(rng.integers(2**63))
-    probe_array = _make_probe(N, probe, radius, defocus)
+    probe_array = given_probe if given_probe is not None else _make_probe(N, probe, radius, defocus)
     metadata = {
         "simulated": True, "generator": "ptychodata.simulate", "seed": seed_value, "pattern": pattern,
         "nphotons": None if nphotons is None else float(nphotons), "count_scale": None,
         "fft_norm": FFT_NORM, "probe": probe, "probe_radius": radius, "defocus": float(defocus),
         "overlap": float(overlap), "step": step, "jitter": float(jitter) if pattern == "jittered" else 0.0,
         "object": "random" if object_image is None else "image",
+        "positions": "given" if positions is not None else pattern,
     }  # fmt: skip
     if nphotons is not None:  # also where PtychoPINN's metadata manager keeps it (ScanData.save writes both)
         metadata["physics_parameters"] = {"nphotons": float(nphotons)}
@@ -275,6 +300,26 @@ def _user_object(image: np.ndarray, shape: tuple[int, int] | None) -> np.ndarray
     return np.ascontiguousarray(image, dtype=np.complex64)
 
 
+def _user_probe(probe: np.ndarray) -> np.ndarray:
+    probe = np.asarray(probe)
+    if probe.ndim != 2 or probe.shape[0] != probe.shape[1] or probe.shape[0] < 2:
+        raise SimulationError(f"probe array of shape {probe.shape}; expected (N, N) with N >= 2")
+    if not np.isfinite(probe).all():
+        raise SimulationError("probe array contains NaN or Inf; expected finite values")
+    return np.ascontiguousarray(probe, dtype=np.complex64)
+
+
+def _user_positions(positions: np.ndarray, obj: np.ndarray | None) -> np.ndarray:
+    positions = np.asarray(positions, dtype=np.float64)
+    if positions.ndim != 2 or positions.shape[1] != 2 or len(positions) < 1:
+        raise SimulationError(f"positions of shape {positions.shape}; expected (M, 2) columns (x, y), object pixels")
+    if obj is None:
+        raise SimulationError("positions= are pixels of a given object: pass object= (or object_image=) too")
+    if not np.isfinite(positions).all():
+        raise SimulationError("positions contain NaN or Inf; expected finite object pixels")
+    return positions
+
+
 def _parse_shape(shape: tuple[int, int]) -> tuple[int, int]:
     if len(shape) != 2 or any(int(side) != side or side < 1 for side in shape):
         raise SimulationError(f"object_shape {shape!r}; expected two positive integers (H, W)")
@@ -305,7 +350,7 @@ def _check_args(n_points, N, probe, radius, pattern, overlap, jitter, nphotons, 
     checks = [
         (int(n_points) == n_points >= 1, f"n_points={n_points!r}; expected a positive integer"),
         (int(N) == N >= 2, f"N={N!r}; expected an integer >= 2"),
-        (probe in _PROBES, f"probe={probe!r}; expected one of {_PROBES}"),
+        (probe in _PROBES or probe == "given", f"probe={probe!r}; expected one of {_PROBES} or an (N, N) array"),
         (pattern in _PATTERNS, f"pattern={pattern!r}; expected one of {_PATTERNS}"),
         (0 < radius <= N / 2, f"probe_radius={radius!r}; expected 0 < radius <= N/2 = {N / 2:g}"),
         (0 <= overlap < 1, f"overlap={overlap!r}; expected 0 <= overlap < 1 (step = (1 - overlap)·2·radius)"),

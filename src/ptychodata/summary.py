@@ -15,7 +15,15 @@ import numpy as np
 
 from ptychodata.scan import ScanData
 
-__all__ = ["format_summary", "human_size", "jsonable", "probe_diameter", "summarize_scan"]
+__all__ = [
+    "describe_file",
+    "format_description",
+    "format_summary",
+    "human_size",
+    "jsonable",
+    "probe_diameter",
+    "summarize_scan",
+]
 
 # inspect reads at most this many diffraction patterns, and at most this many bytes of them.
 _SAMPLE_PATTERNS = 2000
@@ -60,7 +68,7 @@ def summarize_scan(scan: ScanData, *, max_patterns: int = _SAMPLE_PATTERNS) -> d
     if scan.n_points > 1:
         distances, _ = cKDTree(scan.positions).query(scan.positions, k=2, workers=-1)
         step = float(np.median(distances[:, 1]))
-    diameter = probe_diameter(scan.probe)
+    diameter = None if scan.probe is None else probe_diameter(scan.probe)
     overlap = None if step is None or not diameter else 1.0 - step / diameter
     return {
         "source": scan.source,
@@ -77,7 +85,8 @@ def summarize_scan(scan: ScanData, *, max_patterns: int = _SAMPLE_PATTERNS) -> d
         "probe_diameter_definition": f"diameter of the circle about the intensity centroid holding "
         f"{_PROBE_ENERGY_FRACTION:.0%} of sum |P|^2",
         "overlap": overlap,
-        "probe_shape": list(scan.probe.shape),
+        "probe_shape": None if scan.probe is None else list(scan.probe.shape),
+        "mask": None if scan.mask is None else {"shape": list(scan.mask.shape), "bad_pixels": int((~scan.mask).sum())},
         "object_shape": None if scan.object is None else list(scan.object.shape),
         "metadata": jsonable(dict(scan.metadata)),
     }
@@ -148,12 +157,18 @@ def format_summary(summary: dict[str, Any]) -> str:
         else f"step         {step:.3f} px (median nearest-neighbour distance)"
     )
     diameter = summary["probe_diameter"]
-    probe = "×".join(map(str, summary["probe_shape"]))
-    lines.append(
-        f"probe        {probe}, diameter "
-        + ("n/a (all-zero probe)" if diameter is None else f"{diameter:.2f} px")
-        + f" ({_PROBE_ENERGY_FRACTION:.0%} of |P|² inside)"
-    )
+    if summary["probe_shape"] is None:
+        lines.append("probe        none in the file (grouping and normalisation need none; overlap unknown)")
+    else:
+        probe = "×".join(map(str, summary["probe_shape"]))
+        lines.append(
+            f"probe        {probe}, diameter "
+            + ("n/a (all-zero probe)" if diameter is None else f"{diameter:.2f} px")
+            + f" ({_PROBE_ENERGY_FRACTION:.0%} of |P|² inside)"
+        )
+    if summary.get("mask") is not None:
+        lines.append(f"mask         {summary['mask']['bad_pixels']} bad pixel(s) of {summary['N']}×{summary['N']} "
+                     "(zeroed; mask True = usable)")
     overlap = summary["overlap"]
     if overlap is not None:
         note = " (no overlap: step exceeds the probe diameter)" if overlap < 0 else ""
@@ -181,6 +196,7 @@ def _array_table(scan: ScanData) -> dict[str, dict[str, Any]]:
         ("ycoords_start", scan.ycoords_start, "(= ycoords)" if scan.ycoords_start is scan.ycoords else ""),
         ("scan_index", scan.scan_index, "" if scan.scan_index.any() else "(all 0: one scan)"),
         ("probeGuess", scan.probe, ""),
+        ("mask", scan.mask, ""),
         ("objectGuess", scan.object, ""),
         ("Y", scan.Y, ""),
     ]
@@ -191,6 +207,8 @@ def _array_table(scan: ScanData) -> dict[str, dict[str, Any]]:
             continue
         if isinstance(value, np.memmap):
             note = (note + " memory-mapped").strip()
+        elif hasattr(value, "preparation"):
+            note = (note + " read lazily, prepared per chunk").strip()
         table[key] = {"shape": list(value.shape), "dtype": str(value.dtype), "note": note}
     return table
 
@@ -257,3 +275,191 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, np.ndarray):
         return value.tolist()
     return value
+
+
+# ---------------------------------------------------------------------- any file
+_TREE_LIMIT = 200
+
+
+def describe_file(path: str | Any, *, max_patterns: int = _SAMPLE_PATTERNS, **options: Any) -> dict[str, Any]:
+    """What ``ptychodata inspect`` says about any readable file, before and after validating it.
+
+    Parameters
+    ----------
+    path : path
+        An HDF5/CXI file, an ``.npz`` (also bz2/gzip-compressed), in any layout.
+    max_patterns : int
+        Largest number of patterns read for the value statistics of the loaded scan.
+    **options
+        Load options of :meth:`ScanData.load <ptychodata.scan.ScanData.load>` (``keys``,
+        ``pixel_size``, ``crop``, ``bin``, ...).
+
+    Returns
+    -------
+    dict
+        JSON-ready: ``file``, ``file_size_bytes``, ``container`` ({"hdf5", "zip", "bz2",
+        "gzip"}), ``tree`` (one entry per dataset or member: ``path``, ``shape``, ``dtype``
+        and for HDF5 ``chunks``, ``filters``, ``link``), ``layout`` (recognised layout or
+        None), ``evidence`` (frame shape, counts rule numbers and verdict, shift evidence,
+        bad pixels, geometry; absent when the layout could not be read), ``problem`` (why the
+        file does not load as it is, and what to pass; None when it loads), ``warnings``, and
+        when it loads every key of :func:`summarize_scan`.
+    """
+    import warnings
+    from pathlib import Path
+
+    from ptychodata.errors import PtychodataError
+    from ptychodata.io._build import LoadOptions, build_scan, plan
+    from ptychodata.io._container import open_container, sniff
+    from ptychodata.io._readers import read_raw, recognise
+
+    path = Path(path)
+    kind = sniff(path)
+    result: dict[str, Any] = {"file": str(path), "file_size_bytes": path.stat().st_size, "container": kind}
+    with open_container(path) as container:
+        result["tree"] = _tree(container)
+        result["layout"] = "key map" if options.get("keys") else recognise(container)
+    result["evidence"] = None
+    result["problem"] = None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            load_options = LoadOptions(**options)
+            raw = read_raw(path, load_options)
+            decided = plan(raw, load_options)
+            result["evidence"] = _evidence(raw, decided)
+            scan = build_scan(raw, load_options, ScanData, decided=decided)
+        except PtychodataError as exc:
+            result["problem"] = str(exc)
+            scan = None
+    result["warnings"] = [str(warning.message) for warning in caught]
+    if scan is not None:
+        result.update(summarize_scan(scan, max_patterns=max_patterns))
+        result["file"], result["file_size_bytes"] = str(path), path.stat().st_size
+    return result
+
+
+def _tree(container: Any) -> list[dict[str, Any]]:
+    entries = []
+    if container.kind == "npz":
+        for key in list(container.keys())[:_TREE_LIMIT]:
+            value = container.raw(key)
+            entries.append({"path": key, "shape": list(value.shape), "dtype": str(value.dtype)})
+        return entries
+    from ptychodata.io._hdf5 import filters_of, require_h5py
+
+    h5py = require_h5py()
+    h5 = container._h5
+
+    def visit(group: Any, prefix: str) -> None:
+        for name in group:
+            if len(entries) >= _TREE_LIMIT:
+                return
+            item_path = f"{prefix}/{name}"
+            link = group.get(name, getlink=True)
+            target = link.path if isinstance(link, (h5py.SoftLink, h5py.ExternalLink)) else None
+            try:
+                item = group[name]
+            except (KeyError, OSError, RuntimeError):
+                entries.append({"path": item_path, "link": target, "broken": True})
+                continue
+            if isinstance(item, h5py.Dataset):
+                entries.append({
+                    "path": item_path, "shape": list(item.shape), "dtype": str(item.dtype),
+                    "chunks": None if item.chunks is None else list(item.chunks),
+                    "filters": [name for _, name in filters_of(item)], "link": target,
+                })
+            elif isinstance(item, h5py.Group) and target is None:
+                visit(item, item_path)
+            else:
+                entries.append({"path": item_path, "link": target, "group": True})
+
+    visit(h5, "")
+    return entries
+
+
+def _evidence(raw: Any, decided: Any) -> dict[str, Any]:
+    stats, prep = decided.stats, decided.preparation
+    return jsonable({
+        "patterns": raw.patterns_key,
+        "frames": {"count": int(raw.patterns.shape[0]), "shape": [int(n) for n in raw.patterns.shape[1:]],
+                   "dtype": stats.dtype},
+        "counts": {"converted": decided.counts, "reason": decided.counts_reason, "rule": stats.counts_evidence(),
+                   "sampled": stats.n_sampled, "min": stats.minimum, "max": stats.maximum,
+                   "mean_total": stats.mean_total, "whole_numbers": stats.whole_numbers},
+        "shift": {"shifted_in_file": decided.shifted_in_file, "reason": decided.shift_reason,
+                  "centroid_evidence": stats.shift_evidence()},
+        "bad_pixels": 0 if prep.mask is None else int((~prep.mask).sum()),
+        "preparation": prep.steps(),
+        "N": prep.N,
+        "positions": {"unit": raw.position_unit, "origin": raw.position_origin},
+        "geometry": {"photon_energy_eV": raw.energy_eV, "wavelength_m": raw.wavelength_m,
+                     "distance_m": raw.distance_m, "detector_pixel_m": raw.detector_pixel_m,
+                     "object_pixel_m": raw.object_pixel_m},
+    })
+
+
+def format_description(description: dict[str, Any]) -> str:
+    """Human-readable text of a :func:`describe_file` dict."""
+    lines = [f"file         {description['file']} ({human_size(description['file_size_bytes'])})"]
+    container = {"hdf5": "HDF5", "zip": "npz (zip)", "bz2": "npz, bz2-compressed (read into memory)",
+                 "gzip": "npz, gzip-compressed (read into memory)"}.get(description["container"],
+                                                                          description["container"])
+    lines.append(f"container    {container}")
+    layout = description["layout"]
+    lines.append("layout       " + (layout or "not recognised: name the datasets with --key diffraction=PATH "
+                                    "--key xcoords=PATH --key ycoords=PATH (or --key positions=PATH)"))
+    lines.append("contents")
+    for entry in description["tree"]:
+        if entry.get("broken"):
+            lines.append(f"  {entry['path']:<44} broken link -> {entry['link']}")
+            continue
+        if entry.get("group"):
+            lines.append(f"  {entry['path']:<44} group" + (f" -> {entry['link']}" if entry.get("link") else ""))
+            continue
+        shape = "(" + ", ".join(map(str, entry["shape"])) + ("," if len(entry["shape"]) == 1 else "") + ")"
+        extra = []
+        if entry.get("chunks"):
+            extra.append("chunks (" + ", ".join(map(str, entry["chunks"])) + ")")
+        if entry.get("filters"):
+            extra.append("+".join(entry["filters"]))
+        if entry.get("link"):
+            extra.append(f"-> {entry['link']}")
+        lines.append(f"  {entry['path']:<44} {shape:<18} {entry['dtype']:<10} {'  '.join(extra)}".rstrip())
+    if len(description["tree"]) >= _TREE_LIMIT:
+        lines.append(f"  ... (first {_TREE_LIMIT} entries)")
+    evidence = description.get("evidence")
+    if evidence:
+        frames, counts, shift = evidence["frames"], evidence["counts"], evidence["shift"]
+        lines.append(f"patterns     {evidence['patterns']}: {frames['count']} frames of "
+                     f"{'×'.join(map(str, frames['shape']))} {frames['dtype']} -> N = {evidence['N']}")
+        verdict = "counts: converted to amplitude sqrt(counts)" if counts["converted"] else "amplitudes (kept)"
+        lines.append(f"intensity    {verdict}; {counts['reason']}")
+        lines.append(f"             evidence: {counts['rule']}; min {counts['min']:.4g} over {counts['sampled']} "
+                     "sampled patterns")
+        lines.append(f"shift        {'fftshifted on read' if not shift['shifted_in_file'] else 'already shifted'}; "
+                     f"{shift['centroid_evidence']}")
+        lines.append(f"bad pixels   {evidence['bad_pixels']}" + (" (zeroed; mask True = usable)"
+                                                                 if evidence["bad_pixels"] else ""))
+        lines.append("preparation  " + (", ".join(evidence["preparation"]) or "none"))
+        geometry = {key: value for key, value in evidence["geometry"].items() if value is not None}
+        lines.append(f"positions    {evidence['positions']['unit']}, window {evidence['positions']['origin']}")
+        lines.append("geometry     " + (", ".join(f"{key} {_fmt(value)}" for key, value in geometry.items())
+                                       or "none in the file"))
+    if description.get("problem"):
+        lines.append(textwrap.fill(description["problem"], width=110, initial_indent="PROBLEM      ",
+                                   subsequent_indent=" " * 13))
+    for message in description.get("warnings", []):
+        lines.append(textwrap.fill(message, width=110, initial_indent="note         ", subsequent_indent=" " * 13))
+    if description.get("n_points") is not None:
+        lines.append("scan (as loaded)")
+        body = dict(description)
+        body.pop("file", None)
+        lines.append(format_summary(body))
+    return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return "(" + ", ".join(_fmt(item) for item in value) + ")"
+    return f"{value:.6g}" if isinstance(value, float) else str(value)

@@ -19,12 +19,17 @@ def rows_per_chunk(row_bytes: int, budget_bytes: int) -> int:
 def iter_rows(array: np.ndarray, rows: int) -> Iterator[tuple[int, np.ndarray]]:
     """Yield ``(start, copy of array[start:start + rows])`` along the first axis.
 
+    Sources marked ``returns_copies`` (lazy pattern sources, whose every read is a new
+    array) are not copied again.
+
     For a memmap, the pages just read are dropped from this process's mapping after
     each copy (see :func:`release_pages`), so reading a file of any size through a
     memmap leaves resident memory at about one chunk.
     """
+    fresh = getattr(array, "returns_copies", False)  # a lazy source hands out new arrays: no second copy
     for start in range(0, array.shape[0], rows):
-        yield start, np.array(array[start : start + rows])
+        chunk = array[start : start + rows]
+        yield start, chunk if fresh else np.array(chunk)
         release_pages(array)
 
 

@@ -194,6 +194,11 @@ def _write_member(member, array: np.ndarray) -> None:
         member.write(memoryview(np.ascontiguousarray(chunk)).cast("B"))
 
 
+def _streamable(value) -> bool:
+    """A lazy pattern source (``LazyPatterns``) too large to read whole: written row-chunk by row-chunk."""
+    return hasattr(value, "preparation") and value.nbytes > _STREAM_BYTES
+
+
 def write_npz(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> Path:
     """Write ``arrays`` as an uncompressed ``.npz``, atomically (temporary file, then rename).
 
@@ -208,7 +213,7 @@ def write_npz(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> Path
             with zipfile.ZipFile(handle, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
                 for key, value in arrays.items():
                     with zf.open(f"{key}.npy", mode="w", force_zip64=True) as member:
-                        _write_member(member, np.asanyarray(value))
+                        _write_member(member, value if _streamable(value) else np.asanyarray(value))
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp_name, 0o644)  # mkstemp makes 0600

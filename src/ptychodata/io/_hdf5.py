@@ -1,0 +1,192 @@
+"""HDF5 access through h5py (imported lazily): open, find datasets, read, check filters.
+
+``import ptychodata`` never imports h5py; the first HDF5 file does. A dataset compressed
+with a filter this h5py cannot decode (bitshuffle, LZ4, Blosc, ... without hdf5plugin) is
+reported by the filter's name before any read, with the package that provides it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ptychodata.errors import MissingDependencyError, ScanFormatError
+
+__all__ = [
+    "H5Dataset",
+    "check_filters",
+    "dataset_paths",
+    "get_dataset",
+    "open_h5",
+    "read_dataset",
+    "require_h5py",
+]
+
+# Filters h5py decodes without plugins.
+_BUILTIN_FILTERS = {
+    1: "gzip",
+    2: "shuffle",
+    3: "fletcher32",
+    4: "szip",
+    5: "nbit",
+    6: "scaleoffset",
+    32000: "lzf",
+}
+# Registered HDF5 filter ids that hdf5plugin provides, for error messages.
+_PLUGIN_FILTERS = {
+    307: "bzip2",
+    32001: "blosc",
+    32004: "lz4",
+    32008: "bitshuffle",
+    32013: "zfp",
+    32015: "zstd",
+    32017: "sz",
+    32018: "fcidecomp",
+    32023: "sz3",
+    32026: "blosc2",
+}
+
+
+def require_h5py() -> Any:
+    """Import h5py (and hdf5plugin when installed, which registers extra compression filters)."""
+    try:
+        import h5py
+    except ImportError as exc:  # pragma: no cover - h5py is a dependency
+        raise MissingDependencyError(
+            "reading HDF5/CXI files needs h5py: pip install h5py hdf5plugin"
+        ) from exc
+    try:
+        import hdf5plugin  # noqa: F401  (registers bitshuffle, lz4, blosc, zstd, ...)
+    except ImportError:
+        pass
+    return h5py
+
+
+def open_h5(path: str | os.PathLike) -> Any:
+    """Open an HDF5 file read-only, or raise ``ScanFormatError`` naming it."""
+    h5py = require_h5py()
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        raise ScanFormatError(f"{path}: not a readable HDF5 file ({exc})") from exc
+
+
+def get_dataset(h5: Any, key: str) -> Any:
+    """The dataset at ``key`` (soft/external links followed), or None if absent or not a dataset."""
+    h5py = require_h5py()
+    try:
+        item = h5.get(key)
+    except (KeyError, OSError, RuntimeError):  # broken link, missing external file
+        return None
+    return item if isinstance(item, h5py.Dataset) else None
+
+
+def dataset_paths(h5: Any) -> list[str]:
+    """Absolute paths of every dataset reachable from the root, links followed, each once."""
+    h5py = require_h5py()
+    found: list[str] = []
+    seen: set[Any] = set()
+
+    def walk(group: Any, prefix: str) -> None:
+        for name in group:
+            path = f"{prefix}/{name}"
+            try:
+                item = group[name]
+            except (KeyError, OSError, RuntimeError):
+                continue
+            if isinstance(item, h5py.Dataset):
+                found.append(path)
+            elif isinstance(item, h5py.Group) and item.id not in seen:
+                seen.add(item.id)
+                walk(item, path)
+
+    walk(h5, "")
+    return found
+
+
+def filters_of(dataset: Any) -> list[tuple[int, str]]:
+    """(filter id, name) of each filter in the dataset's pipeline."""
+    plist = dataset.id.get_create_plist()
+    result = []
+    for index in range(plist.get_nfilters()):
+        code, _flags, _values, name = plist.get_filter(index)
+        label = name.decode(errors="replace") if isinstance(name, bytes) else str(name)
+        result.append((int(code), _PLUGIN_FILTERS.get(int(code)) or _BUILTIN_FILTERS.get(int(code)) or label))
+    return result
+
+
+def check_filters(dataset: Any, where: str) -> None:
+    """Raise ``ScanFormatError`` naming a compression filter this h5py cannot decode."""
+    h5py = require_h5py()
+    for code, name in filters_of(dataset):
+        if not h5py.h5z.filter_avail(code):
+            raise ScanFormatError(
+                f"{where}: compressed with HDF5 filter {code} ({name}), which is not available here; "
+                "install the filter plugins with `pip install hdf5plugin` (ptychodata loads it when present)"
+            )
+
+
+def read_dataset(dataset: Any, where: str, selection: Any = ()) -> np.ndarray:
+    """``dataset[selection]`` as an ndarray; an unavailable filter or a read failure names ``where``."""
+    check_filters(dataset, where)
+    try:
+        return np.asarray(dataset[selection])
+    except OSError as exc:
+        raise ScanFormatError(f"{where}: could not be read ({exc})") from exc
+
+
+class H5Dataset:
+    """A picklable recipe for one HDF5 dataset: (file, dataset path), reopened lazily per process.
+
+    Behaves as a read-only array along its first axis: ``shape``, ``dtype``, ``chunks``,
+    ``len()`` and ``[rows]``. Pickles by reference (file and path), never its data.
+    """
+
+    def __init__(self, path: str | os.PathLike, key: str):
+        self.path, self.key = str(Path(path)), key
+        self._file: Any = None
+        self._dataset: Any = None
+        dataset = self.dataset
+        self.shape = tuple(int(n) for n in dataset.shape)
+        self.dtype = np.dtype(dataset.dtype)
+        self.chunks = None if dataset.chunks is None else tuple(int(n) for n in dataset.chunks)
+        self.filters = [name for _, name in filters_of(dataset)]
+        check_filters(dataset, f"{self.path}: dataset {key!r}")
+
+    @property
+    def dataset(self) -> Any:
+        if self._dataset is None:
+            self._file = open_h5(self.path)
+            dataset = get_dataset(self._file, self.key)
+            if dataset is None:
+                raise ScanFormatError(f"{self.path}: no dataset {self.key!r}")
+            self._dataset = dataset
+        return self._dataset
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def rows_per_chunk(self) -> int:
+        """Rows (first-axis entries) in one HDF5 chunk; 1 for contiguous storage."""
+        return 1 if self.chunks is None else self.chunks[0]
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, selection: Any) -> np.ndarray:
+        return read_dataset(self.dataset, f"{self.path}: dataset {self.key!r}", selection)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_file"] = state["_dataset"] = None
+        return state
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        self._file = self._dataset = None

@@ -381,8 +381,6 @@ def test_intensity_sources_store_amplitudes(tmp_path, scan):
     np.testing.assert_allclose(store.energies, counts.sum(axis=(1, 2)), rtol=1e-6)
 
 
-@pytest.mark.xfail(strict=True, reason="store/ converts counts itself after ScanData.load already did: it must pass "
-                   "intensity= to ScanData.load and drop its own counts_to_amplitude (issue 9 hand-over)")
 def test_intensity_true_on_a_counts_file_converts_once(tmp_path, scan):
     counts = np.round(np.asarray(scan.diffraction, np.float64) ** 2 * 100).astype(np.uint32)
     with pytest.warns(UserWarning, match="intensity=True"):

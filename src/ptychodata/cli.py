@@ -72,7 +72,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 _FLAGS = {
     "enable_oversampling=True": "--oversample",
     "intensity=True": "--intensity",
-    "intensity=False": "no --intensity",
+    "intensity=False": "--amplitude",
+    "shift=False": "--no-shift",
+    "shift=True": "--shift",
+    "near_field=True": "--near-field",
+    "clip_negative=True": "--clip-negative",
+    "probe_modes='all'": "--probe-modes all",
+    "estimate_probe=True": "--estimate-probe",
+    "crop=": "--crop ",
+    "keys=": "--key NAME=PATH ",
     "cache_dir=...": "--cache-dir DIR",
     "materialize=True": "--materialize",
     "verify=True": "--verify",
@@ -170,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
         "and print the store's path. An up-to-date store is reused in milliseconds; a changed source "
         "is rebuilt. Each source is one experiment; groups never cross experiments.",
     )
-    prep.add_argument("sources", type=Path, nargs="+", metavar="SRC", help="scan .npz files")
+    prep.add_argument("sources", type=Path, nargs="+", metavar="SRC", help="scan files (any format inspect reads)")
     prep.add_argument(
         "--gridsize", type=_positive_int, default=1, help="g, C = g² patterns a group (default 1)"
     )
@@ -183,10 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     prep.add_argument("--nphotons", type=_positive_float, help="photons per pattern, for intensity_scale")
     _add_cache_dir(prep)
-    prep.add_argument("--intensity", action="store_true", help="sources hold counts: store sqrt(counts)")
     prep.add_argument("--materialize", action="store_true", help="also write the grouped X array")
     prep.add_argument("--verify", action="store_true", help="re-hash sources before reusing a store")
     prep.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_load_options(prep)
     prep.set_defaults(run=_run_prepare)
 
     cache = commands.add_parser(
@@ -332,6 +340,14 @@ def _add_load_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--near-field", action="store_true", help="accept near-field data (needs --pixel-size)")
 
 
+# What _load_options gives when a flag is not used (ScanData.load's own defaults).
+_LOAD_DEFAULTS = {"keys": None, "diffraction": None, "shift": None, "crop": None, "center": None, "bin": 1,
+                  "transpose": False, "flip_rows": False, "flip_cols": False, "clip_negative": None,
+                  "pixel_size": None, "energy_eV": None, "wavelength_m": None, "distance_m": None,
+                  "detector_pixel_m": None, "position_unit": None, "position_columns": None,
+                  "position_origin": None, "probe_modes": "first", "near_field": False, "estimate_probe": False}
+
+
 def _load_options(args: argparse.Namespace) -> dict[str, Any]:
     keys = {}
     for item in args.key:
@@ -425,12 +441,18 @@ def _run_prepare(args: argparse.Namespace) -> int:
         enable_oversampling=args.oversample,
         nphotons=args.nphotons,
     )
+    options = _load_options(args)
+    intensity = options.pop("intensity")
+    # Only what was given: the store's key then matches prepare() called with the same options.
+    options = {name: value for name, value in options.items()
+               if not (name in _LOAD_DEFAULTS and _LOAD_DEFAULTS[name] == value)}
     start = time.perf_counter()
     store = prepare(
         [str(source) for source in args.sources],
         config,
         cache_dir=args.cache_dir,
-        intensity=args.intensity,
+        intensity=intensity,
+        load_options=options,
         materialize=args.materialize,
         progress=not args.quiet,
         verify=args.verify,

@@ -37,8 +37,12 @@ def default_threads() -> int:
     return max(1, min(4, cores))
 
 
-def batch_layout(batch_size: int, C: int, N: int, *, with_Y: bool = False) -> Layout:
-    """Shape and dtype of each array of a batch of ``batch_size`` groups (§7)."""
+def batch_layout(
+    batch_size: int, C: int, N: int, *, with_Y: bool = False, probe: bool = True, mask: bool = False
+) -> Layout:
+    """Shape and dtype of each array of a batch of ``batch_size`` groups (§7): ``probe``
+    only for stores with a probe for every experiment, ``mask`` for stores with a
+    bad-pixel mask."""
     B = batch_size
     layout = {
         "X": ((B, C, N, N), np.float32),
@@ -47,8 +51,11 @@ def batch_layout(batch_size: int, C: int, N: int, *, with_Y: bool = False) -> La
         "nn_indices": ((B, C), np.int64),
         "group_index": ((B,), np.int64),
         "experiment_id": ((B,), np.int64),
-        "probe": ((B, N, N), np.complex64),
     }
+    if probe:
+        layout["probe"] = ((B, N, N), np.complex64)
+    if mask:
+        layout["mask"] = ((B, N, N), np.bool_)
     if with_Y:
         layout["Y"] = ((B, C, N, N), np.complex64)
     return layout
@@ -124,7 +131,8 @@ class BatchSources:
     groups : (B, C) int64; group_experiment : (B,) int64
     centres : (B, 2) float64; relative : (B, C, 2) float64
     x_scale : (E,) float32
-    probes : (E, N, N) complex64
+    probes : (E, N, N) complex64, or None (a source without a probe)
+    masks : (E, N, N) bool, or None (no source with a bad-pixel mask)
     X : (B, C, N, N) float32 or None (materialized stores)
     Y : (M, N, N) complex64 or None (stored patches)
     objects : list of (H, W) complex64 or None, one per experiment
@@ -137,7 +145,7 @@ class BatchSources:
     centres: np.ndarray
     relative: np.ndarray
     x_scale: np.ndarray
-    probes: np.ndarray
+    probes: np.ndarray | None
     X: np.ndarray | None
     Y: np.ndarray | None
     objects: list[np.ndarray | None]
@@ -146,6 +154,7 @@ class BatchSources:
     experiment_of_pattern: np.ndarray
     start_centres: np.ndarray | None = None
     start_relative: np.ndarray | None = None
+    masks: np.ndarray | None = None
 
 
 class BatchGatherer:
@@ -163,7 +172,10 @@ class BatchGatherer:
         self._executor_lock = threading.Lock()
 
     def layout(self, batch_size: int, *, with_Y: bool = False) -> Layout:
-        return batch_layout(batch_size, self.C, self.N, with_Y=with_Y)
+        s = self.sources
+        return batch_layout(
+            batch_size, self.C, self.N, with_Y=with_Y, probe=s.probes is not None, mask=s.masks is not None
+        )
 
     def gather(
         self,
@@ -197,10 +209,13 @@ class BatchGatherer:
         out["coords_relative"][:, :, 0, :] = s.relative[index]
         out["coords_offsets"][:, 0, 0, :] = s.centres[index]
         out["group_index"][:] = index if group_index is None else group_index
-        if len(s.probes) == 1:
-            out["probe"][:] = s.probes[0]
-        else:
-            np.take(s.probes, experiment, axis=0, out=out["probe"])
+        for key, per_experiment in (("probe", s.probes), ("mask", s.masks)):
+            if per_experiment is None:
+                continue
+            if len(per_experiment) == 1:
+                out[key][:] = per_experiment[0]
+            else:
+                np.take(per_experiment, experiment, axis=0, out=out[key])
         if with_Y:
             self.fill_Y(members, out["Y"])
         return out
@@ -220,11 +235,11 @@ class BatchGatherer:
         s = self.sources
         if s.start_centres is None or s.start_relative is None:
             raise StoreError("this build has no start (nominal) group coordinates; prepare the store again")
-        if len(constants.probe) != len(s.probes) or constants.probe.shape[1:] != (self.N, self.N):
+        if len(constants.probe) != len(s.x_scale) or constants.probe.shape[1:] != (self.N, self.N):
             raise ParameterError(
                 f"constants hold {len(constants.probe)} probes of shape {constants.probe.shape[1:]}; "
                 f"expected "
-                f"{len(s.probes)} of shape {(self.N, self.N)} (from this store's ptycho_torch_constants())"
+                f"{len(s.x_scale)} of shape {(self.N, self.N)} (from this store's ptycho_torch_constants())"
             )
         B = len(index)
         layout = ptycho_torch_layout(B, self.C, self.N, with_Y=with_Y)

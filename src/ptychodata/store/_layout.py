@@ -67,7 +67,8 @@ class FrameFile:
     YCOORDS_START = "ycoords_start"
     SCAN_INDEX = "scan_index"
     EXPERIMENT_ID = "experiment_id"
-    PROBES = "probes"  # (E, N, N) complex64
+    PROBES = "probes"  # (E, N, N) complex64, when every source has a probe
+    MASKS = "masks"  # (E, N, N) bool, True = usable, when any source has a bad-pixel mask
     Y = "Y"  # (M, N, N) complex64, when every source has patches
 
 

@@ -85,6 +85,8 @@ class ExperimentEntry:
     object_shape: list[int] | None
     nphotons: float | None
     has_Y: bool
+    has_probe: bool = True
+    has_mask: bool = False
     metadata: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -108,7 +110,8 @@ class FrameManifest(_Manifest):
     build_id: str
     N: int
     n_patterns: int
-    intensity: bool
+    intensity: bool | None
+    load_options: dict[str, Any]
     experiments: list[ExperimentEntry]
     files: dict[str, FileEntry]
     created: str

@@ -15,7 +15,7 @@ import json
 import math
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -29,6 +29,7 @@ from ptychodata.errors import ParameterError, ScanDataError, StoreError, StoreNo
 from ptychodata.grouping import GroupingConfig, group
 from ptychodata.normalize import checked_energies, intensity_scale, scale_from_energies
 from ptychodata.scan import ScanData, counts_to_amplitude
+from ptychodata.summary import jsonable
 from ptychodata.store._files import (
     NpyWriter,
     ensure_writable_directory,
@@ -82,7 +83,8 @@ def prepare(
     config: GroupingConfig,
     *,
     cache_dir: str | os.PathLike | None = None,
-    intensity: bool = False,
+    intensity: bool | None = None,
+    load_options: Mapping[str, Any] | None = None,
     materialize: bool = False,
     progress: bool = True,
     verify: bool = False,
@@ -102,8 +104,14 @@ def prepare(
     config : GroupingConfig
     cache_dir : path, optional
         Where stores live; default :func:`default_cache_dir`.
-    intensity : bool
-        Sources hold counts; store sqrt(counts).
+    intensity : bool, optional
+        Whether the sources hold counts (stored as sqrt(counts)) or amplitudes; default:
+        what each file's format and content say (:meth:`ScanData.load`'s counts rule). For
+        an in-memory ``ScanData``, ``True`` means its ``diffraction`` holds counts.
+    load_options : dict, optional
+        Options of :meth:`ScanData.load` for file sources (``keys``, ``crop``, ``bin``,
+        ``pixel_size``, ``mask``, ...); part of the store's key, so other options make
+        another store.
     materialize : bool
         Also write the grouped, scaled (B, C, N, N) X array (for slow random reads).
     progress : bool
@@ -117,13 +125,18 @@ def prepare(
         Opened on the grouping build this call found or made.
     """
     layout = CacheLayout(ensure_writable_directory(Path(cache_dir) if cache_dir is not None else default_cache_dir()))
-    handles = [_Source.open(source) for source in _as_list(sources)]
-    frames_key = stable_key("frames", SCHEMA_VERSION, intensity, [handle.identity() for handle in handles])
+    options = dict(load_options or {})
+    if "intensity" in options:
+        raise ParameterError("pass intensity= to prepare itself, not inside load_options")
+    handles = [_Source.open(source, intensity, options) for source in _as_list(sources)]
+    frames_key = stable_key(
+        "frames", SCHEMA_VERSION, intensity, _options_identity(options), [handle.identity() for handle in handles]
+    )
     frames_slot = layout.frames_slot(frames_key)
     grouping_slot = layout.grouping_slot(frames_key, stable_key("grouping", config.to_dict(), materialize))
     for attempt in range(_ATTEMPTS):
         try:
-            return _prepare_once(frames_slot, grouping_slot, handles, config, intensity, materialize, progress, verify)
+            return _prepare_once(frames_slot, grouping_slot, handles, config, materialize, progress, verify)
         except StoreNotFoundError:  # removed (e.g. 'ptychodata cache remove') while being prepared: again
             if attempt == _ATTEMPTS - 1:
                 raise
@@ -135,14 +148,13 @@ def _prepare_once(
     grouping_slot: BuildSlot,
     handles: list[_Source],
     config: GroupingConfig,
-    intensity: bool,
     materialize: bool,
     progress: bool,
     verify: bool,
 ):
     from ptychodata.store._store import Store
 
-    _ensure_frames(frames_slot, handles, intensity, verify, progress)
+    _ensure_frames(frames_slot, handles, verify, progress)
     frames_id, frames_lock = open_current(frames_slot)
     try:
         with file_lock(grouping_slot.lock):
@@ -177,33 +189,49 @@ def _as_list(sources: Any) -> list[Any]:
 
 
 class _Source:
-    """A source scan to copy: its identity now, its (memory-mapped) arrays when first needed.
+    """A source scan to copy: its identity now, its (memory-mapped or lazy) arrays when
+    first needed.
 
     Reusing an up-to-date store only stats the file; the scan is opened for a build or
     a content check. An in-memory scan is identified by the hash of everything that
     reaches the store.
     """
 
-    def __init__(self, path: str | None, size: int | None, mtime_ns: int | None, scan: ScanData | None = None):
+    def __init__(
+        self,
+        path: str | None,
+        size: int | None,
+        mtime_ns: int | None,
+        scan: ScanData | None = None,
+        *,
+        intensity: bool | None = None,
+        options: dict[str, Any] | None = None,
+    ):
         self.path, self.size, self.mtime_ns = path, size, mtime_ns
+        self.intensity = intensity
+        self.options = options or {}
         self._scan = scan
         self.known_hash = None if scan is None else content_hash(scan)
 
     @classmethod
-    def open(cls, source: Any) -> _Source:
+    def open(cls, source: Any, intensity: bool | None, options: dict[str, Any]) -> _Source:
         if isinstance(source, ScanData):
-            return cls(None, None, None, source)
+            return cls(None, None, None, source, intensity=intensity)
         path = Path(source).expanduser().resolve()
         stat = _stat_source(path)
-        return cls(str(path), stat.st_size, stat.st_mtime_ns)
+        return cls(str(path), stat.st_size, stat.st_mtime_ns, intensity=intensity, options=options)
 
     @property
     def scan(self) -> ScanData:
+        """The scan as amplitudes (file sources are converted by :meth:`ScanData.load`)."""
         if self._scan is None:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # integer counts are fine here: intensity= says what they are
-                self._scan = ScanData.load(self.path, check_values=False)
+            self._scan = ScanData.load(self.path, check_values=False, intensity=self.intensity, **self.options)
         return self._scan
+
+    @property
+    def holds_counts(self) -> bool:
+        """An in-memory scan whose ``diffraction`` the caller says holds counts."""
+        return self.path is None and bool(self.intensity)
 
     def identity(self) -> dict[str, Any]:
         return {"path": self.path} if self.path is not None else {"content_hash": self.known_hash}
@@ -211,6 +239,19 @@ class _Source:
     @property
     def name(self) -> str:
         return self.path or "in-memory scan"
+
+
+def _options_identity(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Load options as JSON for the store key; arrays (a mask) by a hash of their content."""
+    identity = {}
+    for name, value in sorted(options.items()):
+        if isinstance(value, np.ndarray):
+            hasher = new_hasher()
+            _hash_header(hasher, name, value)
+            hasher.update(memoryview(np.ascontiguousarray(value)).cast("B"))
+            value = {"array": hasher.hexdigest()}
+        identity[name] = value
+    return identity
 
 
 def _stat_source(path: Path) -> os.stat_result:
@@ -245,6 +286,7 @@ def _hash_small_arrays(scan: ScanData):
         "scan_index": scan.scan_index,
         "probe": scan.probe,
         "object": scan.object,
+        "mask": scan.mask,
     }
     for name, array in fields.items():
         if array is None:
@@ -280,14 +322,14 @@ def _live_manifest(slot: BuildSlot, kind: type) -> FrameManifest | GroupingManif
     return manifest if manifest.build_id == build_id else None
 
 
-def _ensure_frames(slot: BuildSlot, handles: list[_Source], intensity: bool, verify: bool, progress: bool) -> None:
+def _ensure_frames(slot: BuildSlot, handles: list[_Source], verify: bool, progress: bool) -> None:
     """Make the frames slot's live build match ``handles``, building a new one if needed."""
     with file_lock(slot.lock):
         slot.remove_temporaries()
         if _frames_current(_live_manifest(slot, FrameManifest), handles, verify):
             return
         with slot.new_build() as (build_id, directory):
-            _build_frames(directory, slot.frames_key, build_id, handles, intensity, progress)
+            _build_frames(directory, slot.frames_key, build_id, handles, progress)
         slot.publish(build_id)
         _collect_frames(slot)
 
@@ -333,9 +375,7 @@ def _collect_frames(slot: BuildSlot) -> None:
 
 
 # ---------------------------------------------------------------------- frames
-def _build_frames(
-    directory: Path, key: str, build_id: str, handles: list[_Source], intensity: bool, progress: bool
-) -> None:
+def _build_frames(directory: Path, key: str, build_id: str, handles: list[_Source], progress: bool) -> None:
     sizes = {handle.scan.N for handle in handles}
     if len(sizes) > 1:
         found = ", ".join(f"{h.name}: N={h.scan.N}" for h in handles)
@@ -351,7 +391,7 @@ def _build_frames(
         NpyWriter(directory / npy_name(FrameFile.AMPLITUDE_SUMS), (n_total,), np.float64) as sums,
     ):
         for experiment_id, handle in enumerate(handles):
-            digest = _copy_patterns(handle, patterns, energies, sums, intensity, bar)
+            digest = _copy_patterns(handle, patterns, energies, sums, bar)
             scan = handle.scan
             experiments.append(
                 ExperimentEntry(
@@ -362,6 +402,9 @@ def _build_frames(
                     object_shape=None if scan.object is None else list(scan.object.shape),
                     nphotons=scan.nphotons,
                     has_Y=scan.Y is not None,
+                    has_probe=scan.probe is not None,
+                    has_mask=scan.mask is not None,
+                    metadata=jsonable(dict(scan.metadata)),
                 )
             )
             if scan.object is not None:
@@ -378,7 +421,11 @@ def _build_frames(
     }
     for stem, parts in columns.items():
         write_npy(directory / npy_name(stem), np.concatenate(parts))
-    write_npy(directory / npy_name(FrameFile.PROBES), np.stack([s.probe for s in scans]))
+    if all(scan.probe is not None for scan in scans):
+        write_npy(directory / npy_name(FrameFile.PROBES), np.stack([s.probe for s in scans]))
+    if any(scan.mask is not None for scan in scans):
+        masks = [np.ones((N, N), bool) if s.mask is None else s.mask for s in scans]
+        write_npy(directory / npy_name(FrameFile.MASKS), np.stack(masks))
     if all(scan.Y is not None for scan in scans):
         with NpyWriter(directory / npy_name(FrameFile.Y), (n_total, N, N), np.complex64) as writer:
             for scan in scans:
@@ -391,14 +438,13 @@ def _build_frames(
         build_id=build_id,
         N=N,
         n_patterns=n_total,
-        intensity=intensity,
+        intensity=handles[0].intensity,
+        load_options=_options_identity(handles[0].options),
         experiments=experiments,
     )
 
 
-def _copy_patterns(
-    handle: _Source, patterns: NpyWriter, energies: NpyWriter, sums: NpyWriter, intensity: bool, bar: tqdm
-) -> str:
+def _copy_patterns(handle: _Source, patterns: NpyWriter, energies: NpyWriter, sums: NpyWriter, bar: tqdm) -> str:
     """Stream one source's patterns into the store; return its content hash.
 
     The main thread reads, converts and checks chunk k+1 while a writer thread hashes
@@ -423,7 +469,7 @@ def _copy_patterns(
     with ThreadPoolExecutor(max_workers=1) as writer:
         pending = None
         for start, raw in _pattern_chunks(scan):
-            if intensity:
+            if handle.holds_counts:
                 amplitude = counts_to_amplitude(raw, source=where, first_pattern=start)
             else:
                 amplitude = raw.astype(np.float32, copy=False)
@@ -431,7 +477,7 @@ def _copy_patterns(
                 amplitude,
                 np.arange(start, start + len(amplitude)),
                 where=f"{where}: ",
-                hint="" if intensity else " (counts? pass intensity=True)",
+                hint="" if handle.intensity else " (counts? pass intensity=True)",
             )
             if pending is not None:
                 pending.result()

@@ -192,7 +192,8 @@ class Store:
                 centres=g[GroupingFile.COORDS_OFFSETS],
                 relative=g[GroupingFile.COORDS_RELATIVE],
                 x_scale=np.asarray(build.grouping.x_scale, np.float32),
-                probes=f[FrameFile.PROBES],
+                probes=f.get(FrameFile.PROBES),
+                masks=f.get(FrameFile.MASKS),
                 X=g.get(GroupingFile.X),
                 Y=f.get(FrameFile.Y),
                 objects=[f.get(object_stem(e)) for e in range(len(build.frames.experiments))],
@@ -324,9 +325,21 @@ class Store:
         """The (H, W) complex64 object of an experiment (memory-mapped), or None."""
         return self._open().frame_arrays.get(object_stem(experiment))
 
-    def probe(self, experiment: int = 0) -> np.ndarray:
-        """The (N, N) complex64 probe of an experiment."""
-        return self._open().frame_arrays[FrameFile.PROBES][experiment]
+    @property
+    def has_probe(self) -> bool:
+        """Whether every experiment has a probe (then batches carry ``probe``)."""
+        return FrameFile.PROBES in self._open().frame_arrays
+
+    def mask(self, experiment: int = 0) -> np.ndarray | None:
+        """The (N, N) bool bad-pixel mask of an experiment (True = usable), or None when no
+        experiment of the store has one (then batches carry no ``mask``)."""
+        masks = self._open().frame_arrays.get(FrameFile.MASKS)
+        return None if masks is None else masks[experiment]
+
+    def probe(self, experiment: int = 0) -> np.ndarray | None:
+        """The (N, N) complex64 probe of an experiment, or None when the store has none."""
+        probes = self._open().frame_arrays.get(FrameFile.PROBES)
+        return None if probes is None else probes[experiment]
 
     # ------------------------------------------------------------------ per-group arrays (this store's groups)
     def _select(self, array: np.ndarray) -> np.ndarray:
@@ -382,7 +395,8 @@ class Store:
             ``probe`` (E, N, N) complex64 normalised by ptycho_torch's rule, ``probe_scaling``
             (E,) float32 (1 / the probe's factor).
         """
-        self._open()
+        if not self.has_probe:
+            raise StoreError(f"{self.path}: a source of this store has no probe; ptycho_torch's batch needs one")
         E = self.n_experiments
         experiment = np.asarray(self.pattern_experiment)
         order = np.argsort(experiment, kind="stable")
@@ -483,7 +497,7 @@ class Store:
         _check_layout(layout)
         if layout == "ptycho_torch":
             return ptycho_torch_layout(batch_size, self.C, self.N, with_Y=with_Y)
-        return batch_layout(batch_size, self.C, self.N, with_Y=with_Y)
+        return self._gatherer.layout(batch_size, with_Y=with_Y)
 
     def _check_indices(self, indices: Any) -> np.ndarray:
         index = np.asarray(indices)
@@ -542,7 +556,10 @@ class Store:
             if self.n_experiments != 1:
                 raise StoreError(f"{self.path}: {self.n_experiments} experiments; pass experiment=...")
             experiment = 0
-        return PtychoDataContainer.from_grouped(self.grouped_data(experiment), self.probe(experiment), **kwargs)
+        probe = self.probe(experiment)
+        if probe is None:
+            raise StoreError(f"{self.path}: experiment {experiment} has no probe; the §8 container needs one")
+        return PtychoDataContainer.from_grouped(self.grouped_data(experiment), probe, **kwargs)
 
     def subset(self, indices: Any) -> Store:
         """A store serving this store's groups ``indices`` (positions in this store), with

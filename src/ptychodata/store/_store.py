@@ -326,6 +326,25 @@ class Store:
         return self._select(self._open().group_arrays[GroupingFile.COORDS_OFFSETS])
 
     @property
+    def group_relative(self) -> np.ndarray:
+        """Each member's offset from its group's centre (§3 ``coords_relative``), (B, C, 2)
+        float64, last axis (x, y)."""
+        return self._select(self._open().group_arrays[GroupingFile.COORDS_RELATIVE])
+
+    @property
+    def materialized_X(self) -> np.ndarray | None:
+        """The stored, already scaled X of each group, (B, C, N, N) float32, for a store
+        prepared with materialized groups; None otherwise (X is gathered from ``patterns``)."""
+        X = self._open().group_arrays.get(GroupingFile.X)
+        return None if X is None else self._select(X)
+
+    @property
+    def stored_patches(self) -> np.ndarray | None:
+        """Stored ground-truth patches of every pattern, (M, N, N) complex64, when the
+        sources had them; None when ``Y`` is cut from the objects instead."""
+        return self._open().frame_arrays.get(FrameFile.Y)
+
+    @property
     def x_scale(self) -> list[float]:
         """The §5 scale factor of each experiment."""
         return list(self.grouping.x_scale)

@@ -1,0 +1,344 @@
+"""GPU-resident loading: a store's frames and tables held in device memory, batches gathered there.
+
+A :class:`DeviceStore` copies what a §7 batch is made of to a device once (patterns, probes,
+each group's members, experiment, centre and relative coordinates, and the §5 scales), and
+makes every batch there with a few ``index_select`` calls: no host gather, no host→device
+copy per batch. Its batches are those of :meth:`ptychodata.store.Store.batch`, bit for bit
+(same keys, shapes, dtypes, channels-first layout), except ``Y`` cut from the objects by
+:class:`~ptychodata.torch.PatchExtractor`, which matches NumPy's patches to float32
+tolerance. :func:`~ptychodata.torch.make_loader` with ``resident=True`` serves them in the
+order of the same :class:`~ptychodata.torch.GroupSampler` (sharding, resume).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from ptychodata.errors import GroupIndexError, ParameterError
+from ptychodata.store import Store, open_store
+
+__all__ = ["DeviceStore"]
+
+_CHUNK_BYTES = 64 << 20  # host memory used at a time while frames are copied to the device
+
+
+@dataclass
+class _Tables:
+    """Per-group arrays of a run of groups (a batch, or a whole pass) on the device; a
+    batch's arrays are slices of them along the first axis (contiguous views)."""
+
+    members: torch.Tensor  # (n, C) int64 rows of the device frames
+    nn_indices: torch.Tensor  # (n, C) int64 pattern indices in the store
+    group_index: torch.Tensor  # (n,) int64
+    experiment: torch.Tensor  # (n,) int64
+    relative: torch.Tensor  # (n, C, 1, 2) float32
+    offsets: torch.Tensor  # (n, 1, 1, 2) float32
+    scale: torch.Tensor | None  # (n,) float32, when frames are not stored pre-scaled
+
+    def split(self, sizes: list[int]) -> list[_Tables]:
+        """Consecutive runs of ``sizes`` groups, as views (one ``split`` per array, so a
+        batch costs no slicing of its own)."""
+        fields = [self.members, self.nn_indices, self.group_index, self.experiment, self.relative, self.offsets]
+        parts = [field.split(sizes) for field in fields]
+        scales = self.scale.split(sizes) if self.scale is not None else [None] * len(sizes)
+        return [_Tables(*run, scale) for *run, scale in zip(*parts, scales)]
+
+
+class DeviceStore:
+    """A store's groups with their frames, probes and coordinates resident on one device.
+
+    Frames are copied once (in chunks of bounded host memory); every batch is then
+    gathered on the device. Only the patterns that this store's groups use are held (a
+    split's validation store holds its own frames, not the whole scan's).
+
+    In data-parallel training each rank builds its own ``DeviceStore`` on its own device
+    and holds every frame of the store: :class:`~ptychodata.torch.GroupSampler` deals a new
+    permutation of all groups to the ranks every epoch, so any rank may need any frame.
+    Device memory is about ``M_used · N² · 4`` bytes of frames (twice that again for
+    stored ground-truth patches), plus about ``(3C + 4) · 8`` bytes per group.
+
+    Parameters
+    ----------
+    store : Store or path
+        An opened store (or a split/subset of one).
+    device : torch.device or str
+        Where to hold the data, e.g. ``"cuda"``, ``"cuda:1"`` or ``"cpu"``.
+    prescale : bool
+        True (default): frames are held as ``amplitude · x_scale`` of their experiment,
+        computed once, so X is one ``index_select``. False: frames are held as stored and
+        each batch's X is multiplied by its groups' scales after the gather, one more pass
+        over X (the form a compact frame dtype takes, where the gather also converts the
+        dtype and takes the square root of counts). Both give the host's X bit for bit;
+        materialized stores hold their scaled X as they are either way.
+    with_Y : bool
+        Prepare ground truth now (stored patches copied to the device, or a
+        :class:`~ptychodata.torch.PatchExtractor` of the objects); otherwise it is prepared
+        the first time a batch asks for ``Y``.
+
+    Attributes
+    ----------
+    frames : torch.Tensor
+        (M_used, N, N) float32 on ``device``.
+    N, C : int
+    """
+
+    def __init__(
+        self,
+        store: Store | str | Any,
+        device: torch.device | str = "cuda",
+        *,
+        prescale: bool = True,
+        with_Y: bool = False,
+        chunk_bytes: int = _CHUNK_BYTES,
+    ):
+        self.store = store if isinstance(store, Store) else open_store(store)
+        store = self.store
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ParameterError(f"device={str(device)!r}: CUDA is not available here; use device='cpu'")
+        self.N, self.C = store.N, store.C
+        self.chunk_bytes = int(chunk_bytes)
+        groups = np.asarray(store.groups, np.int64)
+        group_experiment = np.asarray(store.group_experiment, np.int64)
+        x_scale = np.asarray(store.x_scale, np.float32)
+        materialized = store.materialized_X
+        self.materialized = materialized is not None
+        if materialized is not None:
+            # X already scaled, one (C, N, N) block per group: the frames are those blocks.
+            self._used = None
+            self.frames = self._upload(lambda a, b: materialized[a:b].reshape(-1, self.N, self.N),
+                                       len(groups), self.C)
+            members = np.arange(groups.size, dtype=np.int64).reshape(groups.shape)
+            self.prescaled = True
+        else:
+            used = np.unique(groups)
+            self._used = None if len(used) == store.n_patterns else used
+            members = groups if self._used is None else np.searchsorted(used, groups)
+            pattern_experiment = np.asarray(store.pattern_experiment)
+            # The host scales a group's members by the group's experiment; a frame can be
+            # pre-scaled by its own only where the two agree for every member.
+            agree = bool(np.all(pattern_experiment[groups] == group_experiment[:, None])) if groups.size else True
+            self.prescaled = bool(prescale) and agree
+            frame_scale = None
+            if self.prescaled:
+                rows = np.arange(store.n_patterns) if self._used is None else self._used
+                frame_scale = torch.from_numpy(x_scale[pattern_experiment[rows]]).to(self.device)
+            n_frames = store.n_patterns if self._used is None else len(self._used)
+            self.frames = self._upload(self._rows_of(store.patterns), n_frames, 1, frame_scale)
+        self._groups = self._put(groups)
+        self._members = self._groups if members is groups else self._put(members)
+        self._group_index = self._put(np.asarray(store.group_indices, np.int64))
+        self._experiment = self._put(group_experiment)
+        self._relative = self._put(np.asarray(store.group_relative, np.float32).reshape(-1, self.C, 1, 2))
+        self._offsets = self._put(np.asarray(store.group_centres, np.float32).reshape(-1, 1, 1, 2))
+        self._x_scale = self._put(x_scale)
+        self.probes = self._put(np.stack([np.asarray(store.probe(e), np.complex64) for e in range(store.n_experiments)]))
+        self._patches: torch.Tensor | None = None
+        self._extractor: Any = None
+        if with_Y:
+            self._prepare_ground_truth()
+
+    # ------------------------------------------------------------------ copying to the device
+    def _put(self, array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.array(array, copy=True)).to(self.device)
+
+    def _rows_of(self, source: np.ndarray):
+        used = self._used
+        if used is None:
+            return lambda a, b: source[a:b]
+        return lambda a, b: source[used[a:b]]
+
+    def _upload(self, rows: Any, n_rows: int, per_row: int, scale: torch.Tensor | None = None) -> torch.Tensor:
+        """Rows ``rows(a, b)`` of a source, (n_rows·per_row, N, N), copied to the device in
+        chunks of about ``chunk_bytes``; multiplied by ``scale`` (one per output frame) there."""
+        first = rows(0, min(1, n_rows))
+        dtype = {np.dtype(np.float32): torch.float32, np.dtype(np.complex64): torch.complex64}[first.dtype]
+        out = torch.empty((n_rows * per_row, self.N, self.N), dtype=dtype, device=self.device)
+        step = max(1, self.chunk_bytes // max(1, first[:1].nbytes * per_row))
+        for a in range(0, n_rows, step):
+            b = min(a + step, n_rows)
+            host = torch.from_numpy(np.array(rows(a, b), copy=True)).reshape(-1, self.N, self.N)
+            part = out[a * per_row : b * per_row]
+            part.copy_(host)
+            if scale is not None:
+                part.mul_(scale[a * per_row : b * per_row, None, None])
+        return out
+
+    def _prepare_ground_truth(self) -> None:
+        if self._patches is not None or self._extractor is not None:
+            return
+        store = self.store
+        stored = store.stored_patches
+        if stored is not None:
+            # Rows of the frames (pattern indices where X is materialized, as then).
+            self._patches = self._upload(self._rows_of(stored), len(stored) if self._used is None else len(self._used), 1)
+            return
+        if not store.has_ground_truth:
+            raise ParameterError(f"{store.path}: the store has no object or Y, so with_Y cannot be served")
+        from ptychodata.torch._patches import PatchExtractor
+
+        self._extractor = PatchExtractor.from_store(store, self.device)
+
+    # ------------------------------------------------------------------ sizes
+    def __len__(self) -> int:
+        return len(self._group_index)
+
+    @property
+    def nbytes(self) -> int:
+        """Device memory held: frames, stored patches, probes and per-group tables."""
+        tensors = [self.frames, self._groups, self._group_index, self._experiment, self._relative,
+                   self._offsets, self._x_scale, self.probes]
+        if self._members is not self._groups:
+            tensors.append(self._members)
+        if self._patches is not None:
+            tensors.append(self._patches)
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def batch_layout(self, batch_size: int, *, with_Y: bool = False) -> dict[str, tuple[tuple[int, ...], Any]]:
+        """Shape and dtype of each array of a batch (§7), as :meth:`Store.batch_layout`."""
+        return self.store.batch_layout(batch_size, with_Y=with_Y)
+
+    # ------------------------------------------------------------------ batches
+    def batch(self, indices: Any, *, with_Y: bool = False) -> dict[str, torch.Tensor]:
+        """Gather groups ``indices`` into a §7 batch of tensors on the device.
+
+        Parameters
+        ----------
+        indices : sequence of int or tensor, shape (B,)
+            Positions in this store's groups (``0 <= i < len(store)``; negative counts from
+            the end), in the order the batch should have. A tensor on the device is
+            checked there (its minimum and maximum are read back, a synchronisation).
+        with_Y : bool
+            Add ground-truth patches ``Y`` (B, C, N, N) complex64.
+
+        Returns
+        -------
+        dict of torch.Tensor
+            The keys, shapes and dtypes of :meth:`ptychodata.store.Store.batch`, on the
+            device: ``X`` (B, C, N, N) float32, ``coords_relative`` (B, C, 1, 2),
+            ``coords_offsets`` (B, 1, 1, 2), ``nn_indices`` (B, C), ``group_index`` (B,),
+            ``experiment_id`` (B,), ``probe`` (B, N, N) complex64, and ``Y`` if asked.
+        """
+        index = self._check_indices(indices)
+        if with_Y:
+            self._prepare_ground_truth()
+        return self._gather(self.tables(index), with_Y)
+
+    def _check_indices(self, indices: Any) -> torch.Tensor:
+        n = len(self)
+        if isinstance(indices, torch.Tensor):
+            index = indices.to(self.device)
+            if index.ndim != 1 or index.dtype.is_floating_point or index.dtype.is_complex or index.dtype == torch.bool:
+                raise GroupIndexError(f"batch indices must be a 1-D tensor of ints; got shape {tuple(index.shape)} "
+                                      f"{index.dtype}")
+            index = index.long()
+            if index.numel():
+                low, high = int(index.min()), int(index.max())
+                if low < -n or high >= n:
+                    raise GroupIndexError(f"group index {low if low < -n else high} out of range for a store of "
+                                          f"{n} groups")
+            return torch.where(index < 0, index + n, index)
+        array = np.asarray(indices)
+        if array.ndim != 1 or not (array.size == 0 or array.dtype.kind in "iu"):
+            raise GroupIndexError(f"batch indices must be a 1-D sequence of ints; got shape {array.shape} {array.dtype}")
+        array = array.astype(np.int64)
+        if array.size and (array.min() < -n or array.max() >= n):
+            bad = array.min() if array.min() < -n else array.max()
+            raise GroupIndexError(f"group index {bad} out of range for a store of {n} groups")
+        return torch.from_numpy(np.where(array < 0, array + n, array)).to(self.device)
+
+    def tables(self, positions: torch.Tensor) -> _Tables:
+        """The per-group arrays of groups ``positions`` ((n,) int64 on the device, checked),
+        gathered at once; batches of consecutive positions are then slices of them."""
+        nn = self._groups.index_select(0, positions)
+        return _Tables(
+            members=nn if self._members is self._groups else self._members.index_select(0, positions),
+            nn_indices=nn,
+            group_index=self._group_index.index_select(0, positions),
+            experiment=(experiment := self._experiment.index_select(0, positions)),
+            relative=self._relative.index_select(0, positions),
+            offsets=self._offsets.index_select(0, positions),
+            scale=None if self.prescaled else self._x_scale.index_select(0, experiment),
+        )
+
+    def _gather(self, tables: _Tables, with_Y: bool) -> dict[str, torch.Tensor]:
+        """The batch of the groups of ``tables``: X and probe gathered, the rest ``tables``'
+        own arrays. Keys in the order of :func:`~ptychodata.store.Store.batch`."""
+        experiment = tables.experiment
+        nn = tables.nn_indices
+        batch = {
+            "X": self._frames_of(tables.members, tables.scale),
+            "coords_relative": tables.relative,
+            "coords_offsets": tables.offsets,
+            "nn_indices": nn,
+            "group_index": tables.group_index,
+            "experiment_id": experiment,
+            "probe": self.probes.index_select(0, experiment),
+        }
+        if with_Y:
+            if self._patches is not None:
+                # Stored patches are held in the frames' rows, or by pattern where X is materialized.
+                members = nn if self.materialized else tables.members
+                batch["Y"] = self._patches.index_select(0, members.reshape(-1)).view(*members.shape, self.N, self.N)
+            else:
+                batch["Y"] = self._extractor.for_members(nn)
+        return batch
+
+    def _frames_of(self, members: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+        """X (B, C, N, N) float32 of ``members`` (B, C) frame rows.
+
+        The gather and the decode are kept together here: pre-scaled float32 frames need
+        the gather alone; otherwise the gathered frames are converted to float32 (a no-op
+        for float32) and multiplied by their group's scale. A compact frame dtype adds its
+        conversion (and the square root of counts) at this one place, where a fused kernel
+        can later do gather, convert, sqrt and scale in one pass.
+        """
+        B, C = members.shape
+        X = self.frames.index_select(0, members.reshape(-1)).view(B, C, self.N, self.N)
+        if scale is None:
+            return X
+        X = X.to(torch.float32)
+        return X.mul_(scale.view(B, 1, 1, 1))
+
+
+class ResidentBatches:
+    """The batches of one :class:`DeviceStore` in a :class:`GroupSampler`'s order; what a
+    :class:`~ptychodata.torch.GroupLoader` iterates for ``make_loader(..., resident=True)``.
+
+    At the start of a pass the whole pass's group positions go to the device in one copy
+    and the per-group arrays of the pass are gathered at once; each batch is then two
+    gathers (X and probe) and slices, with no host→device copy and no synchronisation.
+    """
+
+    def __init__(self, dataset: DeviceStore, sampler: Any, *, with_Y: bool = False, as_tensordict: bool = False):
+        self.dataset = dataset
+        self.sampler = sampler
+        self.with_Y = with_Y
+        self.as_tensordict = as_tensordict
+        if with_Y:
+            dataset._prepare_ground_truth()
+        if as_tensordict:
+            from ptychodata.torch._dataset import _import_tensordict
+
+            self._TensorDict = _import_tensordict()
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self):
+        schedule = self.sampler.begin_pass()
+        sizes = [len(batch) for batch in schedule]
+        positions = np.concatenate(schedule) if schedule else np.zeros(0, np.int64)
+        tables = self.dataset.tables(torch.from_numpy(positions.astype(np.int64)).to(self.dataset.device))
+        runs = tables.split(sizes)
+        for number, _ in enumerate(self.sampler.iter_arrays(schedule)):
+            batch = self.dataset._gather(runs[number], self.with_Y)
+            runs[number] = None  # the pass keeps no batch's arrays once it is handed out
+            if self.as_tensordict:
+                batch = self._TensorDict(batch, batch_size=[sizes[number]], device=self.dataset.device)
+            yield batch
+

@@ -117,8 +117,8 @@ def bench_batch(n_points: int, workdir: Path) -> None:
         for gridsize in (1, 2):
             store = prepare(source, GroupingConfig(gridsize=gridsize, neighbor_count=7, seed=0),
                             cache_dir=workdir / "cache", progress=False)
-            patterns = np.array(store.array("patterns"))  # the bound: same arrays, in RAM
-            groups = np.array(store.array("groups"))
+            patterns = np.array(store.patterns)  # the bound: same arrays, in RAM
+            groups = np.array(store.groups)
             for batch_size in (64, 256, 1024):
                 rng = np.random.default_rng(0)
                 batches = [rng.choice(len(store), batch_size, replace=False) for _ in range(24)]

@@ -58,10 +58,14 @@ def assert_same_batch(got: dict, expected: dict, device: str, Y_atol: float | No
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("prescale", [True, False])
-def test_resident_batches_equal_host_loader_bit_for_bit(store, device, prescale):
+@pytest.mark.parametrize("prescale, gather_bytes", [(True, 1 << 27), (False, 1 << 27), (True, 0)])
+def test_resident_batches_equal_host_loader_bit_for_bit(store, device, prescale, gather_bytes):
+    """150 groups in batches of 32: a run of 4 batches gathered at once and a short last batch
+    (or, gather_bytes=0, one batch per gather)."""
     host = make_loader(store, 32, seed=3, with_Y=True, pin_memory=False)
-    resident = make_loader(DeviceStore(store, device, prescale=prescale), 32, seed=3, with_Y=True, resident=True)
+    held = DeviceStore(store, device, prescale=prescale, gather_bytes=gather_bytes)
+    assert (held.batches_per_gather(32) == 1) if gather_bytes == 0 else (held.batches_per_gather(32) >= 4)
+    resident = make_loader(held, 32, seed=3, with_Y=True, resident=True)
     assert len(resident) == len(host)
     n = 0
     for epoch in range(2):
@@ -107,6 +111,19 @@ def test_a_materialized_store_serves_its_stored_X(tmp_path):
     assert resident.frames.shape == (len(store) * store.C, store.N, store.N)
     index = np.arange(len(store))[::-3]
     assert_same_batch(resident.batch(index, with_Y=True), store.batch(index, with_Y=True, reuse=False), "cpu", 2e-6)
+
+
+def test_batches_held_together_stay_intact(store):
+    """Batches of one gather share a buffer: each must stay its own while all are held."""
+    loader = make_loader(DeviceStore(store, "cpu", gather_bytes=1 << 24), 16, seed=2, resident=True)
+    kept = list(loader)
+    assert len({batch["X"].untyped_storage().data_ptr() for batch in kept}) < len(kept)  # shared buffers
+    for batch in kept:
+        expected = store.batch(batch["group_index"].numpy(), reuse=False)
+        assert_same_batch(batch, expected, "cpu")
+    kept[0]["X"].fill_(-1.0)  # writing into one batch leaves its neighbours in the buffer alone
+    expected = store.batch(kept[1]["group_index"].numpy(), reuse=False)
+    assert_same_batch(kept[1], expected, "cpu")
 
 
 def test_tensor_indices_and_index_errors(store):

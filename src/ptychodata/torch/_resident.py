@@ -24,28 +24,28 @@ from ptychodata.store import Store, open_store
 __all__ = ["DeviceStore"]
 
 _CHUNK_BYTES = 64 << 20  # host memory used at a time while frames are copied to the device
+_GATHER_BYTES = 128 << 20  # batches gathered by one index_select (at least one batch)
+
+
+_KEYS = ("X", "coords_relative", "coords_offsets", "nn_indices", "group_index", "experiment_id", "probe")
 
 
 @dataclass
-class _Tables:
-    """Per-group arrays of a run of groups (a batch, or a whole pass) on the device; a
-    batch's arrays are slices of them along the first axis (contiguous views)."""
+class _Pass:
+    """What the batches of a pass (or of one batch) are made from, on the device.
 
-    members: torch.Tensor  # (n, C) int64 rows of the device frames
-    nn_indices: torch.Tensor  # (n, C) int64 pattern indices in the store
-    group_index: torch.Tensor  # (n,) int64
-    experiment: torch.Tensor  # (n,) int64
-    relative: torch.Tensor  # (n, C, 1, 2) float32
-    offsets: torch.Tensor  # (n, 1, 1, 2) float32
-    scale: torch.Tensor | None  # (n,) float32, when frames are not stored pre-scaled
+    ``rows`` lists, batch after batch, the table rows of each batch's X (its members, B·C
+    rows) followed by those of its probes (2 float32 rows per group): one ``index_select``
+    of any run of consecutive batches lays out [X | probe] of each batch contiguously.
+    The small per-group arrays are split into per-batch views up front (one call each).
+    """
 
-    def split(self, sizes: list[int]) -> list[_Tables]:
-        """Consecutive runs of ``sizes`` groups, as views (one ``split`` per array, so a
-        batch costs no slicing of its own)."""
-        fields = [self.members, self.nn_indices, self.group_index, self.experiment, self.relative, self.offsets]
-        parts = [field.split(sizes) for field in fields]
-        scales = self.scale.split(sizes) if self.scale is not None else [None] * len(sizes)
-        return [_Tables(*run, scale) for *run, scale in zip(*parts, scales)]
+    sizes: list[int]
+    starts: list[int]  # first group of each batch
+    rows: torch.Tensor  # (n·(C+2),) int64
+    small: list[tuple[torch.Tensor, ...]]  # per batch: coords_relative, coords_offsets, nn_indices, group_index, experiment_id
+    members: tuple[torch.Tensor, ...]  # per batch: (B, C) table rows, for stored patches
+    scale: torch.Tensor | None  # (n,) float32 scale of each group, when frames are not pre-scaled
 
 
 class DeviceStore:
@@ -74,15 +74,24 @@ class DeviceStore:
         over X (the form a compact frame dtype takes, where the gather also converts the
         dtype and takes the square root of counts). Both give the host's X bit for bit;
         materialized stores hold their scaled X as they are either way.
+    gather_bytes : int
+        Consecutive batches of a pass are gathered together by one ``index_select`` of
+        about this many bytes (at least one batch), and handed out as views of it: the
+        launch and Python costs are paid once per run of batches. A batch still held keeps
+        its run's memory (at most about ``gather_bytes``) in use. Default 128 MiB on a GPU
+        (whose caching allocator reuses the buffers); 0, one batch per gather, on the CPU,
+        where fresh large buffers cost page faults.
     with_Y : bool
         Prepare ground truth now (stored patches copied to the device, or a
         :class:`~ptychodata.torch.PatchExtractor` of the objects); otherwise it is prepared
         the first time a batch asks for ``Y``.
+    chunk_bytes : int
+        Host memory used at a time while frames are copied to the device.
 
     Attributes
     ----------
     frames : torch.Tensor
-        (M_used, N, N) float32 on ``device``.
+        (M_used, N, N) float32 on ``device`` (pre-scaled unless ``prescaled`` is False).
     N, C : int
     """
 
@@ -93,6 +102,7 @@ class DeviceStore:
         *,
         prescale: bool = True,
         with_Y: bool = False,
+        gather_bytes: int | None = None,
         chunk_bytes: int = _CHUNK_BYTES,
     ):
         self.store = store if isinstance(store, Store) else open_store(store)
@@ -102,6 +112,12 @@ class DeviceStore:
             raise ParameterError(f"device={str(device)!r}: CUDA is not available here; use device='cpu'")
         self.N, self.C = store.N, store.C
         self.chunk_bytes = int(chunk_bytes)
+        if gather_bytes is None:
+            gather_bytes = _GATHER_BYTES if self.device.type == "cuda" else 0
+        if gather_bytes < 0:
+            raise ParameterError(f"gather_bytes={gather_bytes}; expected a number of bytes >= 0")
+        self.gather_bytes = int(gather_bytes)
+        n_probe_rows = 2 * store.n_experiments  # a complex64 (N, N) probe is two float32 (N, N) rows
         groups = np.asarray(store.groups, np.int64)
         group_experiment = np.asarray(store.group_experiment, np.int64)
         x_scale = np.asarray(store.x_scale, np.float32)
@@ -110,8 +126,8 @@ class DeviceStore:
         if materialized is not None:
             # X already scaled, one (C, N, N) block per group: the frames are those blocks.
             self._used = None
-            self.frames = self._upload(lambda a, b: materialized[a:b].reshape(-1, self.N, self.N),
-                                       len(groups), self.C)
+            table = self._upload(lambda a, b: materialized[a:b].reshape(-1, self.N, self.N),
+                                 len(groups), self.C, extra_rows=n_probe_rows)
             members = np.arange(groups.size, dtype=np.int64).reshape(groups.shape)
             self.prescaled = True
         else:
@@ -128,7 +144,12 @@ class DeviceStore:
                 rows = np.arange(store.n_patterns) if self._used is None else self._used
                 frame_scale = torch.from_numpy(x_scale[pattern_experiment[rows]]).to(self.device)
             n_frames = store.n_patterns if self._used is None else len(self._used)
-            self.frames = self._upload(self._rows_of(store.patterns), n_frames, 1, frame_scale)
+            table = self._upload(self._rows_of(store.patterns), n_frames, 1, frame_scale, extra_rows=n_probe_rows)
+        # The probes ride along as the table's last rows, so that one index_select gathers
+        # a batch's X and probe (bytes copied as they are: the probe stays bit-exact).
+        self._probe_row0 = len(table) - n_probe_rows
+        self.frames = table[: self._probe_row0]
+        self._table = table
         self._groups = self._put(groups)
         self._members = self._groups if members is groups else self._put(members)
         self._group_index = self._put(np.asarray(store.group_indices, np.int64))
@@ -137,6 +158,7 @@ class DeviceStore:
         self._offsets = self._put(np.asarray(store.group_centres, np.float32).reshape(-1, 1, 1, 2))
         self._x_scale = self._put(x_scale)
         self.probes = self._put(np.stack([np.asarray(store.probe(e), np.complex64) for e in range(store.n_experiments)]))
+        table[self._probe_row0 :].copy_(torch.view_as_real(self.probes).reshape(-1, self.N, self.N))
         self._patches: torch.Tensor | None = None
         self._extractor: Any = None
         if with_Y:
@@ -152,12 +174,15 @@ class DeviceStore:
             return lambda a, b: source[a:b]
         return lambda a, b: source[used[a:b]]
 
-    def _upload(self, rows: Any, n_rows: int, per_row: int, scale: torch.Tensor | None = None) -> torch.Tensor:
+    def _upload(
+        self, rows: Any, n_rows: int, per_row: int, scale: torch.Tensor | None = None, extra_rows: int = 0
+    ) -> torch.Tensor:
         """Rows ``rows(a, b)`` of a source, (n_rows·per_row, N, N), copied to the device in
-        chunks of about ``chunk_bytes``; multiplied by ``scale`` (one per output frame) there."""
+        chunks of about ``chunk_bytes``; multiplied by ``scale`` (one per output frame) there.
+        ``extra_rows`` more rows are left uninitialised at the end."""
         first = rows(0, min(1, n_rows))
         dtype = {np.dtype(np.float32): torch.float32, np.dtype(np.complex64): torch.complex64}[first.dtype]
-        out = torch.empty((n_rows * per_row, self.N, self.N), dtype=dtype, device=self.device)
+        out = torch.empty((n_rows * per_row + extra_rows, self.N, self.N), dtype=dtype, device=self.device)
         step = max(1, self.chunk_bytes // max(1, first[:1].nbytes * per_row))
         for a in range(0, n_rows, step):
             b = min(a + step, n_rows)
@@ -190,7 +215,7 @@ class DeviceStore:
     @property
     def nbytes(self) -> int:
         """Device memory held: frames, stored patches, probes and per-group tables."""
-        tensors = [self.frames, self._groups, self._group_index, self._experiment, self._relative,
+        tensors = [self._table, self._groups, self._group_index, self._experiment, self._relative,
                    self._offsets, self._x_scale, self.probes]
         if self._members is not self._groups:
             tensors.append(self._members)
@@ -226,9 +251,9 @@ class DeviceStore:
         index = self._check_indices(indices)
         if with_Y:
             self._prepare_ground_truth()
-        return self._gather(self.tables(index), with_Y)
+        return self._gather_run(self.plan(index, [len(index)]), 0, 1, with_Y)[0]
 
-    def _check_indices(self, indices: Any) -> torch.Tensor:
+    def _check_indices(self, indices: Any) -> np.ndarray | torch.Tensor:
         n = len(self)
         if isinstance(indices, torch.Tensor):
             index = indices.to(self.device)
@@ -249,60 +274,95 @@ class DeviceStore:
         if array.size and (array.min() < -n or array.max() >= n):
             bad = array.min() if array.min() < -n else array.max()
             raise GroupIndexError(f"group index {bad} out of range for a store of {n} groups")
-        return torch.from_numpy(np.where(array < 0, array + n, array)).to(self.device)
+        return np.where(array < 0, array + n, array)
 
-    def tables(self, positions: torch.Tensor) -> _Tables:
-        """The per-group arrays of groups ``positions`` ((n,) int64 on the device, checked),
-        gathered at once; batches of consecutive positions are then slices of them."""
+    def plan(self, positions: np.ndarray | torch.Tensor, sizes: list[int]) -> _Pass:
+        """The batches of groups ``positions`` ((n,) int64, checked), cut into consecutive
+        batches of ``sizes`` groups: per-group arrays gathered and laid out at once."""
+        C = self.C
+        n = int(sum(sizes))
+        starts = np.cumsum([0, *sizes[:-1]]).astype(np.int64) if sizes else np.zeros(0, np.int64)
+        counts = np.asarray(sizes, np.int64)
+        batch_start, batch_size = np.repeat(starts, counts), np.repeat(counts, counts)
+        if isinstance(positions, torch.Tensor):
+            positions = positions.to(self.device)
+            host = torch.from_numpy(np.stack([batch_start, batch_size])).to(self.device)
+        else:
+            host = torch.from_numpy(np.stack([np.asarray(positions, np.int64), batch_start, batch_size])).to(self.device)
+            positions = host[0]
+            host = host[1:]
         nn = self._groups.index_select(0, positions)
-        return _Tables(
-            members=nn if self._members is self._groups else self._members.index_select(0, positions),
-            nn_indices=nn,
-            group_index=self._group_index.index_select(0, positions),
-            experiment=(experiment := self._experiment.index_select(0, positions)),
-            relative=self._relative.index_select(0, positions),
-            offsets=self._offsets.index_select(0, positions),
+        members = nn if self._members is self._groups else self._members.index_select(0, positions)
+        experiment = self._experiment.index_select(0, positions)
+        # Where each member's and each probe's row goes in the batch-after-batch layout.
+        first, size = host[0], host[1]
+        within = torch.arange(n, device=self.device) - first
+        base = first * (C + 2)
+        member_slot = (base + within * C)[:, None] + torch.arange(C, device=self.device)
+        probe_slot = (base + size * C + within * 2)[:, None] + torch.arange(2, device=self.device)
+        rows = torch.empty(n * (C + 2), dtype=torch.int64, device=self.device)
+        rows[member_slot.reshape(-1)] = members.reshape(-1)
+        rows[probe_slot.reshape(-1)] = ((experiment * 2 + self._probe_row0)[:, None]
+                                        + torch.arange(2, device=self.device)).reshape(-1)
+        small = [
+            self._relative.index_select(0, positions).split(sizes),
+            self._offsets.index_select(0, positions).split(sizes),
+            nn.split(sizes),
+            self._group_index.index_select(0, positions).split(sizes),
+            experiment.split(sizes),
+        ]
+        return _Pass(
+            sizes=list(sizes),
+            starts=starts.tolist(),
+            rows=rows,
+            small=list(zip(*small)),
+            members=members.split(sizes),
             scale=None if self.prescaled else self._x_scale.index_select(0, experiment),
         )
 
-    def _gather(self, tables: _Tables, with_Y: bool) -> dict[str, torch.Tensor]:
-        """The batch of the groups of ``tables``: X and probe gathered, the rest ``tables``'
-        own arrays. Keys in the order of :func:`~ptychodata.store.Store.batch`."""
-        experiment = tables.experiment
-        nn = tables.nn_indices
-        batch = {
-            "X": self._frames_of(tables.members, tables.scale),
-            "coords_relative": tables.relative,
-            "coords_offsets": tables.offsets,
-            "nn_indices": nn,
-            "group_index": tables.group_index,
-            "experiment_id": experiment,
-            "probe": self.probes.index_select(0, experiment),
-        }
-        if with_Y:
-            if self._patches is not None:
-                # Stored patches are held in the frames' rows, or by pattern where X is materialized.
-                members = nn if self.materialized else tables.members
-                batch["Y"] = self._patches.index_select(0, members.reshape(-1)).view(*members.shape, self.N, self.N)
-            else:
-                batch["Y"] = self._extractor.for_members(nn)
-        return batch
+    def batches_per_gather(self, batch_size: int) -> int:
+        """How many batches of ``batch_size`` one ``index_select`` gathers (``gather_bytes``)."""
+        return max(1, self.gather_bytes // max(1, batch_size * (self.C + 2) * self.N * self.N * 4))
 
-    def _frames_of(self, members: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
-        """X (B, C, N, N) float32 of ``members`` (B, C) frame rows.
+    def _gather_run(self, plan: _Pass, first: int, k: int, with_Y: bool) -> list[dict[str, torch.Tensor]]:
+        """Batches ``first`` to ``first + k - 1`` of ``plan``, all of one size B.
 
-        The gather and the decode are kept together here: pre-scaled float32 frames need
-        the gather alone; otherwise the gathered frames are converted to float32 (a no-op
-        for float32) and multiplied by their group's scale. A compact frame dtype adds its
-        conversion (and the square root of counts) at this one place, where a fused kernel
-        can later do gather, convert, sqrt and scale in one pass.
+        One ``index_select`` gathers the X rows and the probe rows of the k batches into one
+        buffer laid out batch after batch ([X of batch 1 | probe of batch 1 | X of batch 2
+        ...]), so each batch's X and probe are contiguous views of it: launches and Python
+        work are paid per run, not per batch. A batch held keeps its run's buffer alive.
+        Keys in the order of :meth:`ptychodata.store.Store.batch`.
         """
-        B, C = members.shape
-        X = self.frames.index_select(0, members.reshape(-1)).view(B, C, self.N, self.N)
-        if scale is None:
-            return X
-        X = X.to(torch.float32)
-        return X.mul_(scale.view(B, 1, 1, 1))
+        C, N = self.C, self.N
+        B = plan.sizes[first]
+        start = plan.starts[first]
+        stop = start + k * B
+        rows = plan.rows[start * (C + 2) : stop * (C + 2)]
+        buffer = self._table.index_select(0, rows).view(k, B * (C + 2), N, N)
+        X = buffer[:, : B * C].view(k, B, C, N, N)
+        if plan.scale is not None:
+            # The decode step, here a multiplication by each group's scale (after a no-op
+            # conversion of float32). A compact frame dtype converts (and takes the square
+            # root of counts) at this one place, where a fused kernel can later do gather,
+            # convert, sqrt and scale in one pass.
+            X = X.to(torch.float32).mul_(plan.scale[start:stop].view(k, B, 1, 1, 1))
+        probe = buffer[:, B * C :].view(torch.complex64).view(k, B, N, N)
+        batches = [
+            dict(zip(_KEYS, (x, *small, p)))
+            for x, small, p in zip(X.unbind(0), plan.small[first : first + k], probe.unbind(0))
+        ]
+        if with_Y:
+            for number, batch in enumerate(batches, first):
+                batch["Y"] = self._ground_truth(batch["nn_indices"], plan.members[number])
+        return batches
+
+    def _ground_truth(self, nn: torch.Tensor, members: torch.Tensor) -> torch.Tensor:
+        """Y (B, C, N, N) complex64 of a batch: stored patches gathered (held in the frames'
+        rows, or by pattern where X is materialized), or cut from the objects."""
+        if self._patches is None:
+            return self._extractor.for_members(nn)
+        rows = nn if self.materialized else members
+        return self._patches.index_select(0, rows.reshape(-1)).view(*rows.shape, self.N, self.N)
 
 
 class ResidentBatches:
@@ -330,15 +390,33 @@ class ResidentBatches:
         return len(self.sampler)
 
     def __iter__(self):
+        dataset = self.dataset
         schedule = self.sampler.begin_pass()
         sizes = [len(batch) for batch in schedule]
         positions = np.concatenate(schedule) if schedule else np.zeros(0, np.int64)
-        tables = self.dataset.tables(torch.from_numpy(positions.astype(np.int64)).to(self.dataset.device))
-        runs = tables.split(sizes)
+        plan = dataset.plan(positions, sizes)
+        runs = _runs(sizes, dataset.batches_per_gather)
+        ready: list[dict[str, torch.Tensor]] = []
         for number, _ in enumerate(self.sampler.iter_arrays(schedule)):
-            batch = self.dataset._gather(runs[number], self.with_Y)
-            runs[number] = None  # the pass keeps no batch's arrays once it is handed out
+            if not ready:
+                ready = dataset._gather_run(plan, number, runs[number], self.with_Y)
+                ready.reverse()
+            batch = ready.pop()  # the pass keeps no reference to a batch it has handed out
             if self.as_tensordict:
-                batch = self._TensorDict(batch, batch_size=[sizes[number]], device=self.dataset.device)
+                batch = self._TensorDict(batch, batch_size=[sizes[number]], device=dataset.device)
             yield batch
+
+
+def _runs(sizes: list[int], batches_per_gather: Any) -> dict[int, int]:
+    """Runs of consecutive batches of equal size, each gathered at once: the number of
+    batches in the run that starts at each run's first batch."""
+    runs, number = {}, 0
+    while number < len(sizes):
+        B, k = sizes[number], 1
+        limit = batches_per_gather(B)
+        while k < limit and number + k < len(sizes) and sizes[number + k] == B:
+            k += 1
+        runs[number] = k
+        number += k
+    return runs
 

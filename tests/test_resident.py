@@ -216,6 +216,11 @@ def test_host_only_options_are_refused_with_resident(store, option, message):
         make_loader(store, 8, resident=True, device="cpu", **option)
 
 
+def test_a_device_store_on_another_device_is_refused(store):
+    with pytest.raises(ParameterError, match="but the DeviceStore given is on cpu"):
+        make_loader(DeviceStore(store, "cpu"), 8, resident=True, device="cuda:0")
+
+
 def test_device_without_resident_is_refused(store):
     with pytest.raises(ParameterError, match="without resident=True"):
         make_loader(store, 8, device="cpu")

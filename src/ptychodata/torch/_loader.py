@@ -188,9 +188,12 @@ def _resident_loader(
         raise ParameterError(f"with_Y={with_Y!r}; expected True, False or 'device'")
     if isinstance(store, GroupedDataset):
         store = store.store
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dataset = store if isinstance(store, DeviceStore) else DeviceStore(store, device)
+    if isinstance(store, DeviceStore):
+        if device is not None and torch.device(device) != store.device:
+            raise ParameterError(f"device={str(device)!r}, but the DeviceStore given is on {store.device}")
+        dataset = store
+    else:
+        dataset = DeviceStore(store, device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     is_distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     sampler_kwargs = {} if (is_distributed if distributed is None else distributed) else {"num_replicas": 1, "rank": 0}
     sampler = GroupSampler(len(dataset), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last, **sampler_kwargs)

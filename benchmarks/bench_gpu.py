@@ -2,7 +2,8 @@
 
     python benchmarks/bench_gpu.py h2d      [--workers 0,4] [--batches 64,256,512] [--points 32768]
     python benchmarks/bench_gpu.py patches  [--sizes 1000,4000] [--positions 10000,100000]
-    python benchmarks/bench_gpu.py all      # h2d, then patches
+    python benchmarks/bench_gpu.py resident [--batches 64,256,1024] [--points 65536]
+    python benchmarks/bench_gpu.py all      # h2d, then patches, then resident
     torchrun --nproc_per_node=2 benchmarks/bench_gpu.py ddp [--batch 256] [--ddp-workers 0] [--compute conv]
 
 Run from the repository root; the package is imported from the installed one, else from ``src/``.
@@ -20,6 +21,15 @@ h2d      loader batches (``make_loader``, pin_memory=True, gridsize 2, N 64) mov
          Target: queued copies >= 70 % of the bound.
 patches  ``PatchExtractor`` on the GPU (after warm-up, synchronized) against NumPy
          ``extract_patches`` on the CPU into a reused output, N 64, complex64 objects.
+resident ``make_loader(store, B, resident=True, device="cuda")`` (a ``DeviceStore``: frames,
+         probes and per-group tables on the GPU, each batch gathered there): groups/s over whole
+         epochs (set_epoch, iterate, synchronize at the end), for frames held pre-scaled (the
+         default: X is one index_select), as stored with the scale applied after the gather
+         (``prescale=False``, the form a compact frame dtype takes), and with one index_select
+         per batch instead of one per run of batches (``gather_bytes=0``); against the device-copy
+         bound, ``torch.index_select`` of the same bytes per batch (B·C frames + B probes, a probe
+         being two float32 frames) from the same resident frames into a preallocated output, with
+         random indices. Targets: >= 5 M groups/s at batch 256 and >= 50 % of the bound.
 ddp      one process per GPU (NCCL; gloo on the CPU): ``make_loader(store, batch,
          distributed=True)`` over one store, batches to ``cuda:{local_rank}``, a tiny DDP conv
          step (or a sum; the default on the CPU), one warm-up pass then one timed epoch; rank 0
@@ -178,7 +188,8 @@ def bench_h2d(args, workdir: Path) -> None:
     worst = None
     for batch_size in args.batches:
         for workers in args.workers:
-            loader = make_loader(store, batch_size, num_workers=workers, pin_memory=cuda, seed=0)
+            loader = make_loader(store, batch_size, num_workers=workers, pin_memory=cuda, seed=0,
+                                 background=args.background)
             move = (lambda b: to_device(b, "cuda", non_blocking=True)) if cuda else None
             close_pass(loader, 2 * workers + 2, move)
             if cuda:
@@ -254,6 +265,136 @@ def bench_h2d(args, workdir: Path) -> None:
         )
     else:
         note("h2d: ran the CPU loader part (groups/s; GB/s = X + probe bytes per group)")
+
+
+# ----------------------------------------------------------------------------------- resident
+RESIDENT_TARGET_RATE = 5e6
+RESIDENT_TARGET_RATIO = 0.50
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def resident_rate(loader, device: torch.device, min_seconds: float) -> tuple[float, int]:
+    """Groups/s of whole epochs of ``loader`` (one warm-up epoch first), at least
+    ``min_seconds`` of them; and the number of epochs timed."""
+    loader.set_epoch(0)
+    for _ in loader:
+        pass
+    sync(device)
+    epochs = groups = 0
+    start = time.perf_counter()
+    while True:
+        loader.set_epoch(epochs + 1)
+        for batch in loader:
+            groups += batch["X"].shape[0]
+        epochs += 1
+        sync(device)
+        seconds = time.perf_counter() - start
+        if seconds >= min_seconds:
+            return groups / seconds, epochs
+
+
+def copy_bound(frames: torch.Tensor, batch_size: int, C: int, min_seconds: float) -> float:
+    """Groups/s of ``torch.index_select`` of a batch's bytes (B·C frames + B probes of two
+    float32 frames each) from the resident ``frames`` into a preallocated output."""
+    rows = batch_size * (C + 2)
+    pool = max(8, min(256, int(4 * 2**30 // (rows * frames[0].nbytes)) + 1))
+    generator = torch.Generator(device=frames.device).manual_seed(0)
+    indices = torch.randint(len(frames), (pool, rows), device=frames.device, generator=generator)
+    out = torch.empty((rows, *frames.shape[1:]), dtype=frames.dtype, device=frames.device)
+    for k in range(min(pool, 8)):
+        torch.index_select(frames, 0, indices[k], out=out)
+    sync(frames.device)
+    best, calls = 0.0, pool
+    for _ in range(3):
+        start = time.perf_counter()
+        done = 0
+        while True:
+            for k in range(calls):
+                torch.index_select(frames, 0, indices[k % pool], out=out)
+            done += calls
+            sync(frames.device)
+            seconds = time.perf_counter() - start
+            if seconds >= min_seconds / 3:
+                break
+        best = max(best, done * batch_size / seconds)
+    return best
+
+
+def bench_resident(args, workdir: Path) -> None:
+    from ptychodata.torch import DeviceStore
+
+    print("\n== resident: make_loader(resident=True), batches gathered on the device ==")
+    cuda = cuda_ok()
+    device = torch.device("cuda" if cuda else "cpu")
+    if not cuda:
+        note("resident: no CUDA: ran on the CPU (device='cpu'); the targets are for one GPU")
+    store = build_store(workdir, args.resident_points)
+    C = store.C
+    held = {}
+    for prescale in (True, False):
+        start = time.perf_counter()
+        held[prescale] = DeviceStore(store, device, prescale=prescale)
+        sync(device)
+        seconds = time.perf_counter() - start
+        print(
+            f"DeviceStore(prescale={prescale}): {held[prescale].nbytes / 2**30:.2f} GiB on {device} "
+            f"in {seconds:.2f} s ({held[prescale].frames.numel() * 4 / seconds / 1e9:.1f} GB/s of frames)",
+            flush=True,
+        )
+    frames = held[True].frames
+    default_gather = held[True].gather_bytes
+    group_bytes = (C + 2) * N * N * 4
+    print(
+        f"{'batch':>5} {'k':>3} | {'resident groups/s':>17} {'GB/s':>6} | {'bound groups/s':>14} {'GB/s':>6} "
+        f"{'ratio':>6} | {'scale at gather':>15} {'ratio':>6} | {'k=1 groups/s':>12} {'ratio':>6}"
+    )
+    verdict = []
+    for batch_size in args.resident_batches:
+        k = held[True].batches_per_gather(batch_size)
+        rate, _ = resident_rate(make_loader(held[True], batch_size, resident=True, seed=0), device, args.min_seconds)
+        raw, _ = resident_rate(make_loader(held[False], batch_size, resident=True, seed=0), device, args.min_seconds)
+        held[True].gather_bytes = 0  # one index_select per batch
+        single, _ = resident_rate(make_loader(held[True], batch_size, resident=True, seed=0), device,
+                                  args.min_seconds)
+        held[True].gather_bytes = default_gather
+        bound = copy_bound(frames, batch_size, C, args.min_seconds)
+        print(
+            f"{batch_size:>5} {k:>3} | {rate:>17,.0f} {rate * group_bytes / 1e9:>6.0f} | {bound:>14,.0f} "
+            f"{bound * group_bytes / 1e9:>6.0f} {rate / bound:>6.0%} | {raw:>15,.0f} {raw / bound:>6.0%} | "
+            f"{single:>12,.0f} {single / bound:>6.0%}",
+            flush=True,
+        )
+        if batch_size == 256:
+            verdict.append((rate, rate / bound))
+    print(
+        f"groups/s over whole epochs of {len(store)} groups (gridsize 2, N {N}), set_epoch + iterate, "
+        "synchronized at the end, after a warm-up epoch;"
+    )
+    print(
+        f"GB/s = groups/s x {group_bytes} bytes written per group (X: C frames; probe: 2 frames' bytes); "
+        "bound = torch.index_select of the same bytes per batch from the resident frames, random rows, "
+        "preallocated output, best of 3; scale at gather = prescale=False (X multiplied after the gather);"
+    )
+    print(
+        f"k = batches gathered by one index_select (gather_bytes {default_gather / 2**20:.0f} MiB); "
+        "k=1 = gather_bytes=0, one index_select per batch"
+    )
+    if verdict:
+        rate, ratio = verdict[0]
+        ok = rate >= RESIDENT_TARGET_RATE and ratio >= RESIDENT_TARGET_RATIO
+        where = torch.cuda.get_device_name() if cuda else "the CPU"
+        note(
+            f"resident: ran on {where}; batch 256: {rate / 1e6:.2f} M groups/s, {ratio:.0%} of the bound "
+            f"(targets >= {RESIDENT_TARGET_RATE / 1e6:.0f} M and >= {RESIDENT_TARGET_RATIO:.0%}: "
+            f"{'met' if ok else 'NOT met'})"
+        )
+    del held, frames
+    if cuda:
+        torch.cuda.empty_cache()
 
 
 # ------------------------------------------------------------------------------------ patches
@@ -500,7 +641,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("what", choices=("h2d", "patches", "ddp", "all"))
+    parser.add_argument("what", choices=("h2d", "patches", "resident", "ddp", "all"))
     parser.add_argument(
         "--quick",
         action="store_true",
@@ -510,7 +651,21 @@ def main() -> None:
         "--points", type=int, help="patterns in the source (default 32768; 8192 with --quick)"
     )
     parser.add_argument("--workers", type=_ints, help="h2d: comma-separated loader workers (default 0,4)")
+    parser.add_argument(
+        "--background", type=int,
+        help="h2d: make_loader's background (batches gathered ahead in a thread; default: make_loader's, "
+        "2 with pinned memory); 0 = no gather runs while a batch is copied",
+    )
     parser.add_argument("--batches", type=_ints, help="h2d: comma-separated batch sizes (default 64,256,512)")
+    parser.add_argument(
+        "--resident-batches", type=_ints, help="resident: comma-separated batch sizes (default 64,256,1024)"
+    )
+    parser.add_argument(
+        "--resident-points", type=int, help="resident: patterns in the store (default 65536: 1 GiB of frames)"
+    )
+    parser.add_argument(
+        "--min-seconds", type=float, default=1.0, help="resident: timed seconds per figure (at least)"
+    )
     parser.add_argument("--sizes", type=_ints, help="patches: object sides (default 1000,4000)")
     parser.add_argument("--positions", type=_ints, help="patches: positions per call (default 10000,100000)")
     parser.add_argument(
@@ -537,6 +692,8 @@ def main() -> None:
     args.points = args.points or (8192 if quick else 32_768)
     args.workers = args.workers or ([0] if quick else [0, 4])
     args.batches = args.batches or ([256] if quick else [64, 256, 512])
+    args.resident_batches = args.resident_batches or ([256] if quick else [64, 256, 1024])
+    args.resident_points = args.resident_points or (8192 if quick else 65_536)
     args.sizes = args.sizes or ([1000] if quick else [1000, 4000])
     args.positions = args.positions or ([10_000] if quick else [10_000, 100_000])
     if args.workdir is not None:
@@ -564,6 +721,12 @@ def main() -> None:
             shutil.rmtree(workdir, ignore_errors=True)
     if args.what in ("patches", "all"):
         bench_patches(args)
+    if args.what in ("resident", "all"):
+        workdir = Path(tempfile.mkdtemp(dir=args.workdir, prefix="ptychodata-bench-resident-"))
+        try:
+            bench_resident(args, workdir)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
     print(f"\npeak RSS {peak_rss_mib():.0f} MiB; total {time.perf_counter() - start:.0f} s")
     print("summary:\n  " + "\n  ".join(LOG))
 

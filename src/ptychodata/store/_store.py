@@ -416,6 +416,19 @@ class Store:
         return PtychoTorchConstants(rms, physics, probes, probe_scaling, float(probe_scale))
 
     @property
+    def materialized_X(self) -> np.ndarray | None:
+        """The stored, already scaled X of each group, (B, C, N, N) float32, for a store
+        prepared with materialized groups; None otherwise (X is gathered from ``patterns``)."""
+        X = self._open().group_arrays.get(GroupingFile.X)
+        return None if X is None else self._select(X)
+
+    @property
+    def stored_patches(self) -> np.ndarray | None:
+        """Stored ground-truth patches of every pattern, (M, N, N) complex64, when the
+        sources had them; None when ``Y`` is cut from the objects instead."""
+        return self._open().frame_arrays.get(FrameFile.Y)
+
+    @property
     def x_scale(self) -> list[float]:
         """The §5 scale factor of each experiment."""
         return list(self.grouping.x_scale)

@@ -11,9 +11,11 @@ except ImportError as exc:  # pragma: no cover - exercised only without torch
 from ptychodata.torch._dataset import GroupedDataset, collate_batch, ptycho_torch_batch
 from ptychodata.torch._loader import GroupLoader, make_loader, to_device
 from ptychodata.torch._patches import PatchExtractor
+from ptychodata.torch._resident import DeviceStore
 from ptychodata.torch._sampler import GroupSampler
 
 __all__ = [
+    "DeviceStore",
     "GroupLoader",
     "GroupSampler",
     "GroupedDataset",

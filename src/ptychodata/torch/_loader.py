@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from ptychodata.errors import ParameterError
 from ptychodata.torch._dataset import GroupedDataset, SharedBatch, collate_batch
 from ptychodata.torch._sampler import GroupSampler
 
@@ -17,7 +18,9 @@ __all__ = ["GroupLoader", "make_loader", "to_device"]
 
 
 class GroupLoader:
-    """A ``torch.utils.data.DataLoader`` plus the count of batches the loop has received.
+    """A ``torch.utils.data.DataLoader`` (or, with ``resident=True``, the device-resident
+    batches of a :class:`~ptychodata.torch.DeviceStore`) plus the count of batches the loop
+    has received.
 
     Iterating yields the DataLoader's batches. ``state_dict()`` records how many were
     delivered in the current pass, so a resumed run continues with exactly the batches
@@ -27,7 +30,7 @@ class GroupLoader:
     training step instead of running between steps.
     """
 
-    def __init__(self, loader: torch.utils.data.DataLoader, sampler: GroupSampler, background: int = 0):
+    def __init__(self, loader: Any, sampler: GroupSampler, background: int = 0):
         self.loader = loader
         self.sampler = sampler
         self.background = background
@@ -59,7 +62,8 @@ class GroupLoader:
         self.delivered = 0
 
     @property
-    def dataset(self) -> GroupedDataset:
+    def dataset(self) -> Any:
+        """The :class:`GroupedDataset` (or, resident, the :class:`DeviceStore`) batches come from."""
         return self.loader.dataset
 
 
@@ -80,6 +84,8 @@ def make_loader(
     background: int | None = None,
     layout: str = "default",
     probe_scale: float = 4.0,
+    resident: bool = False,
+    device: torch.device | str | None = None,
 ) -> GroupLoader:
     """A loader of §7 batches from a store (or a :class:`GroupedDataset`).
 
@@ -108,7 +114,33 @@ def make_loader(
 
     ``distributed=None`` shards by the initialised ``torch.distributed`` group, if any
     (:class:`GroupSampler` says how).
+
+    ``resident=True`` holds the store's frames, probes and per-group tables in the memory
+    of ``device`` (default ``"cuda"`` when available, else ``"cpu"``) as a
+    :class:`~ptychodata.torch.DeviceStore`, and gathers every batch there: the batches
+    are on the device already, with the keys, shapes, dtypes and values of the host
+    loader's (``Y`` from a :class:`~ptychodata.torch.PatchExtractor` where it is cut from
+    the objects), in the same sampler's order, with the same sharding and resume. Under
+    ``torch.distributed`` each rank holds every frame of the store on its own device
+    (pass ``device=f"cuda:{local_rank}"`` or set the current device first): the sampler
+    deals all groups anew every epoch. Workers, pinning, the shared ring and the
+    background thread have no part in it and are refused.
     """
+    if resident:
+        if layout != "default":
+            raise ParameterError(f"layout={layout!r} with resident=True; the resident loader serves the default layout")
+        return _resident_loader(
+            store, batch_size, device=device, shuffle=shuffle, seed=seed, drop_last=drop_last,
+            distributed=distributed, with_Y=with_Y, as_tensordict=as_tensordict,
+            host_only={"num_workers": (num_workers, (None, 0)), "pin_memory": (pin_memory, (None, False)),
+                       "prefetch_factor": (prefetch_factor, (None,)), "shared_ring": (shared_ring, (None, 0)),
+                       "background": (background, (None, 0))},
+        )
+    if device is not None:
+        raise ParameterError(
+            f"device={str(device)!r} without resident=True; host batches are moved with to_device(batch, device), "
+            "or pass resident=True to gather them on the device"
+        )
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if num_workers is None:
         num_workers = 0
@@ -142,6 +174,43 @@ def make_loader(
     if background is None:
         background = 2 if pin_memory or cpus > 2 else 0
     return GroupLoader(loader, sampler, background=background if num_workers == 0 else 0)
+
+
+def _resident_loader(
+    store: Any,
+    batch_size: int,
+    *,
+    device: torch.device | str | None,
+    shuffle: bool,
+    seed: int,
+    drop_last: bool,
+    distributed: bool | None,
+    with_Y: bool | str,
+    as_tensordict: bool,
+    host_only: dict[str, tuple[Any, tuple[Any, ...]]],
+) -> GroupLoader:
+    from ptychodata.torch._resident import DeviceStore, ResidentBatches
+
+    for name, (value, allowed) in host_only.items():
+        if value not in allowed:
+            expected = " or ".join(repr(a) for a in allowed)
+            raise ParameterError(f"{name}={value!r} with resident=True; expected {expected} (batches are gathered "
+                                 "on the device, with no host workers, pinning or prefetch thread)")
+    if with_Y not in (True, False, "device"):
+        raise ParameterError(f"with_Y={with_Y!r}; expected True, False or 'device'")
+    if isinstance(store, GroupedDataset):
+        store = store.store
+    if isinstance(store, DeviceStore):
+        if device is not None and torch.device(device) != store.device:
+            raise ParameterError(f"device={str(device)!r}, but the DeviceStore given is on {store.device}")
+        dataset = store
+    else:
+        dataset = DeviceStore(store, device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    is_distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    sampler_kwargs = {} if (is_distributed if distributed is None else distributed) else {"num_replicas": 1, "rank": 0}
+    sampler = GroupSampler(len(dataset), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last, **sampler_kwargs)
+    batches = ResidentBatches(dataset, sampler, with_Y=with_Y is True, as_tensordict=as_tensordict)
+    return GroupLoader(batches, sampler, background=0)
 
 
 class _Failure:

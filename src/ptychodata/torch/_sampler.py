@@ -109,13 +109,29 @@ class GroupSampler(torch.utils.data.Sampler):
         return batches
 
     def __iter__(self) -> Iterator[list[int]]:
+        for batch in self.iter_arrays():
+            yield batch.tolist()
+
+    def iter_arrays(self, schedule: list[np.ndarray] | None = None) -> Iterator[np.ndarray]:
+        """This rank's batches of a pass as (B,) int64 arrays (what iterating yields as lists).
+
+        ``schedule`` is what :meth:`begin_pass` returned, for a caller that needs the whole
+        pass up front (a GPU-resident loader moves it to the device at once); the pass's
+        bookkeeping (resume position, batches yielded) is the same either way.
+        """
+        if schedule is None:
+            schedule = self.begin_pass()
+        for batch in schedule:
+            self._yielded += 1
+            yield batch
+        self._pass_complete = True
+
+    def begin_pass(self) -> list[np.ndarray]:
+        """Start a pass, as iterating does, and return all of its batches for this rank."""
         if self._pass_complete:  # iterating again without set_epoch: the whole epoch again
             self._start, self._pass_complete = 0, False
         self._yielded, self._resume_pending = 0, False
-        for batch in self._schedule():
-            self._yielded += 1
-            yield batch.tolist()
-        self._pass_complete = True
+        return self._schedule()
 
     def __len__(self) -> int:
         return len(self._schedule())

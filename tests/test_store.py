@@ -480,3 +480,65 @@ def test_read_only_cache_dir_is_a_clear_error(tmp_path, source):
             prepare(source, CONFIG, cache_dir=cache, progress=False)
     finally:
         cache.chmod(0o700)
+
+
+# ---------------------------------------------------------------------- real-file fields (issue 9)
+def test_a_store_without_a_probe_serves_batches_without_one(tmp_path, scan):
+    no_probe = ScanData.from_arrays(diffraction=scan.diffraction, xcoords=scan.xcoords, ycoords=scan.ycoords)
+    store = prepare(no_probe, CONFIG, cache_dir=tmp_path / "cache", progress=False)
+    assert not store.has_probe and store.probe(0) is None
+    batch = store.batch([0, 1, 2])
+    assert "probe" not in batch and "probe" not in store.batch_layout(3)
+    np.testing.assert_array_equal(batch["X"], prepare(scan, CONFIG, cache_dir=tmp_path / "cache",
+                                                      progress=False).batch([0, 1, 2], reuse=False)["X"])
+    assert store.grouped_data()["X_full"].shape == (120, 16, 16, 4)
+    with pytest.raises(StoreError, match="has no probe"):
+        store.container()
+    with pytest.raises(StoreError, match="no probe"):
+        store.ptycho_torch_constants()
+
+
+def test_bad_pixel_masks_are_stored_per_experiment_and_carried_by_batches(tmp_path, scan):
+    mask = np.ones((16, 16), bool)
+    mask[3, 5] = mask[10, 0] = False
+    diffraction = np.array(scan.diffraction)
+    diffraction[:, ~mask] = 0
+    masked = scan.with_(diffraction=diffraction, mask=mask)
+    other = simulate(n_points=50, N=16, seed=4)  # no mask: all pixels usable
+    store = prepare([masked, other], CONFIG, cache_dir=tmp_path / "cache", progress=False)
+    np.testing.assert_array_equal(store.mask(0), mask)
+    np.testing.assert_array_equal(store.mask(1), np.ones((16, 16), bool))
+    index = np.array([0, len(store) - 1])
+    batch = store.batch(index)
+    assert batch["mask"].dtype == np.bool_ and batch["mask"].shape == (2, 16, 16)
+    np.testing.assert_array_equal(batch["mask"][0], mask)
+    np.testing.assert_array_equal(batch["mask"][1], True)
+    assert not batch["X"][0][:, ~mask].any()  # bad pixels hold 0
+    assert store.frames.experiments[0].has_mask and not store.frames.experiments[1].has_mask
+    assert "mask" not in prepare(scan, CONFIG, cache_dir=tmp_path / "cache", progress=False).batch([0])
+
+
+def test_load_options_shape_the_store_and_its_key(tmp_path, scan, source):
+    cache = tmp_path / "cache"
+    whole = prepare(source, CONFIG, cache_dir=cache, progress=False)
+    cropped = prepare(source, CONFIG, cache_dir=cache, progress=False, load_options={"crop": 12, "shift": False})
+    assert cropped.N == 12 and whole.N == 16 and cropped.path != whole.path
+    np.testing.assert_array_equal(cropped.patterns, np.asarray(scan.diffraction)[:, 2:14, 2:14])
+    again = prepare(source, CONFIG, cache_dir=cache, progress=False, load_options={"shift": False, "crop": 12})
+    assert build_ids(again) == build_ids(cropped)
+    assert cropped.frames.load_options == {"crop": 12, "shift": False}
+    with pytest.raises(ParameterError, match="pass intensity= to prepare itself"):
+        prepare(source, CONFIG, cache_dir=cache, progress=False, load_options={"intensity": True})
+
+
+def test_a_counts_file_is_recognised_and_converted_once(tmp_path, scan):
+    counts = np.round(np.asarray(scan.diffraction, np.float64) ** 2 * 100).astype(np.uint32)
+    with pytest.warns(UserWarning):
+        path = ScanData.from_arrays(diffraction=counts, xcoords=scan.xcoords, ycoords=scan.ycoords,
+                                    probe=scan.probe, check_values=False).save(tmp_path / "counts.npz")
+    with pytest.warns(UserWarning, match="counts"):
+        store = prepare(path, CONFIG, cache_dir=tmp_path / "cache", progress=False)
+    np.testing.assert_allclose(store.patterns, np.sqrt(counts), rtol=1e-6)
+    recorded = store.info()["experiments"][0]["metadata"]
+    assert recorded["nphotons"] == pytest.approx(counts.sum(axis=(1, 2)).mean(), rel=1e-6)
+    assert store.intensity_scale[0] == pytest.approx(np.sqrt(recorded["nphotons"]) / 8)

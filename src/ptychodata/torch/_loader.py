@@ -95,11 +95,10 @@ def make_loader(
     Sampling, resume, sharding and workers are the same for both layouts.
 
     Defaults, from measurements (``benchmarks/bench_loader.py``, ``bench_gpu.py``):
-    ``num_workers=0``: a batch is one vectorised gather of about a millisecond, shared
-    among the store's threads (one per core, at most 4), and gathering in the main
-    process beats DataLoader workers, whose batches must cross processes in shared
-    memory (2 × H200 DDP, batch 256 per rank: 67 000 groups/s per rank without workers,
-    30 000 with 4). ``background``: without workers, this many batches are gathered
+    ``num_workers=0``: a batch is one vectorised gather, shared among the store's threads
+    (one per core, at most 4), and gathering in the main process beats DataLoader
+    workers, whose batches must cross processes in shared memory (the README's loader
+    tables give the figures). ``background``: without workers, this many batches are gathered
     ahead in a thread (NumPy copies without the GIL), so the gather overlaps the
     training step; 2 when memory is pinned or there are more than 2 cores, else 0.
     ``pin_memory`` when CUDA is available: without workers each batch is then gathered

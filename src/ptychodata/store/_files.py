@@ -75,16 +75,24 @@ class NpyWriter:
             self._handle.close()
 
 
+_WRITE_CHUNK_BYTES = 32 << 20
+
+
 def write_npy(path: Path, array: np.ndarray) -> None:
-    """Write a whole array as ``.npy`` and fsync it."""
+    """Write a whole array as ``.npy`` and fsync it; large arrays row chunk by row chunk
+    (a memmap's pages are released as they go, so e.g. a multi-GB object read from a
+    source does not stay in this process's resident memory)."""
     array = np.asarray(array)
     with NpyWriter(path, array.shape, array.dtype) as writer:
         if array.ndim == 0:
             writer._handle.write(array.tobytes())
             writer.rows_written = 0
             writer.shape = (0,)
-        else:
+        elif array.nbytes <= _WRITE_CHUNK_BYTES:
             writer.write(array)
+        else:
+            for _, chunk in iter_rows(array, rows_per_chunk(array[:1].nbytes, _WRITE_CHUNK_BYTES)):
+                writer.write(chunk)
 
 
 def ensure_writable_directory(path: Path) -> Path:

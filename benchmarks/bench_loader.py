@@ -77,7 +77,7 @@ def tensor_dataset(store) -> torch.utils.data.TensorDataset:
     """The whole grouped store in RAM as tensors (what fits-in-memory training code does)."""
     batch = store.batch(np.arange(len(store)), reuse=False)
     B, N = len(store), store.N
-    probe = torch.from_numpy(np.array(store.array("probes")[0]))[None].expand(B, N, N)
+    probe = torch.from_numpy(np.array(store.probe(0)))[None].expand(B, N, N)
     keys = ("X", "coords_relative", "coords_offsets", "nn_indices", "group_index", "experiment_id")
     return torch.utils.data.TensorDataset(*(torch.from_numpy(batch[key]) for key in keys), probe)
 
@@ -210,8 +210,8 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
         )
         C = store.C
         group_bytes = C * N * N * 4 + N * N * 8
-        patterns = np.array(store.array("patterns"))
-        groups = np.array(store.array("groups"))
+        patterns = np.array(store.patterns)
+        groups = np.array(store.groups)
         naive = NaiveDataset(store)
         tds = tensor_dataset(store)
         for batch_size in args.batches:

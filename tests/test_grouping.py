@@ -221,7 +221,7 @@ def test_sequential_sampling_without_seed_is_deterministic():
 )
 def test_groups_do_not_depend_on_the_seed_chunk_size(monkeypatch, settings):
     """Chunked neighbour queries and member draws give the groups of one whole-table pass."""
-    import ptychodata.grouping as grouping
+    from ptychodata import grouping
 
     positions = random_positions(400)
     config = GroupingConfig(seed=7, **settings)

@@ -279,3 +279,23 @@ def test_cli_prepare_no_copy_and_frames_dtype(tmp_path, amplitude_file, counts_f
     assert main(["prepare", str(amplitude_file), "--frames-dtype", "uint16", "--cache-dir", str(cache)]) == 2
     err = capsys.readouterr().err
     assert "--intensity" in err and "intensity=True" not in err
+
+
+@pytest.mark.parametrize("scale", [None, np.float32(123.456), np.float32(3e-4)])
+def test_decoding_is_exact_for_every_stored_value(scale):
+    """Every finite non-negative float16, bfloat16 up to 2**97, every uint16 count: the gather's
+    conversion equals NumPy's own float32 conversion (then one float32 multiply)."""
+    from ptychodata.store._frames import decode_into
+
+    half = np.arange(0x7C00, dtype=np.uint16)  # +0 .. largest finite float16, subnormals included
+    brain = np.arange(0x7000, dtype=np.uint16)  # +0 .. 2**97 in bfloat16 (scaled stays finite)
+    counts = np.arange(65536, dtype=np.uint16)
+    cases = [
+        (FramesEncoding("float16"), half.view(np.float16), half.view(np.float16).astype(np.float32)),
+        (FramesEncoding("bfloat16"), brain, (brain.astype(np.uint32) << 16).view(np.float32)),
+        (FramesEncoding("uint16", "counts"), counts, np.sqrt(counts.astype(np.float32))),
+    ]
+    for encoding, stored, expected in cases:
+        out = np.empty(stored.shape, np.float32)
+        decode_into(encoding, stored.reshape(1, 1, -1), out.reshape(1, 1, -1), scale)
+        np.testing.assert_array_equal(out, expected if scale is None else expected * scale, err_msg=encoding.dtype)

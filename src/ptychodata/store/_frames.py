@@ -111,13 +111,19 @@ class FramesEncoding:
                     f"{where}pattern {first + bad} has amplitude {float(peak[bad]):g}, beyond float16's "
                     f"largest {_FLOAT16_MAX:g}; use frames_dtype='bfloat16' or 'float32'"
                 )
-            return amplitude.astype(np.float16)
+            half = amplitude.astype(np.float16)
+            half.view(np.uint16)[...] &= np.uint16(0x7FFF)  # -0.0 -> +0.0 (amplitudes are >= 0)
+            return half
         bits = amplitude.view(np.uint32)  # bfloat16: round to nearest, ties to even
         return ((bits + (np.uint32(0x7FFF) + ((bits >> 16) & np.uint32(1)))) >> 16).astype(np.uint16)
 
 
 def decode_into(encoding: FramesEncoding, stored: np.ndarray, out: np.ndarray, scale: float | np.ndarray | None = None) -> None:
     """``out[:] = A(stored) · scale`` in float32 (the §5 scale fused with the conversion).
+
+    Each step is one NumPy pass over cache-sized data with no casting inner loop (those
+    run at a fraction of memory speed): integers are widened by ``copyto``, half-precision
+    bits are moved into float32 bits with integer shifts, and sqrt/multiply run in place.
 
     Parameters
     ----------
@@ -127,12 +133,20 @@ def decode_into(encoding: FramesEncoding, stored: np.ndarray, out: np.ndarray, s
     scale : float32 scalar, ndarray of shape (P, 1, 1) float32, or None (unscaled)
     """
     if encoding.values == "counts":
-        np.sqrt(stored, out=out, dtype=np.float32)
+        np.copyto(out, stored, casting="unsafe")  # exact for counts < 2**24, as the float32 path's cast
+        np.sqrt(out, out=out)
     elif encoding.dtype == "bfloat16":
-        np.left_shift(stored, 16, out=out.view(np.uint32), dtype=np.uint32)
-    elif scale is not None:  # float32 or float16 amplitudes: one pass
-        np.multiply(stored, scale, out=out, dtype=np.float32)
-        return
+        bits = out.view(np.uint32)
+        np.copyto(bits, stored)
+        np.left_shift(bits, 16, out=bits)
+    elif encoding.dtype == "float16":
+        # float16 (sign bit clear: encode() stores +0.0 for -0.0) to float32 bits: the 15
+        # exponent+mantissa bits shifted up by 13 are the same number times 2**-112, subnormals
+        # included; multiplying by 2**112 is exact.
+        bits = out.view(np.uint32)
+        np.copyto(bits, stored.view(np.uint16))
+        np.left_shift(bits, 13, out=bits)
+        out *= np.float32(2.0**112)
     else:
         np.copyto(out, stored)
     if scale is not None:

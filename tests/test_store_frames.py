@@ -299,3 +299,35 @@ def test_decoding_is_exact_for_every_stored_value(scale):
         out = np.empty(stored.shape, np.float32)
         decode_into(encoding, stored.reshape(1, 1, -1), out.reshape(1, 1, -1), scale)
         np.testing.assert_array_equal(out, expected if scale is None else expected * scale, err_msg=encoding.dtype)
+
+
+# ---------------------------------------------------------------------- the streamed copy
+def test_streamed_prepare_reports_the_first_bad_pattern_of_many_chunks(tmp_path, scan, monkeypatch):
+    from ptychodata.store import _prepare
+
+    monkeypatch.setattr(_prepare, "_CHUNK_BYTES", 16 * 16 * 4 * 7)  # 7 patterns a chunk: 35 chunks in the ring
+    amplitudes = scan.diffraction.astype(np.float32).copy()
+    amplitudes[200, 2, 2] = np.nan
+    amplitudes[60, 1, 1] = -1.0
+    source = write_npz(tmp_path / "bad.npz", scan_arrays(scan, amplitudes))
+    with pytest.raises(ScanDataError, match=r"pattern 60 holds NaN, Inf or negative"):
+        prepare(source, CONFIG, cache_dir=tmp_path / "c", progress=False)
+
+
+def test_streamed_prepare_in_small_chunks_stores_what_one_chunk_stores(tmp_path, amplitude_file, monkeypatch):
+    from ptychodata.store import _prepare
+
+    whole = prepare(amplitude_file, CONFIG, cache_dir=tmp_path / "a", progress=False)
+    monkeypatch.setattr(_prepare, "_CHUNK_BYTES", 16 * 16 * 4 * 7)
+    chunked = prepare(amplitude_file, CONFIG, cache_dir=tmp_path / "b", progress=False)
+    for name in ("patterns", "energies", "amplitude_sums"):
+        np.testing.assert_array_equal(getattr(chunked, name), getattr(whole, name))
+    np.testing.assert_array_equal(all_X(chunked), all_X(whole))
+
+
+def test_zero_copy_materialized_X_equals_the_copy_store(tmp_path, amplitude_file):
+    cache = tmp_path / "cache"
+    copied = prepare(amplitude_file, CONFIG, cache_dir=cache, materialize=True, progress=False)
+    in_place = prepare(amplitude_file, CONFIG, cache_dir=cache, materialize=True, copy=False, progress=False)
+    assert in_place.zero_copy and in_place.grouping.materialized
+    np.testing.assert_array_equal(all_X(in_place), all_X(copied))

@@ -15,6 +15,7 @@ import datetime
 import hashlib
 import json
 import math
+import mmap
 import os
 import warnings
 from collections import deque
@@ -538,37 +539,41 @@ def _zero_copy_reference(handle: _Source, intensity: bool, frames_dtype: str | N
 
 
 class _RowReader:
-    """Reads row ranges of a pattern array into given buffers: with ``preadv`` from the file
-    when the array is a whole memmap (no page faults, no growth of this process's RSS),
-    else by copying (releasing a memmap's pages after each chunk)."""
+    """Row ranges of a pattern array, without growing this process's resident memory.
+
+    A whole memmap of a file is served as views of its pages (no copy: the hash, the checks
+    and the write read the page cache directly, and each range's pages are dropped from
+    this process once its chunk is written); any other array is copied into the caller's
+    buffer (a memmap's pages released after each copy).
+    """
 
     def __init__(self, array: np.ndarray):
         self.array = array
         self.row_bytes = int(array[:1].nbytes)
-        extent = file_extent(array) if array.flags.c_contiguous else None
-        self._fd = None
-        if extent is not None and hasattr(os, "preadv"):
-            self._fd = os.open(extent[0], os.O_RDONLY)
-            self._offset = extent[1]
+        self._mapping = None
+        if file_extent(array) is not None and array.flags.c_contiguous:
+            self._mapping = array._mmap  # the mmap starts at the allocation boundary below the offset
+            self._first = int(array.offset) % mmap.ALLOCATIONGRANULARITY
+
+    @property
+    def maps(self) -> bool:
+        return self._mapping is not None
+
+    def view(self, start: int, stop: int) -> np.ndarray:
+        return self.array[start:stop].view(np.ndarray)
+
+    def release(self, start: int, stop: int) -> None:
+        """Drop the pages of rows [start, stop) from this process (they stay in the page cache)."""
+        if self._mapping is None:
+            return
+        first = self._first + start * self.row_bytes
+        begin = first - first % mmap.PAGESIZE
+        with contextlib.suppress(ValueError, OSError):
+            self._mapping.madvise(mmap.MADV_DONTNEED, begin, self._first + stop * self.row_bytes - begin)
 
     def read(self, start: int, out: np.ndarray) -> None:
-        if self._fd is None:
-            np.copyto(out, self.array[start : start + len(out)])
-            release_pages(self.array)
-            return
-        view = memoryview(out.reshape(-1).view(np.uint8))
-        position = self._offset + start * self.row_bytes
-        done = 0
-        while done < len(view):
-            got = os.preadv(self._fd, [view[done:]], position + done)
-            if got <= 0:
-                raise ScanDataError(f"{self.array.filename}: the file ended while reading its patterns (truncated?)")
-            done += got
-
-    def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        np.copyto(out, self.array[start : start + len(out)])
+        release_pages(self.array)
 
 
 def _stream_patterns(
@@ -586,11 +591,12 @@ def _stream_patterns(
     for a copy, write them in the stored encoding. Return the content hash (None when
     not ``hashing`` and none is known).
 
-    A ring of ``_RING`` chunk buffers is filled in order by this thread; two worker threads
+    At most ``_RING`` chunks are in flight: this thread hands out views of a memory-mapped
+    source (or fills a ring of reused buffers from any other array); two worker threads
     convert/check and hash each chunk, and one writer thread writes chunks in order, so
     reading, computing and writing overlap (NumPy, hashlib and file writes release the
-    GIL). A buffer is refilled only once its chunk is written. The first bad pattern (in
-    file order) is the one reported.
+    GIL). A chunk's pages are released, or its buffer reused, once it is written. The
+    first bad pattern (in file order) is the one reported.
     """
     scan = handle.scan
     source = scan.diffraction
@@ -626,31 +632,33 @@ def _stream_patterns(
 
     reader = _RowReader(source)
     buffers: list[np.ndarray] = []
-    try:
-        with ThreadPoolExecutor(max_workers=_WORKERS) as workers, ThreadPoolExecutor(max_workers=1) as writer:
-            in_flight: deque = deque()
+    with ThreadPoolExecutor(max_workers=_WORKERS) as workers, ThreadPoolExecutor(max_workers=1) as writer:
+        in_flight: deque = deque()
 
-            def finish_oldest() -> None:
-                written, digest = in_flight.popleft()
-                written.result()
-                if digest is not None:
-                    hasher.update(digest.result())
+        def finish_oldest() -> None:
+            written, digest, span = in_flight.popleft()
+            written.result()
+            if digest is not None:
+                hasher.update(digest.result())
+            reader.release(*span)
 
-            for k, start in enumerate(range(0, n_points, rows)):
-                if len(in_flight) == _RING:
-                    finish_oldest()
+        for k, start in enumerate(range(0, n_points, rows)):
+            if len(in_flight) == _RING:
+                finish_oldest()
+            stop = min(start + rows, n_points)
+            if reader.maps:
+                raw = reader.view(start, stop)
+            else:
                 if len(buffers) < _RING:
                     buffers.append(np.empty((rows, *source.shape[1:]), source.dtype))
-                raw = buffers[k % _RING][: min(rows, n_points - start)]
+                raw = buffers[k % _RING][: stop - start]
                 reader.read(start, raw)
-                digest = workers.submit(_chunk_digest, raw) if hasher is not None else None
-                converted = workers.submit(convert, start, raw)
-                in_flight.append((writer.submit(write, converted), digest))
-                bar.update(len(raw))
-            while in_flight:
-                finish_oldest()
-    finally:
-        reader.close()
+            digest = workers.submit(_chunk_digest, raw) if hasher is not None else None
+            converted = workers.submit(convert, start, raw)
+            in_flight.append((writer.submit(write, converted), digest, (start, stop)))
+            bar.update(len(raw))
+        while in_flight:
+            finish_oldest()
     if hasher is not None:
         return hasher.hexdigest()
     return handle.known_hash

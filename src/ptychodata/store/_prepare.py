@@ -1,8 +1,11 @@
-"""Build stores: copy sources into a frames build once, then write groupings of it.
+"""Build stores: copy sources into a frames build once (or reference one in place), then
+write groupings of it.
 
 ``prepare`` streams each source's patterns in chunks (bounded memory), hashes and checks
-them while copying, and records per-pattern energies and amplitude sums so that any
-later grouping gets its scale factors (§5) without reading a pattern again. Every build
+them while copying them in the build's encoding (:mod:`ptychodata.store._frames`), and
+records per-pattern energies and amplitude sums so that any later grouping gets its
+scale factors (§5) without reading a pattern again. A zero-copy build (``copy=False``)
+streams the same way but writes no patterns: it records where they are. Every build
 happens in a temporary directory under the slot's OS file lock, is renamed into the
 slot's ``builds/`` when complete and becomes live when ``current`` is replaced
 (layout: :mod:`ptychodata.store._layout`).

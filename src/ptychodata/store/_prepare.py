@@ -36,6 +36,7 @@ from ptychodata.errors import ParameterError, ScanDataError, StoreError, StoreNo
 from ptychodata.grouping import GroupingConfig, group
 from ptychodata.normalize import checked_energies, intensity_scale, scale_from_energies
 from ptychodata.scan import ScanData, counts_to_amplitude
+from ptychodata.io._memory import is_memory_mapped
 from ptychodata.store._files import (
     NpyWriter,
     ensure_writable_directory,
@@ -308,9 +309,10 @@ def _row_digests(array: np.ndarray) -> Iterator[bytes]:
         yield _chunk_digest(array)
         return
     rows = _chunk_rows(array)
-    chunks = iter_rows(array, rows) if file_extent(array) is not None or isinstance(array, np.memmap) else (
-        (start, array[start : start + rows]) for start in range(0, array.shape[0], rows)
-    )
+    if is_memory_mapped(array):  # copies, the pages released after each (a view of a memmap too)
+        chunks = iter_rows(array, rows)
+    else:
+        chunks = ((start, array[start : start + rows]) for start in range(0, array.shape[0], rows))
     with ThreadPoolExecutor(max_workers=_WORKERS) as pool:
         window: deque = deque()
         for _, chunk in chunks:

@@ -180,9 +180,10 @@ class BatchGatherer:
 
     def _gather_decoded(self, members: np.ndarray, experiment: np.ndarray, out: np.ndarray, threads: int) -> None:
         """X of a compact or counts store: per cache-sized run of groups, gather the stored
-        rows into a small scratch buffer, then convert them into ``out`` with the §5 scale
-        in the same pass (sqrt for counts, widening for float16, a shift for bfloat16), so
-        the batch is float32 X exactly as the contract says."""
+        rows into a small scratch buffer, then convert them into ``out`` while they are
+        still in cache, the §5 scale fused into the conversion (sqrt for counts, widening
+        for float16, a shift for bfloat16; :func:`~ptychodata.store._frames.decode_into`),
+        so the batch is float32 X exactly as the contract says."""
         B, C, N = out.shape[0], self.C, self.N
         s = self.sources
         stored = s.patterns

@@ -95,9 +95,12 @@ class _OpenBuild:
                                  f"{self.grouping.frames_build_id}")
             check_files(self.frames_dir, self.frames.files)
             check_files(self.grouping_dir, self.grouping.files)
-            self.frame_arrays = {name[:-4]: _map(self.frames_dir / name) for name in self.frames.files}
-            # A copy (any stored dtype) or the source file a zero-copy build references,
-            # checked against its recorded size and mtime.
+            patterns_file = npy_name(FrameFile.PATTERNS)
+            self.frame_arrays = {
+                name[:-4]: _map(self.frames_dir / name) for name in self.frames.files if name != patterns_file
+            }
+            # The build's copy (in its stored dtype) or the source file a zero-copy build
+            # references, checked against its recorded size and mtime.
             self.frame_arrays[FrameFile.PATTERNS] = map_patterns(self.frames_dir, self.frames.patterns)
             self.group_arrays = {name[:-4]: _map(self.grouping_dir / name) for name in self.grouping.files}
         except BaseException:

@@ -34,9 +34,9 @@ from tqdm.auto import tqdm
 from ptychodata.coords import group_coords
 from ptychodata.errors import ParameterError, ScanDataError, StoreError, StoreNotFoundError
 from ptychodata.grouping import GroupingConfig, group
+from ptychodata.io._memory import is_memory_mapped
 from ptychodata.normalize import checked_energies, intensity_scale, scale_from_energies
 from ptychodata.scan import ScanData, counts_to_amplitude
-from ptychodata.io._memory import is_memory_mapped
 from ptychodata.store._files import (
     NpyWriter,
     ensure_writable_directory,

@@ -207,3 +207,34 @@ def test_sequential_sampling_without_seed_is_deterministic():
     np.testing.assert_array_equal(first, group(positions, GroupingConfig(**{**config.to_dict(), "seed": 0})))
     other = group(positions, GroupingConfig(**{**config.to_dict(), "seed": 1}))
     assert not np.array_equal(first, other)  # the member draw does depend on the seed
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"gridsize": 2, "neighbor_count": 7},
+        {"gridsize": 2, "neighbor_count": 7, "n_groups": 150, "order": "raster"},
+        {"gridsize": 3, "neighbor_count": 12, "neighbor_pool_size": 15},
+        {"gridsize": 2, "neighbor_count": 5, "n_groups": 900, "enable_oversampling": True},
+        {"gridsize": 2, "neighbor_count": 6, "n_groups": 200, "sequential_sampling": True},
+    ],
+)
+def test_groups_do_not_depend_on_the_seed_chunk_size(monkeypatch, settings):
+    """Chunked neighbour queries and member draws give the groups of one whole-table pass."""
+    from ptychodata import grouping
+
+    positions = random_positions(400)
+    config = GroupingConfig(seed=7, **settings)
+    whole = group(positions, config)  # 400 seeds < one chunk
+    monkeypatch.setattr(grouping, "_SEED_CHUNK", 13)
+    chunked = group(positions, config)
+    assert whole.dtype == chunked.dtype == np.int64
+    np.testing.assert_array_equal(chunked, whole)
+
+
+def test_pool_indices_are_int32_internally_and_int64_when_returned():
+    from ptychodata.grouping import _index_dtype
+
+    assert _index_dtype(10**6) == np.int32
+    assert _index_dtype(2**31) == np.int64
+    assert neighbour_pools(random_positions(50), np.arange(50), 4, 4).dtype == np.int64

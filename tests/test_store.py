@@ -16,6 +16,7 @@ from ptychodata import GroupingConfig, ScanData, StoreError, grouped_data, open_
 from ptychodata.errors import GroupIndexError, ParameterError, ScanDataError, StoreClosedError, StoreNotFoundError
 from ptychodata.normalize import x_scale
 from ptychodata.store._buffers import BufferPool
+from ptychodata.store._manifest import SCHEMA_VERSION
 from ptychodata.store._prepare import default_cache_dir
 
 CONFIG = GroupingConfig(gridsize=2, neighbor_count=6, seed=0)
@@ -309,7 +310,7 @@ def test_schema_change_rebuilds(tmp_path, source):
     with pytest.raises(StoreError, match="schema version 0"):
         open_store(store.path)
     rebuilt = prepare(source, CONFIG, cache_dir=cache, progress=False)
-    assert rebuilt.frames.schema_version == 2 and rebuilt.frames.build_id != store.frames.build_id
+    assert rebuilt.frames.schema_version == SCHEMA_VERSION and rebuilt.frames.build_id != store.frames.build_id
 
 
 def test_multi_source_store_keeps_probes_and_scales(tmp_path):

@@ -88,6 +88,9 @@ _FLAGS = {
     "n_groups": "--n-groups",
     "nphotons=": "--nphotons ",
     "pixel_size=": "--pixel-size ",
+    "copy=False": "--no-copy",
+    "copy=True": "no --no-copy",
+    "frames_dtype=": "--frames-dtype ",
 }
 
 
@@ -193,6 +196,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cache_dir(prep)
     prep.add_argument("--materialize", action="store_true", help="also write the grouped X array")
     prep.add_argument("--verify", action="store_true", help="re-hash sources before reusing a store")
+    prep.add_argument(
+        "--no-copy",
+        action="store_true",
+        help="reference the patterns in place (one uncompressed .npz source) instead of copying them",
+    )
+    prep.add_argument(
+        "--frames-dtype",
+        choices=("float32", "float16", "bfloat16", "uint16", "uint32"),
+        help="how patterns are stored: float32 (default), float16/bfloat16 amplitudes (rounded), "
+        "uint16/uint32 whole counts (lossless, with --intensity)",
+    )
     prep.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_load_options(prep)
     prep.set_defaults(run=_run_prepare)
@@ -402,7 +416,8 @@ def _print_store(store: Any, args: argparse.Namespace) -> int:
         print(f"frames       {info['frames_build_id']} ({info['frames_path']})")
         print(
             f"patterns     {info['n_patterns']} of {info['N']}×{info['N']}, {human_size(info['bytes_on_disk'])} "
-            "on disk"
+            f"on disk, stored as {info['frames_dtype']} {info['frames_values']}"
+            + ("" if info["zero_copy_source"] is None else f" in place in {info['zero_copy_source']}")
         )
         print(
             f"groups       {info['n_groups']} of C={info['C']} (gridsize {config['gridsize']}, "
@@ -456,6 +471,8 @@ def _run_prepare(args: argparse.Namespace) -> int:
         materialize=args.materialize,
         progress=not args.quiet,
         verify=args.verify,
+        copy=not args.no_copy,
+        frames_dtype=args.frames_dtype,
     )
     with store:
         if not args.quiet:

@@ -1,9 +1,12 @@
 """Sample-then-group: pick seed points, give each gridsize² nearby members (contract §2).
 
 All randomness comes from one ``numpy.random.Generator`` built from ``config.seed``;
-numpy's global RNG is never touched. Neighbours come from a single batched
-``cKDTree`` query; member choice is a row-wise random permutation, so nothing loops
-over groups in Python.
+numpy's global RNG is never touched. Neighbours come from batched ``cKDTree`` queries;
+member choice is a row-wise random permutation, so nothing loops over single groups in
+Python. Seeds are grouped in chunks of bounded size (query, drop the seed, draw the
+members), with pool indices as int32 where the scan fits, so memory beyond the (B, C)
+int64 output stays bounded; the random stream is consumed in the same order as one
+whole-table draw, so the groups do not depend on the chunk size.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ __all__ = ["GroupingConfig", "check_groups", "group", "neighbour_pools"]
 
 # Oversampling enumerates all C-subsets of a pool through a lookup table up to this size.
 _MAX_SUBSET_TABLE = 1 << 20
+# Seeds per chunk of neighbour queries and member draws (bounds the temporaries).
+_SEED_CHUNK = 1 << 16
 
 # PtychoPINN's legacy ``params.cfg`` names for GroupingConfig fields, where they differ.
 _LEGACY_NAMES = {"seed": "subsample_seed"}
@@ -230,13 +235,16 @@ def group(scan_or_positions: Any, config: GroupingConfig) -> np.ndarray:
                 "oversampling; set enable_oversampling=True to draw distinct (seed, subset) pairs, "
                 f"or ask for at most {n_points} groups"
             )
-        pools = neighbour_pools(positions, np.arange(n_points), config.pool_size, C)
-        groups = _oversample(pools, n_groups, C, rng)
+        pools = _pool_table(positions, np.arange(n_points), config.pool_size, C, _index_dtype(n_points))
+        groups = _oversample(pools, n_groups, C, rng).astype(np.int64, copy=False)
     else:
         seeds = _choose_seeds(n_points, n_groups, config.sequential_sampling, rng)
-        pools = neighbour_pools(positions, seeds, config.pool_size, C)
-        order = rng.random(pools.shape).argsort(axis=1)[:, :C]
-        groups = np.take_along_axis(pools, order, axis=1)
+        groups = np.empty((len(seeds), C), np.int64)
+        tree = cKDTree(positions)
+        for start, pools in _pool_chunks(tree, positions, seeds, config.pool_size, C):
+            # Row-major draws chunk after chunk: the same stream as one (B, P) draw.
+            order = rng.random(pools.shape).argsort(axis=1)[:, :C]
+            groups[start : start + len(pools)] = np.take_along_axis(pools, order, axis=1)
     if config.order == "raster":
         groups = raster_order(groups, positions)
     return groups
@@ -323,7 +331,8 @@ def _choose_seeds(n_points: int, n_groups: int, sequential: bool, rng: np.random
 
 
 def neighbour_pools(positions: np.ndarray, seeds: np.ndarray, pool_size: int, C: int) -> np.ndarray:
-    """The pool of each seed: its ``pool_size`` nearest other points (one batched cKDTree query).
+    """The pool of each seed: its ``pool_size`` nearest other points (cKDTree queries in
+    chunks of seeds).
 
     When the scan has fewer than C other points, the seed joins its own pool (§2.3).
 
@@ -332,20 +341,50 @@ def neighbour_pools(positions: np.ndarray, seeds: np.ndarray, pool_size: int, C:
     ndarray of shape (len(seeds), P), int64
         P = min(pool_size, M - 1), plus one when the seed joins.
     """
+    return _pool_table(positions, seeds, pool_size, C, np.int64)
+
+
+def _index_dtype(n_points: int) -> np.dtype:
+    """int32 when every point index fits, else int64."""
+    return np.dtype(np.int32) if n_points <= np.iinfo(np.int32).max else np.dtype(np.int64)
+
+
+def _pool_table(positions: np.ndarray, seeds: np.ndarray, pool_size: int, C: int, dtype: Any) -> np.ndarray:
+    """All pools of ``seeds`` as one (len(seeds), P) table of ``dtype``."""
+    tree = cKDTree(positions)
+    table = None
+    for start, pools in _pool_chunks(tree, positions, seeds, pool_size, C):
+        if table is None:
+            table = np.empty((len(seeds), pools.shape[1]), dtype)
+        table[start : start + len(pools)] = pools
+    return table if table is not None else np.empty((0, _pool_width(positions.shape[0], pool_size, C)), dtype)
+
+
+def _pool_width(n_points: int, pool_size: int, C: int) -> int:
+    k_others = min(pool_size, n_points - 1)
+    return k_others + 1 if k_others < C else k_others
+
+
+def _pool_chunks(tree: cKDTree, positions: np.ndarray, seeds: np.ndarray, pool_size: int, C: int):
+    """Yield ``(start, pools)`` for chunks of ``seeds``: pools (S, P) of the int32 (or int64)
+    point indices of each seed's ``pool_size`` nearest other points (§2.3: the seed joins
+    when fewer than C others exist). Only one chunk's query results live at a time."""
     n_points = positions.shape[0]
     k_others = min(pool_size, n_points - 1)
-    tree = cKDTree(positions)
-    _, found = tree.query(positions[seeds], k=k_others + 1, workers=-1)
-    found = np.asarray(found, dtype=np.int64).reshape(len(seeds), k_others + 1)
-    # Drop the seed itself; with duplicate positions it may be crowded out, then drop the farthest.
-    is_self = found == seeds[:, None]
-    first_self = np.where(is_self.any(axis=1), is_self.argmax(axis=1), k_others)
-    keep = np.ones_like(is_self)
-    keep[np.arange(len(seeds)), first_self] = False
-    pools = found[keep].reshape(len(seeds), k_others)
-    if k_others < C:
-        pools = np.concatenate([pools, seeds[:, None].astype(np.int64)], axis=1)
-    return pools
+    dtype = _index_dtype(n_points)
+    for start in range(0, len(seeds), _SEED_CHUNK):
+        chunk = seeds[start : start + _SEED_CHUNK]
+        _, found = tree.query(positions[chunk], k=k_others + 1, workers=-1)
+        found = np.asarray(found).reshape(len(chunk), k_others + 1).astype(dtype, copy=False)
+        # Drop the seed itself; with duplicate positions it may be crowded out, then drop the farthest.
+        is_self = found == chunk[:, None]
+        first_self = np.where(is_self.any(axis=1), is_self.argmax(axis=1), k_others)
+        keep = np.ones_like(is_self)
+        keep[np.arange(len(chunk)), first_self] = False
+        pools = found[keep].reshape(len(chunk), k_others)
+        if k_others < C:
+            pools = np.concatenate([pools, chunk[:, None].astype(dtype)], axis=1)
+        yield start, pools
 
 
 def _oversample(pools: np.ndarray, n_groups: int, C: int, rng: np.random.Generator) -> np.ndarray:
@@ -385,7 +424,11 @@ def raster_order(groups: np.ndarray, positions: np.ndarray) -> np.ndarray:
     """
     n_groups, C = groups.shape
     g = math.isqrt(C)
-    by_y = np.take_along_axis(groups, positions[groups, 1].argsort(axis=1, kind="stable"), axis=1)
-    rows = by_y.reshape(n_groups, g, g)
-    by_x = np.take_along_axis(rows, positions[rows, 0].argsort(axis=2, kind="stable"), axis=2)
-    return by_x.reshape(n_groups, C)
+    result = np.empty_like(groups)
+    for start in range(0, n_groups, _SEED_CHUNK):  # chunks keep the float64 keys small
+        part = groups[start : start + _SEED_CHUNK]
+        by_y = np.take_along_axis(part, positions[part, 1].argsort(axis=1, kind="stable"), axis=1)
+        rows = by_y.reshape(len(part), g, g)
+        by_x = np.take_along_axis(rows, positions[rows, 0].argsort(axis=2, kind="stable"), axis=2)
+        result[start : start + len(part)] = by_x.reshape(len(part), C)
+    return result

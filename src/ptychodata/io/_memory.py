@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-__all__ = ["iter_rows", "release_pages", "rows_per_chunk"]
+__all__ = ["is_memory_mapped", "iter_rows", "release_pages", "rows_per_chunk"]
 
 
 def rows_per_chunk(row_bytes: int, budget_bytes: int) -> int:
@@ -43,6 +43,11 @@ def release_pages(array: np.ndarray) -> None:
     if mapping is not None:
         with contextlib.suppress(ValueError, OSError):
             mapping.madvise(mmap.MADV_DONTNEED)
+
+
+def is_memory_mapped(array: np.ndarray) -> bool:
+    """Whether ``array`` (or the array it is a view of) reads a memory-mapped file."""
+    return _backing_mmap(array) is not None
 
 
 def _backing_mmap(array: np.ndarray) -> mmap.mmap | None:

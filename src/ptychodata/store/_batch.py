@@ -14,6 +14,7 @@ from ptychodata.errors import ParameterError, StoreError
 from ptychodata.io._memory import rows_per_chunk
 from ptychodata.patches import extract_patches
 from ptychodata.store._buffers import BufferPool
+from ptychodata.store._frames import FramesEncoding, decode_into
 
 __all__ = [
     "LAYOUTS",
@@ -127,7 +128,8 @@ class BatchSources:
 
     Attributes
     ----------
-    patterns : (M, N, N) float32
+    patterns : (M, N, N), stored as ``encoding`` says (float32 amplitudes by default)
+    encoding : FramesEncoding
     groups : (B, C) int64; group_experiment : (B,) int64
     centres : (B, 2) float64; relative : (B, C, 2) float64
     x_scale : (E,) float32
@@ -140,6 +142,7 @@ class BatchSources:
     """
 
     patterns: np.ndarray
+    encoding: FramesEncoding
     groups: np.ndarray
     group_experiment: np.ndarray
     centres: np.ndarray
@@ -279,6 +282,9 @@ class BatchGatherer:
         ``experiment=None``: the raw patterns, unscaled."""
         B, N = out.shape[0], self.N
         s = self.sources
+        if not s.encoding.is_identity:
+            self._gather_decoded(members, experiment, out, threads)
+            return
         if self.sorted_reads:
             self._take(s.patterns, members.reshape(-1), out.reshape(-1, N, N))
             if experiment is None:
@@ -298,7 +304,12 @@ class BatchGatherer:
                 else:
                     rows *= s.x_scale[experiment[start : start + len(rows)]][:, None, None, None]
 
-        parts = min(threads, -(-B // step), max(1, out.nbytes // _MIN_THREAD_BYTES))
+        self._share(fill, B, step, out.nbytes, threads)
+
+    def _share(self, fill, B: int, step: int, nbytes: int, threads: int) -> None:
+        """Run ``fill(first, stop)`` over [0, B) in runs of ``step`` groups, split among up
+        to ``threads`` threads when the batch is large enough to pay for the hand-off."""
+        parts = min(threads, -(-B // step), max(1, nbytes // _MIN_THREAD_BYTES))
         if parts <= 1:
             fill(0, B)
             return
@@ -308,6 +319,38 @@ class BatchGatherer:
         fill(bounds[0], bounds[1])
         for future in pending:
             future.result()
+
+    def _gather_decoded(self, members: np.ndarray, experiment: np.ndarray, out: np.ndarray, threads: int) -> None:
+        """X of a compact or counts store: per cache-sized run of groups, gather the stored
+        rows into a small scratch buffer, then convert them into ``out`` while they are
+        still in cache, the §5 scale fused into the conversion (sqrt for counts, widening
+        for float16, a shift for bfloat16; :func:`~ptychodata.store._frames.decode_into`),
+        so the batch is float32 X exactly as the contract says."""
+        B, C, N = out.shape[0], self.C, self.N
+        s = self.sources
+        stored = s.patterns
+        if self.sorted_reads:  # read in file order into one scratch, convert in batch order below
+            stored = self.pool.take({"sorted": ((B * C, N, N), stored.dtype)})["sorted"]
+            self._take(s.patterns, members.reshape(-1), stored)
+        step = rows_per_chunk(out[:1].nbytes, _CACHE_BYTES)
+        one_scale = s.x_scale[0] if len(s.x_scale) == 1 else None
+
+        def fill(first: int, stop: int) -> None:
+            scratch = np.empty((step * C, N, N), s.patterns.dtype)
+            for start in range(first, stop, step):
+                rows = out[start : min(start + step, stop)].reshape(-1, N, N)
+                if self.sorted_reads:
+                    raw = stored[start * C : start * C + len(rows)]
+                else:
+                    raw = scratch[: len(rows)]
+                    np.take(stored, members[start : start + len(rows) // C].reshape(-1), axis=0, out=raw)
+                if one_scale is not None:
+                    scale = one_scale
+                else:
+                    scale = np.repeat(s.x_scale[experiment[start : start + len(rows) // C]], C)[:, None, None]
+                decode_into(s.encoding, raw, rows, scale)
+
+        self._share(fill, B, step, out.nbytes, threads)
 
     def _thread_pool(self, workers: int) -> ThreadPoolExecutor:
         """The gather threads, made again in a forked child (threads do not survive fork).

@@ -70,7 +70,8 @@ def verify_store(path: Path, *, content: bool = True) -> list[str]:
 
     Checks manifests and file sizes, that each grouping's frames build exists, that each
     source file is unchanged (size and modification time) and, with ``content=True``,
-    that its content hash still matches.
+    that its content hash still matches (zero-copy builds prepared without ``verify=True``
+    record no hash: their sources are checked by size and modification time only).
     """
     from ptychodata.scan import ScanData
     from ptychodata.store._prepare import content_hash
@@ -92,6 +93,7 @@ def verify_store(path: Path, *, content: bool = True) -> list[str]:
         elif (
             content
             and source.path is not None
+            and source.content_hash is not None  # a zero-copy build prepared without verify=True
             and content_hash(ScanData.load(source.path, check_values=False)) != source.content_hash
         ):
             problems.append(f"source {source.path}: content differs from the hash recorded in the store")

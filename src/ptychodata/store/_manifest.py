@@ -21,9 +21,19 @@ import numpy as np
 from ptychodata.errors import StoreError, StoreNotFoundError
 from ptychodata.store._layout import MANIFEST
 
-__all__ = ["SCHEMA_VERSION", "FileEntry", "FrameManifest", "GroupingManifest", "SourceEntry", "stable_key"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "FileEntry",
+    "FrameManifest",
+    "GroupingManifest",
+    "PatternsEntry",
+    "SourceEntry",
+    "stable_key",
+]
 
-SCHEMA_VERSION = 2
+# 3: patterns described by FrameManifest.patterns (stored dtype, conversion, or a reference to
+#    the source file); content hashes made of per-chunk SHA-256 digests.
+SCHEMA_VERSION = 3
 
 
 def stable_key(*parts: Any) -> str:
@@ -53,7 +63,7 @@ class SourceEntry:
     path: str | None
     size: int | None
     mtime_ns: int | None
-    content_hash: str
+    content_hash: str | None  # None: a zero-copy build prepared without verify=True
 
     def identity(self) -> dict[str, Any]:
         """What the frame key depends on: the file's path, size and mtime, or the content hash."""
@@ -71,6 +81,47 @@ class SourceEntry:
             return f"source {self.path} is gone"
         if stat.st_size != self.size or stat.st_mtime_ns != self.mtime_ns:
             return f"source {self.path} changed (size or modification time)"
+        return None
+
+
+@dataclass(frozen=True)
+class PatternsEntry:
+    """How a frames build holds its (M, N, N) patterns.
+
+    ``dtype`` and ``values`` name the encoding (:class:`~ptychodata.store._frames.FramesEncoding`),
+    ``storage`` the NumPy dtype on disk and ``conversion`` the formula back to float32
+    amplitudes. A copy lives in the build (``file`` None); a zero-copy build references
+    ``file`` (the source) at byte ``offset``, and records that file's ``size`` and
+    ``mtime_ns`` so a store whose source changed is refused at open.
+    """
+
+    dtype: str
+    values: str
+    storage: str
+    conversion: str
+    shape: list[int]
+    file: str | None = None
+    offset: int = 0
+    size: int | None = None
+    mtime_ns: int | None = None
+
+    @property
+    def is_reference(self) -> bool:
+        return self.file is not None
+
+    def changed(self) -> str | None:
+        """Why the referenced file no longer matches this entry, or None (copies: always None)."""
+        if self.file is None:
+            return None
+        try:
+            stat = os.stat(self.file)
+        except OSError:
+            return f"{self.file}: the source this zero-copy store reads its patterns from is gone"
+        if stat.st_size != self.size or stat.st_mtime_ns != self.mtime_ns:
+            return (
+                f"{self.file}: the source this zero-copy store reads its patterns from changed (size "
+                f"{stat.st_size}, mtime_ns {stat.st_mtime_ns}; recorded {self.size}, {self.mtime_ns})"
+            )
         return None
 
 
@@ -113,6 +164,7 @@ class FrameManifest(_Manifest):
     intensity: bool | None
     load_options: dict[str, Any]
     experiments: list[ExperimentEntry]
+    patterns: PatternsEntry
     files: dict[str, FileEntry]
     created: str
     library_version: str
@@ -125,6 +177,7 @@ class FrameManifest(_Manifest):
         values["experiments"] = [
             ExperimentEntry(**{**e, "source": SourceEntry(**e["source"])}) for e in values["experiments"]
         ]
+        values["patterns"] = PatternsEntry(**values["patterns"])
         values["files"] = {name: FileEntry(**entry) for name, entry in values["files"].items()}
         return cls(**values)
 

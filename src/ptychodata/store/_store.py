@@ -32,6 +32,7 @@ from ptychodata.store._batch import (
     batch_layout,
     ptycho_torch_layout,
 )
+from ptychodata.store._frames import DecodedFrames, FramesEncoding, map_patterns
 from ptychodata.store._layout import (
     BUILDS,
     CURRENT,
@@ -41,6 +42,7 @@ from ptychodata.store._layout import (
     FrameFile,
     GroupingFile,
     ReaderLock,
+    npy_name,
     npy_stem,
     object_stem,
     open_current,
@@ -109,7 +111,13 @@ class _OpenBuild:
                                  f"{self.grouping.frames_build_id}")
             check_files(self.frames_dir, self.frames.files)
             check_files(self.grouping_dir, self.grouping.files)
-            self.frame_arrays = {npy_stem(name): _map(self.frames_dir / name) for name in self.frames.files}
+            patterns_file = npy_name(FrameFile.PATTERNS)
+            self.frame_arrays = {
+                npy_stem(name): _map(self.frames_dir / name) for name in self.frames.files if name != patterns_file
+            }
+            # The build's copy (in its stored dtype) or the source file a zero-copy build
+            # references, checked against its recorded size and mtime.
+            self.frame_arrays[FrameFile.PATTERNS] = map_patterns(self.frames_dir, self.frames.patterns)
             self.group_arrays = {npy_stem(name): _map(self.grouping_dir / name) for name in self.grouping.files}
         except BaseException:
             self.close()
@@ -187,6 +195,7 @@ class Store:
         self._gatherer = BatchGatherer(
             BatchSources(
                 patterns=f[FrameFile.PATTERNS],
+                encoding=FramesEncoding.of(build.frames.patterns),
                 groups=g[GroupingFile.GROUPS],
                 group_experiment=g[GroupingFile.GROUP_EXPERIMENT],
                 centres=g[GroupingFile.COORDS_OFFSETS],
@@ -291,8 +300,29 @@ class Store:
     # ------------------------------------------------------------------ per-pattern arrays (memory-mapped)
     @property
     def patterns(self) -> np.ndarray:
-        """Stored amplitudes, (M, N, N) float32, unscaled."""
+        """The stored patterns, (M, N, N), memory-mapped, unscaled, in the stored encoding:
+        float32 amplitudes by default (see :attr:`frames_encoding`; :attr:`amplitudes` gives
+        float32 amplitudes whatever the encoding)."""
         return self._open().frame_arrays[FrameFile.PATTERNS]
+
+    @property
+    def amplitudes(self) -> np.ndarray | DecodedFrames:
+        """Unscaled float32 amplitudes (M, N, N): the stored array itself when it holds them
+        (float32 amplitude stores), else a view converting the rows asked for
+        (``store.amplitudes[indices]``)."""
+        stored = self.patterns
+        encoding = self.frames_encoding
+        return stored if encoding.is_identity else DecodedFrames(stored, encoding)
+
+    @property
+    def frames_encoding(self) -> FramesEncoding:
+        """How the patterns are stored (dtype and values: amplitude or counts)."""
+        return FramesEncoding.of(self.frames.patterns)
+
+    @property
+    def zero_copy(self) -> bool:
+        """Whether the patterns are read in place from the source file (``prepare(copy=False)``)."""
+        return self.frames.patterns.is_reference
 
     @property
     def energies(self) -> np.ndarray:
@@ -550,7 +580,7 @@ class Store:
         single = experiment if experiment is not None else (0 if self.n_experiments == 1 else None)
         positions, start = self.positions, self.positions_start
         return grouped_dict(
-            self.patterns,
+            self.amplitudes,
             groups,
             scale=np.asarray(self.grouping.x_scale, np.float32)[group_experiment],
             positions=(positions[:, 0], positions[:, 1]),
@@ -621,6 +651,10 @@ class Store:
             "n_groups_in_grouping": self.grouping.n_groups,
             "C": self.C,
             "materialized": self.grouping.materialized,
+            "frames_dtype": self.frames.patterns.dtype,
+            "frames_values": self.frames.patterns.values,
+            "frames_conversion": self.frames.patterns.conversion,
+            "zero_copy_source": self.frames.patterns.file,
             "config": self.grouping.config,
             "bytes_on_disk": int(sum(sizes)),
             "created": self.grouping.created,

@@ -1,0 +1,248 @@
+"""How a frames build stores its patterns, and the conversion back to float32 amplitudes.
+
+A build stores each pattern once, as one of:
+
+======== ============= =================================== ==========================================
+dtype    values        stored as                           converted to the amplitude A (float32)
+======== ============= =================================== ==========================================
+float32  amplitude     ``<f4``                             as is (the default)
+float16  amplitude     ``<f2``                             exact widening to float32
+bfloat16 amplitude     ``<u2``: the top 16 bits of a       ``uint32(stored) << 16`` viewed as float32
+                       float32, rounded to nearest even
+uint16   counts        ``<u2`` whole counts                ``sqrt(float32(stored))``
+uint32   counts        ``<u4`` whole counts                ``sqrt(float32(stored))``
+float32  counts        ``<f4`` (zero-copy of a counts      ``sqrt(stored)``
+                       source only)
+======== ============= =================================== ==========================================
+
+Counts are lossless: a counts store serves exactly the X of a float32 store of the same
+source prepared with ``intensity=True`` (the copy path computes ``sqrt(float32(counts))``
+too). float16 and bfloat16 round the amplitudes; a build's energies and amplitude sums are
+those of the stored (rounded) amplitudes, so its §5 scale normalises what it serves.
+"""
+
+from __future__ import annotations
+
+import mmap
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ptychodata.errors import ParameterError, ScanDataError, StoreError
+from ptychodata.store._layout import FrameFile, npy_name
+from ptychodata.store._manifest import PatternsEntry
+
+__all__ = ["FRAMES_DTYPES", "DecodedFrames", "FramesEncoding", "decode_into", "file_extent", "map_patterns"]
+
+FRAMES_DTYPES = ("float32", "float16", "bfloat16", "uint16", "uint32")
+_STORAGE = {"float32": "<f4", "float16": "<f2", "bfloat16": "<u2", "uint16": "<u2", "uint32": "<u4"}
+_FLOAT16_MAX = float(np.finfo(np.float16).max)
+
+
+@dataclass(frozen=True)
+class FramesEncoding:
+    """A stored pattern dtype and what its values are (``"amplitude"`` or ``"counts"``)."""
+
+    dtype: str = "float32"
+    values: str = "amplitude"
+
+    def __post_init__(self) -> None:
+        if self.dtype not in FRAMES_DTYPES:
+            raise ParameterError(f"frames_dtype={self.dtype!r}; expected one of {FRAMES_DTYPES}")
+        if self.values not in ("amplitude", "counts"):
+            raise ParameterError(f"frame values {self.values!r}; expected 'amplitude' or 'counts'")
+        counts = self.dtype in ("uint16", "uint32")
+        if counts and self.values != "counts" or self.values == "counts" and self.dtype not in ("uint16", "uint32", "float32"):
+            raise ParameterError(f"frames_dtype={self.dtype!r} cannot hold {self.values}")
+
+    @classmethod
+    def for_copy(cls, frames_dtype: str | None, intensity: bool) -> FramesEncoding:
+        """The encoding a copying ``prepare`` writes for ``frames_dtype`` (None: float32)."""
+        dtype = "float32" if frames_dtype is None else str(frames_dtype)
+        if dtype not in FRAMES_DTYPES:
+            raise ParameterError(f"frames_dtype={frames_dtype!r}; expected one of {FRAMES_DTYPES} or None")
+        if dtype in ("uint16", "uint32"):
+            if not intensity:
+                raise ParameterError(
+                    f"frames_dtype={dtype!r} stores whole detector counts; pass intensity=True with a counts "
+                    "source (amplitudes can be stored as 'float32', 'float16' or 'bfloat16')"
+                )
+            return cls(dtype, "counts")
+        return cls(dtype, "amplitude")
+
+    @classmethod
+    def of(cls, entry: PatternsEntry) -> FramesEncoding:
+        return cls(entry.dtype, entry.values)
+
+    @property
+    def storage(self) -> np.dtype:
+        """The NumPy dtype of the stored array."""
+        return np.dtype(_STORAGE[self.dtype])
+
+    @property
+    def is_identity(self) -> bool:
+        """Stored values are the float32 amplitudes themselves."""
+        return self.dtype == "float32" and self.values == "amplitude"
+
+    @property
+    def conversion(self) -> str:
+        """The conversion to float32 amplitudes, in words (recorded in the manifest)."""
+        if self.values == "counts":
+            return "A = sqrt(float32(stored))"
+        return {
+            "float32": "A = stored",
+            "float16": "A = float32(stored)",
+            "bfloat16": "A = (uint32(stored) << 16) viewed as float32",
+        }[self.dtype]
+
+    def encode(self, raw: np.ndarray, amplitude: np.ndarray, first: int, where: str) -> np.ndarray:
+        """The stored form of a chunk: ``raw`` (P, N, N) as in the source, ``amplitude`` its
+        float32 amplitudes. ``first`` is the index of the chunk's first pattern, for errors."""
+        if self.values == "counts":
+            return _whole_counts(raw, self.storage, first, where)
+        if self.dtype == "float32":
+            return amplitude
+        if self.dtype == "float16":
+            peak = amplitude.reshape(len(amplitude), -1).max(axis=1, initial=0)
+            if (peak > _FLOAT16_MAX).any():
+                bad = int(np.argmax(peak > _FLOAT16_MAX))
+                raise ScanDataError(
+                    f"{where}pattern {first + bad} has amplitude {float(peak[bad]):g}, beyond float16's "
+                    f"largest {_FLOAT16_MAX:g}; use frames_dtype='bfloat16' or 'float32'"
+                )
+            half = amplitude.astype(np.float16)
+            half.view(np.uint16)[...] &= np.uint16(0x7FFF)  # -0.0 -> +0.0 (amplitudes are >= 0)
+            return half
+        bits = amplitude.view(np.uint32)  # bfloat16: round to nearest, ties to even
+        return ((bits + (np.uint32(0x7FFF) + ((bits >> 16) & np.uint32(1)))) >> 16).astype(np.uint16)
+
+
+def decode_into(encoding: FramesEncoding, stored: np.ndarray, out: np.ndarray, scale: float | np.ndarray | None = None) -> None:
+    """``out[:] = A(stored) · scale`` in float32 (the §5 scale fused with the conversion).
+
+    Each step is one NumPy pass over cache-sized data with no casting inner loop (those
+    run at a fraction of memory speed): integers are widened by ``copyto``, half-precision
+    bits are moved into float32 bits with integer shifts, and sqrt/multiply run in place.
+
+    Parameters
+    ----------
+    encoding : FramesEncoding
+    stored : ndarray of shape (P, N, N), ``encoding.storage``
+    out : ndarray of shape (P, N, N), float32, C-contiguous
+    scale : float32 scalar, ndarray of shape (P, 1, 1) float32, or None (unscaled)
+    """
+    if encoding.values == "counts":
+        np.copyto(out, stored, casting="unsafe")  # exact for counts < 2**24, as the float32 path's cast
+        np.sqrt(out, out=out)
+    elif encoding.dtype == "bfloat16":
+        bits = out.view(np.uint32)
+        np.copyto(bits, stored)
+        np.left_shift(bits, 16, out=bits)
+    elif encoding.dtype == "float16":
+        # float16 (sign bit clear: encode() stores +0.0 for -0.0) to float32 bits: the 15
+        # exponent+mantissa bits shifted up by 13 are the same number times 2**-112, subnormals
+        # included; multiplying by 2**112 is exact.
+        bits = out.view(np.uint32)
+        np.copyto(bits, stored.view(np.uint16))
+        np.left_shift(bits, 13, out=bits)
+        out *= np.float32(2.0**112)
+    else:
+        np.copyto(out, stored)
+    if scale is not None:
+        out *= scale
+
+
+class DecodedFrames:
+    """A read-only, fancy-indexable view of stored patterns as float32 amplitudes (M, N, N).
+
+    ``frames[index]`` converts just the rows asked for, so code written for a float32
+    pattern array (e.g. :func:`~ptychodata.grouped.grouped_dict`) reads any store.
+    """
+
+    def __init__(self, stored: np.ndarray, encoding: FramesEncoding):
+        self.stored = stored
+        self.encoding = encoding
+        self.shape = stored.shape
+        self.dtype = np.dtype(np.float32)
+        self.ndim = stored.ndim
+
+    def __len__(self) -> int:
+        return len(self.stored)
+
+    def __getitem__(self, index) -> np.ndarray:
+        rows = np.asarray(self.stored[index])
+        out = np.empty(rows.shape, np.float32)
+        decode_into(self.encoding, rows, out)
+        return out
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        whole = self[:]
+        return whole if dtype is None else whole.astype(dtype, copy=False)
+
+
+def _whole_counts(raw: np.ndarray, storage: np.dtype, first: int, where: str) -> np.ndarray:
+    """``raw`` as ``storage`` integers, or ``ScanDataError`` naming the first pattern that
+    holds a fraction, a negative value or one beyond the dtype's range."""
+    flat = raw.reshape(len(raw), -1)
+    limit = np.iinfo(storage).max
+    low = flat.min(axis=1, initial=0)
+    high = flat.max(axis=1, initial=0)
+    bad_range = (low < 0) | (high > limit)
+    if bad_range.any():
+        bad = int(np.argmax(bad_range))
+        raise ScanDataError(
+            f"{where}pattern {first + bad} holds counts in [{low[bad]:g}, {high[bad]:g}]; frames_dtype="
+            f"'{storage.name}' holds whole counts in [0, {limit}]"
+            + ("; use frames_dtype='uint32'" if storage.itemsize == 2 else "; use frames_dtype='float32'")
+        )
+    if raw.dtype.kind == "f":
+        fractional = (flat != np.floor(flat)).any(axis=1)
+        if fractional.any():
+            bad = int(np.argmax(fractional))
+            value = flat[bad][flat[bad] != np.floor(flat[bad])][0]
+            raise ScanDataError(
+                f"{where}pattern {first + bad} holds a fractional count ({value:g}); frames_dtype="
+                f"'{storage.name}' stores whole counts only; use frames_dtype='float32'"
+            )
+    elif raw.dtype.kind not in "ui":
+        raise ScanDataError(f"{where}counts of dtype {raw.dtype}; expected integers or whole-valued floats")
+    return raw.astype(storage)
+
+
+def file_extent(array: np.ndarray) -> tuple[str, int] | None:
+    """``(file, byte offset)`` of an array that is a whole ``np.memmap`` of a file (not a
+    slice or view of one), else None."""
+    if not isinstance(array, np.memmap) or not isinstance(array.base, mmap.mmap) or not array.filename:
+        return None
+    return str(array.filename), int(array.offset)
+
+
+def map_patterns(build: Path, entry: PatternsEntry) -> np.ndarray:
+    """Memory-map a frames build's patterns (M, N, N) in their stored dtype, from the build's
+    own file or, for a zero-copy build, from the source file it references.
+
+    Raises ``StoreError`` if the referenced file is gone or changed (size or modification
+    time differ from the build's record): changed bytes are never served.
+    """
+    if entry.file is None:
+        path = Path(build) / npy_name(FrameFile.PATTERNS)
+        try:
+            array = np.load(path, mmap_mode="r")
+        except (ValueError, OSError) as exc:
+            raise StoreError(f"{path}: unreadable store file ({exc}); prepare the store again") from exc
+    else:
+        problem = entry.changed()
+        if problem is not None:
+            raise StoreError(f"{Path(build)}: {problem}; prepare the store again (it will rebuild)")
+        try:
+            array = np.memmap(entry.file, dtype=np.dtype(entry.storage), mode="r", offset=entry.offset,
+                              shape=tuple(entry.shape))
+        except (ValueError, OSError) as exc:
+            raise StoreError(f"{entry.file}: cannot map the patterns this zero-copy store references ({exc})") from exc
+    if list(array.shape) != list(entry.shape) or array.dtype != np.dtype(entry.storage):
+        raise StoreError(
+            f"{Path(build)}: patterns of shape {list(array.shape)}, dtype {array.dtype.str}; the manifest says "
+            f"{entry.shape}, {entry.storage}. Prepare the store again."
+        )
+    return array.view(np.ndarray)

@@ -1,10 +1,6 @@
 import json
 import os
 import pickle
-import signal
-import subprocess
-import sys
-import textwrap
 import threading
 import time
 from pathlib import Path

@@ -13,7 +13,6 @@ and nothing else, so no code named by the file can run.
 
 from __future__ import annotations
 
-import io
 import os
 import pickle
 import struct

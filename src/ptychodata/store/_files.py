@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import math
+import mmap
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.lib import format as npy_format
@@ -16,10 +19,14 @@ from numpy.lib import format as npy_format
 from ptychodata.errors import StoreError
 from ptychodata.io._memory import iter_rows, release_pages, rows_per_chunk
 
+if TYPE_CHECKING:
+    from ptychodata.store._manifest import FileEntry
+
 __all__ = [
     "NpyWriter",
     "ensure_writable_directory",
     "iter_rows",
+    "map_npy",
     "new_hasher",
     "release_pages",
     "rows_per_chunk",
@@ -100,6 +107,42 @@ def write_npy(path: Path, array: np.ndarray) -> None:
         else:
             for _, chunk in iter_rows(array, rows_per_chunk(array[:1].nbytes, _WRITE_CHUNK_BYTES)):
                 writer.write(chunk)
+
+
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+def map_npy(path: Path, entry: FileEntry) -> np.ndarray:
+    """Memory-map a store's ``.npy`` read-only as the manifest describes it (shape, dtype,
+    size), checking the size and the format's magic: one open, one ``mmap``, no header
+    parsing (the data are the file's last bytes; store files are C-ordered).
+
+    Raises ``StoreError`` naming the file when it is missing, of another size (truncated
+    or replaced) or not an ``.npy``.
+    """
+    dtype, shape = np.dtype(entry.dtype), tuple(entry.shape)
+    nbytes = math.prod(shape) * dtype.itemsize
+    try:
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            magic = handle.read(len(_NPY_MAGIC))
+            if size != entry.bytes:
+                raise StoreError(
+                    f"{path}: {size} bytes on disk but the manifest says {entry.bytes} (shape {entry.shape}, "
+                    f"dtype {entry.dtype}); the file is truncated or was replaced. Prepare the store again."
+                )
+            if magic != _NPY_MAGIC or nbytes > size:
+                raise StoreError(f"{path}: not the .npy file the manifest lists; prepare the store again")
+            if nbytes == 0:
+                return np.empty(shape, dtype)
+            mapping = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+    except StoreError:
+        raise
+    except FileNotFoundError:
+        raise StoreError(f"{path}: missing from the store (listed in its manifest)") from None
+    except OSError as exc:
+        raise StoreError(f"{path}: unreadable store file ({exc.strerror or exc})") from exc
+    return np.frombuffer(mapping, dtype=dtype, count=math.prod(shape), offset=size - nbytes).reshape(shape)
 
 
 def ensure_writable_directory(path: Path) -> Path:

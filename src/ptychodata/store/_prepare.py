@@ -53,7 +53,6 @@ from ptychodata.store._layout import (
     CacheLayout,
     FrameFile,
     GroupingFile,
-    ReaderLock,
     file_lock,
     npy_files,
     npy_name,

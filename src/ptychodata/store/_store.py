@@ -29,7 +29,6 @@ from ptychodata.store._batch import (
     BatchSources,
     Layout,
     PtychoTorchConstants,
-    batch_layout,
     ptycho_torch_layout,
 )
 from ptychodata.store._frames import DecodedFrames, FramesEncoding, map_patterns
@@ -42,12 +41,12 @@ from ptychodata.store._layout import (
     FrameFile,
     GroupingFile,
     ReaderLock,
-    npy_name,
     npy_stem,
     object_stem,
     open_current,
 )
-from ptychodata.store._manifest import FrameManifest, GroupingManifest, check_files, read_manifest
+from ptychodata.store._files import map_npy
+from ptychodata.store._manifest import FrameManifest, GroupingManifest, read_manifest
 from ptychodata.store._split import split_groups
 
 __all__ = ["Store", "open_store"]
@@ -109,16 +108,19 @@ class _OpenBuild:
             if self.frames.build_id != self.grouping.frames_build_id:
                 raise StoreError(f"{self.frames_dir}: manifest names build {self.frames.build_id}, expected "
                                  f"{self.grouping.frames_build_id}")
-            check_files(self.frames_dir, self.frames.files)
-            check_files(self.grouping_dir, self.grouping.files)
-            patterns_file = npy_name(FrameFile.PATTERNS)
+            # Each file mapped as its manifest entry says, its size checked on the way.
             self.frame_arrays = {
-                npy_stem(name): _map(self.frames_dir / name) for name in self.frames.files if name != patterns_file
+                npy_stem(name): map_npy(self.frames_dir / name, entry) for name, entry in self.frames.files.items()
             }
-            # The build's copy (in its stored dtype) or the source file a zero-copy build
-            # references, checked against its recorded size and mtime.
-            self.frame_arrays[FrameFile.PATTERNS] = map_patterns(self.frames_dir, self.frames.patterns)
-            self.group_arrays = {npy_stem(name): _map(self.grouping_dir / name) for name in self.grouping.files}
+            self.group_arrays = {
+                npy_stem(name): map_npy(self.grouping_dir / name, entry) for name, entry in self.grouping.files.items()
+            }
+            if self.frames.patterns.file is not None:
+                # A zero-copy build: the source file it references, checked against its
+                # recorded size and mtime.
+                self.frame_arrays[FrameFile.PATTERNS] = map_patterns(self.frames_dir, self.frames.patterns)
+            elif self.frame_arrays[FrameFile.PATTERNS].dtype != np.dtype(self.frames.patterns.storage):
+                raise StoreError(f"{self.frames_dir}: patterns.npy is not stored as its manifest says; prepare again")
         except BaseException:
             self.close()
             raise
@@ -133,14 +135,6 @@ class _OpenBuild:
 def _check_layout(layout: str) -> None:
     if layout not in LAYOUTS:
         raise ParameterError(f"layout={layout!r}; expected one of {', '.join(map(repr, LAYOUTS))}")
-
-
-def _map(path: Path) -> np.ndarray:
-    # A plain ndarray view of the memmap: same pages, without np.memmap's per-call overhead.
-    try:
-        return np.load(path, mmap_mode="r").view(np.ndarray)
-    except (ValueError, OSError) as exc:
-        raise StoreError(f"{path}: unreadable store file ({exc}); prepare the store again") from exc
 
 
 class Store:

@@ -32,21 +32,6 @@ _CHECK_CHUNK_BYTES = 64 << 20
 # read the whole file); consumers that read the data check what they read.
 _EAGER_CHECK_BYTES = 512 << 20
 
-_DIFFRACTION_KEYS = ("diffraction", "diff3d")
-_KNOWN_KEYS = {
-    "diffraction",
-    "diff3d",
-    "xcoords",
-    "ycoords",
-    "xcoords_start",
-    "ycoords_start",
-    "probeGuess",
-    "objectGuess",
-    "scan_index",
-    "Y",
-    "mask",
-    "_metadata",
-}
 # Positions spanning less than this many pixels, or whose median nearest-neighbour step is
 # below _MIN_STEP_PX, are metres (or another physical unit) passed as pixels: refused.
 _MIN_SPAN_PX = 1.0

@@ -193,17 +193,9 @@ class BatchGatherer:
         """The batch of groups ``index`` (int64, checked, within the build's table).
         ``group_index`` is what the batch reports as each group's index (default ``index``)."""
         s = self.sources
-        B = len(index)
-        layout = self.layout(B, with_Y=with_Y)
-        if out is None:
-            if reuse:
-                out = self.pool.take(layout, key=("batch", B, with_Y))
-            else:
-                out = {key: np.empty(shape, dtype) for key, (shape, dtype) in layout.items()}
-        else:
-            check_out(out, layout)
-        experiment = np.take(s.group_experiment, index, out=out["experiment_id"])
-        members = np.take(s.groups, index, axis=0, out=out["nn_indices"])
+        layout = self.layout(len(index), with_Y=with_Y)
+        out = self._arrays(layout, ("batch", len(index), with_Y), reuse, out)
+        experiment, members = self._members(index, out)
         threads = self.threads if threads is None else max(1, int(threads))
         if s.X is not None:  # materialized: already scaled
             self._take(s.X, index, out["X"])
@@ -246,15 +238,8 @@ class BatchGatherer:
             )
         B = len(index)
         layout = ptycho_torch_layout(B, self.C, self.N, with_Y=with_Y)
-        if out is None:
-            if reuse:
-                out = self.pool.take(layout, key=("ptycho_torch", B, with_Y))
-            else:
-                out = {key: np.empty(shape, dtype) for key, (shape, dtype) in layout.items()}
-        else:
-            check_out(out, layout)
-        experiment = np.take(s.group_experiment, index, out=out["experiment_id"])
-        members = np.take(s.groups, index, axis=0, out=out["nn_indices"])
+        out = self._arrays(layout, ("ptycho_torch", B, with_Y), reuse, out)
+        experiment, members = self._members(index, out)
         threads = self.threads if threads is None else max(1, int(threads))
         self._gather_scaled(members, None, out["images"], threads)
         out["coords_global"][:, :, 0, 0] = s.xcoords[members]
@@ -272,6 +257,21 @@ class BatchGatherer:
             np.abs(Y, out=out["label_amp"])
             np.arctan2(Y.imag, Y.real, out=out["label_phase"])
         return out
+
+    def _arrays(self, layout: Layout, key: Any, reuse: bool, out: dict[str, np.ndarray] | None) -> dict:
+        """The arrays a batch is gathered into: ``out`` (checked), pooled, or fresh."""
+        if out is not None:
+            check_out(out, layout)
+            return out
+        if reuse:
+            return self.pool.take(layout, key=key)
+        return {name: np.empty(shape, dtype) for name, (shape, dtype) in layout.items()}
+
+    def _members(self, index: np.ndarray, out: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Each group's experiment and member indices, written into the batch."""
+        s = self.sources
+        experiment = np.take(s.group_experiment, index, out=out["experiment_id"])
+        return experiment, np.take(s.groups, index, axis=0, out=out["nn_indices"])
 
     def _gather_scaled(
         self, members: np.ndarray, experiment: np.ndarray | None, out: np.ndarray, threads: int

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from ptychodata.io._memory import rows_per_chunk
 from ptychodata.errors import ParameterError, PtychodataError, StoreNotFoundError
 from ptychodata.summary import human_size
 
@@ -591,7 +592,7 @@ def _run_demo(args: argparse.Namespace) -> int:
 def _mean_pattern_energy(X: np.ndarray) -> float:
     """Mean over groups and channels of Σ_pixels X², in float64, a chunk of groups at a time."""
     n_groups, C = X.shape[0], X.shape[-1]
-    step = max(1, (32 << 20) // max(1, X[:1].nbytes * 2))
+    step = rows_per_chunk(X[:1].nbytes * 2, 32 << 20)
     total = 0.0
     for start in range(0, n_groups, step):
         chunk = np.asarray(X[start : start + step], dtype=np.float64)

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ptychodata.io._memory import rows_per_chunk
 from ptychodata.coords import grouped_coords
 from ptychodata.errors import GroupingError, ParameterError
 from ptychodata.grouping import GroupingConfig, check_groups, group
@@ -148,7 +149,7 @@ def gather_channels_last(
     n_groups, C = groups.shape
     N = source.shape[-1]
     outputs = tuple(np.empty((n_groups, N, N, C), dtype) for _ in scales)
-    step = max(1, _CHUNK_BYTES // max(1, C * N * N * np.dtype(dtype).itemsize))
+    step = rows_per_chunk(C * N * N * np.dtype(dtype).itemsize, _CHUNK_BYTES)
 
     def fill(start: int) -> None:
         stop = min(start + step, n_groups)

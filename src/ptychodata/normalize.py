@@ -18,6 +18,7 @@ from ptychodata.io._memory import rows_per_chunk
 
 __all__ = [
     "checked_energies",
+    "invalid_patterns",
     "intensity_scale",
     "normalize_probe",
     "pattern_amplitude_sums",
@@ -63,14 +64,30 @@ def _per_pattern(diffraction: np.ndarray, indices: np.ndarray | None, reduce) ->
     return values
 
 
+def invalid_patterns(chunk: np.ndarray, energies: np.ndarray | None = None) -> np.ndarray:
+    """Mask (P,) of the patterns of ``chunk`` (P, N, N) that hold a NaN, Inf or negative value.
+
+    With the patterns' float64 energies given, NaN and Inf are read from them (a
+    non-finite value makes its pattern's energy non-finite; nothing else can) instead of
+    from another pass over the pixels.
+    """
+    flat = chunk.reshape(len(chunk), -1)
+    if energies is not None:
+        bad = ~np.isfinite(energies)
+    elif flat.dtype.kind in "fc":
+        bad = ~np.isfinite(flat).all(axis=1)
+    else:
+        bad = np.zeros(len(flat), bool)
+    if flat.dtype.kind in "fi" and flat.size:
+        bad |= flat.min(axis=1) < 0
+    return bad
+
+
 def checked_energies(chunk: np.ndarray, indices: np.ndarray, *, where: str = "", hint: str = "") -> np.ndarray:
     """Σ amplitude² (float64) of each pattern of ``chunk`` (P, N, N), raising ``ScanDataError``
     that names the pattern (``indices[p]``) if one holds a NaN, Inf or negative amplitude."""
     energies = np.einsum("mij,mij->m", chunk, chunk, dtype=np.float64)
-    # A NaN or Inf amplitude makes its pattern's float64 energy non-finite; nothing else can.
-    bad = ~np.isfinite(energies)
-    if chunk.dtype.kind in "fi":
-        bad |= chunk.reshape(len(chunk), -1).min(axis=1) < 0
+    bad = invalid_patterns(chunk, energies)
     if bad.any():
         raise ScanDataError(
             f"{where}pattern {int(indices[np.argmax(bad)])} holds NaN, Inf or negative amplitudes; "

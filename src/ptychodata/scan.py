@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from ptychodata.io._memory import rows_per_chunk
+from ptychodata.normalize import invalid_patterns
 from ptychodata.errors import ScanDataError
 from ptychodata.io import write_npz
 
@@ -307,21 +309,21 @@ def check_amplitudes(diffraction: np.ndarray, *, where: str = "") -> None:
     """
     if np.issubdtype(diffraction.dtype, np.unsignedinteger):
         return
-    step = max(1, _CHECK_CHUNK_BYTES // max(1, diffraction[:1].nbytes))
+    step = rows_per_chunk(diffraction[:1].nbytes, _CHECK_CHUNK_BYTES)
     for start in range(0, diffraction.shape[0], step):
         chunk = np.asarray(diffraction[start : start + step])
-        bad_value = ~np.isfinite(chunk) if chunk.dtype.kind == "f" else None
-        if bad_value is not None and bad_value.any():
-            index = start + int(np.argwhere(bad_value)[0][0])
+        bad = invalid_patterns(chunk)
+        if bad.any():
+            first = int(np.argmax(bad))
+            pattern = chunk[first]
+            if not np.isfinite(pattern).all():
+                raise ScanDataError(
+                    f"{where or 'diffraction: '}NaN or Inf amplitude in pattern {start + first}; "
+                    "expected finite amplitudes"
+                )
             raise ScanDataError(
-                f"{where or 'diffraction: '}NaN or Inf amplitude in pattern {index}; "
-                "expected finite amplitudes"
-            )
-        if chunk.min(initial=0) < 0:
-            index = start + int(np.argwhere(chunk < 0)[0][0])
-            raise ScanDataError(
-                f"{where or 'diffraction: '}negative amplitude {chunk[index - start].min():g} in pattern "
-                f"{index}; expected amplitudes >= 0 (sqrt of counts)"
+                f"{where or 'diffraction: '}negative amplitude {pattern.min():g} in pattern "
+                f"{start + first}; expected amplitudes >= 0 (sqrt of counts)"
             )
 
 
@@ -334,11 +336,10 @@ def counts_to_amplitude(counts: np.ndarray, *, source: str = "diffraction", firs
     if np.iscomplexobj(counts):
         raise ScanDataError(f"{source}: complex dtype {counts.dtype}; expected real counts")
     amplitude = np.empty(counts.shape, np.float32)
-    step = max(1, _CHECK_CHUNK_BYTES // max(1, counts[:1].nbytes))
+    step = rows_per_chunk(counts[:1].nbytes, _CHECK_CHUNK_BYTES)
     for start in range(0, counts.shape[0], step):
         chunk = np.asarray(counts[start : start + step], dtype=np.float32)
-        flat = chunk.reshape(len(chunk), -1)
-        bad = ~np.isfinite(flat).all(axis=1) | (flat.min(axis=1, initial=0) < 0)
+        bad = invalid_patterns(chunk)
         if bad.any():
             index = first_pattern + start + int(np.argmax(bad))
             raise ScanDataError(f"{source}: pattern {index} holds NaN, Inf or negative counts; expected counts >= 0")

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from numpy.lib import format as npy_format
 
+from ptychodata.io._memory import rows_per_chunk
 from ptychodata.errors import ScanDataError, ScanFileNotFoundError
 from ptychodata.io._memory import iter_rows
 
@@ -188,7 +189,7 @@ def _write_member(member, array: np.ndarray) -> None:
         return
     header = {"descr": npy_format.dtype_to_descr(array.dtype), "fortran_order": False, "shape": array.shape}
     npy_format.write_array_header_2_0(member, header)
-    rows = max(1, _STREAM_BYTES // max(1, array[:1].nbytes))
+    rows = rows_per_chunk(array[:1].nbytes, _STREAM_BYTES)
     for _, chunk in iter_rows(array, rows):
         member.write(memoryview(np.ascontiguousarray(chunk)).cast("B"))
 

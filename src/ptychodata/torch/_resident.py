@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ptychodata.io._memory import rows_per_chunk
 from ptychodata.errors import GroupIndexError, ParameterError
 from ptychodata.store import Store, open_store
 
@@ -190,7 +191,7 @@ class DeviceStore:
         first = rows(0, min(1, n_rows))
         dtype = {np.dtype(np.float32): torch.float32, np.dtype(np.complex64): torch.complex64}[first.dtype]
         out = torch.empty((n_rows * per_row + extra_rows, self.N, self.N), dtype=dtype, device=self.device)
-        step = max(1, self.chunk_bytes // max(1, first[:1].nbytes * per_row))
+        step = rows_per_chunk(first[:1].nbytes * per_row, self.chunk_bytes)
         for a in range(0, n_rows, step):
             b = min(a + step, n_rows)
             host = torch.from_numpy(np.array(rows(a, b), copy=True)).reshape(-1, self.N, self.N)

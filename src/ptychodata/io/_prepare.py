@@ -451,6 +451,7 @@ class LazyPatterns:
 
     ndim = 3
     # Every read returns a new array that nothing else references: callers need not copy it.
+    returns_fresh_arrays = True
     returns_copies = True
 
     @property

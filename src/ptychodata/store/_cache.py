@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ptychodata.errors import StoreError
+from ptychodata.store._files import file_digest
 from ptychodata.store._layout import TRASH_PREFIX, BuildSlot, CacheLayout, file_lock
 from ptychodata.store._manifest import FrameManifest, GroupingManifest, check_files, read_manifest
 
@@ -73,9 +74,6 @@ def verify_store(path: Path, *, content: bool = True) -> list[str]:
     that its content hash still matches (zero-copy builds prepared without ``verify=True``
     record no hash: their sources are checked by size and modification time only).
     """
-    from ptychodata.scan import ScanData
-    from ptychodata.store._prepare import content_hash
-
     slot = _frames_slot(Path(path))
     manifest, problem = _live(slot, FrameManifest)
     if manifest is None:
@@ -94,7 +92,7 @@ def verify_store(path: Path, *, content: bool = True) -> list[str]:
             content
             and source.path is not None
             and source.content_hash is not None  # a zero-copy build prepared without verify=True
-            and content_hash(ScanData.load(source.path, check_values=False)) != source.content_hash
+            and file_digest(source.path) != source.content_hash
         ):
             problems.append(f"source {source.path}: content differs from the hash recorded in the store")
     for grouping in slot.groupings():

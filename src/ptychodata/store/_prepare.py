@@ -41,6 +41,7 @@ from ptychodata.summary import jsonable
 from ptychodata.store._files import (
     NpyWriter,
     ensure_writable_directory,
+    file_digest,
     iter_rows,
     new_hasher,
     release_pages,
@@ -439,7 +440,7 @@ def _frames_current(manifest: FrameManifest | None, handles: list[_Source], veri
         if entry.changed() is not None:
             return False
         # A zero-copy build made without verify=True has no hash: verify=True rebuilds it.
-        if verify and entry.path is not None and content_hash(handle.scan) != entry.content_hash:
+        if verify and entry.path is not None and file_digest(entry.path) != entry.content_hash:
             return False
     return True
 
@@ -503,8 +504,13 @@ def _build_frames(
         ) as patterns,
     ):
         for experiment_id, handle in enumerate(handles):
-            hashing = handle.known_hash is None and (reference is None or verify)
-            digest = _stream_patterns(handle, encoding, bar, patterns, energies, sums, hashing)
+            # A file is identified by its bytes on disk (hashed beside the stream, compressed
+            # bytes too), an in-memory scan by the hash of its arrays (computed on opening).
+            digesting = handle.path is not None and (reference is None or verify)
+            with ThreadPoolExecutor(max_workers=1) as hashing:
+                on_disk = hashing.submit(file_digest, handle.path) if digesting else None
+                _stream_patterns(handle, encoding, bar, patterns, energies, sums)
+                digest = on_disk.result() if on_disk is not None else handle.known_hash
             scan = handle.scan
             experiments.append(
                 ExperimentEntry(
@@ -623,6 +629,12 @@ class _RowReader:
     def maps(self) -> bool:
         return self._mapping is not None
 
+    @property
+    def fresh(self) -> bool:
+        """Reads return new arrays that nothing else holds (a lazy, prepared source): use
+        them as they are, no copy into a ring buffer."""
+        return bool(getattr(self.array, "returns_fresh_arrays", False))
+
     def view(self, start: int, stop: int) -> np.ndarray:
         return self.array[start:stop].view(np.ndarray)
 
@@ -647,26 +659,19 @@ def _stream_patterns(
     patterns: NpyWriter | None,
     energies: NpyWriter,
     sums: NpyWriter,
-    hashing: bool,
-) -> str | None:
+) -> None:
     """Stream one source's patterns through the store: per chunk, check them, record Σ A²
-    and Σ A (§5 scales of any later grouping, ptycho_torch's constants), hash them and,
-    for a copy, write them in the stored encoding. Return the content hash (None when
-    not ``hashing`` and none is known).
+    and Σ A (§5 scales of any later grouping, ptycho_torch's constants) and, for a copy,
+    write them in the stored encoding.
 
     At most ``_RING`` chunks are in flight: this thread hands out views of a memory-mapped
     source (or fills a ring of reused buffers from any other array); two worker threads
-    convert/check and hash each chunk, and one writer thread writes chunks in order, so
-    reading, computing and writing overlap (NumPy, hashlib and file writes release the
-    GIL). A chunk's pages are released, or its buffer reused, once it is written. The
+    convert and check the chunks, and one writer thread writes them in order, so reading,
+    computing and writing overlap (NumPy and file writes release the GIL). A chunk's pages are released, or its buffer reused, once it is written. The
     first bad pattern (in file order) is the one reported.
     """
     scan = handle.scan
     source = scan.diffraction
-    hasher = None
-    if hashing:
-        hasher = _hash_small_arrays(scan)
-        _hash_header(hasher, "diffraction", source)
     where = f"{handle.name}: key 'diffraction'"
     hint = "" if handle.intensity else " (counts? pass intensity=True)"
     rows = _chunk_rows(source)
@@ -699,10 +704,8 @@ def _stream_patterns(
         in_flight: deque = deque()
 
         def finish_oldest() -> None:
-            written, digest, span = in_flight.popleft()
+            written, span = in_flight.popleft()
             written.result()
-            if digest is not None:
-                hasher.update(digest.result())
             reader.release(*span)
 
         for k, start in enumerate(range(0, n_points, rows)):
@@ -711,20 +714,18 @@ def _stream_patterns(
             stop = min(start + rows, n_points)
             if reader.maps:
                 raw = reader.view(start, stop)
+            elif reader.fresh:
+                raw = np.asarray(source[start:stop])
             else:
                 if len(buffers) < _RING:
                     buffers.append(np.empty((rows, *source.shape[1:]), source.dtype))
                 raw = buffers[k % _RING][: stop - start]
                 reader.read(start, raw)
-            digest = workers.submit(_chunk_digest, raw) if hasher is not None else None
             converted = workers.submit(convert, start, raw)
-            in_flight.append((writer.submit(write, converted), digest, (start, stop)))
+            in_flight.append((writer.submit(write, converted), (start, stop)))
             bar.update(len(raw))
         while in_flight:
             finish_oldest()
-    if hasher is not None:
-        return hasher.hexdigest()
-    return handle.known_hash
 
 
 # ---------------------------------------------------------------------- groupings

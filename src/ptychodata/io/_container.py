@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ptychodata.errors import ScanDataError, ScanFileNotFoundError, ScanFormatError
+from ptychodata.errors import ScanFormatError
 
 __all__ = ["Container", "open_container", "sniff"]
 
@@ -38,11 +38,9 @@ def sniff(path: str | os.PathLike) -> str:
     -------
     {"hdf5", "zip", "bz2", "gzip", "npy", "unknown"}
     """
-    path = Path(path)
-    if not path.exists():
-        raise ScanFileNotFoundError(f"{path}: no such file")
-    if path.is_dir():
-        raise ScanDataError(f"{path}: is a directory, expected a scan file (.npz, .h5, .cxi, .npz.bz2)")
+    from ptychodata.io._npz import existing_file
+
+    path = existing_file(path, "a scan file (.npz, .h5, .cxi, .npz.bz2)")
     size = path.stat().st_size
     with open(path, "rb") as handle:
         head = handle.read(8)

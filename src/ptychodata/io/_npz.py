@@ -24,9 +24,8 @@ from pathlib import Path
 import numpy as np
 from numpy.lib import format as npy_format
 
-from ptychodata.io._memory import rows_per_chunk
 from ptychodata.errors import ScanDataError, ScanFileNotFoundError
-from ptychodata.io._memory import iter_rows
+from ptychodata.io._memory import iter_rows, rows_per_chunk
 
 __all__ = ["read_npz", "write_npz"]
 
@@ -51,17 +50,24 @@ _MALFORMED_PICKLE = (
 )
 
 
+def existing_file(path: str | os.PathLike, expected: str) -> Path:
+    """``path`` as a Path, or ``ScanFileNotFoundError`` / ``ScanDataError`` (a directory)
+    naming it and ``expected``."""
+    path = Path(path)
+    if not path.exists():
+        raise ScanFileNotFoundError(f"{path}: no such file")
+    if path.is_dir():
+        raise ScanDataError(f"{path}: is a directory, expected {expected}")
+    return path
+
+
 def read_npz(path: str | os.PathLike, *, mmap: bool = True) -> dict[str, np.ndarray]:
     """Read every member of an ``.npz``; uncompressed members are read-only memmaps.
 
     Raises ``ScanDataError`` naming the file for anything that is not a readable
     archive of ``.npy`` members (missing, truncated, not a zip, pickled objects).
     """
-    path = Path(path)
-    if not path.exists():
-        raise ScanFileNotFoundError(f"{path}: no such file")
-    if path.is_dir():
-        raise ScanDataError(f"{path}: is a directory, expected an .npz file")
+    path = existing_file(path, "an .npz file")
     file_size = path.stat().st_size
     try:
         with zipfile.ZipFile(path) as archive:

@@ -5,7 +5,6 @@ Where builds go and how they become live is :mod:`ptychodata.store._layout`'s jo
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import math
 import mmap
@@ -174,7 +173,3 @@ def ensure_writable_directory(path: Path) -> Path:
             "to a writable directory"
         )
     return path
-
-
-def is_no_space(exc: OSError) -> bool:
-    return exc.errno in (errno.ENOSPC, errno.EDQUOT)

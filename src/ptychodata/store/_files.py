@@ -5,6 +5,8 @@ Where builds go and how they become live is :mod:`ptychodata.store._layout`'s jo
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import math
 import mmap
@@ -35,6 +37,8 @@ __all__ = [
 
 
 _WRITE_PIECE = 1 << 20
+_BLOCK = 4096  # O_DIRECT alignment of offsets, sizes and buffers
+_DIRECT_STAGE = 8 << 20  # bytes staged per O_DIRECT write
 
 
 def file_digest(path: str | os.PathLike) -> str:
@@ -61,38 +65,52 @@ class NpyWriter:
     """Write an ``.npy`` of known shape and dtype row-chunk by row-chunk, with plain file writes.
 
     Plain writes (not a writable memmap) keep the data out of this process's resident
-    memory: it goes to the page cache only.
+    memory. With ``direct=True`` the data also bypass the page cache where the file system
+    allows it (Linux ``O_DIRECT``): bytes go from a page-aligned staging buffer to the disk,
+    the header is padded to one 4 KiB block so the data stay block-aligned, and the last
+    partial block is padded and then truncated away. Where ``O_DIRECT`` is refused (tmpfs,
+    some FUSE and network mounts, other systems) the writer falls back to buffered writes.
+    ``direct_io`` tells which way the bytes went.
     """
 
-    def __init__(self, path: Path, shape: tuple[int, ...], dtype: np.dtype | type):
+    def __init__(self, path: Path, shape: tuple[int, ...], dtype: np.dtype | type, *, direct: bool = False):
         self.path = Path(path)
         self.shape = tuple(int(n) for n in shape)
         self.dtype = np.dtype(dtype)
         self.rows_written = 0
-        self._handle = open(self.path, "wb")  # noqa: SIM115 - owned by the writer, closed by close()
         header = {"descr": npy_format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": self.shape}
-        npy_format.write_array_header_2_0(self._handle, header)
+        self._sink = _DirectSink.open(self.path) if direct else None
+        if self._sink is None:
+            self._sink = _BufferedSink(self.path)
+            npy_format.write_array_header_2_0(self._sink.handle, header)
+        else:
+            self._sink.write(_block_header(header))
+
+    @property
+    def direct_io(self) -> bool:
+        """Whether the data went past the page cache (``O_DIRECT``)."""
+        return isinstance(self._sink, _DirectSink) and self._sink.direct
 
     def write(self, rows: np.ndarray) -> None:
         rows = np.ascontiguousarray(rows, dtype=self.dtype)
         if rows.shape[1:] != self.shape[1:] or self.rows_written + len(rows) > self.shape[0]:
             raise ValueError(f"{self.path.name}: rows of shape {rows.shape} do not fit {self.shape}")
-        data = memoryview(rows).cast("B")
-        # 1 MiB writes: one large write() costs several times more kernel time on this kind of
-        # VM (ext4, page cache under memory pressure); 1 MiB pieces keep it at memcpy speed.
-        for start in range(0, len(data), _WRITE_PIECE):
-            self._handle.write(data[start : start + _WRITE_PIECE])
+        self._sink.write(memoryview(rows).cast("B"))
         self.rows_written += len(rows)
 
+    def write_scalar(self, array: np.ndarray) -> None:
+        """The data of a 0-d array (its one element)."""
+        self._sink.write(memoryview(np.ascontiguousarray(array, dtype=self.dtype).reshape(1)).cast("B"))
+        self.rows_written = self.shape[0] if self.shape else 0
+
     def close(self) -> None:
-        if self._handle.closed:
+        if self._sink.closed:
             return
-        if self.rows_written != self.shape[0]:
-            self._handle.close()
-            raise ValueError(f"{self.path.name}: wrote {self.rows_written} of {self.shape[0]} rows")
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
-        self._handle.close()
+        expected = self.shape[0] if self.shape else 0
+        if self.rows_written != expected:
+            self._sink.abandon()
+            raise ValueError(f"{self.path.name}: wrote {self.rows_written} of {expected} rows")
+        self._sink.finish()
 
     def __enter__(self) -> NpyWriter:  # noqa: PYI034 - Self needs Python 3.11
         return self
@@ -101,7 +119,119 @@ class NpyWriter:
         if kind is None:
             self.close()
         else:
-            self._handle.close()
+            self._sink.abandon()
+
+
+class _BufferedSink:
+    """Bytes to a file through the page cache, in 1 MiB writes, fsync-ed on finish."""
+
+    def __init__(self, path: Path):
+        self.handle = open(path, "wb")  # noqa: SIM115 - owned by the sink, closed by finish()/abandon()
+
+    @property
+    def closed(self) -> bool:
+        return self.handle.closed
+
+    def write(self, data: memoryview) -> None:
+        # 1 MiB writes: one large write() costs several times more kernel time on this kind of
+        # VM (ext4, page cache under memory pressure); 1 MiB pieces keep it at memcpy speed.
+        for start in range(0, len(data), _WRITE_PIECE):
+            self.handle.write(data[start : start + _WRITE_PIECE])
+
+    def finish(self) -> None:
+        self.handle.flush()
+        os.fsync(self.handle.fileno())
+        self.handle.close()
+
+    def abandon(self) -> None:
+        self.handle.close()
+
+
+class _DirectSink:
+    """Bytes to a file with ``O_DIRECT``: staged in a page-aligned buffer, written in whole
+    blocks; the last block padded with zeros, then the file truncated to its true size."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        self.direct = True
+        self.size = 0  # bytes accepted so far (the file's final size)
+        self._stage = mmap.mmap(-1, _DIRECT_STAGE)  # anonymous: page-aligned, as O_DIRECT needs
+        self._view = memoryview(self._stage)
+        self._fill = 0
+
+    @classmethod
+    def open(cls, path: Path) -> _DirectSink | None:
+        """A direct sink on a new file at ``path``, or None where ``O_DIRECT`` is unavailable."""
+        flag = getattr(os, "O_DIRECT", 0)
+        if not flag:
+            return None
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | flag, 0o644)
+        except OSError as exc:
+            if exc.errno == errno.EINVAL:  # the file system refuses O_DIRECT (tmpfs, ...)
+                return None
+            raise
+        return cls(fd)
+
+    @property
+    def closed(self) -> bool:
+        return self.fd < 0
+
+    def write(self, data: memoryview) -> None:
+        position = 0
+        while position < len(data):
+            take = min(len(data) - position, _DIRECT_STAGE - self._fill)
+            self._view[self._fill : self._fill + take] = data[position : position + take]
+            self._fill += take
+            position += take
+            if self._fill == _DIRECT_STAGE:
+                self._write_out(_DIRECT_STAGE)
+                self._fill = 0
+        self.size += len(data)
+
+    def _write_out(self, nbytes: int) -> None:
+        """Write the first ``nbytes`` of the stage (a multiple of the block size)."""
+        done = 0
+        while done < nbytes:
+            try:
+                done += os.write(self.fd, self._view[done:nbytes])
+            except OSError as exc:
+                if exc.errno != errno.EINVAL or not self.direct:
+                    raise
+                # Refused on the first write (alignment this device does not accept):
+                # carry on through the page cache from the same offset.
+                fcntl.fcntl(self.fd, fcntl.F_SETFL, fcntl.fcntl(self.fd, fcntl.F_GETFL) & ~os.O_DIRECT)
+                self.direct = False
+
+    def finish(self) -> None:
+        try:
+            if self._fill:
+                padded = -(-self._fill // _BLOCK) * _BLOCK
+                self._view[self._fill : padded] = bytes(padded - self._fill)
+                self._write_out(padded)
+                os.ftruncate(self.fd, self.size)
+            os.fsync(self.fd)
+        finally:
+            self.abandon()
+
+    def abandon(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+            self._view.release()
+            self._stage.close()
+
+
+def _block_header(header: dict) -> memoryview:
+    """An ``.npy`` (version 1.0) header padded to exactly one ``_BLOCK``: what ``np.load``
+    reads like any other, with the data starting block-aligned."""
+    text = repr(header).encode("latin1")
+    fixed = len(npy_format.MAGIC_PREFIX) + 2 + 2  # magic, version (1, 0), uint16 header length
+    padding = _BLOCK - fixed - len(text) - 1
+    if padding < 0:
+        raise ValueError(f".npy header of {len(text)} bytes does not fit one {_BLOCK}-byte block")
+    body = text + b" " * padding + b"\n"
+    return memoryview(npy_format.MAGIC_PREFIX + bytes([1, 0]) + len(body).to_bytes(2, "little") + body)
 
 
 _WRITE_CHUNK_BYTES = 32 << 20
@@ -114,9 +244,7 @@ def write_npy(path: Path, array: np.ndarray) -> None:
     array = np.asarray(array)
     with NpyWriter(path, array.shape, array.dtype) as writer:
         if array.ndim == 0:
-            writer._handle.write(array.tobytes())
-            writer.rows_written = 0
-            writer.shape = (0,)
+            writer.write_scalar(array)
         elif array.nbytes <= _WRITE_CHUNK_BYTES:
             writer.write(array)
         else:

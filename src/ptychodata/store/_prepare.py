@@ -102,6 +102,7 @@ def prepare(
     verify: bool = False,
     copy: bool = True,
     frames_dtype: str | None = None,
+    direct_io: bool = True,
 ):
     """Prepare (or reuse) the store of ``sources`` grouped by ``config`` and open it.
 
@@ -146,6 +147,12 @@ def prepare(
         amplitudes (rounded; half the bytes), or uint16/uint32 whole counts (lossless, with
         ``intensity=True``). Batches convert back to float32 X in the gather. With
         ``copy=False`` it must name the source's own dtype, if given.
+    direct_io : bool
+        True (default): write the patterns (and a materialized X) past the page cache
+        (``O_DIRECT``) where the file system allows it, else through it. A one-time bulk
+        write then neither evicts what the cache holds nor pays the kernel's cost of caching
+        it; the first pass over a new store reads its patterns from disk. False: write
+        through the page cache (the new store is then cached while memory lasts).
 
     Returns
     -------
@@ -176,7 +183,7 @@ def prepare(
     for attempt in range(_ATTEMPTS):
         try:
             return _prepare_once(frames_slot, grouping_slot, handles, config, intensity, materialize, progress, verify,
-                                 storing)
+                                 storing, direct_io)
         except StoreNotFoundError:  # removed (e.g. 'ptychodata cache remove') while being prepared: again
             if attempt == _ATTEMPTS - 1:
                 raise
@@ -193,10 +200,11 @@ def _prepare_once(
     progress: bool,
     verify: bool,
     storing: dict[str, Any],
+    direct_io: bool,
 ):
     from ptychodata.store._store import Store
 
-    _ensure_frames(frames_slot, handles, intensity, verify, progress, storing)
+    _ensure_frames(frames_slot, handles, intensity, verify, progress, storing, direct_io)
     frames_id, frames_lock = open_current(frames_slot)
     try:
         with file_lock(grouping_slot.lock):
@@ -205,7 +213,9 @@ def _prepare_once(
             built = grouping_id is None
             if built:
                 try:
-                    grouping_id = _build_grouping(grouping_slot, frames_slot, frames_id, config, materialize, progress)
+                    grouping_id = _build_grouping(
+                        grouping_slot, frames_slot, frames_id, config, materialize, progress, direct_io
+                    )
                 except FileNotFoundError as exc:  # only a forced removal deletes a build a reader holds
                     if frames_slot.build_dir(frames_id).is_dir():
                         raise
@@ -414,7 +424,13 @@ def _live_manifest(slot: BuildSlot, kind: type) -> FrameManifest | GroupingManif
 
 
 def _ensure_frames(
-    slot: BuildSlot, handles: list[_Source], intensity: bool | None, verify: bool, progress: bool, storing: dict[str, Any]
+    slot: BuildSlot,
+    handles: list[_Source],
+    intensity: bool | None,
+    verify: bool,
+    progress: bool,
+    storing: dict[str, Any],
+    direct_io: bool,
 ) -> None:
     """Make the frames slot's live build match ``handles``, building a new one if needed."""
     with file_lock(slot.lock):
@@ -422,7 +438,7 @@ def _ensure_frames(
         if _frames_current(_live_manifest(slot, FrameManifest), handles, verify):
             return
         with slot.new_build() as (build_id, directory):
-            _build_frames(directory, slot.frames_key, build_id, handles, intensity, progress, storing, verify)
+            _build_frames(directory, slot.frames_key, build_id, handles, intensity, progress, storing, verify, direct_io)
         slot.publish(build_id)
         _collect_frames(slot)
 
@@ -478,6 +494,7 @@ def _build_frames(
     progress: bool,
     storing: dict[str, Any],
     verify: bool,
+    direct_io: bool,
 ) -> None:
     sizes = {handle.scan.N for handle in handles}
     if len(sizes) > 1:
@@ -498,7 +515,7 @@ def _build_frames(
         NpyWriter(directory / npy_name(FrameFile.ENERGIES), (n_total,), np.float64) as energies,
         NpyWriter(directory / npy_name(FrameFile.AMPLITUDE_SUMS), (n_total,), np.float64) as sums,
         (
-            NpyWriter(directory / npy_name(FrameFile.PATTERNS), (n_total, N, N), encoding.storage)
+            NpyWriter(directory / npy_name(FrameFile.PATTERNS), (n_total, N, N), encoding.storage, direct=direct_io)
             if reference is None
             else contextlib.nullcontext()
         ) as patterns,
@@ -546,7 +563,7 @@ def _build_frames(
         masks = [np.ones((N, N), bool) if s.mask is None else s.mask for s in scans]
         write_npy(directory / npy_name(FrameFile.MASKS), np.stack(masks))
     if all(scan.Y is not None for scan in scans):
-        with NpyWriter(directory / npy_name(FrameFile.Y), (n_total, N, N), np.complex64) as writer:
+        with NpyWriter(directory / npy_name(FrameFile.Y), (n_total, N, N), np.complex64, direct=direct_io) as writer:
             for scan in scans:
                 for _, chunk in iter_rows(scan.Y, rows_per_chunk(8 * N * N, _CHUNK_BYTES)):
                     writer.write(chunk)
@@ -736,6 +753,7 @@ def _build_grouping(
     config: GroupingConfig,
     materialize: bool,
     progress: bool,
+    direct_io: bool,
 ) -> str:
     """Build and publish a grouping of frames build ``frames_id``; return its build id.
     Hold the grouping slot's lock and a reader lock on the frames build."""
@@ -781,7 +799,9 @@ def _build_grouping(
             write_npy(directory / npy_name(offsets_stem), coords.offsets[:, 0, :, 0])  # (B, 2)
             write_npy(directory / npy_name(relative_stem), coords.relative[:, 0].transpose(0, 2, 1))  # (B, C, 2)
         if materialize:
-            _materialize_X(directory, frames_dir, frames, groups, np.asarray(scales)[experiment_of_group], progress)
+            _materialize_X(
+                directory, frames_dir, frames, groups, np.asarray(scales)[experiment_of_group], progress, direct_io
+            )
         _write_manifest_last(
             directory,
             GroupingManifest,
@@ -801,14 +821,20 @@ def _build_grouping(
 
 
 def _materialize_X(
-    directory: Path, frames_dir: Path, frames: FrameManifest, groups: np.ndarray, scale: np.ndarray, progress: bool
+    directory: Path,
+    frames_dir: Path,
+    frames: FrameManifest,
+    groups: np.ndarray,
+    scale: np.ndarray,
+    progress: bool,
+    direct_io: bool,
 ):
     patterns = map_patterns(frames_dir, frames.patterns)
     encoding = FramesEncoding.of(frames.patterns)
     n_groups, C = groups.shape
     N = patterns.shape[-1]
     step = rows_per_chunk(4 * C * N * N, _CHUNK_BYTES)
-    with NpyWriter(directory / npy_name(GroupingFile.X), (n_groups, C, N, N), np.float32) as writer:
+    with NpyWriter(directory / npy_name(GroupingFile.X), (n_groups, C, N, N), np.float32, direct=direct_io) as writer:
         for start in tqdm(range(0, n_groups, step), disable=not progress, desc="materializing X", unit="chunk"):
             if encoding.is_identity:
                 block = patterns[groups[start : start + step].ravel()].reshape(-1, C, N, N)

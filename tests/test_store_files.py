@@ -1,0 +1,119 @@
+"""The store's .npy writer: buffered and O_DIRECT writes give files NumPy reads back exactly."""
+
+import errno
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ptychodata import GroupingConfig, prepare
+from ptychodata.store import _files
+from ptychodata.store._files import NpyWriter, map_npy, write_npy
+from ptychodata.store._manifest import FileEntry
+
+O_DIRECT = getattr(os, "O_DIRECT", 0)
+
+
+def write_in_pieces(path: Path, array: np.ndarray, pieces: list[int], *, direct: bool) -> NpyWriter:
+    with NpyWriter(path, array.shape, array.dtype, direct=direct) as writer:
+        start = 0
+        for rows in pieces:
+            writer.write(array[start : start + rows])
+            start += rows
+    return writer
+
+
+@pytest.mark.parametrize("direct", [False, True])
+@pytest.mark.parametrize(
+    ("shape", "dtype", "pieces"),
+    [
+        ((1000, 7, 7), np.float32, [1, 333, 666]),  # rows of 196 bytes: nothing block-aligned
+        ((600, 64, 64), np.uint16, [600]),  # 4.9 MB in one write
+        ((300, 64, 64), np.float32, [100, 100, 100]),  # crosses the 8 MiB staging buffer
+        ((512, 64, 64), np.float32, [512]),  # exactly 8 MiB of data after the 4 KiB header
+        ((5,), np.float64, [2, 3]),
+        ((0, 3, 3), np.float32, []),
+    ],
+)
+def test_written_file_reads_back_exactly(tmp_path, direct, shape, dtype, pieces):
+    rng = np.random.default_rng(1)
+    array = (rng.random(shape) * 1000).astype(dtype)
+    path = tmp_path / "a.npy"
+    write_in_pieces(path, array, pieces, direct=direct)
+    loaded = np.load(path)
+    assert loaded.dtype == array.dtype and loaded.shape == array.shape
+    np.testing.assert_array_equal(loaded, array)
+    # The store's mapper (no header parsing: the data are the file's last bytes) agrees.
+    np.testing.assert_array_equal(map_npy(path, FileEntry.of(path)), array)
+    if direct:  # the header fills one block, so the data start block-aligned
+        assert np.load(path, mmap_mode="r").offset == 4096 or array.size == 0
+
+
+def skip_without_direct_io(directory: Path) -> None:
+    if not O_DIRECT:
+        pytest.skip("no O_DIRECT on this system")
+    try:
+        os.close(os.open(directory / "probe", os.O_WRONLY | os.O_CREAT | O_DIRECT))
+    except OSError:
+        pytest.skip("this file system refuses O_DIRECT")
+
+
+def test_direct_write_bypasses_the_page_cache_where_the_file_system_allows(tmp_path):
+    skip_without_direct_io(tmp_path)
+    array = np.arange(3 * 64 * 64, dtype=np.float32).reshape(3, 64, 64)
+    writer = write_in_pieces(tmp_path / "a.npy", array, [3], direct=True)
+    assert writer.direct_io
+    assert not write_in_pieces(tmp_path / "b.npy", array, [3], direct=False).direct_io
+
+
+def test_direct_write_falls_back_to_the_page_cache_when_a_write_is_refused(tmp_path, monkeypatch):
+    skip_without_direct_io(tmp_path)
+    real_write = os.write
+    refused = []
+
+    def write_refusing_direct(fd, data):
+        import fcntl
+
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & O_DIRECT:
+            refused.append(len(data))
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(_files.os, "write", write_refusing_direct)
+    array = np.random.default_rng(2).random((700, 32, 32)).astype(np.float32)  # 2.9 MB, uneven tail
+    path = tmp_path / "a.npy"
+    writer = write_in_pieces(path, array, [350, 350], direct=True)
+    assert refused == [2 * 1024 * 1024 + 4096 + 65536] or len(refused) == 1  # the first write, then buffered
+    assert not writer.direct_io
+    np.testing.assert_array_equal(np.load(path), array)
+
+
+def test_unfinished_writer_raises_and_names_the_file(tmp_path):
+    array = np.zeros((10, 4, 4), np.float32)
+    with pytest.raises(ValueError, match=r"a\.npy: wrote 4 of 10 rows"):
+        write_in_pieces(tmp_path / "a.npy", array, [4], direct=True)
+    with pytest.raises(ValueError, match=r"rows of shape \(3, 5, 5\) do not fit \(10, 4, 4\)"):
+        with NpyWriter(tmp_path / "b.npy", (10, 4, 4), np.float32, direct=True) as writer:
+            writer.write(np.zeros((3, 5, 5), np.float32))
+
+
+def test_zero_dimensional_array(tmp_path):
+    write_npy(tmp_path / "s.npy", np.float64(2.5))
+    loaded = np.load(tmp_path / "s.npy")
+    assert loaded.shape == () and loaded == 2.5
+
+
+@pytest.mark.parametrize("direct_io", [True, False])
+def test_store_is_the_same_whichever_way_its_patterns_were_written(tmp_path, direct_io):
+    from ptychodata import simulate
+
+    source = tmp_path / "scan.npz"
+    simulate(n_points=300, N=16, seed=0, out=source, progress=False)
+    config = GroupingConfig(gridsize=2, neighbor_count=6, seed=0)
+    store = prepare(source, config, cache_dir=tmp_path / f"cache-{direct_io}", progress=False, direct_io=direct_io,
+                    materialize=True)
+    expected = np.load(source)["diff3d"].astype(np.float32)
+    np.testing.assert_array_equal(store.patterns, expected)
+    batch = store.batch(np.arange(len(store)))
+    np.testing.assert_array_equal(batch["X"], expected[store.groups].astype(np.float32) * np.float32(store.x_scale))

@@ -5,6 +5,7 @@
     python benchmarks/bench_gpu.py resident [--batches 64,256,1024] [--points 65536]
     python benchmarks/bench_gpu.py all      # h2d, then patches, then resident
     torchrun --nproc_per_node=2 benchmarks/bench_gpu.py ddp [--batch 256] [--ddp-workers 0] [--compute conv]
+                                                            [--resident] [--epochs 1]
 
 Run from the repository root; the package is imported from the installed one, else from ``src/``.
 Each run makes its own data (a random-pattern source prepared into a store under a temporary
@@ -32,9 +33,14 @@ resident ``make_loader(store, B, resident=True, device="cuda")`` (a ``DeviceStor
          random indices. Targets: >= 5 M groups/s at batch 256 and >= 50 % of the bound.
 ddp      one process per GPU (NCCL; gloo on the CPU): ``make_loader(store, batch,
          distributed=True)`` over one store, batches to ``cuda:{local_rank}``, a tiny DDP conv
-         step (or a sum; the default on the CPU), one warm-up pass then one timed epoch; rank 0
-         prints every rank's groups/s and epoch time and checks that the ranks together saw every
-         group.
+         step (or a sum; the default on the CPU), one warm-up pass then ``--epochs`` timed epochs
+         (default 1); rank 0 prints every rank's groups/s and epoch time and checks that the ranks
+         together saw every group in the first timed epoch. ``--resident``: each rank's loader is
+         ``make_loader(store, batch, distributed=True, resident=True, device=f"cuda:{local_rank}")``
+         (every rank holds all frames), batches already on the device; rank 0 also prints each
+         rank's DeviceStore bytes, its build time, the peak device memory allocated
+         (``torch.cuda.max_memory_allocated``, from before the DeviceStore to the end) and the
+         index_select bound of the ``resident`` part on that rank's frames.
 """
 
 from __future__ import annotations
@@ -547,7 +553,17 @@ def bench_ddp(args) -> None:
     store = open_store(shared[0])
 
     workers = args.ddp_workers or 0  # make_loader's default: no workers, a background thread
-    loader = make_loader(store, args.batch, distributed=True, num_workers=workers, pin_memory=cuda, seed=0)
+    if args.resident and workers:
+        raise SystemExit("ddp: --resident gathers on the device; it takes no --ddp-workers")
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    built = time.perf_counter()
+    if args.resident:
+        loader = make_loader(store, args.batch, distributed=True, resident=True, device=device, seed=0)
+        sync(device)
+    else:
+        loader = make_loader(store, args.batch, distributed=True, num_workers=workers, pin_memory=cuda, seed=0)
+    built = time.perf_counter() - built
     C = store.C
     model = torch.nn.Conv2d(C, 8, 3, padding=1).to(device)
     model = DistributedDataParallel(model, device_ids=[local_rank] if cuda else None)
@@ -568,24 +584,29 @@ def bench_ddp(args) -> None:
 
     loader.set_epoch(0)
     close_pass(loader, 2 * workers + 2, step)
-    loader.set_epoch(1)
-    seen = np.zeros(len(store), bool)
+    # Groups this rank is served in the first timed epoch; resident batches are marked on the
+    # device (reading their group_index back would synchronise every step).
+    seen = torch.zeros(len(store), dtype=torch.bool, device=device if args.resident else "cpu")
     groups = batches = 0
     if cuda:
         torch.cuda.synchronize()
     dist.barrier()
     start = time.perf_counter()
-    for batch in loader:
-        step(batch)
-        seen[batch["group_index"].numpy()] = True
-        groups += len(batch["X"])
-        batches += 1
+    for epoch in range(1, args.epochs + 1):
+        loader.set_epoch(epoch)
+        for batch in loader:
+            step(batch)
+            if epoch == 1:
+                seen[batch["group_index"]] = True
+            groups += len(batch["X"])
+            batches += 1
     if cuda:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     dist.barrier()
     wall = time.perf_counter() - start
-    stop_workers(loader)
+    if not args.resident:
+        stop_workers(loader)
     mine = {
         "rank": rank,
         "device": str(device),
@@ -593,21 +614,36 @@ def bench_ddp(args) -> None:
         "batches": batches,
         "seconds": seconds,
         "workers": workers,
-        "seen": np.packbits(seen),
+        "seen": np.packbits(seen.cpu().numpy()),
+        "peak": torch.cuda.max_memory_allocated(device) if cuda else None,
+        "built": built,
     }
+    if args.resident:
+        held = loader.dataset
+        mine["held"] = held.nbytes
+        mine["bound"] = copy_bound(held.frames, args.batch, C, args.min_seconds)
     everyone = [None] * world
     dist.all_gather_object(everyone, mine)
     if rank == 0:
+        source = "resident loader (DeviceStore per rank)" if args.resident else f"{workers} loader workers per rank"
+        epochs = "one epoch" if args.epochs == 1 else f"{args.epochs} epochs"
         print(
-            f"\n== ddp: one epoch, {len(store)} groups, batch {args.batch} per rank, {workers} loader "
-            f"workers per rank, compute {args.compute} =="
+            f"\n== ddp: {epochs}, {len(store)} groups, batch {args.batch} per rank, {source}, "
+            f"compute {args.compute} =="
         )
-        print(f"{'rank':>4} {'device':>8} {'groups':>8} {'batches':>7} {'epoch s':>8} {'groups/s':>10}")
+        extra = f" {'held GiB':>8} {'built s':>7} {'bound groups/s':>14}" if args.resident else ""
+        peak = f" {'peak alloc GiB':>14}" if cuda else ""
+        print(f"{'rank':>4} {'device':>8} {'groups':>8} {'batches':>7} {'timed s':>8} {'groups/s':>10}{peak}{extra}")
         for r in everyone:
-            print(
+            line = (
                 f"{r['rank']:>4} {r['device']:>8} {r['groups']:>8,} {r['batches']:>7} {r['seconds']:>8.2f} "
                 f"{r['groups'] / r['seconds']:>10,.0f}"
             )
+            if cuda:
+                line += f" {r['peak'] / 2**30:>14.2f}"
+            if args.resident:
+                line += f" {r['held'] / 2**30:>8.2f} {r['built']:>7.2f} {r['bound']:>14,.0f}"
+            print(line)
         union = np.zeros(len(store), bool)
         counts = np.zeros(len(store), np.int64)
         for r in everyone:
@@ -619,10 +655,21 @@ def bench_ddp(args) -> None:
             f"all ranks: {total_groups:,} groups in {wall:.2f} s (slowest rank + barrier) = "
             f"{total_groups / wall:,.0f} groups/s; {union.sum():,} of {len(store):,} groups seen, "
             f"{int((counts > 1).sum())} seen by more than one rank (padding to equal shards)"
+            + (" in the first timed epoch" if args.epochs > 1 else "")
         )
+        notes = []
+        if cuda:
+            notes.append("peak alloc = torch.cuda.max_memory_allocated on the rank's device, from before the loader "
+                         "was made to the end of the timed epochs")
+        if args.resident:
+            notes.append("held = DeviceStore.nbytes (frames, probes, per-group tables); built = make_loader with the "
+                         "DeviceStore's copy to the device; bound = torch.index_select of a batch's bytes (B·C frames "
+                         "+ B probes) from the rank's resident frames, random rows, as in the resident part")
+        if notes:
+            print("; ".join(notes))
         ok = bool(union.all())
         note(
-            f"ddp: ran with {world} ranks, backend {backend}"
+            f"ddp: ran with {world} ranks, backend {backend}" + (", resident loader" if args.resident else "")
             + ("" if cuda else f" ({why_cpu}: GPU part skipped)")
             + ("; every group seen" if ok else "; SOME GROUPS NOT SEEN")
         )
@@ -664,7 +711,8 @@ def main() -> None:
         "--resident-points", type=int, help="resident: patterns in the store (default 65536: 1 GiB of frames)"
     )
     parser.add_argument(
-        "--min-seconds", type=float, default=1.0, help="resident: timed seconds per figure (at least)"
+        "--min-seconds", type=float, default=1.0,
+        help="resident (and ddp --resident's bound): timed seconds per figure (at least)",
     )
     parser.add_argument("--sizes", type=_ints, help="patches: object sides (default 1000,4000)")
     parser.add_argument("--positions", type=_ints, help="patches: positions per call (default 10000,100000)")
@@ -678,6 +726,11 @@ def main() -> None:
     parser.add_argument(
         "--ddp-workers", type=int, help="ddp: loader workers per rank (default 0, as make_loader)"
     )
+    parser.add_argument(
+        "--resident", action="store_true",
+        help="ddp: make_loader(..., resident=True, device=the rank's device): each rank holds every frame",
+    )
+    parser.add_argument("--epochs", type=int, default=1, help="ddp: timed epochs (default 1)")
     parser.add_argument(
         "--compute",
         choices=("conv", "sum"),

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -159,37 +160,164 @@ def test_resume_is_exact_and_interchangeable_with_the_host_loader(store, save_af
 
 
 DDP_SCRIPT = """
-import sys, json, torch, torch.distributed as dist
+import datetime, json, sys
+import torch, torch.distributed as dist
 from ptychodata import open_store
 from ptychodata.torch import make_loader
-rank, world, init, store_path, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
-dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
-store = open_store(store_path)
-host = make_loader(store, 16, seed=9, pin_memory=False)
-resident = make_loader(store, 16, seed=9, resident=True, device="cpu")
-same = all(torch.equal(h[k], r[k]) for h, r in zip(host, resident, strict=True) for k in h)
-seen = [i for batch in resident for i in batch["group_index"].tolist()]
-json.dump({"seen": seen, "same": same, "replicas": resident.sampler.num_replicas}, open(out, "w"))
+
+rank, world, init, path, selection, device, out = sys.argv[1:]
+rank, world = int(rank), int(world)
+if device == "cuda":
+    device = f"cuda:{rank % torch.cuda.device_count()}"
+dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world,
+                        timeout=datetime.timedelta(seconds=60))
+store = open_store(path).subset(json.loads(selection))
+B, SEED = 16, 9
+mismatches = []
+
+
+def host(**options):
+    return make_loader(store, B, seed=SEED, with_Y=True, pin_memory=False, distributed=True, **options)
+
+
+def resident(**options):
+    loader = make_loader(store, B, seed=SEED, with_Y=True, resident=True, device=device, distributed=True, **options)
+    assert (loader.sampler.num_replicas, loader.sampler.rank) == (world, rank)
+    return loader
+
+
+def compare(tag, host_loader, resident_loader):
+    # Every batch of the two loaders, key by key: order, dtype, shape, device and bits.
+    served = []
+    for number, (expected, got) in enumerate(zip(host_loader, resident_loader, strict=True)):
+        if list(got) != list(expected):
+            mismatches.append(f"{tag} batch {number}: keys {list(got)} != {list(expected)}")
+        for key, value in expected.items():
+            tensor = got.get(key)
+            if tensor is None or torch.device(tensor.device) != torch.device(device) or tensor.dtype != value.dtype \\
+                    or tensor.shape != value.shape or not torch.equal(tensor.cpu(), value):
+                mismatches.append(f"{tag} batch {number}: {key} differs from the host loader's")
+        served.append(got["group_index"].tolist())
+    return served
+
+
+result = {"epochs": {}}
+host_loader, resident_loader = host(), resident()
+assert len(host_loader) == len(resident_loader)
+for epoch in (0, 1):
+    host_loader.set_epoch(epoch)
+    resident_loader.set_epoch(epoch)
+    result["epochs"][epoch] = compare(f"epoch {epoch}", host_loader, resident_loader)
+result["drop_last"] = compare("drop_last", host(drop_last=True), resident(drop_last=True))
+
+# Stop after 2 batches of epoch 1 (both loaders), save, resume in fresh loaders, then a whole epoch 2.
+states, taken = [], []
+for make in (host, resident):
+    loader = make()
+    loader.set_epoch(1)
+    batches = []
+    for batch in loader:
+        batches.append(batch["group_index"].tolist())
+        if len(batches) == 2:
+            break
+    taken.append(batches)
+    states.append(loader.state_dict())
+every_rank = [None] * world
+dist.all_gather_object(every_rank, states[1])
+result.update(taken=taken, states=states, every_rank_state=every_rank)
+host_loader, resident_loader = host(), resident()
+for loader in (host_loader, resident_loader):
+    loader.load_state_dict(states[1])
+    loader.set_epoch(1)  # the usual loop calls set_epoch first: it keeps the loaded position
+result["resumed"] = compare("resumed epoch 1", host_loader, resident_loader)
+host_loader.set_epoch(2)
+resident_loader.set_epoch(2)
+result["after_resume"] = compare("epoch 2 after the resume", host_loader, resident_loader)
+result["mismatches"] = mismatches
+dist.barrier()
 dist.destroy_process_group()
+with open(out, "w") as file:
+    json.dump(result, file)
 """
 
 
-def test_ddp_ranks_shard_like_the_host_loader(store, tmp_path):
+def run_ranks(script: str, arguments: list[str], tmp_path, world: int = 2, timeout: float = 120) -> list[dict]:
+    """Run ``script`` as ``world`` processes of one gloo group (file rendezvous in ``tmp_path``),
+    each with ``rank world init *arguments out``; every process is ended by ``timeout``.
+    Returns each rank's JSON output."""
     init = f"file://{tmp_path / 'rendezvous'}"
-    outputs = [tmp_path / f"rank{r}.json" for r in range(2)]
+    outputs = [tmp_path / f"rank{r}.json" for r in range(world)]
+    logs = [tmp_path / f"rank{r}.log" for r in range(world)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    processes = [
-        subprocess.Popen([sys.executable, "-c", DDP_SCRIPT, str(r), "2", init, str(store.path), str(outputs[r])], env=env)
-        for r in range(2)
-    ]
-    for process in processes:
-        assert process.wait(timeout=120) == 0
-    results = [json.loads(path.read_text()) for path in outputs]
-    assert all(r["same"] and r["replicas"] == 2 for r in results)
-    seen = [r["seen"] for r in results]
-    assert len(seen[0]) == len(seen[1]) == len(store) // 2
-    assert not set(seen[0]) & set(seen[1])
-    assert set(seen[0]) | set(seen[1]) == set(range(len(store)))
+    processes = []
+    try:
+        for r in range(world):
+            with open(logs[r], "w") as log:
+                command = [sys.executable, "-c", script, str(r), str(world), init, *arguments, str(outputs[r])]
+                processes.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT))
+        deadline = time.monotonic() + timeout
+        for process in processes:
+            process.wait(timeout=max(1.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        pass
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    failed = [r for r, process in enumerate(processes) if process.returncode != 0]
+    assert not failed, "\n".join(f"rank {r} exited {processes[r].returncode}:\n{logs[r].read_text()[-3000:]}"
+                                 for r in failed)
+    return [json.loads(path.read_text()) for path in outputs]
+
+
+def interleave(per_rank: list[list[list[int]]]) -> list[int]:
+    """The global order the ranks' batches were dealt from: step by step, rank 0's batch, rank 1's..."""
+    assert len({len(batches) for batches in per_rank}) == 1, "ranks have different numbers of batches"
+    return [i for step in zip(*per_rank) for batch in step for i in batch]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_ddp_ranks_get_the_host_loaders_batches_through_epochs_and_resume(two_experiments, tmp_path, device):
+    """Two gloo ranks, each with a resident and a host loader (distributed=True) over 147 of
+    two experiments' 180 groups (an odd count: the sampler pads the last step). Every
+    batch is the host's bit for bit on every key (Y from stored patches), in epochs 0 and 1,
+    with drop_last, after a resume mid-epoch 1, and in epoch 2 after it; the ranks' batches
+    interleave to the epoch's permutation padded by its first groups."""
+    store = two_experiments
+    selection = np.random.default_rng(4).permutation(len(store))[:147]
+    seed, B, world = 9, 16, 2
+    ranks = run_ranks(DDP_SCRIPT, [str(store.path), json.dumps(selection.tolist()), device], tmp_path)
+    assert [r["mismatches"] for r in ranks] == [[], []]
+
+    def order(epoch: int, start: int = 0) -> list[int]:
+        """Group indices (not positions) of the epoch's permutation from ``start``, padded
+        with its first ones to a multiple of the ranks."""
+        positions = np.random.default_rng([seed, epoch]).permutation(len(selection))[start:]
+        positions = np.concatenate([positions, positions[: -len(positions) % world]])
+        return selection[positions].tolist()
+
+    epochs = {int(epoch): interleave([r["epochs"][epoch] for r in ranks]) for epoch in ranks[0]["epochs"]}
+    assert epochs == {0: order(0), 1: order(1)}
+    assert epochs[0] != epochs[1]  # set_epoch reshuffles (and the host loader agreed on each)
+    assert len(epochs[0]) == 148 and len(set(epochs[0])) == 147  # one padding repeat: 74 groups a rank
+    assert all(len(batch) == B for r in ranks for batch in r["epochs"]["0"][:-1])
+    assert [len(r["epochs"]["0"][-1]) for r in ranks] == [10, 10]  # the short last step: 19 groups + 1 repeat
+
+    dropped = interleave([r["drop_last"] for r in ranks])
+    assert dropped == order(0)[: 147 // (world * B) * world * B]
+    assert all(len(batch) == B for r in ranks for batch in r["drop_last"])
+
+    # The saved state is the same on both ranks and for both loaders, and names the global position.
+    state = ranks[0]["states"][1]
+    assert state == {"epoch": 1, "seed": seed, "shuffle": True, "n_groups": 147, "consumed": 2 * world * B}
+    assert all(r["states"] == [state, state] and r["every_rank_state"] == [state, state] for r in ranks)
+    assert all(r["taken"][0] == r["taken"][1] == r["epochs"]["1"][:2] for r in ranks)
+    taken = interleave([r["taken"][1] for r in ranks])
+    resumed = interleave([r["resumed"] for r in ranks])
+    assert taken == order(1)[: 2 * world * B]
+    assert resumed == order(1, start=2 * world * B)  # what remained, padded again by its own first group
+    assert interleave([r["after_resume"] for r in ranks]) == order(2)
 
 
 # ---------------------------------------------------------------------- options

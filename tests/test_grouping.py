@@ -238,3 +238,17 @@ def test_pool_indices_are_int32_internally_and_int64_when_returned():
     assert _index_dtype(10**6) == np.int32
     assert _index_dtype(2**31) == np.int64
     assert neighbour_pools(random_positions(50), np.arange(50), 4, 4).dtype == np.int64
+
+
+def test_median_neighbour_step_is_exact_on_a_raster_with_repeats_and_sampled_points():
+    from ptychodata.grouping import median_neighbour_step
+
+    rows, cols = np.divmod(np.arange(150 * 150), 150)  # 22 500 points: the median is over a sample
+    x, y = cols * 3.0 + 0.25, rows * 1.5 - 7.0
+    assert median_neighbour_step(x, y) == pytest.approx(1.5)
+    # Each position measured twice (a repeated scan): the distance is to another position.
+    assert median_neighbour_step(np.r_[x, x], np.r_[y, y]) == pytest.approx(1.5)
+    assert median_neighbour_step(np.array([4.0]), np.array([2.0])) is None
+    assert median_neighbour_step(np.full(5, 1.0), np.full(5, 1.0)) is None
+    jittered = np.random.default_rng(0).normal(0, 1e-3, (2, x.size))
+    assert median_neighbour_step(x + jittered[0], y + jittered[1]) == pytest.approx(1.5, abs=0.01)

@@ -117,3 +117,22 @@ def test_store_is_the_same_whichever_way_its_patterns_were_written(tmp_path, dir
     np.testing.assert_array_equal(store.patterns, expected)
     batch = store.batch(np.arange(len(store)))
     np.testing.assert_array_equal(batch["X"], expected[store.groups].astype(np.float32) * np.float32(store.x_scale))
+
+
+def test_cli_page_cache_flag_writes_through_the_cache(tmp_path, monkeypatch, capsys):
+    import ptychodata.store
+    from ptychodata import cli, simulate
+
+    source = tmp_path / "scan.npz"
+    simulate(n_points=100, N=16, seed=0, out=source, progress=False)
+    seen = []
+
+    def recording_prepare(*args, **kwargs):
+        seen.append(kwargs["direct_io"])
+        return prepare(*args, **kwargs)
+
+    monkeypatch.setattr(ptychodata.store, "prepare", recording_prepare)  # what the command imports
+    for flags in ([], ["--page-cache"]):
+        assert cli.main(["prepare", str(source), "--cache-dir", str(tmp_path / "cache"), "--quiet", *flags]) == 0
+    assert seen == [True, False]
+    capsys.readouterr()

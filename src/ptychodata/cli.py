@@ -208,6 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="how patterns are stored: float32 (default), float16/bfloat16 amplitudes (rounded), "
         "uint16/uint32 whole counts (lossless, with --intensity)",
     )
+    prep.add_argument(
+        "--page-cache",
+        action="store_true",
+        help="write the patterns through the page cache (default: past it, with O_DIRECT where possible, "
+        "so a one-time bulk write does not evict what the cache holds)",
+    )
     prep.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_load_options(prep)
     prep.set_defaults(run=_run_prepare)
@@ -474,6 +480,7 @@ def _run_prepare(args: argparse.Namespace) -> int:
         verify=args.verify,
         copy=not args.no_copy,
         frames_dtype=args.frames_dtype,
+        direct_io=not args.page_cache,
     )
     with store:
         if not args.quiet:

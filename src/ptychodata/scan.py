@@ -38,9 +38,6 @@ _EAGER_CHECK_BYTES = 512 << 20
 # below _MIN_STEP_PX, are metres (or another physical unit) passed as pixels: refused.
 _MIN_SPAN_PX = 1.0
 _MIN_STEP_PX = 0.01
-# The step check looks at most this many evenly spaced points (a subset can only see
-# larger steps than the full scan, so it never refuses a scan the full check would accept).
-_STEP_CHECK_POINTS = 20000
 
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -436,18 +433,12 @@ def _check_not_metres(xcoords: np.ndarray, ycoords: np.ndarray, where: str) -> N
             f"{where}xcoords/ycoords span only {span:.3g} px (x {xcoords.min():.3g} .. {xcoords.max():.3g}, "
             f"y {ycoords.min():.3g} .. {ycoords.max():.3g}); {hint}"
         )
-    from scipy.spatial import cKDTree
+    from ptychodata.grouping import median_neighbour_step
 
-    stride = max(1, -(-len(xcoords) // _STEP_CHECK_POINTS))
-    points = np.stack([xcoords[::stride], ycoords[::stride]], axis=1)
-    k = min(len(points), 8)
-    distances, _ = cKDTree(points).query(points, k=k)
-    distances = np.where(distances > 0, distances, np.inf)[:, 1:].min(axis=1)
-    distances = distances[np.isfinite(distances)]
-    if distances.size and float(np.median(distances)) < _MIN_STEP_PX:
+    step = median_neighbour_step(xcoords, ycoords)
+    if step is not None and step < _MIN_STEP_PX:
         raise ScanDataError(
-            f"{where}median step between neighbouring positions is {float(np.median(distances)):.3g} px "
-            f"(span {span:.3g} px); {hint}"
+            f"{where}median step between neighbouring positions is {step:.3g} px (span {span:.3g} px); {hint}"
         )
 
 

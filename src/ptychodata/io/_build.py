@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from ptychodata.errors import ScanDataError
+from ptychodata.grouping import median_neighbour_step
 from ptychodata.io._hdf5 import H5Dataset
 from ptychodata.io._prepare import LazyPatterns, PatternStats, Preparation, analyze_sample
 from ptychodata.io._raw import RawScan
@@ -404,7 +405,7 @@ def _positions(raw, options, decided, x, y, x_start, y_start, metadata):
     px = to_px(x, origin_x_m, origin_x_px, pixel[1])
     py = to_px(y, origin_y_m, origin_y_px, pixel[0])
     if far_field and not options.near_field:
-        step = _median_step(px, py)
+        step = median_neighbour_step(px, py)
         if step is not None and step > NEAR_FIELD_STEP * N:
             raise ScanDataError(
                 f"{raw.where}looks like near-field (Fresnel) data, not far-field diffraction: with the far-field "
@@ -464,16 +465,6 @@ def _geometry(raw: RawScan, options: LoadOptions, metadata: dict[str, Any]) -> d
     }
     metadata.update({key: value for key, value in geometry.items() if value is not None})
     return geometry
-
-
-def _median_step(x: np.ndarray, y: np.ndarray) -> float | None:
-    from scipy.spatial import cKDTree
-
-    points = np.unique(np.stack([x, y], axis=1), axis=0)
-    if len(points) < 2:
-        return None
-    distances, _ = cKDTree(points).query(points, k=2)
-    return float(np.median(distances[:, 1]))
 
 
 def _estimated_probe(decided: Plan) -> np.ndarray:

@@ -96,3 +96,35 @@ def test_amplitude_sums_of_some_patterns_in_chunks(monkeypatch):
 def test_constant_errors(function, values, message):
     with pytest.raises(ScanDataError, match=message):
         function(values)
+
+
+@pytest.mark.parametrize("shape", [(300, 64, 64), (70, 100, 100), (3, 256, 256), (0, 8, 8)])
+def test_energies_and_sums_in_one_pass_equal_float64_sums(shape, monkeypatch):
+    from ptychodata import normalize
+    from ptychodata.normalize import checked_energies_and_sums
+
+    monkeypatch.setattr(normalize, "_BLOCK_BYTES", 64 << 10)  # several blocks, a ragged last one
+    chunk = np.random.default_rng(0).random(shape, dtype=np.float32) * 50
+    energies, sums = checked_energies_and_sums(chunk, np.arange(len(chunk)))
+    wide = chunk.astype(np.float64).reshape(len(chunk), -1)
+    np.testing.assert_allclose(energies, (wide**2).sum(axis=1), rtol=1e-13)
+    np.testing.assert_allclose(sums, wide.sum(axis=1), rtol=1e-13)
+    assert energies.dtype == sums.dtype == np.float64
+
+
+@pytest.mark.parametrize(
+    ("value", "dtype"), [(np.nan, np.float32), (np.inf, np.float32), (-0.5, np.float32), (-3, np.int32)]
+)
+def test_energies_and_sums_name_the_first_bad_pattern(value, dtype, monkeypatch):
+    from ptychodata import normalize
+    from ptychodata.normalize import checked_energies_and_sums
+
+    monkeypatch.setattr(normalize, "_BLOCK_BYTES", 1 << 10)
+    chunk = np.ones((40, 8, 8), dtype)
+    chunk[23, 4, 5] = value
+    chunk[31, 0, 0] = value
+    with pytest.raises(ScanDataError, match=r"scan\.npz: pattern 1023 holds NaN, Inf or negative amplitudes"):
+        checked_energies_and_sums(chunk, np.arange(1000, 1040), where="scan.npz: ")
+    unsigned = np.full((5, 8, 8), 7, np.uint16)
+    energies, sums = checked_energies_and_sums(unsigned, np.arange(5))
+    assert energies.tolist() == [49.0 * 64] * 5 and sums.tolist() == [7.0 * 64] * 5

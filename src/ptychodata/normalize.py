@@ -18,6 +18,7 @@ from ptychodata.io._memory import rows_per_chunk
 
 __all__ = [
     "checked_energies",
+    "checked_energies_and_sums",
     "invalid_patterns",
     "intensity_scale",
     "normalize_probe",
@@ -30,6 +31,8 @@ __all__ = [
 ]
 
 _CHUNK_BYTES = 64 << 20
+# Rows widened to float64 at a time by checked_energies_and_sums: a block that stays in L2.
+_BLOCK_BYTES = 1 << 20
 
 
 def pattern_energies(
@@ -86,14 +89,43 @@ def invalid_patterns(chunk: np.ndarray, energies: np.ndarray | None = None) -> n
 def checked_energies(chunk: np.ndarray, indices: np.ndarray, *, where: str = "", hint: str = "") -> np.ndarray:
     """Σ amplitude² (float64) of each pattern of ``chunk`` (P, N, N), raising ``ScanDataError``
     that names the pattern (``indices[p]``) if one holds a NaN, Inf or negative amplitude."""
-    energies = np.einsum("mij,mij->m", chunk, chunk, dtype=np.float64)
-    bad = invalid_patterns(chunk, energies)
+    return checked_energies_and_sums(chunk, indices, where=where, hint=hint, sums=False)[0]
+
+
+def checked_energies_and_sums(
+    chunk: np.ndarray, indices: np.ndarray, *, where: str = "", hint: str = "", sums: bool = True
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Σ A² and Σ A (float64) of each pattern of ``chunk`` (P, N, N) in one pass, checked as
+    :func:`checked_energies` checks.
+
+    The patterns are widened to float64 a few rows at a time into a buffer that stays in
+    the CPU cache, and both sums and the check read that buffer: one pass over the chunk's
+    memory instead of three (the sums equal ``np.einsum(..., dtype=np.float64)``'s and
+    ``sum(dtype=np.float64)``'s).
+    """
+    P = len(chunk)
+    flat = chunk.reshape(P, math.prod(chunk.shape[1:]))
+    energies = np.empty(P, np.float64)
+    totals = np.empty(P, np.float64) if sums else None
+    bad = np.zeros(P, bool)
+    rows = max(1, _BLOCK_BYTES // max(1, 8 * flat.shape[1]))
+    block = np.empty((min(rows, P), flat.shape[1]), np.float64)
+    for start in range(0, P, rows):
+        part = flat[start : start + rows]
+        wide = block[: len(part)]
+        np.copyto(wide, part)
+        energies[start : start + len(part)] = np.einsum("ij,ij->i", wide, wide)
+        if totals is not None:
+            totals[start : start + len(part)] = wide.sum(axis=1)
+        if wide.size and part.dtype.kind in "fi":
+            bad[start : start + len(part)] = wide.min(axis=1) < 0
+    bad |= ~np.isfinite(energies)
     if bad.any():
         raise ScanDataError(
             f"{where}pattern {int(indices[np.argmax(bad)])} holds NaN, Inf or negative amplitudes; "
             f"expected finite amplitudes >= 0{hint}"
         )
-    return energies
+    return energies, totals
 
 
 def x_scale(diffraction: np.ndarray, groups: np.ndarray, *, where: str = "") -> float:

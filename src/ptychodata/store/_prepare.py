@@ -35,7 +35,7 @@ from ptychodata.coords import group_coords
 from ptychodata.errors import ParameterError, ScanDataError, StoreError, StoreNotFoundError
 from ptychodata.grouping import GroupingConfig, group
 from ptychodata.io._memory import is_memory_mapped
-from ptychodata.normalize import checked_energies, intensity_scale, scale_from_energies
+from ptychodata.normalize import checked_energies_and_sums, intensity_scale, scale_from_energies
 from ptychodata.scan import ScanData, counts_to_amplitude
 from ptychodata.summary import jsonable
 from ptychodata.store._files import (
@@ -705,8 +705,10 @@ def _stream_patterns(
         if decode:  # the energies of what is served, not of what was rounded away
             amplitude = np.empty(stored.shape, np.float32)
             decode_into(encoding, stored, amplitude)
-        chunk_energy = checked_energies(amplitude, np.arange(start, start + len(amplitude)), where=f"{where}: ", hint=hint)
-        return stored, chunk_energy, amplitude.sum(axis=(1, 2), dtype=np.float64)
+        chunk_energy, chunk_sums = checked_energies_and_sums(
+            amplitude, np.arange(start, start + len(amplitude)), where=f"{where}: ", hint=hint
+        )
+        return stored, chunk_energy, chunk_sums
 
     def write(converted) -> None:
         stored, chunk_energy, chunk_sums = converted.result()

@@ -106,7 +106,7 @@ def test_energies_and_sums_in_one_pass_equal_float64_sums(shape, monkeypatch):
     monkeypatch.setattr(normalize, "_BLOCK_BYTES", 64 << 10)  # several blocks, a ragged last one
     chunk = np.random.default_rng(0).random(shape, dtype=np.float32) * 50
     energies, sums = checked_energies_and_sums(chunk, np.arange(len(chunk)))
-    wide = chunk.astype(np.float64).reshape(len(chunk), -1)
+    wide = chunk.astype(np.float64).reshape(len(chunk), math.prod(shape[1:]))
     np.testing.assert_allclose(energies, (wide**2).sum(axis=1), rtol=1e-13)
     np.testing.assert_allclose(sums, wide.sum(axis=1), rtol=1e-13)
     assert energies.dtype == sums.dtype == np.float64

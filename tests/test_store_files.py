@@ -119,7 +119,7 @@ def test_store_is_the_same_whichever_way_its_patterns_were_written(tmp_path, dir
     np.testing.assert_array_equal(batch["X"], expected[store.groups].astype(np.float32) * np.float32(store.x_scale))
 
 
-def test_cli_page_cache_flag_writes_through_the_cache(tmp_path, monkeypatch, capsys):
+def test_cli_flags_choose_how_patterns_are_written(tmp_path, monkeypatch, capsys):
     import ptychodata.store
     from ptychodata import cli, simulate
 
@@ -132,7 +132,23 @@ def test_cli_page_cache_flag_writes_through_the_cache(tmp_path, monkeypatch, cap
         return prepare(*args, **kwargs)
 
     monkeypatch.setattr(ptychodata.store, "prepare", recording_prepare)  # what the command imports
-    for flags in ([], ["--page-cache"]):
+    for flags in ([], ["--page-cache"], ["--direct-io"]):
         assert cli.main(["prepare", str(source), "--cache-dir", str(tmp_path / "cache"), "--quiet", *flags]) == 0
-    assert seen == [True, False]
-    capsys.readouterr()
+    assert seen == [None, False, True]
+    assert cli.main(["prepare", str(source), "--direct-io", "--page-cache"]) == 2
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_default_writes_past_the_cache_only_what_it_could_not_keep(monkeypatch):
+    from ptychodata.store._files import use_direct_io
+
+    assert use_direct_io(True, 1) and not use_direct_io(False, 1 << 50)
+    assert not use_direct_io(None, 1 << 20)
+    if Path("/proc/meminfo").exists():
+        assert use_direct_io(None, 1 << 60)  # more than any machine's memory
+
+    def unreadable(*args, **kwargs):
+        raise FileNotFoundError("/proc/meminfo")
+
+    monkeypatch.setattr("builtins.open", unreadable)
+    assert not use_direct_io(None, 1 << 60)  # unknown memory: through the cache

@@ -306,9 +306,9 @@ def test_decoding_is_exact_for_every_stored_value(scale):
 
 # ---------------------------------------------------------------------- the streamed copy
 def test_streamed_prepare_reports_the_first_bad_pattern_of_many_chunks(tmp_path, scan, monkeypatch):
-    from ptychodata.store import _prepare
+    from ptychodata.store import _files
 
-    monkeypatch.setattr(_prepare, "_CHUNK_BYTES", 16 * 16 * 4 * 7)  # 7 patterns a chunk: 35 chunks in the ring
+    monkeypatch.setattr(_files, "STREAM_CHUNK_BYTES", 16 * 16 * 4 * 7)  # 7 patterns a chunk: 35 chunks in the ring
     amplitudes = scan.diffraction.astype(np.float32).copy()
     amplitudes[200, 2, 2] = np.nan
     amplitudes[60, 1, 1] = -1.0
@@ -318,10 +318,10 @@ def test_streamed_prepare_reports_the_first_bad_pattern_of_many_chunks(tmp_path,
 
 
 def test_streamed_prepare_in_small_chunks_stores_what_one_chunk_stores(tmp_path, amplitude_file, monkeypatch):
-    from ptychodata.store import _prepare
+    from ptychodata.store import _files
 
     whole = prepare(amplitude_file, CONFIG, cache_dir=tmp_path / "a", progress=False)
-    monkeypatch.setattr(_prepare, "_CHUNK_BYTES", 16 * 16 * 4 * 7)
+    monkeypatch.setattr(_files, "STREAM_CHUNK_BYTES", 16 * 16 * 4 * 7)
     chunked = prepare(amplitude_file, CONFIG, cache_dir=tmp_path / "b", progress=False)
     for name in ("patterns", "energies", "amplitude_sums"):
         np.testing.assert_array_equal(getattr(chunked, name), getattr(whole, name))

@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from ptychodata.io._memory import rows_per_chunk
 from ptychodata.errors import ParameterError, PtychodataError, StoreNotFoundError
+from ptychodata.io._memory import rows_per_chunk
 from ptychodata.summary import human_size
 
 __all__ = ["build_parser", "main"]
@@ -208,11 +208,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="how patterns are stored: float32 (default), float16/bfloat16 amplitudes (rounded), "
         "uint16/uint32 whole counts (lossless, with --intensity)",
     )
-    prep.add_argument(
-        "--page-cache",
-        action="store_true",
-        help="write the patterns through the page cache (default: past it, with O_DIRECT where possible, "
-        "so a one-time bulk write does not evict what the cache holds)",
+    writing = prep.add_mutually_exclusive_group()
+    writing.add_argument(
+        "--direct-io",
+        dest="direct_io",
+        action="store_const",
+        const=True,
+        help="write the patterns past the page cache (O_DIRECT where the file system allows it); default: "
+        "only when they are larger than half the memory available",
+    )
+    writing.add_argument(
+        "--page-cache", dest="direct_io", action="store_const", const=False, help="write the patterns through the page cache"
     )
     prep.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_load_options(prep)
@@ -480,7 +486,7 @@ def _run_prepare(args: argparse.Namespace) -> int:
         verify=args.verify,
         copy=not args.no_copy,
         frames_dtype=args.frames_dtype,
-        direct_io=not args.page_cache,
+        direct_io=args.direct_io,
     )
     with store:
         if not args.quiet:

@@ -158,8 +158,6 @@ def prune_cache(cache_dir: Path) -> int:
     """Delete, in every store of the cache, builds that are not live and that no reader
     holds (and frames builds no live grouping was made from), temporaries of dead builds,
     and removals that were interrupted. Returns how many directories were deleted."""
-    from ptychodata.store._prepare import _collect_builds, _collect_frames
-
     cache_dir = Path(cache_dir)
     removed = 0
     for leftover in cache_dir.glob(f"{TRASH_PREFIX}frames-*") if cache_dir.is_dir() else []:
@@ -170,11 +168,43 @@ def prune_cache(cache_dir: Path) -> int:
             with file_lock(grouping.lock):
                 before = len(grouping.build_ids())
                 removed += grouping.remove_temporaries()
-                _collect_builds(grouping, keep={grouping.current_id()})
+                collect_builds(grouping, keep={grouping.current_id()})
                 removed += before - len(grouping.build_ids())
         with file_lock(slot.lock):
             before = len(slot.build_ids())
             removed += slot.remove_temporaries()
-            _collect_frames(slot)
+            collect_frames(slot)
             removed += before - len(slot.build_ids())
     return removed
+
+
+def live_manifest(slot: BuildSlot, kind: type) -> FrameManifest | GroupingManifest | None:
+    """The manifest of the slot's live build when it is complete, else None."""
+    build_id = slot.current_id()
+    if build_id is None:
+        return None
+    directory = slot.build_dir(build_id)
+    try:
+        manifest = read_manifest(directory, kind)
+        check_files(directory, manifest.files)
+    except StoreError:
+        return None
+    return manifest if manifest.build_id == build_id else None
+
+
+def collect_builds(slot: BuildSlot, keep: set[str]) -> None:
+    """Delete the slot's builds that are not in ``keep`` and that no reader holds."""
+    for build_id in slot.build_ids():
+        if build_id not in keep:
+            slot.remove_build_if_unread(build_id)
+
+
+def collect_frames(slot: BuildSlot) -> None:
+    """Delete old frames builds that no reader holds and no live grouping was made from.
+    Hold the frames slot's lock."""
+    keep = {slot.current_id()}
+    for grouping in slot.groupings():
+        manifest = live_manifest(grouping, GroupingManifest)
+        if manifest is not None:
+            keep.add(manifest.frames_build_id)
+    collect_builds(slot, keep)

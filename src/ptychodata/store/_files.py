@@ -32,11 +32,14 @@ __all__ = [
     "new_hasher",
     "release_pages",
     "rows_per_chunk",
+    "stream_rows",
+    "use_direct_io",
     "write_npy",
 ]
 
 
 _WRITE_PIECE = 1 << 20
+STREAM_CHUNK_BYTES = 32 << 20  # bytes of a streamed (read, hashed, converted, written) chunk of rows
 _BLOCK = 4096  # O_DIRECT alignment of offsets, sizes and buffers
 _DIRECT_STAGE = 8 << 20  # bytes staged per O_DIRECT write
 
@@ -301,3 +304,22 @@ def ensure_writable_directory(path: Path) -> Path:
             "to a writable directory"
         )
     return path
+
+
+def stream_rows(array: np.ndarray) -> int:
+    """Rows of ``array`` per streamed (and hashed) chunk: fixed by the row size alone."""
+    return rows_per_chunk(array[:1].nbytes if array.ndim else array.nbytes, STREAM_CHUNK_BYTES)
+
+
+def use_direct_io(requested: bool | None, nbytes: int) -> bool:
+    """Whether a file of ``nbytes`` is written past the page cache: as ``requested``, or
+    (None) when it is larger than half the memory available now, so that the cache could
+    not keep it anyway (``MemAvailable`` of ``/proc/meminfo``; never where that is unknown)."""
+    if requested is not None:
+        return bool(requested)
+    try:
+        with open("/proc/meminfo") as meminfo:
+            available_kib = next(int(line.split()[1]) for line in meminfo if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return False
+    return nbytes > available_kib * 1024 // 2

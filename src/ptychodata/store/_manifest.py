@@ -9,6 +9,7 @@ are written last: a build directory is complete exactly when its manifest is the
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import os
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ptychodata.errors import StoreError, StoreNotFoundError
-from ptychodata.store._layout import MANIFEST
+from ptychodata.store._layout import MANIFEST, npy_files
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -257,3 +258,21 @@ def check_files(directory: Path, files: dict[str, FileEntry]) -> None:
                 f"{path}: {size} bytes on disk but the manifest says {entry.bytes} (shape {entry.shape}, "
                 f"dtype {entry.dtype}); the file is truncated or was replaced. Prepare the store again."
             )
+
+
+def write_manifest_last(directory: Path, kind: type, **fields: Any) -> None:
+    """Write the manifest of a finished build (its files, the time): last, so its presence
+    marks the build complete."""
+    from ptychodata import __version__
+
+    manifest = kind(
+        **fields,
+        files={path.name: FileEntry.of(path) for path in npy_files(directory)},
+        created=_now(),
+        library_version=__version__,
+    )
+    write_manifest(directory, manifest)
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")

@@ -32,6 +32,7 @@ def write_in_pieces(path: Path, array: np.ndarray, pieces: list[int], *, direct:
         ((600, 64, 64), np.uint16, [600]),  # 4.9 MB in one write
         ((300, 64, 64), np.float32, [100, 100, 100]),  # crosses the 8 MiB staging buffer
         ((512, 64, 64), np.float32, [512]),  # exactly 8 MiB of data after the 4 KiB header
+        ((1100, 64, 64), np.float32, [500, 600]),  # 18 MB: buffered writes start writeback on the way
         ((5,), np.float64, [2, 3]),
         ((0, 3, 3), np.float32, []),
     ],

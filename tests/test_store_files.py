@@ -153,3 +153,18 @@ def test_default_writes_past_the_cache_only_what_it_could_not_keep(monkeypatch):
 
     monkeypatch.setattr("builtins.open", unreadable)
     assert not use_direct_io(None, 1 << 60)  # unknown memory: through the cache
+
+
+def test_buffered_writes_start_writeback_of_consecutive_ranges(tmp_path, monkeypatch):
+    started = []
+    monkeypatch.setattr(_files, "_start_writeback", lambda fd, offset, nbytes: started.append((offset, nbytes)))
+    array = np.random.default_rng(3).random((1100, 64, 64)).astype(np.float32)  # 18 MB
+    path = tmp_path / "a.npy"
+    write_in_pieces(path, array, [300, 300, 500], direct=False)
+    size = path.stat().st_size
+    assert started and started[0][0] == 0  # the header's bytes included
+    for (offset, nbytes), (following, _) in zip(started, started[1:] + [(None, None)]):
+        assert nbytes >= _files._WRITEBACK_BYTES
+        assert following is None or following == offset + nbytes
+    assert started[-1][0] + started[-1][1] == size  # the last write ended the file: all of it started
+    np.testing.assert_array_equal(np.load(path), array)

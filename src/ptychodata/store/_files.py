@@ -139,8 +139,7 @@ class _BufferedSink:
 
     def __init__(self, path: Path):
         self.handle = open(path, "wb")  # noqa: SIM115 - owned by the sink, closed by finish()/abandon()
-        self._written = 0
-        self._flushed = 0  # bytes whose writeback was started
+        self._flushed = 0  # the file's first bytes whose writeback was started
 
     @property
     def closed(self) -> bool:
@@ -151,11 +150,11 @@ class _BufferedSink:
         # VM (ext4, page cache under memory pressure); 1 MiB pieces keep it at memcpy speed.
         for start in range(0, len(data), _WRITE_PIECE):
             self.handle.write(data[start : start + _WRITE_PIECE])
-        self._written += len(data)
-        if self._written - self._flushed >= _WRITEBACK_BYTES and _start_writeback is not None:
+        if _start_writeback is not None and self.handle.tell() - self._flushed >= _WRITEBACK_BYTES:
             self.handle.flush()
-            _start_writeback(self.handle.fileno(), self._flushed, self._written - self._flushed)
-            self._flushed = self._written
+            end = self.handle.tell()
+            _start_writeback(self.handle.fileno(), self._flushed, end - self._flushed)
+            self._flushed = end
 
     def finish(self) -> None:
         self.handle.flush()

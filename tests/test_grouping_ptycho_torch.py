@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.spatial import cKDTree
 
-from ptychodata import GroupingConfig, GroupingError, grouped_data, group, simulate
+from ptychodata import GroupingConfig, GroupingError, group, grouped_data, simulate
 from ptychodata.grouping_ptycho_torch import PtychoTorchRule, bounded_points, ptycho_torch_groups
 
 

@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 
 from ptychodata import GroupingConfig, ScanData, StoreError, grouped_data, open_store, prepare, simulate
-from ptychodata.errors import GroupIndexError, ParameterError, ScanDataError, StoreClosedError, StoreNotFoundError
+from ptychodata.errors import (
+    GroupIndexError,
+    ParameterError,
+    ScanDataError,
+    StoreClosedError,
+    StoreNotFoundError,
+)
 from ptychodata.normalize import x_scale
 from ptychodata.store._buffers import BufferPool
 from ptychodata.store._manifest import SCHEMA_VERSION

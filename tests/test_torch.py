@@ -75,8 +75,9 @@ def test_workers_with_a_shared_memory_ring_serve_correct_batches(store):
 
 
 def test_a_shared_batch_crosses_processes_as_one_buffer(store):
-    import torch.multiprocessing  # noqa: F401  (registers the shared-memory reducers)
     from multiprocessing.reduction import ForkingPickler
+
+    import torch.multiprocessing  # noqa: F401  (registers the shared-memory reducers)
 
     from ptychodata.torch._dataset import SharedBatch
 

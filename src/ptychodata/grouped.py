@@ -14,10 +14,10 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ptychodata.io._memory import rows_per_chunk
 from ptychodata.coords import grouped_coords
 from ptychodata.errors import GroupingError, ParameterError
 from ptychodata.grouping import GroupingConfig, check_groups, group
+from ptychodata.io._memory import rows_per_chunk
 from ptychodata.normalize import intensity_scale, x_scale
 from ptychodata.patches import extract_patches
 from ptychodata.scan import ScanData

@@ -21,10 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from ptychodata.io._memory import rows_per_chunk
-from ptychodata.normalize import invalid_patterns
 from ptychodata.errors import ScanDataError
 from ptychodata.io import write_npz
+from ptychodata.io._memory import rows_per_chunk
+from ptychodata.normalize import invalid_patterns
 
 __all__ = ["ScanData"]
 

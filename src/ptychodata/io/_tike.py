@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-
 from ptychodata.io._raw import RawScan, positions_from_columns, squeeze_frames
 
 NAME = "tike"

@@ -3,6 +3,7 @@ import os
 import pickle
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -545,3 +546,53 @@ def test_a_counts_file_is_recognised_and_converted_once(tmp_path, scan):
     recorded = store.info()["experiments"][0]["metadata"]
     assert recorded["nphotons"] == pytest.approx(counts.sum(axis=(1, 2)).mean(), rel=1e-6)
     assert store.intensity_scale[0] == pytest.approx(np.sqrt(recorded["nphotons"]) / 8)
+
+
+def test_groups_are_computed_once_beside_the_frames_build_and_match_a_fresh_grouping(tmp_path, monkeypatch):
+    from ptychodata.grouping import group
+    from ptychodata.store import _grouping_build
+
+    calls = []
+    real = _grouping_build.experiment_groups
+
+    def counting(positions, names, config):
+        calls.append(threading.current_thread().name)
+        return real(positions, names, config)
+
+    monkeypatch.setattr(_grouping_build, "experiment_groups", counting)
+    a = simulate(n_points=60, N=16, seed=1)
+    b = simulate(n_points=80, N=16, seed=2, pattern="fermat")
+    config = GroupingConfig(gridsize=2, neighbor_count=6, seed=5, n_groups=100)
+    store = prepare([a, b], config, cache_dir=tmp_path / "cache", progress=False)
+    assert len(calls) == 1 and calls[0].startswith("ptychodata-grouping")  # on the pool, not again after
+    # What a grouping of the stored positions makes, experiment by experiment (n_groups shared 43 / 57).
+    expected = real([a.positions, b.positions], ["a", "b"], config)
+    assert [len(g) for g in expected] == [43, 57]
+    np.testing.assert_array_equal(store.groups, np.concatenate([expected[0], expected[1] + 60]))
+    np.testing.assert_array_equal(expected[0], group(a.positions, replace(config, n_groups=43)))
+    # A new grouping of the same frames build is made after it, on this thread.
+    prepare([a, b], replace(config, seed=6), cache_dir=tmp_path / "cache", progress=False)
+    assert len(calls) == 2 and not calls[1].startswith("ptychodata-grouping")
+
+
+def test_groups_made_ahead_are_used_only_for_the_positions_they_were_made_from():
+    from concurrent.futures import Future
+
+    from ptychodata.store._grouping_build import GroupsAhead
+
+    done = Future()
+    done.set_result([np.zeros((3, 4), np.int64)])
+    positions = [np.arange(10.0).reshape(5, 2)]
+    ahead = GroupsAhead(positions, done)
+    assert ahead.result_for([positions[0].copy()])[0].shape == (3, 4)
+    moved = positions[0].copy()
+    moved[2, 1] += 0.5
+    assert ahead.result_for([moved]) is None
+    assert ahead.result_for([positions[0], positions[0]]) is None
+
+
+def test_a_bad_scan_found_while_grouping_ahead_names_its_source(tmp_path):
+    small = simulate(n_points=8, N=16, seed=1).save(tmp_path / "small.npz")
+    config = GroupingConfig(gridsize=3, neighbor_count=9, seed=0)
+    with pytest.raises(ScanDataError, match=r"small\.npz: key 'xcoords': the scan has 8 points, fewer than C="):
+        prepare(small, config, cache_dir=tmp_path / "cache", progress=False)

@@ -4,7 +4,8 @@ energies the frames build recorded), and optionally the materialized X."""
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,14 +26,13 @@ from ptychodata.store._files import (
 from ptychodata.store._frames import FramesEncoding, decode_into, map_patterns
 from ptychodata.store._layout import BuildSlot, FrameFile, GroupingFile, npy_name
 from ptychodata.store._manifest import (
-    ExperimentEntry,
     FrameManifest,
     GroupingManifest,
     read_manifest,
     write_manifest_last,
 )
 
-__all__ = ["build_grouping"]
+__all__ = ["GroupsAhead", "build_grouping", "experiment_groups"]
 
 
 def build_grouping(
@@ -43,9 +43,11 @@ def build_grouping(
     materialize: bool,
     progress: bool,
     direct_io: bool | None,
+    ahead: GroupsAhead | None = None,
 ) -> str:
     """Build and publish a grouping of frames build ``frames_id``; return its build id.
-    Hold the grouping slot's lock and a reader lock on the frames build."""
+    Hold the grouping slot's lock and a reader lock on the frames build. ``ahead``: groups
+    computed while the frames build was written, used if made from the same positions."""
     frames_dir = frames_slot.build_dir(frames_id)
     frames = read_manifest(frames_dir, FrameManifest)
     if config.N is not None and config.N != frames.N:
@@ -53,26 +55,23 @@ def build_grouping(
     x = np.load(frames_dir / npy_name(FrameFile.XCOORDS))
     y = np.load(frames_dir / npy_name(FrameFile.YCOORDS))
     energies = np.load(frames_dir / npy_name(FrameFile.ENERGIES), mmap_mode="r")
-    n_groups = _split_groups(config.n_groups, [e.n_points for e in frames.experiments])
+    positions = [np.stack([x[e.start : e.stop], y[e.start : e.stop]], axis=1) for e in frames.experiments]
+    names = [experiment.source.path or "in-memory scan" for experiment in frames.experiments]
+    local_groups = ahead.result_for(positions) if ahead is not None else None
+    if local_groups is None:
+        local_groups = experiment_groups(positions, names, config)
     all_groups, group_experiment, scales, photon_scales = [], [], [], []
-    for experiment, count in zip(frames.experiments, n_groups):
-        sl = slice(experiment.start, experiment.stop)
-        experiment_config = replace(config, n_groups=count, seed=_experiment_seed(config.seed, experiment))
-        where = f"{experiment.source.path or 'in-memory scan'}: "
-        try:
-            local = group(np.stack([x[sl], y[sl]], axis=1), experiment_config)
-        except ScanDataError as exc:
-            raise ScanDataError(f"{where}{exc}") from None
+    for experiment, local, name in zip(frames.experiments, local_groups, names):
         # The patterns used and how often, in index order (np.unique's result, without its sort).
         multiplicity = np.bincount(local.ravel(), minlength=experiment.n_points)
         used = np.flatnonzero(multiplicity)
-        scales.append(scale_from_energies(energies[used + experiment.start], multiplicity[used], N=frames.N, where=where))
-        local += experiment.start
-        groups = local
+        scales.append(
+            scale_from_energies(energies[used + experiment.start], multiplicity[used], N=frames.N, where=f"{name}: ")
+        )
         nphotons = config.nphotons if config.nphotons is not None else experiment.nphotons
         photon_scales.append(intensity_scale(nphotons, frames.N))
-        all_groups.append(groups)
-        group_experiment.append(np.full(len(groups), experiment.experiment_id, np.int64))
+        all_groups.append(local + experiment.start)
+        group_experiment.append(np.full(len(local), experiment.experiment_id, np.int64))
     groups = np.concatenate(all_groups)
     experiment_of_group = np.concatenate(group_experiment)
     x_start = np.load(frames_dir / npy_name(FrameFile.XCOORDS_START))
@@ -151,9 +150,47 @@ def _split_groups(n_groups: int | None, sizes: list[int]) -> list[int | None]:
     return [max(1, count) for count in counts]
 
 
-def _experiment_seed(seed: int | None, experiment: ExperimentEntry) -> int | None:
+def experiment_groups(positions: list[np.ndarray], names: list[str], config: GroupingConfig) -> list[np.ndarray]:
+    """Each experiment's groups (B_e, C) of its own pattern indices, from its (M_e, 2)
+    positions: ``config.n_groups`` shared in proportion to the experiments' sizes, one
+    seed per experiment. A ``ScanDataError`` names the experiment's source."""
+    counts = _split_groups(config.n_groups, [len(p) for p in positions])
+    groups = []
+    for experiment_id, (points, count, name) in enumerate(zip(positions, counts, names)):
+        experiment_config = replace(config, n_groups=count, seed=_experiment_seed(config.seed, experiment_id))
+        try:
+            groups.append(group(points, experiment_config))
+        except ScanDataError as exc:
+            raise ScanDataError(f"{name}: {exc}") from None
+    return groups
+
+
+@dataclass(frozen=True)
+class GroupsAhead:
+    """:func:`experiment_groups` of the sources' positions, computed on another thread while
+    their frames build is written (grouping needs positions only; the §5 scales wait for the
+    energies)."""
+
+    positions: list[np.ndarray]
+    future: Future
+
+    @classmethod
+    def start(cls, pool: Executor, positions: list[np.ndarray], names: list[str], config: GroupingConfig) -> GroupsAhead:
+        return cls(positions, pool.submit(experiment_groups, positions, names, config))
+
+    def result_for(self, positions: list[np.ndarray]) -> list[np.ndarray] | None:
+        """The groups, if they were made from exactly these positions (else None: another
+        process may have published a frames build of a changed source meanwhile)."""
+        if len(positions) != len(self.positions) or not all(
+            np.array_equal(mine, theirs) for mine, theirs in zip(self.positions, positions)
+        ):
+            return None
+        return self.future.result()
+
+
+def _experiment_seed(seed: int | None, experiment_id: int) -> int | None:
     """Experiment 0 uses the config's seed as is (a one-source store equals ``grouped_data``);
     the others get independent seeds derived from (seed, experiment_id)."""
-    if seed is None or experiment.experiment_id == 0:
+    if seed is None or experiment_id == 0:
         return seed
-    return int(np.random.SeedSequence([seed, experiment.experiment_id]).generate_state(1)[0])
+    return int(np.random.SeedSequence([seed, experiment_id]).generate_state(1)[0])

@@ -15,8 +15,11 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from ptychodata.errors import ParameterError, ScanDataError, StoreNotFoundError
 from ptychodata.grouping import GroupingConfig
@@ -25,7 +28,7 @@ from ptychodata.store._cache import collect_builds, collect_frames, live_manifes
 from ptychodata.store._files import ensure_writable_directory, file_digest
 from ptychodata.store._frames import FRAMES_DTYPES, FramesEncoding
 from ptychodata.store._frames_build import build_frames
-from ptychodata.store._grouping_build import build_grouping
+from ptychodata.store._grouping_build import GroupsAhead, build_grouping
 from ptychodata.store._hashing import content_hash, options_identity
 from ptychodata.store._layout import BuildSlot, CacheLayout, file_lock, open_current
 from ptychodata.store._manifest import SCHEMA_VERSION, FrameManifest, GroupingManifest, stable_key
@@ -157,9 +160,25 @@ def _prepare_once(
     storing: dict[str, Any],
     direct_io: bool | None,
 ):
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ptychodata-grouping") as grouping_pool:
+        ahead = _ensure_frames(
+            frames_slot, handles, intensity, verify, progress, storing, direct_io, grouping_pool, config
+        )
+        return _group_frames(frames_slot, grouping_slot, config, materialize, progress, direct_io, ahead)
+
+
+def _group_frames(
+    frames_slot: BuildSlot,
+    grouping_slot: BuildSlot,
+    config: GroupingConfig,
+    materialize: bool,
+    progress: bool,
+    direct_io: bool | None,
+    ahead: GroupsAhead | None,
+):
+    """Open the grouping of the live frames build, building it first if there is none."""
     from ptychodata.store._store import Store
 
-    _ensure_frames(frames_slot, handles, intensity, verify, progress, storing, direct_io)
     frames_id, frames_lock = open_current(frames_slot)
     try:
         with file_lock(grouping_slot.lock):
@@ -169,7 +188,7 @@ def _prepare_once(
             if built:
                 try:
                     grouping_id = build_grouping(
-                        grouping_slot, frames_slot, frames_id, config, materialize, progress, direct_io
+                        grouping_slot, frames_slot, frames_id, config, materialize, progress, direct_io, ahead
                     )
                 except FileNotFoundError as exc:  # only a forced removal deletes a build a reader holds
                     if frames_slot.build_dir(frames_id).is_dir():
@@ -280,16 +299,24 @@ def _ensure_frames(
     progress: bool,
     storing: dict[str, Any],
     direct_io: bool | None,
-) -> None:
-    """Make the frames slot's live build match ``handles``, building a new one if needed."""
+    grouping_pool: Executor,
+    config: GroupingConfig,
+) -> GroupsAhead | None:
+    """Make the frames slot's live build match ``handles``, building a new one if needed.
+
+    A new build's groups are computed on ``grouping_pool`` while its patterns are
+    streamed; they are returned (None when the live build was current)."""
     with file_lock(slot.lock):
         slot.remove_temporaries()
         if _frames_current(live_manifest(slot, FrameManifest), handles, verify):
-            return
+            return None
+        positions = [np.stack([handle.scan.xcoords, handle.scan.ycoords], axis=1) for handle in handles]
+        ahead = GroupsAhead.start(grouping_pool, positions, [handle.name for handle in handles], config)
         with slot.new_build() as (build_id, directory):
             build_frames(directory, slot.frames_key, build_id, handles, intensity, progress, storing, verify, direct_io)
         slot.publish(build_id)
         collect_frames(slot)
+    return ahead
 
 
 def _frames_current(manifest: FrameManifest | None, handles: list[Source], verify: bool) -> bool:

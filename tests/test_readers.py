@@ -618,3 +618,62 @@ def test_estimated_probe_when_asked_and_flagged(tmp_path, small_scan):
     rows, cols = np.indices(intensity.shape)
     assert (intensity * rows).sum() / intensity.sum() == pytest.approx(small_scan.N / 2, abs=1.0)
     assert (intensity * cols).sum() / intensity.sum() == pytest.approx(small_scan.N / 2, abs=1.0)
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.int32])
+def test_integers_kept_in_their_dtype_equal_the_float_frames(dtype):
+    from ptychodata.io._prepare import Preparation
+
+    raw = np.random.default_rng(6).integers(0, 900, (5, 12, 10)).astype(dtype)
+    bad = np.zeros((12, 10), bool)
+    bad[3, 4] = True
+    steps = {"transpose": True, "flip_rows": True, "shift": True, "crop": (1, 0, 8), "bad": bad}
+    as_float = Preparation((12, 10), **steps).apply(raw)
+    kept = Preparation((12, 10), keep_integers=True, **steps)
+    assert kept.output_dtype(raw.dtype) == raw.dtype
+    out = kept.apply(raw)
+    assert out.dtype == raw.dtype and out.shape == (5, 8, 8)
+    np.testing.assert_array_equal(out.astype(np.float32), as_float)
+    # counts to convert, or binning, need float32 whatever keep_integers says
+    assert Preparation((10, 10), keep_integers=True, counts=True).output_dtype(raw.dtype) == np.float32
+    assert Preparation((10, 10), keep_integers=True, bin=2).output_dtype(raw.dtype) == np.float32
+    if dtype == np.int32:
+        raw[2, 5, 5] = -3
+        with pytest.raises(ScanDataError, match=r"pattern 7 holds NaN, Inf or negative counts \(min -3\)"):
+            Preparation((10, 10), keep_integers=True).apply(raw[:, :10, :], first=5)
+        clipped = Preparation((10, 10), keep_integers=True, clip_negative=True).apply(raw[:, :10, :])
+        assert clipped.min() == 0 and clipped.dtype == np.int32
+
+
+def test_uint16_store_from_a_cxi_keeps_the_counts_and_serves_the_float32_stores_X(tmp_path, monkeypatch):
+    from ptychodata import GroupingConfig, prepare
+    from ptychodata.io._prepare import LazyPatterns
+
+    streamed_dtypes = []
+    keeping = LazyPatterns.keeping_integers
+
+    def spy(self):
+        kept = keeping(self)
+        streamed_dtypes.append(kept.dtype)
+        return kept
+
+    monkeypatch.setattr(LazyPatterns, "keeping_integers", spy)
+
+    N, M = 16, 40
+    counts = beam_counts(M, N, total=5000).astype(np.uint16)
+    mask = np.zeros((N, N), bool)
+    mask[2, 3] = True  # CXI: non-zero = bad
+    dx = far_field_pixel(1e-10, 1.5, N, 75e-6)
+    path = write_cxi(tmp_path / "c.cxi", counts, *raster_m(M, 3 * dx), wavelength=1e-10, chunks=(6, N, N), mask=mask)
+    config = GroupingConfig(gridsize=2, neighbor_count=4, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        compact = prepare(path, config, cache_dir=tmp_path / "cache", intensity=True, frames_dtype="uint16",
+                          progress=False)
+        reference = prepare(path, config, cache_dir=tmp_path / "cache", intensity=True, progress=False)
+    assert streamed_dtypes == [np.uint16]  # the counts reached the uint16 store as uint16
+    assert compact.patterns.dtype == np.uint16
+    np.testing.assert_array_equal(compact.patterns, np.where(mask, 0, counts))
+    np.testing.assert_array_equal(compact.energies, reference.energies)
+    every = np.arange(len(compact))
+    np.testing.assert_array_equal(compact.batch(every)["X"], reference.batch(every)["X"])

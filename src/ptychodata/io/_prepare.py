@@ -15,7 +15,7 @@ readers decide from: counts or amplitude, shifted or not, the beam centre.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -57,6 +57,10 @@ class Preparation:
         Values are counts: output sqrt(counts).
     bad : ndarray of shape (H, W), bool, or None
         Bad pixels of the raw frame (True = bad), after nothing: they are transformed here.
+    keep_integers : bool
+        Integer frames that are neither counts to convert nor binned come out in their own
+        dtype (oriented, shifted, cropped, bad pixels zeroed): how a store that keeps counts
+        as counts reads them. Otherwise the output is float32.
     """
 
     frame_shape: tuple[int, int]
@@ -69,6 +73,7 @@ class Preparation:
     clip_negative: bool = False
     counts: bool = False
     bad: np.ndarray | None = field(default=None, repr=False)
+    keep_integers: bool = False
 
     def __post_init__(self) -> None:
         size = self.window
@@ -79,6 +84,12 @@ class Preparation:
         object.__setattr__(self, "_rows", None)
         object.__setattr__(self, "_cols", None)
         object.__setattr__(self, "_mask", None)
+
+    def output_dtype(self, raw_dtype: Any) -> np.dtype:
+        """The dtype :meth:`apply` returns for raw frames of ``raw_dtype``."""
+        raw_dtype = np.dtype(raw_dtype)
+        keep = self.keep_integers and not self.counts and self.bin == 1 and raw_dtype.kind in "ui"
+        return raw_dtype if keep else np.dtype(np.float32)
 
     @property
     def oriented_shape(self) -> tuple[int, int]:
@@ -203,6 +214,8 @@ class Preparation:
         bad = self._bad_frame()
         if self.counts and raw.dtype.kind in "ui" and self.bin == 1:
             return self._integer_counts(self._geometry(raw), bad, first)
+        if self.output_dtype(raw.dtype) != np.float32:
+            return self._integers(self._geometry(raw), bad, first)
         frames = np.array(self._geometry(raw), dtype=np.float32)  # one copy, owned
         if bad is not None:
             frames[:, bad] = 0
@@ -231,14 +244,28 @@ class Preparation:
             frames *= self.mask
         return frames
 
-    def _integer_counts(self, frames: np.ndarray, bad: np.ndarray | None, first: int) -> np.ndarray:
-        """Integer counts, no binning: one fused pass sqrt(int) -> float32 (the common beamline case)."""
+    def _check_integer_counts(self, frames: np.ndarray, first: int) -> None:
+        """Negative integer counts are an error naming the pattern (unless clipped)."""
         if frames.dtype.kind == "i" and frames.size and not self.clip_negative and frames.min() < 0:
             index = int(np.argmin(frames.reshape(len(frames), -1).min(axis=1)))
             raise ScanDataError(
                 f"pattern {first + index} holds NaN, Inf or negative counts (min {frames[index].min()}); "
                 "expected counts >= 0; pass clip_negative=True to clip dark-subtraction negatives to 0"
             )
+
+    def _integers(self, frames: np.ndarray, bad: np.ndarray | None, first: int) -> np.ndarray:
+        """Integer frames kept in their dtype (``keep_integers``): one owned copy."""
+        self._check_integer_counts(frames, first)
+        out = np.array(frames)
+        if self.clip_negative and out.dtype.kind == "i":
+            np.maximum(out, 0, out=out)
+        if bad is not None:
+            out[:, bad] = 0
+        return out
+
+    def _integer_counts(self, frames: np.ndarray, bad: np.ndarray | None, first: int) -> np.ndarray:
+        """Integer counts, no binning: one fused pass sqrt(int) -> float32 (the common beamline case)."""
+        self._check_integer_counts(frames, first)
         with np.errstate(invalid="ignore"):  # a negative count gives NaN, clipped to 0 below
             out = np.sqrt(frames, dtype=np.float32)
         if self.clip_negative:
@@ -421,7 +448,8 @@ def analyze_sample(raw: Any, orient: Preparation, where: str, exclude: np.ndarra
 
 
 class LazyPatterns:
-    """Prepared patterns (M, N, N) float32, read from ``raw`` and prepared on each read.
+    """Prepared patterns (M, N, N), float32 (or integers kept, see :meth:`keeping_integers`),
+    read from ``raw`` and prepared on each read.
 
     ``raw`` is any row-sliceable array (an :class:`~ptychodata.io._hdf5.H5Dataset`, a
     memmap, an ndarray). Reads are widened to whole HDF5 chunks, and the decoded rows past
@@ -431,7 +459,8 @@ class LazyPatterns:
     Attributes
     ----------
     shape : tuple (M, N, N)
-    dtype : numpy.dtype (float32)
+    dtype : numpy.dtype
+        float32, or the raw integer dtype when integers are kept.
     rows_per_read : int
         A good number of rows for sequential reads: whole chunks, about 32 MiB.
     """
@@ -440,7 +469,7 @@ class LazyPatterns:
         self.raw, self.preparation, self.where = raw, preparation, where
         N = preparation.N
         self.shape = (int(raw.shape[0]), N, N)
-        self.dtype = np.dtype(np.float32)
+        self.dtype = preparation.output_dtype(raw.dtype)
         self._tail: tuple[int, np.ndarray] | None = None
         self._ahead: tuple[int, Any] | None = None  # (first row, future of the raw block read ahead)
         self._reader: Any = None  # one background thread, created on the first sequential read
@@ -464,6 +493,11 @@ class LazyPatterns:
 
     def __len__(self) -> int:
         return self.shape[0]
+
+    def keeping_integers(self) -> LazyPatterns:
+        """The same patterns with integer frames kept in their own dtype where nothing
+        needs float32 (:attr:`Preparation.keep_integers`)."""
+        return LazyPatterns(self.raw, replace(self.preparation, keep_integers=True), where=self.where)
 
     def __repr__(self) -> str:
         return f"LazyPatterns(shape={self.shape}, source={self.where or self.raw!r}, steps={self.preparation.steps()})"
@@ -521,7 +555,7 @@ class LazyPatterns:
         writing. At most one block is read ahead and one partial block kept.
         """
         if stop <= start:
-            return np.empty((0, *self.shape[1:]), np.float32)
+            return np.empty((0, *self.shape[1:]), self.dtype)
         sequential = self._last_stop is None and start == 0 or self._last_stop == start
         self._last_stop = stop
         chunk = int(getattr(self.raw, "rows_per_chunk", 1))

@@ -207,7 +207,7 @@ def _whole_counts(raw: np.ndarray, storage: np.dtype, first: int, where: str) ->
             )
     elif raw.dtype.kind not in "ui":
         raise ScanDataError(f"{where}counts of dtype {raw.dtype}; expected integers or whole-valued floats")
-    return raw.astype(storage)
+    return raw.astype(storage, copy=False)  # written before the caller reuses raw
 
 
 def file_extent(array: np.ndarray) -> tuple[str, int] | None:

@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from ptychodata.io._memory import usable_cores
+
 
 def machine() -> str:
     """One line naming the CPU, core count, memory, Python and NumPy versions."""
@@ -24,7 +26,7 @@ def machine() -> str:
         memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     except (ValueError, OSError):
         memory_gib = float("nan")
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    usable = usable_cores()
     cores = f"{os.cpu_count()} cores" + (f" ({usable} usable)" if usable != os.cpu_count() else "")
     return (
         f"{model}, {cores}, {memory_gib:.0f} GiB RAM, Python {platform.python_version()}, "

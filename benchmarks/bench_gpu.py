@@ -67,6 +67,7 @@ from _common import machine, peak_rss_mib
 from bench_store import random_source
 
 from ptychodata import GroupingConfig, open_store, prepare
+from ptychodata.io._memory import usable_cores
 from ptychodata.patches import extract_patches
 from ptychodata.torch import PatchExtractor, make_loader, to_device
 from ptychodata.torch._dataset import SharedBatch
@@ -87,7 +88,7 @@ def cuda_ok() -> bool:
 
 
 def cpus() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return usable_cores()
 
 
 def shm_line() -> str:

@@ -1,14 +1,23 @@
-"""Reading memory-mapped arrays without letting them fill this process's resident memory."""
+"""Reading memory-mapped arrays without letting them fill this process's resident memory, and
+the machine budgets that size chunks and thread pools."""
 
 from __future__ import annotations
 
 import contextlib
 import mmap
+import os
 from collections.abc import Iterator
 
 import numpy as np
 
-__all__ = ["is_memory_mapped", "iter_rows", "release_pages", "rows_per_chunk"]
+__all__ = ["is_memory_mapped", "iter_rows", "release_pages", "rows_per_chunk", "usable_cores"]
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity where the system tells it)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def rows_per_chunk(row_bytes: int, budget_bytes: int) -> int:

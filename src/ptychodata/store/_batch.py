@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ptychodata.errors import ParameterError, StoreError
-from ptychodata.io._memory import rows_per_chunk
+from ptychodata.io._memory import rows_per_chunk, usable_cores
 from ptychodata.patches import extract_patches
 from ptychodata.store._buffers import BufferPool
 from ptychodata.store._frames import FramesEncoding, decode_into
@@ -34,8 +34,7 @@ Layout = dict[str, tuple[tuple[int, ...], type]]
 
 def default_threads() -> int:
     """Usable cores, at most 4."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(4, cores))
+    return max(1, min(4, usable_cores()))
 
 
 def batch_layout(

@@ -19,6 +19,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ptychodata.errors import ParameterError, ScanDataError
+from ptychodata.io._memory import usable_cores
 from ptychodata.io._prepare import LazyPatterns
 from ptychodata.normalize import checked_energies_and_sums
 from ptychodata.scan import counts_to_amplitude
@@ -50,8 +51,10 @@ if TYPE_CHECKING:
 
 __all__ = ["build_frames"]
 
-_RING = 4  # pattern chunks in flight while streaming (read, converted/hashed, written)
-_WORKERS = 2  # threads converting and checking chunks (NumPy releases the GIL)
+# Threads converting and checking chunks (NumPy releases the GIL): 2, up to 4 where there
+# are the cores (a zero-copy build, which only reads, then keeps pace with a read of the file).
+_WORKERS = max(2, min(4, usable_cores()))
+_RING = _WORKERS + 2  # pattern chunks in flight while streaming (read, converted, written)
 
 
 def build_frames(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import queue
 import threading
 from collections.abc import Iterator
@@ -11,6 +10,7 @@ from typing import Any
 import torch
 
 from ptychodata.errors import ParameterError
+from ptychodata.io._memory import usable_cores
 from ptychodata.torch._dataset import GroupedDataset, SharedBatch, collate_batch
 from ptychodata.torch._sampler import GroupSampler
 
@@ -140,7 +140,7 @@ def make_loader(
             f"device={str(device)!r} without resident=True; host batches are moved with to_device(batch, device), "
             "or pass resident=True to gather them on the device"
         )
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cpus = usable_cores()
     if num_workers is None:
         num_workers = 0
     if pin_memory is None:

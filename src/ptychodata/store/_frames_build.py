@@ -13,7 +13,7 @@ import mmap
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -47,7 +47,7 @@ from ptychodata.store._manifest import (
 from ptychodata.summary import jsonable
 
 if TYPE_CHECKING:
-    from ptychodata.store._prepare import Source
+    from ptychodata.store._prepare import BuildOptions, Source
 
 __all__ = ["build_frames"]
 
@@ -62,11 +62,7 @@ def build_frames(
     key: str,
     build_id: str,
     handles: list[Source],
-    intensity: bool | None,
-    progress: bool,
-    storing: dict[str, Any],
-    verify: bool,
-    direct_io: bool | None,
+    build: BuildOptions,
 ) -> None:
     sizes = {handle.scan.N for handle in handles}
     if len(sizes) > 1:
@@ -74,16 +70,16 @@ def build_frames(
         raise ScanDataError(f"sources have different pattern sizes ({found}); a store needs one N")
     N = sizes.pop()
     n_total = sum(handle.scan.n_points for handle in handles)
-    if storing["copy"]:
-        encoding = FramesEncoding.for_copy(storing["frames_dtype"], bool(intensity))
+    if build.copy:
+        encoding = FramesEncoding.for_copy(build.frames_dtype, bool(build.intensity))
         reference = None
     else:
-        encoding, reference = _zero_copy_reference(handles[0], bool(intensity), storing["frames_dtype"])
+        encoding, reference = _zero_copy_reference(handles[0], bool(build.intensity), build.frames_dtype)
     experiments = []
     start = 0
     desc = "copying patterns" if reference is None else "reading patterns (zero-copy)"
     with (
-        tqdm(total=n_total, disable=not progress, desc=desc, unit="pattern", unit_scale=True) as bar,
+        tqdm(total=n_total, disable=not build.progress, desc=desc, unit="pattern", unit_scale=True) as bar,
         NpyWriter(directory / npy_name(FrameFile.ENERGIES), (n_total,), np.float64) as energies,
         NpyWriter(directory / npy_name(FrameFile.AMPLITUDE_SUMS), (n_total,), np.float64) as sums,
         (
@@ -91,7 +87,7 @@ def build_frames(
                 directory / npy_name(FrameFile.PATTERNS),
                 (n_total, N, N),
                 encoding.storage,
-                direct=use_direct_io(direct_io, n_total * N * N * encoding.storage.itemsize),
+                direct=use_direct_io(build.direct_io, n_total * N * N * encoding.storage.itemsize),
             )
             if reference is None
             else contextlib.nullcontext()
@@ -100,7 +96,7 @@ def build_frames(
         for experiment_id, handle in enumerate(handles):
             # A file is identified by its bytes on disk (hashed beside the stream, compressed
             # bytes too), an in-memory scan by the hash of its arrays (computed on opening).
-            digesting = handle.path is not None and (reference is None or verify)
+            digesting = handle.path is not None and (reference is None or build.verify)
             with ThreadPoolExecutor(max_workers=1) as hashing:
                 on_disk = hashing.submit(file_digest, handle.path) if digesting else None
                 _stream_patterns(handle, encoding, bar, patterns, energies, sums)
@@ -140,7 +136,7 @@ def build_frames(
         masks = [np.ones((N, N), bool) if s.mask is None else s.mask for s in scans]
         write_npy(directory / npy_name(FrameFile.MASKS), np.stack(masks))
     if all(scan.Y is not None for scan in scans):
-        direct = use_direct_io(direct_io, n_total * N * N * 8)
+        direct = use_direct_io(build.direct_io, n_total * N * N * 8)
         with NpyWriter(directory / npy_name(FrameFile.Y), (n_total, N, N), np.complex64, direct=direct) as writer:
             for scan in scans:
                 for _, chunk in iter_rows(scan.Y, rows_per_chunk(8 * N * N, STREAM_CHUNK_BYTES)):

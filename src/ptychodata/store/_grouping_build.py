@@ -7,6 +7,7 @@ import math
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -32,6 +33,9 @@ from ptychodata.store._manifest import (
     write_manifest_last,
 )
 
+if TYPE_CHECKING:
+    from ptychodata.store._prepare import BuildOptions
+
 __all__ = ["GroupsAhead", "build_grouping", "experiment_groups"]
 
 
@@ -40,9 +44,7 @@ def build_grouping(
     frames_slot: BuildSlot,
     frames_id: str,
     config: GroupingConfig,
-    materialize: bool,
-    progress: bool,
-    direct_io: bool | None,
+    build: BuildOptions,
     ahead: GroupsAhead | None = None,
 ) -> str:
     """Build and publish a grouping of frames build ``frames_id``; return its build id.
@@ -86,10 +88,9 @@ def build_grouping(
             coords = group_coords(xs, ys, groups)  # (B, 1, 2, C) layout of §3
             write_npy(directory / npy_name(offsets_stem), coords.offsets[:, 0, :, 0])  # (B, 2)
             write_npy(directory / npy_name(relative_stem), coords.relative[:, 0].transpose(0, 2, 1))  # (B, C, 2)
-        if materialize:
-            _materialize_X(
-                directory, frames_dir, frames, groups, np.asarray(scales)[experiment_of_group], progress, direct_io
-            )
+        if build.materialize:
+            scale = np.asarray(scales)[experiment_of_group]
+            _materialize_X(directory, frames_dir, frames, groups, scale, build.progress, build.direct_io)
         write_manifest_last(
             directory,
             GroupingManifest,
@@ -102,7 +103,7 @@ def build_grouping(
             C=int(groups.shape[1]),
             x_scale=scales,
             intensity_scale=photon_scales,
-            materialized=materialize,
+            materialized=build.materialize,
         )
     slot.publish(build_id)
     return build_id

@@ -16,6 +16,7 @@ import os
 import warnings
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +34,22 @@ from ptychodata.store._hashing import content_hash, options_identity
 from ptychodata.store._layout import BuildSlot, CacheLayout, file_lock, open_current
 from ptychodata.store._manifest import SCHEMA_VERSION, FrameManifest, GroupingManifest, stable_key
 
-__all__ = ["default_cache_dir", "prepare"]
+__all__ = ["BuildOptions", "default_cache_dir", "prepare"]
 
 _ATTEMPTS = 3  # a frames build removed under a grouping build: start again
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """How :func:`prepare` builds what it has to (its arguments of the same names)."""
+
+    intensity: bool | None
+    copy: bool
+    frames_dtype: str | None
+    direct_io: bool | None
+    materialize: bool
+    progress: bool
+    verify: bool
 
 
 def default_cache_dir() -> Path:
@@ -131,7 +145,8 @@ def prepare(
     # Counts stored as counts (uint frames, or referenced in place) reach the stream raw.
     counts_stored = bool(intensity) and (frames_dtype in ("uint16", "uint32") or not copy)
     handles = [Source.open(source, intensity, options, counts_stored=counts_stored) for source in listed]
-    storing = {"copy": bool(copy), "frames_dtype": frames_dtype}
+    build = BuildOptions(intensity, bool(copy), frames_dtype, direct_io, materialize, progress, verify)
+    storing = {"copy": build.copy, "frames_dtype": frames_dtype}
     frames_key = stable_key(
         "frames", SCHEMA_VERSION, intensity, options_identity(options), storing,
         [handle.identity() for handle in handles],
@@ -140,8 +155,7 @@ def prepare(
     grouping_slot = layout.grouping_slot(frames_key, stable_key("grouping", config.to_dict(), materialize))
     for attempt in range(_ATTEMPTS):
         try:
-            return _prepare_once(frames_slot, grouping_slot, handles, config, intensity, materialize, progress, verify,
-                                 storing, direct_io)
+            return _prepare_once(frames_slot, grouping_slot, handles, config, build)
         except StoreNotFoundError:  # removed (e.g. 'ptychodata cache remove') while being prepared: again
             if attempt == _ATTEMPTS - 1:
                 raise
@@ -149,32 +163,15 @@ def prepare(
 
 
 def _prepare_once(
-    frames_slot: BuildSlot,
-    grouping_slot: BuildSlot,
-    handles: list[Source],
-    config: GroupingConfig,
-    intensity: bool | None,
-    materialize: bool,
-    progress: bool,
-    verify: bool,
-    storing: dict[str, Any],
-    direct_io: bool | None,
+    frames_slot: BuildSlot, grouping_slot: BuildSlot, handles: list[Source], config: GroupingConfig, build: BuildOptions
 ):
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ptychodata-grouping") as grouping_pool:
-        ahead = _ensure_frames(
-            frames_slot, handles, intensity, verify, progress, storing, direct_io, grouping_pool, config
-        )
-        return _group_frames(frames_slot, grouping_slot, config, materialize, progress, direct_io, ahead)
+        ahead = _ensure_frames(frames_slot, handles, build, grouping_pool, config)
+        return _group_frames(frames_slot, grouping_slot, config, build, ahead)
 
 
 def _group_frames(
-    frames_slot: BuildSlot,
-    grouping_slot: BuildSlot,
-    config: GroupingConfig,
-    materialize: bool,
-    progress: bool,
-    direct_io: bool | None,
-    ahead: GroupsAhead | None,
+    frames_slot: BuildSlot, grouping_slot: BuildSlot, config: GroupingConfig, build: BuildOptions, ahead: GroupsAhead | None
 ):
     """Open the grouping of the live frames build, building it first if there is none."""
     from ptychodata.store._store import Store
@@ -187,9 +184,7 @@ def _group_frames(
             built = grouping_id is None
             if built:
                 try:
-                    grouping_id = build_grouping(
-                        grouping_slot, frames_slot, frames_id, config, materialize, progress, direct_io, ahead
-                    )
+                    grouping_id = build_grouping(grouping_slot, frames_slot, frames_id, config, build, ahead)
                 except FileNotFoundError as exc:  # only a forced removal deletes a build a reader holds
                     if frames_slot.build_dir(frames_id).is_dir():
                         raise
@@ -292,15 +287,7 @@ def _stat_source(path: Path) -> os.stat_result:
 
 
 def _ensure_frames(
-    slot: BuildSlot,
-    handles: list[Source],
-    intensity: bool | None,
-    verify: bool,
-    progress: bool,
-    storing: dict[str, Any],
-    direct_io: bool | None,
-    grouping_pool: Executor,
-    config: GroupingConfig,
+    slot: BuildSlot, handles: list[Source], build: BuildOptions, grouping_pool: Executor, config: GroupingConfig
 ) -> GroupsAhead | None:
     """Make the frames slot's live build match ``handles``, building a new one if needed.
 
@@ -308,12 +295,12 @@ def _ensure_frames(
     streamed; they are returned (None when the live build was current)."""
     with file_lock(slot.lock):
         slot.remove_temporaries()
-        if _frames_current(live_manifest(slot, FrameManifest), handles, verify):
+        if _frames_current(live_manifest(slot, FrameManifest), handles, build.verify):
             return None
         positions = [np.stack([handle.scan.xcoords, handle.scan.ycoords], axis=1) for handle in handles]
         ahead = GroupsAhead.start(grouping_pool, positions, [handle.name for handle in handles], config)
         with slot.new_build() as (build_id, directory):
-            build_frames(directory, slot.frames_key, build_id, handles, intensity, progress, storing, verify, direct_io)
+            build_frames(directory, slot.frames_key, build_id, handles, build)
         slot.publish(build_id)
         collect_frames(slot)
     return ahead

@@ -168,21 +168,3 @@ def test_buffered_writes_start_writeback_of_consecutive_ranges(tmp_path, monkeyp
         assert following is None or following == offset + nbytes
     assert started[-1][0] + started[-1][1] == size  # the last write ended the file: all of it started
     np.testing.assert_array_equal(np.load(path), array)
-
-
-def test_rows_written_at_their_place_from_several_threads_in_any_order(tmp_path):
-    from concurrent.futures import ThreadPoolExecutor
-
-    array = np.random.default_rng(4).random((1000, 7, 9)).astype(np.float32)
-    starts = list(range(0, 1000, 130))[::-1]  # last chunk first, ragged last chunk
-    path = tmp_path / "a.npy"
-    with NpyWriter(path, array.shape, array.dtype) as writer:
-        assert writer.positional
-        with ThreadPoolExecutor(4) as pool:
-            list(pool.map(lambda start: writer.write_at(start, array[start : start + 130]), starts))
-    np.testing.assert_array_equal(np.load(path), array)
-    with pytest.raises(ValueError, match=r"rows 990\.\.1020 of shape \(30, 7, 9\) do not fit \(1000, 7, 9\)"):
-        NpyWriter(tmp_path / "b.npy", array.shape, array.dtype).write_at(990, array[:30])
-    with pytest.raises(ValueError, match=r"wrote 130 of 1000 rows"):
-        with NpyWriter(tmp_path / "c.npy", array.shape, array.dtype) as writer:
-            writer.write_at(0, array[:130])

@@ -13,7 +13,6 @@ import math
 import mmap
 import os
 import sys
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -90,11 +89,8 @@ class NpyWriter:
         if self._sink is None:
             self._sink = _BufferedSink(self.path)
             npy_format.write_array_header_2_0(self._sink.handle, header)
-            self._sink.handle.flush()
-            self._data_start = self._sink.handle.tell()
         else:
             self._sink.write(_block_header(header))
-        self._count_lock = threading.Lock()
 
     @property
     def direct_io(self) -> bool:
@@ -107,23 +103,6 @@ class NpyWriter:
             raise ValueError(f"{self.path.name}: rows of shape {rows.shape} do not fit {self.shape}")
         self._sink.write(memoryview(rows).cast("B"))
         self.rows_written += len(rows)
-
-    @property
-    def positional(self) -> bool:
-        """Whether :meth:`write_at` is available (a file written through the page cache)."""
-        return isinstance(self._sink, _BufferedSink)
-
-    def write_at(self, row: int, rows: np.ndarray) -> None:
-        """Write ``rows`` as rows ``[row, row + len(rows))``, from any thread, in any order
-        (each row once; not mixed with :meth:`write`). Threads writing their own chunks
-        share the kernel's work of putting them in the page cache."""
-        rows = np.ascontiguousarray(rows, dtype=self.dtype)
-        if rows.shape[1:] != self.shape[1:] or not 0 <= row <= self.shape[0] - len(rows):
-            raise ValueError(f"{self.path.name}: rows {row}..{row + len(rows)} of shape {rows.shape} do not fit {self.shape}")
-        row_bytes = math.prod(self.shape[1:]) * self.dtype.itemsize
-        self._sink.write_at(self._data_start + row * row_bytes, memoryview(rows).cast("B"))
-        with self._count_lock:
-            self.rows_written += len(rows)
 
     def write_scalar(self, array: np.ndarray) -> None:
         """The data of a 0-d array (its one element)."""
@@ -176,17 +155,6 @@ class _BufferedSink:
             end = self.handle.tell()
             _start_writeback(self.handle.fileno(), self._flushed, end - self._flushed)
             self._flushed = end
-
-    def write_at(self, offset: int, data: memoryview) -> None:
-        """``data`` at byte ``offset`` (``os.pwrite``: safe from several threads at once)."""
-        fd = self.handle.fileno()
-        for start in range(0, len(data), _WRITE_PIECE):
-            piece = data[start : start + _WRITE_PIECE]
-            done = 0
-            while done < len(piece):
-                done += os.pwrite(fd, piece[done:], offset + start + done)
-        if _start_writeback is not None:
-            _start_writeback(fd, offset, len(data))
 
     def finish(self) -> None:
         self.handle.flush()

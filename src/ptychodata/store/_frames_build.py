@@ -99,7 +99,7 @@ def build_frames(
             digesting = handle.path is not None and (reference is None or build.verify)
             with ThreadPoolExecutor(max_workers=1) as hashing:
                 on_disk = hashing.submit(file_digest, handle.path) if digesting else None
-                _stream_patterns(handle, encoding, bar, patterns, energies, sums, base=start)
+                _stream_patterns(handle, encoding, bar, patterns, energies, sums)
                 digest = on_disk.result() if on_disk is not None else handle.known_hash
             scan = handle.scan
             experiments.append(
@@ -250,20 +250,16 @@ def _stream_patterns(
     patterns: NpyWriter | None,
     energies: NpyWriter,
     sums: NpyWriter,
-    *,
-    base: int = 0,
 ) -> None:
     """Stream one source's patterns through the store: per chunk, check them, record Σ A²
     and Σ A (§5 scales of any later grouping, ptycho_torch's constants) and, for a copy,
     write them in the stored encoding.
 
     At most ``_RING`` chunks are in flight: this thread hands out views of a memory-mapped
-    source (or fills a ring of reused buffers from any other array); worker threads
-    convert and check the chunks (and, through the page cache, write each at its place),
-    and one writer thread writes the rest in order, so reading, computing and writing
-    overlap (NumPy and file writes release the GIL). A chunk's pages are released, or its
-    buffer reused, once it is written. The first bad pattern (in file order) is the one
-    reported.
+    source (or fills a ring of reused buffers from any other array); two worker threads
+    convert and check the chunks, and one writer thread writes them in order, so reading,
+    computing and writing overlap (NumPy and file writes release the GIL). A chunk's pages are released, or its buffer reused, once it is written. The
+    first bad pattern (in file order) is the one reported.
     """
     scan = handle.scan
     source = scan.diffraction
@@ -274,9 +270,6 @@ def _stream_patterns(
     rows = stream_rows(source)
     n_points = source.shape[0]
     copying = patterns is not None  # else zero-copy: the source's own bytes are what is served
-    # Through the page cache, each worker writes its own chunk at its place (the kernel's work of
-    # caching them is shared by the threads); past it, the writer thread writes them in order.
-    positional = copying and patterns.positional
     decode = copying and encoding.values == "amplitude" and not encoding.is_identity
 
     def convert(start: int, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -291,13 +284,11 @@ def _stream_patterns(
         chunk_energy, chunk_sums = checked_energies_and_sums(
             amplitude, np.arange(start, start + len(amplitude)), where=f"{where}: ", hint=hint
         )
-        if positional:
-            patterns.write_at(base + start, stored)  # base: the experiment's first row in the store
         return stored, chunk_energy, chunk_sums
 
     def write(converted) -> None:
         stored, chunk_energy, chunk_sums = converted.result()
-        if copying and not positional:
+        if patterns is not None:
             patterns.write(stored)
         energies.write(chunk_energy)
         sums.write(chunk_sums)

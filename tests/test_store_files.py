@@ -155,6 +155,37 @@ def test_default_writes_past_the_cache_only_what_it_could_not_keep(monkeypatch):
     assert not use_direct_io(None, 1 << 60)  # unknown memory: through the cache
 
 
+@pytest.mark.parametrize(
+    ("meminfo", "limits", "expected"),
+    [
+        ("MemTotal: 100 kB\nMemAvailable:    64 kB\n", {}, 64 * 1024),  # no container limit
+        ("MemAvailable: 64 kB\n", {"/sys/fs/cgroup/memory.max": "8192\n"}, 8192),  # v2 limit below it
+        ("MemAvailable: 64 kB\n", {"/sys/fs/cgroup/memory.max": "max\n"}, 64 * 1024),  # v2, no limit
+        ("MemAvailable: 4 kB\n", {"/sys/fs/cgroup/memory/memory.limit_in_bytes": "9223372036854771712"}, 4096),  # v1
+        (None, {"/sys/fs/cgroup/memory/memory.limit_in_bytes": "1048576"}, 1 << 20),
+        (None, {}, None),
+    ],
+)
+def test_available_memory_is_capped_by_the_container_limit(monkeypatch, meminfo, limits, expected):
+    import io
+
+    from ptychodata.store._files import available_memory, use_direct_io
+
+    files = dict(limits)
+    if meminfo is not None:
+        files["/proc/meminfo"] = meminfo
+
+    def fake_open(path, *args, **kwargs):
+        if str(path) in files:
+            return io.StringIO(files[str(path)])
+        raise FileNotFoundError(path)
+
+    monkeypatch.setattr("builtins.open", fake_open)
+    assert available_memory() == expected
+    if expected is not None:
+        assert use_direct_io(None, expected // 2 + 1) and not use_direct_io(None, expected // 2)
+
+
 def test_buffered_writes_start_writeback_of_consecutive_ranges(tmp_path, monkeypatch):
     started = []
     monkeypatch.setattr(_files, "_start_writeback", lambda fd, offset, nbytes: started.append((offset, nbytes)))

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "NpyWriter",
+    "available_memory",
     "ensure_writable_directory",
     "file_digest",
     "iter_rows",
@@ -352,12 +353,35 @@ def stream_rows(array: np.ndarray) -> int:
 def use_direct_io(requested: bool | None, nbytes: int) -> bool:
     """Whether a file of ``nbytes`` is written past the page cache: as ``requested``, or
     (None) when it is larger than half the memory available now, so that the cache could
-    not keep it anyway (``MemAvailable`` of ``/proc/meminfo``; never where that is unknown)."""
+    not keep it anyway (:func:`available_memory`; never where that is unknown)."""
     if requested is not None:
         return bool(requested)
+    available = available_memory()
+    return available is not None and nbytes > available // 2
+
+
+# Where a container's memory limit is read: cgroup v2, then v1 (a v1 "no limit" is a huge number).
+_CGROUP_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this process could use now: ``MemAvailable`` of ``/proc/meminfo``,
+    capped by the memory limit of its container (cgroup) where there is one; None where
+    neither is known. The page cache counts against a container's limit."""
+    available = None
     try:
         with open("/proc/meminfo") as meminfo:
-            available_kib = next(int(line.split()[1]) for line in meminfo if line.startswith("MemAvailable:"))
+            kib = next(int(line.split()[1]) for line in meminfo if line.startswith("MemAvailable:"))
+        available = kib * 1024
     except (OSError, StopIteration, ValueError, IndexError):
-        return False
-    return nbytes > available_kib * 1024 // 2
+        pass
+    for path in _CGROUP_LIMITS:
+        try:
+            with open(path) as limit_file:
+                text = limit_file.read().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < 1 << 60:
+            available = int(text) if available is None else min(available, int(text))
+        break
+    return available

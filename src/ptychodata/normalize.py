@@ -67,14 +67,16 @@ def _per_pattern(diffraction: np.ndarray, indices: np.ndarray | None, reduce) ->
     return values
 
 
-def invalid_patterns(chunk: np.ndarray, energies: np.ndarray | None = None) -> np.ndarray:
+def invalid_patterns(
+    chunk: np.ndarray, energies: np.ndarray | None = None, minima: np.ndarray | None = None
+) -> np.ndarray:
     """Mask (P,) of the patterns of ``chunk`` (P, N, N) that hold a NaN, Inf or negative value.
 
     With the patterns' float64 energies given, NaN and Inf are read from them (a
     non-finite value makes its pattern's energy non-finite; nothing else can) instead of
-    from another pass over the pixels.
+    from another pass over the pixels; with their minima given, so are negatives.
     """
-    flat = chunk.reshape(len(chunk), -1)
+    flat = chunk.reshape(len(chunk), math.prod(chunk.shape[1:]))
     if energies is not None:
         bad = ~np.isfinite(energies)
     elif flat.dtype.kind in "fc":
@@ -82,7 +84,7 @@ def invalid_patterns(chunk: np.ndarray, energies: np.ndarray | None = None) -> n
     else:
         bad = np.zeros(len(flat), bool)
     if flat.dtype.kind in "fi" and flat.size:
-        bad |= flat.min(axis=1) < 0
+        bad |= (flat.min(axis=1) if minima is None else minima) < 0
     return bad
 
 
@@ -107,7 +109,7 @@ def checked_energies_and_sums(
     flat = chunk.reshape(P, math.prod(chunk.shape[1:]))
     energies = np.empty(P, np.float64)
     totals = np.empty(P, np.float64) if sums else None
-    bad = np.zeros(P, bool)
+    minima = np.zeros(P, np.float64)
     rows = max(1, _BLOCK_BYTES // max(1, 8 * flat.shape[1]))
     block = np.empty((min(rows, P), flat.shape[1]), np.float64)
     for start in range(0, P, rows):
@@ -118,8 +120,8 @@ def checked_energies_and_sums(
         if totals is not None:
             totals[start : start + len(part)] = wide.sum(axis=1)
         if wide.size and part.dtype.kind in "fi":
-            bad[start : start + len(part)] = wide.min(axis=1) < 0
-    bad |= ~np.isfinite(energies)
+            minima[start : start + len(part)] = wide.min(axis=1)
+    bad = invalid_patterns(chunk, energies, minima)
     if bad.any():
         raise ScanDataError(
             f"{where}pattern {int(indices[np.argmax(bad)])} holds NaN, Inf or negative amplitudes; "

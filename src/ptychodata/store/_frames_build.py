@@ -24,12 +24,10 @@ from ptychodata.io._prepare import LazyPatterns
 from ptychodata.normalize import checked_energies_and_sums
 from ptychodata.scan import counts_to_amplitude
 from ptychodata.store._files import (
-    STREAM_CHUNK_BYTES,
     NpyWriter,
     file_digest,
     iter_rows,
     release_pages,
-    rows_per_chunk,
     stream_rows,
     use_direct_io,
     write_npy,
@@ -139,7 +137,7 @@ def build_frames(
         direct = use_direct_io(build.direct_io, n_total * N * N * 8)
         with NpyWriter(directory / npy_name(FrameFile.Y), (n_total, N, N), np.complex64, direct=direct) as writer:
             for scan in scans:
-                for _, chunk in iter_rows(scan.Y, rows_per_chunk(8 * N * N, STREAM_CHUNK_BYTES)):
+                for _, chunk in iter_rows(scan.Y, stream_rows(scan.Y)):
                     writer.write(chunk)
     file, offset = reference if reference is not None else (None, 0)
     write_manifest_last(

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ptychodata.io._memory import usable_cores
+from ptychodata._runtime import usable_cores
 
 
 def machine() -> str:

@@ -67,7 +67,7 @@ from _common import machine, peak_rss_mib
 from bench_store import random_source
 
 from ptychodata import GroupingConfig, open_store, prepare
-from ptychodata.io._memory import usable_cores
+from ptychodata._runtime import usable_cores
 from ptychodata.patches import extract_patches
 from ptychodata.torch import PatchExtractor, make_loader, to_device
 from ptychodata.torch._dataset import SharedBatch

@@ -50,7 +50,7 @@ READER = """
 import sys, time, warnings
 import h5py, hdf5plugin, scipy.spatial  # imported before the clock, as the baseline imports h5py
 from ptychodata import ScanData
-from ptychodata.io._memory import iter_rows
+from ptychodata._runtime import iter_rows
 warnings.simplefilter("ignore")
 start = time.perf_counter()
 patterns = ScanData.load(sys.argv[1]).diffraction

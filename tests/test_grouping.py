@@ -6,6 +6,7 @@ import pytest
 from scipy.spatial import cKDTree
 
 from ptychodata import GroupingConfig, GroupingError, ScanDataError, group
+from ptychodata.errors import ParameterError
 from ptychodata.grouping import _oversample, neighbour_pools, raster_order
 
 
@@ -172,7 +173,7 @@ def test_errors_k_below_c_and_too_few_points():
         GroupingConfig(gridsize=2, neighbor_count=3)
     with pytest.raises(ScanDataError, match="'xcoords'.*3 points, fewer than C"):
         group(random_positions(3), GroupingConfig(gridsize=2, neighbor_count=4))
-    with pytest.raises(GroupingError, match="gridsize"):
+    with pytest.raises(ParameterError, match="gridsize=0; expected a positive integer"):
         GroupingConfig(gridsize=0)
     with pytest.raises(GroupingError, match="order"):
         GroupingConfig(order="spiral")

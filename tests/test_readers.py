@@ -182,8 +182,8 @@ def test_non_square_detector_is_cropped_square(tmp_path):
 # ---------------------------------------------------------------- lazy HDF5
 @pytest.mark.parametrize("compression", ["gzip", "lzf"])
 def test_hdf5_patterns_stream_whole_chunks(tmp_path, compression, monkeypatch):
+    from ptychodata._runtime import iter_rows
     from ptychodata.io import _hdf5
-    from ptychodata.io._memory import iter_rows
 
     N, M = 16, 50
     counts = beam_counts(M, N)

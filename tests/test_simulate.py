@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.spatial import cKDTree
 
-from ptychodata.errors import SimulationError
+from ptychodata.errors import ParameterError, SimulationError
 from ptychodata.scan import ScanData
 from ptychodata.simulate import FFT_NORM, simulate
 
@@ -219,20 +219,21 @@ def test_object_shape_is_honoured_and_too_small_is_an_error():
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "match"),
+    ("kwargs", "error", "match"),
     [
-        ({"pattern": "spiral"}, "pattern='spiral'; expected one of"),
-        ({"probe": "square"}, "probe='square'"),
-        ({"overlap": 1.0}, "expected 0 <= overlap < 1"),
-        ({"probe_radius": 20.0}, "expected 0 < radius <= N/2"),
-        ({"nphotons": -5.0}, "nphotons=-5.0"),
-        ({"n_points": 0}, "n_points=0"),
-        ({"chunk_size": 0}, "chunk_size=0"),
-        ({"object_shape": (10,)}, "expected two positive integers"),
+        ({"pattern": "spiral"}, SimulationError, "pattern='spiral'; expected one of"),
+        ({"probe": "square"}, SimulationError, "probe='square'"),
+        ({"overlap": 1.0}, SimulationError, "expected 0 <= overlap < 1"),
+        ({"probe_radius": 20.0}, SimulationError, "expected 0 < radius <= N/2"),
+        ({"nphotons": -5.0}, SimulationError, "nphotons=-5.0"),
+        ({"n_points": 0}, ParameterError, "n_points=0; expected a positive integer"),
+        ({"n_points": 2.5}, ParameterError, "n_points=2.5; expected a positive integer"),
+        ({"chunk_size": 0}, ParameterError, "chunk_size=0; expected a positive integer"),
+        ({"object_shape": (10,)}, SimulationError, "expected two positive integers"),
     ],
 )
-def test_invalid_arguments_are_rejected(kwargs, match):
-    with pytest.raises(SimulationError, match=match):
+def test_invalid_arguments_are_rejected(kwargs, error, match):
+    with pytest.raises(error, match=match):
         simulate(**{"n_points": 10, "N": 16, **kwargs})
 
 

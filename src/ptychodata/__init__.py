@@ -3,6 +3,7 @@
 ``import ptychodata`` never imports torch; ``ptychodata.torch`` does.
 """
 
+from ptychodata._runtime import __version__
 from ptychodata.errors import (
     GroupingError,
     MissingDependencyError,
@@ -21,8 +22,6 @@ from ptychodata.patches import extract_patches, reassemble
 from ptychodata.scan import ScanData
 from ptychodata.simulate import simulate
 from ptychodata.store import Store, open_store, prepare
-
-__version__ = "0.1.0"
 
 __all__ = [
     "GroupingConfig",

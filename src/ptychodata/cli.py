@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from ptychodata._runtime import rows_per_chunk
 from ptychodata.errors import ParameterError, PtychodataError, StoreNotFoundError
-from ptychodata.io._memory import rows_per_chunk
 from ptychodata.summary import human_size
 
 __all__ = ["build_parser", "main"]
@@ -118,7 +118,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``ptychodata`` and its sub-commands."""
-    from ptychodata import __version__
+    from ptychodata._runtime import __version__
 
     parser = argparse.ArgumentParser(
         prog="ptychodata",

@@ -14,10 +14,10 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ptychodata._runtime import is_installed, optional_import, rows_per_chunk
 from ptychodata.coords import grouped_coords
 from ptychodata.errors import GroupingError, ParameterError
 from ptychodata.grouping import GroupingConfig, check_groups, group
-from ptychodata.io._memory import rows_per_chunk
 from ptychodata.normalize import intensity_scale, x_scale
 from ptychodata.patches import extract_patches
 from ptychodata.scan import ScanData
@@ -257,10 +257,7 @@ def _tensor_converter(backend: str):
         raise ParameterError(f"backend={backend!r}; expected one of {{'auto', 'numpy', 'torch'}}")
     if backend == "numpy":
         return lambda value: value
-    try:
-        import torch
-    except ImportError:
-        if backend == "torch":
-            raise ImportError("backend='torch' needs PyTorch: pip install 'ptychodata[torch]'") from None
+    if backend == "auto" and not is_installed("torch"):
         return lambda value: value
+    torch = optional_import("torch", purpose="backend='torch'")
     return lambda value: None if value is None else torch.from_numpy(np.ascontiguousarray(value))

@@ -21,6 +21,7 @@ from typing import Any, Literal
 import numpy as np
 from scipy.spatial import cKDTree
 
+from ptychodata._runtime import check_int
 from ptychodata.errors import GroupingError, ScanDataError
 from ptychodata.grouping_ptycho_torch import PtychoTorchRule, ptycho_torch_groups
 
@@ -90,10 +91,10 @@ class GroupingConfig:
     def __post_init__(self) -> None:
         self._check_method()
         for name in ("gridsize", "neighbor_count"):
-            _check_positive_int(name, getattr(self, name))
+            check_int(name, getattr(self, name))
         for name in ("N", "n_groups", "neighbor_pool_size"):
             if getattr(self, name) is not None:
-                _check_positive_int(name, getattr(self, name))
+                check_int(name, getattr(self, name))
         if self.order not in ("random", "raster"):
             raise GroupingError(f"order={self.order!r}; expected one of {{'random', 'raster'}}")
         if self.nphotons is not None and not (math.isfinite(self.nphotons) and self.nphotons > 0):
@@ -191,10 +192,6 @@ class GroupingConfig:
                 values[name] = value
         return cls(**values)
 
-
-def _check_positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise GroupingError(f"{name}={value!r}; expected a positive integer")
 
 
 def group(scan_or_positions: Any, config: GroupingConfig) -> np.ndarray:

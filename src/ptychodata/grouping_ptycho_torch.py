@@ -38,6 +38,7 @@ from typing import Any, Literal
 import numpy as np
 from scipy.spatial import cKDTree
 
+from ptychodata._runtime import check_int
 from ptychodata.errors import GroupingError
 
 __all__ = ["PtychoTorchGroups", "PtychoTorchRule", "bounded_points", "ptycho_torch_groups"]
@@ -92,9 +93,7 @@ class PtychoTorchRule:
                 f"scan_pattern={self.scan_pattern!r}; expected one of {{'Isotropic', 'Rectangular'}}"
             )
         for name in ("n_subsample", "K_quadrant"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise GroupingError(f"{name}={value!r}; expected a positive integer")
+            check_int(name, getattr(self, name))
         if self.K_quadrant <= 4:
             raise GroupingError(
                 f"K_quadrant={self.K_quadrant}; expected > 4 to find candidates in four quadrants"

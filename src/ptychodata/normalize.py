@@ -13,8 +13,8 @@ import math
 
 import numpy as np
 
+from ptychodata._runtime import rows_per_chunk
 from ptychodata.errors import ParameterError, ScanDataError
-from ptychodata.io._memory import rows_per_chunk
 
 __all__ = [
     "checked_energies",

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ptychodata.errors import ParameterError
+from ptychodata._runtime import check_int
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -60,8 +60,7 @@ def plot_scan(scan: ScanData, path: str | os.PathLike, *, n_patterns: int = 4) -
     Path
         The file written.
     """
-    if n_patterns < 1:
-        raise ParameterError(f"n_patterns={n_patterns!r}; expected a positive integer")
+    check_int("n_patterns", n_patterns)
     fig = _new_figure()
     has_object = scan.object is not None
     left, right = fig.subfigures(1, 2, width_ratios=[1.0, 2.7])
@@ -117,8 +116,7 @@ def plot_groups(grouped: Mapping[str, Any], path: str | os.PathLike, *, n_groups
     Path
         The file written.
     """
-    if n_groups < 1:
-        raise ParameterError(f"n_groups={n_groups!r}; expected a positive integer")
+    check_int("n_groups", n_groups)
     coords_nn = np.asarray(grouped["coords_nn"], dtype=np.float64)[:, 0]  # (B, 2, C)
     centres = np.asarray(grouped["coords_offsets"], dtype=np.float64)[:, 0, :, 0]  # (B, 2)
     relative = np.asarray(grouped["coords_relative"], dtype=np.float64)[:, 0]  # (B, 2, C)

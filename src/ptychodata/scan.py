@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
+from ptychodata._runtime import jsonable, rows_per_chunk
 from ptychodata.errors import ScanDataError
 from ptychodata.io import write_npz
-from ptychodata.io._memory import rows_per_chunk
 from ptychodata.normalize import invalid_patterns
 
 __all__ = ["ScanData"]
@@ -255,7 +255,7 @@ class ScanData:
         if nphotons is not None:  # both places: ours (top level) and PtychoPINN's (physics_parameters)
             metadata["nphotons"] = nphotons
             metadata["physics_parameters"] = {**metadata.get("physics_parameters", {}), "nphotons": nphotons}
-        arrays["_metadata"] = np.array(json.dumps(metadata, default=_json_default))
+        arrays["_metadata"] = np.array(json.dumps(jsonable(metadata)))
         return write_npz(path, arrays)
 
     def with_(self, **changes: Any) -> ScanData:
@@ -548,10 +548,3 @@ def _metadata_nphotons(metadata: Mapping[str, Any], where: str) -> float | None:
         )
     return next(iter(photons.values()), None)
 
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"metadata value {value!r} is not JSON serialisable")

@@ -31,8 +31,8 @@ from numpy.lib.format import open_memmap
 from scipy import fft as sp_fft
 from tqdm.auto import tqdm
 
+from ptychodata._runtime import check_int, release_pages
 from ptychodata.errors import SimulationError
-from ptychodata.io._memory import release_pages
 from ptychodata.patches import extract_patches
 from ptychodata.scan import ScanData
 
@@ -347,16 +347,16 @@ def _make_rng(seed: int | np.random.Generator | None) -> tuple[np.random.Generat
 
 
 def _check_args(n_points, N, probe, radius, pattern, overlap, jitter, nphotons, chunk_size) -> None:
+    check_int("n_points", n_points)
+    check_int("N", N, minimum=2)
+    check_int("chunk_size", chunk_size)
     checks = [
-        (int(n_points) == n_points >= 1, f"n_points={n_points!r}; expected a positive integer"),
-        (int(N) == N >= 2, f"N={N!r}; expected an integer >= 2"),
         (probe in _PROBES or probe == "given", f"probe={probe!r}; expected one of {_PROBES} or an (N, N) array"),
         (pattern in _PATTERNS, f"pattern={pattern!r}; expected one of {_PATTERNS}"),
         (0 < radius <= N / 2, f"probe_radius={radius!r}; expected 0 < radius <= N/2 = {N / 2:g}"),
         (0 <= overlap < 1, f"overlap={overlap!r}; expected 0 <= overlap < 1 (step = (1 - overlap)·2·radius)"),
         (jitter >= 0, f"jitter={jitter!r}; expected a fraction of the step >= 0"),
         (nphotons is None or 0 < nphotons < np.inf, f"nphotons={nphotons!r}; expected > 0 or None"),
-        (int(chunk_size) == chunk_size >= 1, f"chunk_size={chunk_size!r}; expected a positive integer"),
     ]
     for ok, message in checks:
         if not ok:

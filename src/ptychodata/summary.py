@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from ptychodata._runtime import jsonable
 from ptychodata.scan import ScanData
 
 __all__ = [
@@ -20,7 +21,6 @@ __all__ = [
     "format_description",
     "format_summary",
     "human_size",
-    "jsonable",
     "probe_diameter",
     "summarize_scan",
 ]
@@ -262,19 +262,6 @@ def human_size(n_bytes: int) -> str:
         if n_bytes >= size:
             return f"{n_bytes / size:.1f} {unit}"
     return f"{n_bytes} B"
-
-
-def jsonable(value: Any) -> Any:
-    """Metadata made JSON-safe (NumPy scalars and arrays to Python values)."""
-    if isinstance(value, dict):
-        return {str(key): jsonable(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(item) for item in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return value
 
 
 # ---------------------------------------------------------------------- any file

@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from ptychodata.errors import MissingDependencyError, ScanFormatError
+from ptychodata._runtime import is_installed, optional_import
+from ptychodata.errors import ScanFormatError
 
 __all__ = [
     "H5Dataset",
@@ -52,16 +53,8 @@ _PLUGIN_FILTERS = {
 
 def require_h5py() -> Any:
     """Import h5py (and hdf5plugin when installed, which registers extra compression filters)."""
-    try:
-        import h5py
-    except ImportError as exc:  # pragma: no cover - h5py is a dependency
-        raise MissingDependencyError(
-            "reading HDF5/CXI files needs h5py: pip install h5py hdf5plugin"
-        ) from exc
-    try:
-        import hdf5plugin  # noqa: F401  (registers bitshuffle, lz4, blosc, zstd, ...)
-    except ImportError:
-        pass
+    h5py = optional_import("h5py", purpose="reading HDF5/CXI files")
+    is_installed("hdf5plugin")  # registers bitshuffle, lz4, blosc, zstd, ... where installed
     return h5py
 
 

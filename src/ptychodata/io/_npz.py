@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 from numpy.lib import format as npy_format
 
+from ptychodata._runtime import iter_rows, rows_per_chunk
 from ptychodata.errors import ScanDataError, ScanFileNotFoundError
-from ptychodata.io._memory import iter_rows, rows_per_chunk
 
 __all__ = ["read_npz", "write_npz"]
 

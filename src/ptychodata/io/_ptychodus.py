@@ -189,9 +189,9 @@ def write_training(path: str | Path, scan: Any, *, compression: str = "lzf") -> 
     import os
     import tempfile
 
+    from ptychodata._runtime import iter_rows
     from ptychodata.errors import ScanDataError
     from ptychodata.io._hdf5 import require_h5py
-    from ptychodata.io._memory import iter_rows
     from ptychodata.io._units import HC_EV_M
 
     h5py = require_h5py()

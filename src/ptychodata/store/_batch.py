@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from ptychodata._runtime import rows_per_chunk, usable_cores
 from ptychodata.errors import ParameterError, StoreError
-from ptychodata.io._memory import rows_per_chunk, usable_cores
 from ptychodata.patches import extract_patches
 from ptychodata.store._buffers import BufferPool
 from ptychodata.store._frames import FramesEncoding, decode_into

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numpy.lib import format as npy_format
 
+from ptychodata._runtime import iter_rows, release_pages, rows_per_chunk
 from ptychodata.errors import StoreError
-from ptychodata.io._memory import iter_rows, release_pages, rows_per_chunk
 
 if TYPE_CHECKING:
     from ptychodata.store._manifest import FileEntry

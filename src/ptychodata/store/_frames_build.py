@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tqdm.auto import tqdm
 
+from ptychodata._runtime import jsonable, usable_cores
 from ptychodata.errors import ParameterError, ScanDataError
-from ptychodata.io._memory import usable_cores
 from ptychodata.io._prepare import LazyPatterns
 from ptychodata.normalize import checked_energies_and_sums
 from ptychodata.scan import counts_to_amplitude
@@ -42,7 +42,6 @@ from ptychodata.store._manifest import (
     SourceEntry,
     write_manifest_last,
 )
-from ptychodata.summary import jsonable
 
 if TYPE_CHECKING:
     from ptychodata.store._prepare import BuildOptions, Source

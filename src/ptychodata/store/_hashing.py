@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from ptychodata.io._memory import is_memory_mapped
+from ptychodata._runtime import canonical_json, is_memory_mapped
 from ptychodata.scan import ScanData
 from ptychodata.store._files import STREAM_CHUNK_BYTES, iter_rows, new_hasher, stream_rows
 
@@ -110,5 +110,5 @@ def _hash_small_arrays(scan: ScanData):
         _hash_header(hasher, name, array)
         for digest in _row_digests(array):
             hasher.update(digest)
-    hasher.update(json.dumps(dict(scan.metadata), sort_keys=True, default=str).encode())
+    hasher.update(canonical_json(dict(scan.metadata)).encode())
     return hasher

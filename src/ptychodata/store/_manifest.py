@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ptychodata._runtime import __version__, canonical_json
 from ptychodata.errors import StoreError, StoreNotFoundError
 from ptychodata.store._layout import MANIFEST, npy_files
 
@@ -39,8 +40,7 @@ SCHEMA_VERSION = 3
 
 def stable_key(*parts: Any) -> str:
     """A short hex key of JSON-serialisable parts (order-sensitive)."""
-    text = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.blake2b(text.encode(), digest_size=10).hexdigest()
+    return hashlib.blake2b(canonical_json(list(parts)).encode(), digest_size=10).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -263,8 +263,6 @@ def check_files(directory: Path, files: dict[str, FileEntry]) -> None:
 def write_manifest_last(directory: Path, kind: type, **fields: Any) -> None:
     """Write the manifest of a finished build (its files, the time): last, so its presence
     marks the build complete."""
-    from ptychodata import __version__
-
     manifest = kind(
         **fields,
         files={path.name: FileEntry.of(path) for path in npy_files(directory)},

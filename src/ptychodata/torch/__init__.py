@@ -3,16 +3,15 @@
 Importing this module imports torch; ``import ptychodata`` does not.
 """
 
-try:
-    import torch as _torch  # noqa: F401
-except ImportError as exc:  # pragma: no cover - exercised only without torch
-    raise ImportError("ptychodata.torch needs PyTorch: pip install 'ptychodata[torch]'") from exc
+from ptychodata._runtime import optional_import
 
-from ptychodata.torch._dataset import GroupedDataset, collate_batch, ptycho_torch_batch
-from ptychodata.torch._loader import GroupLoader, make_loader, to_device
-from ptychodata.torch._patches import PatchExtractor
-from ptychodata.torch._resident import DeviceStore
-from ptychodata.torch._sampler import GroupSampler
+optional_import("torch", purpose="ptychodata.torch")  # before the submodules, which import torch
+
+from ptychodata.torch._dataset import GroupedDataset, collate_batch, ptycho_torch_batch  # noqa: E402
+from ptychodata.torch._loader import GroupLoader, make_loader, to_device  # noqa: E402
+from ptychodata.torch._patches import PatchExtractor  # noqa: E402
+from ptychodata.torch._resident import DeviceStore  # noqa: E402
+from ptychodata.torch._sampler import GroupSampler  # noqa: E402
 
 __all__ = [
     "DeviceStore",

@@ -10,6 +10,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from ptychodata._runtime import optional_import
 from ptychodata.errors import ParameterError
 from ptychodata.store import Store, open_store
 from ptychodata.store._batch import LAYOUTS
@@ -276,11 +277,5 @@ def collate_batch(batch: Any) -> Any:
 
 
 def _import_tensordict():
-    try:
-        from tensordict import TensorDict
-    except ImportError:
-        raise ImportError(
-            "as_tensordict=True and layout='ptycho_torch' need tensordict: "
-            "pip install 'ptychodata[tensordict]'"
-        ) from None
-    return TensorDict
+    module = optional_import("tensordict", purpose="as_tensordict=True or layout='ptycho_torch'")
+    return module.TensorDict

@@ -9,8 +9,8 @@ from typing import Any
 
 import torch
 
+from ptychodata._runtime import usable_cores
 from ptychodata.errors import ParameterError
-from ptychodata.io._memory import usable_cores
 from ptychodata.torch._dataset import GroupedDataset, SharedBatch, collate_batch
 from ptychodata.torch._sampler import GroupSampler
 

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ptychodata._runtime import rows_per_chunk
 from ptychodata.errors import GroupIndexError, ParameterError
-from ptychodata.io._memory import rows_per_chunk
 from ptychodata.store import Store, open_store
 
 __all__ = ["DeviceStore"]

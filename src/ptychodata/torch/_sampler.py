@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from ptychodata._runtime import check_int
 from ptychodata.errors import ParameterError
 
 __all__ = ["GroupSampler"]
@@ -54,8 +55,7 @@ class GroupSampler(torch.utils.data.Sampler):
         num_replicas: int | None = None,
         rank: int | None = None,
     ):
-        if batch_size < 1:
-            raise ParameterError(f"batch_size={batch_size}; expected a positive integer")
+        check_int("batch_size", batch_size)
         distributed = dist.is_available() and dist.is_initialized()
         self.num_replicas = num_replicas if num_replicas is not None else (dist.get_world_size() if distributed else 1)
         self.rank = rank if rank is not None else (dist.get_rank() if distributed else 0)

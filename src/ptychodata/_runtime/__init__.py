@@ -1,0 +1,30 @@
+"""Runtime helpers at the bottom of the import graph: version, memory budgets, JSON, argument checks,
+optional imports. They import nothing from the rest of the package except :mod:`ptychodata.errors`.
+"""
+
+from ptychodata._runtime._checks import check_int
+from ptychodata._runtime._json import canonical_json, finite_or_none, jsonable
+from ptychodata._runtime._memory import (
+    is_memory_mapped,
+    iter_rows,
+    release_pages,
+    rows_per_chunk,
+    usable_cores,
+)
+from ptychodata._runtime._optional import is_installed, optional_import
+from ptychodata._runtime._version import __version__
+
+__all__ = [
+    "__version__",
+    "canonical_json",
+    "check_int",
+    "finite_or_none",
+    "is_installed",
+    "is_memory_mapped",
+    "iter_rows",
+    "jsonable",
+    "optional_import",
+    "release_pages",
+    "rows_per_chunk",
+    "usable_cores",
+]

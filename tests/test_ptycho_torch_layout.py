@@ -25,8 +25,7 @@ from ptychodata.errors import ParameterError  # noqa: E402
 from ptychodata.normalize import normalize_probe  # noqa: E402
 from ptychodata.torch import GroupedDataset, GroupSampler, make_loader, to_device  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-FIXTURE = REPO / ".." / "shared" / "fixtures" / "ptychopinn" / "ptychopinn_parity.npz"
+FIXTURE = Path(__file__).resolve().parent / "data" / "ptychopinn_parity" / "ptychopinn_parity.npz"
 FIELD_KEYS = {
     "images", "coords_global", "coords_center", "coords_relative", "coords_start_center",
     "coords_start_relative", "nn_indices", "experiment_id", "rms_scaling_constant",
@@ -309,7 +308,6 @@ def test_default_layout_is_unchanged(store):
 
 
 # ---------------------------------------------------------------------- PtychoPINN's own numbers
-@pytest.mark.skipif(not FIXTURE.exists(), reason=f"PtychoPINN parity fixture not found at {FIXTURE}")
 def test_constants_and_probe_equal_ptycho_torchs_outputs(tmp_path):
     with np.load(FIXTURE) as data:
         reference = {key: data[key] for key in data.files}

@@ -1,8 +1,7 @@
 """Equality with PtychoPINN's own outputs (commit 712c23f) for one small scan.
 
-The fixture (``../shared/fixtures/ptychopinn/``, beside the repository) holds the scan in
-PtychoPINN's NPZ layout and what ``ptycho.raw_data`` (TF) and ``ptycho_torch`` computed from
-it; see its README. Given PtychoPINN's groups, our grouped dict must equal its arrays.
+The fixture (``tests/data/ptychopinn_parity/``) holds the scan in PtychoPINN's NPZ layout and
+what ``ptycho.raw_data`` (TF) and ``ptycho_torch`` computed from it; see its README. Given PtychoPINN's groups, our grouped dict must equal its arrays.
 """
 
 import json
@@ -20,16 +19,10 @@ from ptychodata.normalize import (
     rms_scaling_constant,
 )
 
-REPO = Path(__file__).resolve().parents[1]
-FIXTURE = REPO / ".." / "shared" / "fixtures" / "ptychopinn" / "ptychopinn_parity.npz"
+FIXTURE = Path(__file__).resolve().parent / "data" / "ptychopinn_parity" / "ptychopinn_parity.npz"
 COORD_KEYS = (
     "coords_nn", "coords_offsets", "coords_relative",
     "coords_start_nn", "coords_start_offsets", "coords_start_relative",
-)
-
-pytestmark = pytest.mark.skipif(
-    not FIXTURE.exists(),
-    reason=f"PtychoPINN parity fixture not found at {FIXTURE} (shared/ beside the clone)",
 )
 
 

@@ -1,7 +1,8 @@
 """Files written by ptychodus' own writers (an independent producer), read by ptychodata and by ptychodus.
 
-Skipped without ptychodus (`pip install -e ".[interop]"`, i.e. ptychodus==1.7.0): it pulls
-mlflow-skinny and pydantic-ai, too heavy for the `test` extra.
+Marked ``interop`` (deselect with ``-m "not interop"``). Skipped without ptychodus
+(`pip install -e ".[interop]"`, i.e. ptychodus==1.7.0): it pulls mlflow-skinny and pydantic-ai, too
+heavy for the `test` extra.
 """
 
 import warnings
@@ -10,7 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("ptychodus")
+pytest.importorskip(
+    "ptychodus", reason='ptychodus is not installed: pip install -e ".[interop]" (ptychodus==1.7.0)'
+)
 
 from ptychodus.api.geometry import PixelGeometry
 from ptychodus.api.io import save_product, save_ptychopinn_training_data, save_training_data
@@ -31,6 +34,8 @@ from ptychodus.plugins.training_data_file import (
 )
 
 from ptychodata import ScanData
+
+pytestmark = pytest.mark.interop
 
 N, M, PIXEL = 16, 20, 10e-9
 CENTRE = (1.05e-6, -1.95e-6)

@@ -20,7 +20,6 @@ from tqdm.auto import tqdm
 
 from ptychodata._runtime import jsonable, usable_cores
 from ptychodata.errors import ParameterError, ScanDataError
-from ptychodata.io._prepare import LazyPatterns
 from ptychodata.normalize import checked_energies_and_sums
 from ptychodata.scan import counts_to_amplitude
 from ptychodata.store._files import (
@@ -260,8 +259,9 @@ def _stream_patterns(
     """
     scan = handle.scan
     source = scan.diffraction
-    if handle.stream_counts and encoding.values == "counts" and isinstance(source, LazyPatterns):
-        source = source.keeping_integers()  # uint16 counts stay uint16 on their way to a uint16 store
+    keeping_integers = getattr(source, "keeping_integers", None)  # a lazy source's integer-keeping view
+    if handle.stream_counts and encoding.values == "counts" and keeping_integers is not None:
+        source = keeping_integers()  # uint16 counts stay uint16 on their way to a uint16 store
     where = f"{handle.name}: key 'diffraction'"
     hint = "" if handle.intensity else " (counts? pass intensity=True)"
     rows = stream_rows(source)

@@ -85,7 +85,7 @@ def test_inspect_prints_the_summary(scan_file, small_scan, capsys):
     assert f"step         {step:.3f} px" in out
     assert f"overlap      {overlap:.3f}" in out
     assert "(all 64 patterns)" in out
-    assert "looks like amplitudes (sqrt of counts)" in out
+    assert "amplitudes by the counts rule (sqrt of counts)" in out
     for key in ("diffraction", "xcoords", "probeGuess", "objectGuess"):
         assert key in out
 

@@ -12,7 +12,7 @@ import pytest
 
 from ptychodata import ScanData, ScanDataError
 from ptychodata.errors import ScanFormatError
-from ptychodata.io._prepare import LazyPatterns
+from ptychodata.io import LazyPatterns
 from ptychodata.io._units import far_field_pixel, wavelength_from_energy
 
 DATA = Path(__file__).parent / "data"
@@ -501,7 +501,7 @@ def test_grouped_data_gathers_from_a_lazy_scan(tmp_path):
     ],
 )
 def test_preparation_matches_a_plain_numpy_reference(dtype, transpose, flip_rows, flip_cols, shift, bin_):
-    from ptychodata.io._prepare import Preparation
+    from ptychodata.io import Preparation
 
     rng = np.random.default_rng(5)
     raw = rng.integers(0, 50, (6, 12, 10)).astype(dtype)
@@ -622,7 +622,7 @@ def test_estimated_probe_when_asked_and_flagged(tmp_path, small_scan):
 
 @pytest.mark.parametrize("dtype", [np.uint16, np.int32])
 def test_integers_kept_in_their_dtype_equal_the_float_frames(dtype):
-    from ptychodata.io._prepare import Preparation
+    from ptychodata.io import Preparation
 
     raw = np.random.default_rng(6).integers(0, 900, (5, 12, 10)).astype(dtype)
     bad = np.zeros((12, 10), bool)
@@ -647,7 +647,7 @@ def test_integers_kept_in_their_dtype_equal_the_float_frames(dtype):
 
 def test_uint16_store_from_a_cxi_keeps_the_counts_and_serves_the_float32_stores_X(tmp_path, monkeypatch):
     from ptychodata import GroupingConfig, prepare
-    from ptychodata.io._prepare import LazyPatterns
+    from ptychodata.io import LazyPatterns
 
     streamed_dtypes = []
     keeping = LazyPatterns.keeping_integers

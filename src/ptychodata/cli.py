@@ -318,7 +318,7 @@ def _run_convert(args: argparse.Namespace) -> int:
     for warning in caught:
         print(f"note: {_one_line(warning.message)}", file=sys.stderr)
     if args.output.suffix.lower() in (".h5", ".hdf5"):
-        from ptychodata.io._ptychodus import write_training
+        from ptychodata.io import write_training
 
         written = write_training(args.output, scan)
     else:

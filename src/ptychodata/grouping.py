@@ -24,6 +24,7 @@ from scipy.spatial import cKDTree
 from ptychodata._runtime import check_int
 from ptychodata.errors import GroupingError, ScanDataError
 from ptychodata.grouping_ptycho_torch import PtychoTorchRule, ptycho_torch_groups
+from ptychodata.io import median_neighbour_step
 
 __all__ = ["GroupingConfig", "check_groups", "group", "median_neighbour_step", "neighbour_pools"]
 
@@ -191,7 +192,6 @@ class GroupingConfig:
             if name in names and value is not None:
                 values[name] = value
         return cls(**values)
-
 
 
 def group(scan_or_positions: Any, config: GroupingConfig) -> np.ndarray:
@@ -409,25 +409,6 @@ def _oversample(pools: np.ndarray, n_groups: int, C: int, rng: np.random.Generat
     shuffle = rng.random(columns.shape).argsort(axis=1)
     columns = np.take_along_axis(columns, shuffle, axis=1)
     return np.take_along_axis(pools[seeds], columns, axis=1)
-
-
-def median_neighbour_step(x: np.ndarray, y: np.ndarray, *, max_points: int = 4096) -> float | None:
-    """Median distance from a point to its nearest neighbour at another position.
-
-    At most ``max_points`` evenly spaced points are queried, each against every point of
-    the scan (so each distance is exact; only the median is taken over a sample). Points
-    with more than seven others at their own position are left out. None when no point
-    has a neighbour at another position.
-    """
-    points = np.stack([np.asarray(x, np.float64), np.asarray(y, np.float64)], axis=1)
-    if len(points) < 2:
-        return None
-    stride = max(1, -(-len(points) // max_points))
-    k = min(len(points), 8)
-    distances, _ = cKDTree(points).query(points[::stride], k=k)
-    distances = np.where(distances > 0, distances, np.inf)[:, 1:].min(axis=1)
-    distances = distances[np.isfinite(distances)]
-    return float(np.median(distances)) if distances.size else None
 
 
 def raster_order(groups: np.ndarray, positions: np.ndarray) -> np.ndarray:

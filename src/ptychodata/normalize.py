@@ -15,6 +15,7 @@ import numpy as np
 
 from ptychodata._runtime import rows_per_chunk
 from ptychodata.errors import ParameterError, ScanDataError
+from ptychodata.io import invalid_patterns
 
 __all__ = [
     "checked_energies",
@@ -65,27 +66,6 @@ def _per_pattern(diffraction: np.ndarray, indices: np.ndarray | None, reduce) ->
         chunk_indices = indices[start : start + step]
         values[start : start + step] = reduce(np.asarray(diffraction[chunk_indices]), chunk_indices)
     return values
-
-
-def invalid_patterns(
-    chunk: np.ndarray, energies: np.ndarray | None = None, minima: np.ndarray | None = None
-) -> np.ndarray:
-    """Mask (P,) of the patterns of ``chunk`` (P, N, N) that hold a NaN, Inf or negative value.
-
-    With the patterns' float64 energies given, NaN and Inf are read from them (a
-    non-finite value makes its pattern's energy non-finite; nothing else can) instead of
-    from another pass over the pixels; with their minima given, so are negatives.
-    """
-    flat = chunk.reshape(len(chunk), math.prod(chunk.shape[1:]))
-    if energies is not None:
-        bad = ~np.isfinite(energies)
-    elif flat.dtype.kind in "fc":
-        bad = ~np.isfinite(flat).all(axis=1)
-    else:
-        bad = np.zeros(len(flat), bool)
-    if flat.dtype.kind in "fi" and flat.size:
-        bad |= (flat.min(axis=1) if minima is None else minima) < 0
-    return bad
 
 
 def checked_energies(chunk: np.ndarray, indices: np.ndarray, *, where: str = "", hint: str = "") -> np.ndarray:

@@ -10,8 +10,6 @@ the file's content) and prepares the detector data on the way in.
 from __future__ import annotations
 
 import json
-import math
-import numbers
 import os
 import warnings
 from collections.abc import Mapping
@@ -21,15 +19,20 @@ from typing import Any
 
 import numpy as np
 
-from ptychodata._runtime import jsonable, rows_per_chunk
+from ptychodata._runtime import jsonable
 from ptychodata.errors import ScanDataError
-from ptychodata.io import write_npz
-from ptychodata.normalize import invalid_patterns
+from ptychodata.io import (
+    LazyPatterns,
+    check_amplitudes,
+    counts_to_amplitude,
+    median_neighbour_step,
+    metadata_nphotons,
+    read_scan_fields,
+    write_npz,
+)
 
-__all__ = ["ScanData"]
+__all__ = ["ScanData", "check_amplitudes", "counts_to_amplitude"]
 
-# Bytes of diffraction checked per step when scanning values for NaN/Inf/negatives.
-_CHECK_CHUNK_BYTES = 64 << 20
 # Files whose diffraction is larger than this are not value-checked on load (that would
 # read the whole file); consumers that read the data check what they read.
 _EAGER_CHECK_BYTES = 512 << 20
@@ -48,7 +51,7 @@ class ScanData:
     ----------
     diffraction : ndarray of shape (M, N, N), real, or LazyPatterns
         Measured amplitudes (sqrt of counts), FFT-shifted. May be a read-only memmap, or a
-        :class:`~ptychodata.io._prepare.LazyPatterns` that reads and prepares rows from a
+        :class:`~ptychodata.io.LazyPatterns` that reads and prepares rows from a
         file on each ``diffraction[start:stop]`` (float32; ``np.asarray`` reads it whole).
     xcoords, ycoords : ndarray of shape (M,), float64
         Scan positions in object pixels (x = column, y = row).
@@ -112,7 +115,7 @@ class ScanData:
             "metadata": dict(self.metadata),
             "extras": dict(self.extras),
         }
-        _metadata_nphotons(values["metadata"], where)  # a malformed or conflicting nphotons fails here
+        metadata_nphotons(values["metadata"], where)  # a malformed or conflicting nphotons fails here
         _check_same_length(
             {key: values[key] for key in ("xcoords", "xcoords_start", "ycoords_start", "scan_index")}, where
         )
@@ -216,10 +219,8 @@ class ScanData:
             ``near_field=True``), positions that look like metres; ``ScanFormatError`` for an
             unrecognised layout or an unavailable HDF5 compression filter.
         """
-        from ptychodata.io._build import read_scan
-        from ptychodata.io._prepare import LazyPatterns
-
-        scan = read_scan(path, cls, keys=None if keys is None else dict(keys), intensity=intensity, **options)
+        fields = read_scan_fields(path, keys=None if keys is None else dict(keys), intensity=intensity, **options)
+        scan = cls(**fields)
         if isinstance(scan.diffraction, LazyPatterns):
             return scan
         if check_values is None:
@@ -285,7 +286,7 @@ class ScanData:
         Read from ``metadata["nphotons"]`` or, as PtychoPINN's metadata manager writes it,
         ``metadata["physics_parameters"]["nphotons"]`` (the two must agree when both are set).
         """
-        return _metadata_nphotons(self.metadata, "")
+        return metadata_nphotons(self.metadata, "")
 
     def __len__(self) -> int:
         return self.n_points
@@ -296,54 +297,6 @@ class ScanData:
             f"ScanData(M={self.n_points}, N={self.N}, diffraction={self.diffraction.dtype}, "
             f"object={obj}, source={self.source!r})"
         )
-
-
-# ---------------------------------------------------------------------- value checks
-def check_amplitudes(diffraction: np.ndarray, *, where: str = "") -> None:
-    """Raise ``ScanDataError`` if any amplitude is NaN, infinite or negative.
-
-    Reads the array in chunks of about 64 MiB, so memmaps are not loaded whole.
-    """
-    if np.issubdtype(diffraction.dtype, np.unsignedinteger):
-        return
-    step = rows_per_chunk(diffraction[:1].nbytes, _CHECK_CHUNK_BYTES)
-    for start in range(0, diffraction.shape[0], step):
-        chunk = np.asarray(diffraction[start : start + step])
-        bad = invalid_patterns(chunk)
-        if bad.any():
-            first = int(np.argmax(bad))
-            pattern = chunk[first]
-            if not np.isfinite(pattern).all():
-                raise ScanDataError(
-                    f"{where or 'diffraction: '}NaN or Inf amplitude in pattern {start + first}; "
-                    "expected finite amplitudes"
-                )
-            raise ScanDataError(
-                f"{where or 'diffraction: '}negative amplitude {pattern.min():g} in pattern "
-                f"{start + first}; expected amplitudes >= 0 (sqrt of counts)"
-            )
-
-
-def counts_to_amplitude(counts: np.ndarray, *, source: str = "diffraction", first_pattern: int = 0) -> np.ndarray:
-    """Convert detector counts (M, N, N) to float32 amplitudes sqrt(counts), in chunks.
-
-    ``first_pattern`` is the index of ``counts[0]`` in its scan, for error messages.
-    """
-    counts = np.asanyarray(counts)
-    if np.iscomplexobj(counts):
-        raise ScanDataError(f"{source}: complex dtype {counts.dtype}; expected real counts")
-    amplitude = np.empty(counts.shape, np.float32)
-    if counts.dtype.kind == "u" and isinstance(counts, np.ndarray) and not isinstance(counts, np.memmap):
-        return np.sqrt(counts, out=amplitude, dtype=np.float32)  # nothing to check, no float32 copy
-    step = rows_per_chunk(counts[:1].nbytes, _CHECK_CHUNK_BYTES)
-    for start in range(0, counts.shape[0], step):
-        chunk = np.asarray(counts[start : start + step], dtype=np.float32)
-        bad = invalid_patterns(chunk)
-        if bad.any():
-            index = first_pattern + start + int(np.argmax(bad))
-            raise ScanDataError(f"{source}: pattern {index} holds NaN, Inf or negative counts; expected counts >= 0")
-        np.sqrt(chunk, out=amplitude[start : start + step])
-    return amplitude
 
 
 # ---------------------------------------------------------------------- parsers
@@ -435,8 +388,6 @@ def _check_not_metres(xcoords: np.ndarray, ycoords: np.ndarray, where: str) -> N
             f"{where}xcoords/ycoords span only {span:.3g} px (x {xcoords.min():.3g} .. {xcoords.max():.3g}, "
             f"y {ycoords.min():.3g} .. {ycoords.max():.3g}); {hint}"
         )
-    from ptychodata.grouping import median_neighbour_step
-
     step = median_neighbour_step(xcoords, ycoords)
     if step is not None and step < _MIN_STEP_PX:
         raise ScanDataError(
@@ -496,55 +447,4 @@ def _parse_patches(values: Any, n_points: int, N: int, where: str) -> np.ndarray
         raise ScanDataError(f"{where}key 'Y': shape {array.shape}; expected ({n_points}, {N}, {N})")
     return array if array.dtype == np.complex64 else array.astype(np.complex64)
 
-
-def _parse_metadata(value: np.ndarray | None, where: str) -> dict[str, Any]:
-    """The ``_metadata`` JSON object: a 0-d str array (ours) or a 0-d object array holding a
-    str (PtychoPINN's metadata manager; read by the NPZ reader without free unpickling)."""
-    if value is None:
-        return {}
-    if isinstance(value, np.ndarray) and value.size != 1:
-        raise ScanDataError(
-            f"{where}key '_metadata': shape {value.shape}, dtype {value.dtype}; expected a 0-d array holding "
-            "a JSON string"
-        )
-    text = value.item() if isinstance(value, np.ndarray) else value
-    if isinstance(text, bytes):
-        text = text.decode()
-    try:
-        metadata = json.loads(str(text))
-    except json.JSONDecodeError as exc:
-        raise ScanDataError(f"{where}key '_metadata': not valid JSON ({exc})") from exc
-    if not isinstance(metadata, dict):
-        raise ScanDataError(f"{where}key '_metadata': JSON {type(metadata).__name__}; expected an object")
-    return metadata
-
-
-def _metadata_nphotons(metadata: Mapping[str, Any], where: str) -> float | None:
-    """``nphotons`` from the top level or ``physics_parameters`` (PtychoPINN); None if neither."""
-    physics = metadata.get("physics_parameters")
-    if physics is not None and not isinstance(physics, Mapping):
-        raise ScanDataError(
-            f"{where}key '_metadata': physics_parameters is a {type(physics).__name__}; "
-            "expected a JSON object"
-        )
-    found = {
-        name: value
-        for name, value in (("nphotons", metadata.get("nphotons")),
-                            ("physics_parameters.nphotons", (physics or {}).get("nphotons")))
-        if value is not None
-    }
-    photons: dict[str, float] = {}
-    for name, value in found.items():
-        number = value if isinstance(value, numbers.Real) and not isinstance(value, bool) else None
-        if number is None or not (math.isfinite(number) and number > 0):
-            raise ScanDataError(
-                f"{where}key '_metadata': {name} = {value!r}; expected a positive finite number of photons"
-            )
-        photons[name] = float(number)
-    if len(set(photons.values())) > 1:
-        raise ScanDataError(
-            f"{where}key '_metadata': nphotons = {photons['nphotons']!r} but physics_parameters.nphotons = "
-            f"{photons['physics_parameters.nphotons']!r}; expected one value (or only one of the two keys)"
-        )
-    return next(iter(photons.values()), None)
 

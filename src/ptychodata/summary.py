@@ -14,6 +14,19 @@ from typing import Any
 import numpy as np
 
 from ptychodata._runtime import jsonable
+from ptychodata.io import (
+    CountsEvidence,
+    LoadOptions,
+    assemble,
+    filters_of,
+    invalid_patterns,
+    open_container,
+    plan,
+    read_raw,
+    recognise,
+    require_h5py,
+    sniff,
+)
 from ptychodata.scan import ScanData
 
 __all__ = [
@@ -30,8 +43,6 @@ _SAMPLE_PATTERNS = 2000
 _SAMPLE_BYTES = 128 << 20
 # Fraction of the probe intensity Σ|P|² inside the circle whose diameter is "the probe diameter".
 _PROBE_ENERGY_FRACTION = 0.9
-# Integer-valued diffraction with a maximum above this looks like raw detector counts.
-_COUNTS_MAX = 1000.0
 
 
 def summarize_scan(scan: ScanData, *, max_patterns: int = _SAMPLE_PATTERNS) -> dict[str, Any]:
@@ -63,7 +74,7 @@ def summarize_scan(scan: ScanData, *, max_patterns: int = _SAMPLE_PATTERNS) -> d
     from scipy.spatial import cKDTree
 
     stats = _diffraction_stats(scan.diffraction, max_patterns)
-    counts, hint = _amplitude_hint(scan.diffraction.dtype, stats)
+    counts, hint = _counts_hint(scan.diffraction, stats)
     step = None
     if scan.n_points > 1:
         distances, _ = cKDTree(scan.positions).query(scan.positions, k=2, workers=-1)
@@ -144,9 +155,13 @@ def format_summary(summary: dict[str, Any]) -> str:
         if stats["sampled"]
         else f"all {stats['n_sampled']} patterns"
     )
-    lines.append(
-        f"diffraction  min {stats['min']:.4g}, max {stats['max']:.4g}, mean {stats['mean']:.4g} ({sample})"
-    )
+    if stats["min"] is None:
+        lines.append(f"diffraction  no finite value ({sample})")
+    else:
+        lines.append(
+            f"diffraction  min {stats['min']:.4g}, max {stats['max']:.4g}, mean {stats['mean']:.4g} of the finite "
+            f"values ({sample})"
+        )
     lines.append(f"             {summary['hint']}")
     (x0, x1), (y0, y1) = summary["x_range"], summary["y_range"]
     lines.append(f"positions    x {x0:.2f} .. {x1:.2f} px, y {y0:.2f} .. {y1:.2f} px (x = column, y = row)")
@@ -219,42 +234,68 @@ def _sample_indices(n_points: int, pattern_bytes: int, max_patterns: int) -> np.
 
 
 def _diffraction_stats(diffraction: np.ndarray, max_patterns: int) -> dict[str, Any]:
-    """min/max/mean of an evenly spaced sample of patterns, read in chunks of ~16 MiB."""
+    """Value statistics of an evenly spaced sample of patterns, read in chunks of ~16 MiB.
+
+    ``min``, ``max`` and ``mean`` are over the finite values (None when there are none);
+    ``invalid`` counts the sampled patterns holding a NaN, Inf or negative value, the first
+    of them is ``first_invalid``; ``mean_total`` is the mean per-pattern sum the counts rule reads.
+    """
     n_points = diffraction.shape[0]
     indices = _sample_indices(n_points, diffraction[:1].nbytes, max_patterns)
-    low, high, total, count, integral = math.inf, -math.inf, 0.0, 0, True
+    low, high, total, count, pattern_total, integral = math.inf, -math.inf, 0.0, 0, 0.0, True
+    invalid, first_invalid = 0, None
     step = max(1, (16 << 20) // max(1, diffraction[:1].nbytes))
     for start in range(0, len(indices), step):
-        chunk = np.asarray(diffraction[indices[start : start + step]])
-        low, high = min(low, float(chunk.min())), max(high, float(chunk.max()))
-        total += float(chunk.sum(dtype=np.float64))
-        count += chunk.size
+        rows = indices[start : start + step]
+        chunk = np.asarray(diffraction[rows])
+        bad = invalid_patterns(chunk)
+        if bad.any() and first_invalid is None:
+            first_invalid = int(rows[np.argmax(bad)])
+        invalid += int(bad.sum())
+        finite = chunk[np.isfinite(chunk)] if chunk.dtype.kind in "fc" else chunk.ravel()
+        if finite.size:
+            low, high = min(low, float(finite.min())), max(high, float(finite.max()))
+        total += float(finite.sum(dtype=np.float64))
+        pattern_total += float(finite.sum(dtype=np.float64))
+        count += finite.size
         if integral and chunk.dtype.kind == "f":
-            integral = bool(np.all(chunk == np.floor(chunk)))
+            integral = bool(np.all(finite == np.floor(finite)))
     return {
-        "min": low,
-        "max": high,
-        "mean": total / count,
+        "min": low if count else None,
+        "max": high if count else None,
+        "mean": total / count if count else None,
+        "mean_total": pattern_total / len(indices),
         "n_sampled": len(indices),
         "sampled": bool(len(indices) < n_points),
         "integer_valued": integral,
+        "invalid": invalid,
+        "first_invalid": first_invalid,
     }
 
 
-def _amplitude_hint(dtype: np.dtype, stats: dict[str, Any]) -> tuple[bool, str]:
-    """(looks like raw counts?, one-line hint) from the dtype and the sampled values."""
-    if np.issubdtype(dtype, np.integer):
-        return True, f"integer dtype ({dtype}): looks like raw counts: load with intensity=True"
-    if stats["integer_valued"] and stats["max"] > _COUNTS_MAX:
-        return True, (
-            f"whole-number values up to {stats['max']:.4g}: looks like raw counts: load with intensity=True"
-        )
-    if stats["integer_valued"] and stats["max"] > 0:
+def _counts_hint(diffraction: np.ndarray, stats: dict[str, Any]) -> tuple[bool, str]:
+    """(counts by the counts rule?, one-line hint): the rule ``load`` applies, on the sampled values."""
+    if stats["invalid"]:
         return False, (
-            "whole-number values: looks like amplitudes, but may be raw counts at low dose; "
+            f"{stats['invalid']} of the sampled patterns hold NaN, Inf or negative values (first: pattern "
+            f"{stats['first_invalid']}); ScanData.load refuses them: fix the file (or, for dark-subtracted counts, "
+            "load with clip_negative=True)"
+        )
+    evidence = CountsEvidence(
+        dtype=str(diffraction.dtype),
+        whole_numbers=stats["integer_valued"],
+        maximum=stats["max"] if stats["max"] is not None else 0.0,
+        mean_total=stats["mean_total"],
+        n_pixels=int(np.prod(diffraction.shape[1:])),
+    )
+    if evidence.looks_like_counts:
+        return True, f"{evidence.describe()}: counts by the counts rule: load converts them (intensity=True)"
+    if evidence.low_dose_doubt:
+        return False, (
+            f"{evidence.describe()}: amplitudes by the counts rule, but may be counts at low dose; "
             "if so, load with intensity=True"
         )
-    return False, "looks like amplitudes (sqrt of counts)"
+    return False, "amplitudes by the counts rule (sqrt of counts)"
 
 
 def human_size(n_bytes: int) -> str:
@@ -296,9 +337,6 @@ def describe_file(path: str | Any, *, max_patterns: int = _SAMPLE_PATTERNS, **op
     from pathlib import Path
 
     from ptychodata.errors import PtychodataError
-    from ptychodata.io._build import LoadOptions, build_scan, plan
-    from ptychodata.io._container import open_container, sniff
-    from ptychodata.io._readers import read_raw, recognise
 
     path = Path(path)
     kind = sniff(path)
@@ -315,7 +353,7 @@ def describe_file(path: str | Any, *, max_patterns: int = _SAMPLE_PATTERNS, **op
             raw = read_raw(path, load_options)
             decided = plan(raw, load_options)
             result["evidence"] = _evidence(raw, decided)
-            scan = build_scan(raw, load_options, ScanData, decided=decided)
+            scan = ScanData(**assemble(raw, load_options, decided=decided))
         except PtychodataError as exc:
             result["problem"] = str(exc)
             scan = None
@@ -333,8 +371,6 @@ def _tree(container: Any) -> list[dict[str, Any]]:
             value = container.raw(key)
             entries.append({"path": key, "shape": list(value.shape), "dtype": str(value.dtype)})
         return entries
-    from ptychodata.io._hdf5 import filters_of, require_h5py
-
     h5py = require_h5py()
     h5 = container._h5
 

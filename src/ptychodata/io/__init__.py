@@ -1,5 +1,57 @@
-"""File formats. One module per format; each reads into plain arrays and writes atomically."""
+"""Reading scan files: one leaf module per format under a reader registry, then the decisions
+(plan), detector steps, positions geometry and assembly into the contract's fields.
 
+The package's public names (re-exported by :mod:`ptychodata`) are :func:`read_npz` and
+:func:`write_npz`; the rest is what the layers above (scan, store, inspect, CLI) build on.
+"""
+
+from ptychodata.io._assemble import assemble, read_scan_fields
+from ptychodata.io._container import open_container, sniff
+from ptychodata.io._counts import (
+    COUNTS_TOTAL_FACTOR,
+    CountsEvidence,
+    check_amplitudes,
+    counts_to_amplitude,
+    invalid_patterns,
+)
+from ptychodata.io._detector import Preparation
+from ptychodata.io._geometry import NEAR_FIELD_STEP, median_neighbour_step
+from ptychodata.io._hdf5 import filters_of, require_h5py
+from ptychodata.io._lazy import LazyPatterns
+from ptychodata.io._metadata import metadata_nphotons, parse_metadata
 from ptychodata.io._npz import read_npz, write_npz
+from ptychodata.io._options import LoadOptions
+from ptychodata.io._plan import Plan, plan
+from ptychodata.io._ptychodus import write_training
+from ptychodata.io._raw import RawScan
+from ptychodata.io._registry import READERS, read_raw, recognise
 
-__all__ = ["read_npz", "write_npz"]
+__all__ = [
+    "COUNTS_TOTAL_FACTOR",
+    "NEAR_FIELD_STEP",
+    "READERS",
+    "CountsEvidence",
+    "LazyPatterns",
+    "LoadOptions",
+    "Plan",
+    "Preparation",
+    "RawScan",
+    "assemble",
+    "check_amplitudes",
+    "counts_to_amplitude",
+    "filters_of",
+    "invalid_patterns",
+    "median_neighbour_step",
+    "metadata_nphotons",
+    "open_container",
+    "parse_metadata",
+    "plan",
+    "read_npz",
+    "read_raw",
+    "read_scan_fields",
+    "recognise",
+    "require_h5py",
+    "sniff",
+    "write_npz",
+    "write_training",
+]

@@ -22,6 +22,7 @@ import numpy as np
 
 from ptychodata.errors import ScanFormatError
 from ptychodata.io._hdf5 import H5Dataset
+from ptychodata.io._product import Product
 from ptychodata.io._raw import RawScan
 from ptychodata.io._units import J_PER_EV
 
@@ -50,10 +51,8 @@ def is_product(container: Any) -> bool:
     )
 
 
-def read_product(container: Any, options: Any) -> RawScan:
+def read_product(container: Any, options: Any) -> Product:
     """Positions +translation (x, y) metres, probe ``image_1``, object ``image_2``, geometry from the extras."""
-    from ptychodata.io._ptychodus import product_scan
-
     translation_key = next(key for key in _TRANSLATION if key in container)
     translation = np.asarray(container.read(translation_key), np.float64)
     probe = np.asarray(container.read("/entry_1/image_1/data"))
@@ -67,19 +66,18 @@ def read_product(container: Any, options: Any) -> RawScan:
         container.scalar(f"{_EXTRAS}/object_center_y_m") or 0.0,
     )
     energy_J = container.scalar(f"{_SOURCE}/energy")
-    return product_scan(
-        container,
-        options,
-        translation[:, 0].copy(),
-        translation[:, 1].copy(),
-        probe,
-        obj,
-        pixel,
-        centre,
-        None if energy_J is None else energy_J / J_PER_EV,
-        container.scalar(f"{_DETECTOR}/distance"),
-        container.get(f"{_EXTRAS}/probe_position_indexes"),
-        PRODUCT,
+    return Product(
+        name=PRODUCT,
+        path=container.path,
+        x_m=translation[:, 0].copy(),
+        y_m=translation[:, 1].copy(),
+        probe=probe,
+        object=obj,
+        pixel=pixel,
+        centre=centre,
+        energy_eV=None if energy_J is None else energy_J / J_PER_EV,
+        distance_m=container.scalar(f"{_DETECTOR}/distance"),
+        indexes=container.get(f"{_EXTRAS}/probe_position_indexes"),
     )
 
 

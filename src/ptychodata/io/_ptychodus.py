@@ -24,7 +24,8 @@ import numpy as np
 
 from ptychodata.errors import ScanFormatError
 from ptychodata.io._hdf5 import H5Dataset
-from ptychodata.io._raw import RawScan, squeeze_frames
+from ptychodata.io._product import Product
+from ptychodata.io._raw import RawScan
 
 TRAINING = "ptychodus training data"
 PRODUCT = "ptychodus product"
@@ -68,8 +69,8 @@ def read_training(container: Any, options: Any) -> RawScan:
     )
 
 
-def read_product(container: Any, options: Any) -> RawScan:
-    """A product file's positions, probe and object, with patterns from ``options.diffraction``."""
+def read_product(container: Any, options: Any) -> Product:
+    """A product file's positions, probe and object; the patterns come from ``options.diffraction``."""
     prefix = "/" if container.kind == "hdf5" else ""
     x_m = np.asarray(container.read(f"{prefix}probe_position_x_m"), np.float64).reshape(-1)
     y_m = np.asarray(container.read(f"{prefix}probe_position_y_m"), np.float64).reshape(-1)
@@ -91,76 +92,18 @@ def read_product(container: Any, options: Any) -> RawScan:
             container.scalar("photon_energy_eV"),
             container.scalar("detector_object_distance_m"),
         )
-    return product_scan(
-        container,
-        options,
-        x_m,
-        y_m,
-        container.get(f"{prefix}probe"),
-        object_array,
-        pixel,
-        centre,
-        energy,
-        distance,
-        container.get(f"{prefix}probe_position_indexes"),
-        PRODUCT,
-    )
-
-
-def product_scan(
-    container, options, x_m, y_m, probe, object_array, pixel, centre, energy, distance, indexes, name
-) -> RawScan:
-    """A product's positions (metres), probe and object with the patterns of ``options.diffraction``."""
-    from ptychodata.io._readers import read_patterns_only
-
-    path = container.path
-    if options.diffraction is None:
-        raise ScanFormatError(
-            f"{path}: a {name} file (positions, probe and object, no diffraction patterns); "
-            "pass the measured patterns as diffraction='patterns.h5' (CXI, ptychodus training data, .npz, "
-            "or an HDF5 file with keys={'diffraction': ...})"
-        )
-    origin = None
-    if object_array is not None:
-        height, width = np.asarray(object_array).shape[-2:]
-        origin = (centre[0], centre[1], (width - 1) / 2, (height - 1) / 2)
-    diffraction = read_patterns_only(Path(options.diffraction), options)
-    patterns = diffraction.patterns
-    if indexes is not None and not np.array_equal(np.asarray(indexes).reshape(-1), np.arange(len(patterns))):
-        indexes = np.asarray(indexes, np.int64).reshape(-1)
-        if indexes.size and (indexes.min() < 0 or indexes.max() >= len(patterns)):
-            raise ScanFormatError(
-                f"{path}: probe_position_indexes span {indexes.min()}..{indexes.max()}, but "
-                f"{options.diffraction} holds {len(patterns)} patterns"
-            )
-        patterns = np.stack([np.asarray(patterns[int(i)]) for i in indexes])
-    obj = None if object_array is None else np.asarray(object_array)
-    while obj is not None and obj.ndim > 2:
-        obj = obj[0]
-    return RawScan(
-        format=f"{name} + {diffraction.format}",
-        path=path,
-        patterns=patterns,
-        patterns_key=f"{options.diffraction}: {diffraction.patterns_key}",
-        x=x_m,
-        y=y_m,
-        position_unit="m",
-        probe=probe,
-        object=obj,
-        bad=diffraction.bad,
-        counts=diffraction.counts,
-        counts_reason=diffraction.counts_reason,
-        shifted=diffraction.shifted,
-        energy_eV=energy or diffraction.energy_eV,
-        wavelength_m=diffraction.wavelength_m,
-        distance_m=distance or diffraction.distance_m,
-        detector_pixel_m=diffraction.detector_pixel_m,
-        object_pixel_m=None if None in pixel else pixel,
-        object_origin=origin,
-        metadata={"diffraction_file": str(options.diffraction)},
-        notes=[
-            "positions: (x_m − object_center_x_m) / object_pixel_width_m + (W − 1) / 2, as ptychodus maps them"
-        ],
+    return Product(
+        name=PRODUCT,
+        path=container.path,
+        x_m=x_m,
+        y_m=y_m,
+        probe=container.get(f"{prefix}probe"),
+        object=object_array,
+        pixel=pixel,
+        centre=centre,
+        energy_eV=energy,
+        distance_m=distance,
+        indexes=container.get(f"{prefix}probe_position_indexes"),
     )
 
 
@@ -170,10 +113,6 @@ def _bad_pixels(container: Any, key: str) -> np.ndarray | None:
         return None
     bad = np.asarray(value) != 0
     return bad if bad.any() else None
-
-
-def squeeze(array: Any, key: str, path: Path) -> Any:
-    return squeeze_frames(array, key, path)
 
 
 def write_training(path: str | Path, scan: Any, *, compression: str = "lzf") -> Path:

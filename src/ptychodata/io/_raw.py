@@ -2,7 +2,7 @@
 
 A reader knows its layout (which dataset holds what, in which units and conventions); it
 does not decide counts/shift/crop or convert units. :class:`RawScan` carries the facts, and
-:func:`ptychodata.io._build.build_scan` makes the :class:`~ptychodata.scan.ScanData`.
+:func:`ptychodata.io._assemble.assemble` makes the fields of a :class:`~ptychodata.scan.ScanData`.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
-"""Format recognition: open a file by its content, pick the reader whose layout it holds.
+"""The reader registry: open a file by its content, pick the reader whose layout it holds.
 
-Each reader module offers ``can_read(container) -> bool`` and ``read(container, options)
--> RawScan``. They are tried in order, most specific layout first; an explicit ``keys=`` map
-bypasses recognition.
+Each reader module is a leaf: it offers ``can_read(container) -> bool`` and
+``read(container, options)`` returning a :class:`RawScan` (or, for a reconstruction product,
+a :class:`Product` whose patterns this module reads from the diffraction file). Readers are
+tried in order, most specific layout first; an explicit ``keys=`` map bypasses recognition.
 """
 
 from __future__ import annotations
@@ -12,14 +13,18 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ptychodata.errors import ScanFormatError
 from ptychodata.io import _cxi, _keys, _npz_layouts, _ptychodus, _tike
 from ptychodata.io._container import Container, open_container
-from ptychodata.io._raw import RawScan
+from ptychodata.io._hdf5 import H5Dataset
+from ptychodata.io._product import Product
+from ptychodata.io._raw import RawScan, squeeze_frames
 
 __all__ = ["READERS", "read_patterns_only", "read_raw", "recognise"]
 
-READERS: list[tuple[str, Callable[[Container], bool], Callable[[Container, Any], RawScan]]] = [
+READERS: list[tuple[str, Callable[[Container], bool], Callable[[Container, Any], RawScan | Product]]] = [
     (_cxi.NAME, _cxi.can_read, _cxi.read),
     (_cxi.PRODUCT, _cxi.is_product, _cxi.read_product),
     (_ptychodus.TRAINING, _ptychodus.is_training, _ptychodus.read_training),
@@ -42,8 +47,13 @@ def read_raw(path: Path, options: Any) -> RawScan:
             return _keys.read(container, options)
         for _name, can_read, read in READERS:
             if can_read(container):
-                return read(container, options)
-        raise unrecognised(container)
+                found = read(container, options)
+                break
+        else:
+            raise unrecognised(container)
+    if isinstance(found, Product):
+        return found.with_patterns(read_patterns_only(found.diffraction_file(options), options))
+    return found
 
 
 def unrecognised(container: Container) -> ScanFormatError:
@@ -79,11 +89,6 @@ def read_patterns_only(path: Path, options: Any) -> RawScan:
 
 
 def _frames_only(container: Container, key: str, kind: str) -> RawScan:
-    import numpy as np
-
-    from ptychodata.io._hdf5 import H5Dataset
-    from ptychodata.io._raw import squeeze_frames
-
     patterns = H5Dataset(container.path, key) if container.kind == "hdf5" else container.raw(key)
     patterns = squeeze_frames(patterns, key, container.path)
     return RawScan(

@@ -20,7 +20,7 @@ from ptychodata.io._hdf5 import filters_of, require_h5py
 from ptychodata.io._lazy import LazyPatterns
 from ptychodata.io._metadata import metadata_nphotons, parse_metadata
 from ptychodata.io._npz import read_npz, write_npz
-from ptychodata.io._options import LoadOptions
+from ptychodata.io._options import Flag, LoadOptions, load_option_flags
 from ptychodata.io._plan import Plan, plan
 from ptychodata.io._ptychodus import write_training
 from ptychodata.io._raw import RawScan
@@ -31,6 +31,7 @@ __all__ = [
     "NEAR_FIELD_STEP",
     "READERS",
     "CountsEvidence",
+    "Flag",
     "LazyPatterns",
     "LoadOptions",
     "Plan",
@@ -41,6 +42,7 @@ __all__ = [
     "counts_to_amplitude",
     "filters_of",
     "invalid_patterns",
+    "load_option_flags",
     "median_neighbour_step",
     "metadata_nphotons",
     "open_container",

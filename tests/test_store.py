@@ -18,9 +18,9 @@ from ptychodata.errors import (
     StoreNotFoundError,
 )
 from ptychodata.normalize import x_scale
+from ptychodata.store import default_cache_dir
 from ptychodata.store._buffers import BufferPool
 from ptychodata.store._manifest import SCHEMA_VERSION
-from ptychodata.store._prepare import default_cache_dir
 
 CONFIG = GroupingConfig(gridsize=2, neighbor_count=6, seed=0)
 

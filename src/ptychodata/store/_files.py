@@ -19,22 +19,20 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numpy.lib import format as npy_format
 
-from ptychodata._runtime import iter_rows, release_pages, rows_per_chunk
+from ptychodata._runtime import iter_rows, rows_per_chunk
 from ptychodata.errors import StoreError
 
 if TYPE_CHECKING:
     from ptychodata.store._manifest import FileEntry
 
 __all__ = [
+    "STREAM_CHUNK_BYTES",
     "NpyWriter",
     "available_memory",
     "ensure_writable_directory",
     "file_digest",
-    "iter_rows",
     "map_npy",
     "new_hasher",
-    "release_pages",
-    "rows_per_chunk",
     "stream_rows",
     "use_direct_io",
     "write_npy",

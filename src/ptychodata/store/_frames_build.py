@@ -13,24 +13,16 @@ import mmap
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from ptychodata._runtime import jsonable, usable_cores
+from ptychodata._runtime import iter_rows, jsonable, release_pages, usable_cores
 from ptychodata.errors import ParameterError, ScanDataError
 from ptychodata.normalize import checked_energies_and_sums
 from ptychodata.scan import counts_to_amplitude
-from ptychodata.store._files import (
-    NpyWriter,
-    file_digest,
-    iter_rows,
-    release_pages,
-    stream_rows,
-    use_direct_io,
-    write_npy,
-)
+from ptychodata.store._build_options import BuildOptions
+from ptychodata.store._files import NpyWriter, file_digest, stream_rows, use_direct_io, write_npy
 from ptychodata.store._frames import FramesEncoding, decode_into, file_extent
 from ptychodata.store._hashing import options_identity
 from ptychodata.store._layout import FrameFile, npy_name, object_stem
@@ -41,9 +33,7 @@ from ptychodata.store._manifest import (
     SourceEntry,
     write_manifest_last,
 )
-
-if TYPE_CHECKING:
-    from ptychodata.store._prepare import BuildOptions, Source
+from ptychodata.store._sources import Source
 
 __all__ = ["build_frames"]
 
@@ -58,7 +48,7 @@ def build_frames(
     key: str,
     build_id: str,
     handles: list[Source],
-    build: BuildOptions,
+    options: BuildOptions,
 ) -> None:
     sizes = {handle.scan.N for handle in handles}
     if len(sizes) > 1:
@@ -66,16 +56,16 @@ def build_frames(
         raise ScanDataError(f"sources have different pattern sizes ({found}); a store needs one N")
     N = sizes.pop()
     n_total = sum(handle.scan.n_points for handle in handles)
-    if build.copy:
-        encoding = FramesEncoding.for_copy(build.frames_dtype, bool(build.intensity))
+    if options.copy:
+        encoding = FramesEncoding.for_copy(options.frames_dtype, bool(options.intensity))
         reference = None
     else:
-        encoding, reference = _zero_copy_reference(handles[0], bool(build.intensity), build.frames_dtype)
+        encoding, reference = _zero_copy_reference(handles[0], bool(options.intensity), options.frames_dtype)
     experiments = []
     start = 0
     desc = "copying patterns" if reference is None else "reading patterns (zero-copy)"
     with (
-        tqdm(total=n_total, disable=not build.progress, desc=desc, unit="pattern", unit_scale=True) as bar,
+        tqdm(total=n_total, disable=not options.progress, desc=desc, unit="pattern", unit_scale=True) as bar,
         NpyWriter(directory / npy_name(FrameFile.ENERGIES), (n_total,), np.float64) as energies,
         NpyWriter(directory / npy_name(FrameFile.AMPLITUDE_SUMS), (n_total,), np.float64) as sums,
         (
@@ -83,7 +73,7 @@ def build_frames(
                 directory / npy_name(FrameFile.PATTERNS),
                 (n_total, N, N),
                 encoding.storage,
-                direct=use_direct_io(build.direct_io, n_total * N * N * encoding.storage.itemsize),
+                direct=use_direct_io(options.direct_io, n_total * N * N * encoding.storage.itemsize),
             )
             if reference is None
             else contextlib.nullcontext()
@@ -92,7 +82,7 @@ def build_frames(
         for experiment_id, handle in enumerate(handles):
             # A file is identified by its bytes on disk (hashed beside the stream, compressed
             # bytes too), an in-memory scan by the hash of its arrays (computed on opening).
-            digesting = handle.path is not None and (reference is None or build.verify)
+            digesting = handle.path is not None and (reference is None or options.verify)
             with ThreadPoolExecutor(max_workers=1) as hashing:
                 on_disk = hashing.submit(file_digest, handle.path) if digesting else None
                 _stream_patterns(handle, encoding, bar, patterns, energies, sums)
@@ -132,7 +122,7 @@ def build_frames(
         masks = [np.ones((N, N), bool) if s.mask is None else s.mask for s in scans]
         write_npy(directory / npy_name(FrameFile.MASKS), np.stack(masks))
     if all(scan.Y is not None for scan in scans):
-        direct = use_direct_io(build.direct_io, n_total * N * N * 8)
+        direct = use_direct_io(options.direct_io, n_total * N * N * 8)
         with NpyWriter(directory / npy_name(FrameFile.Y), (n_total, N, N), np.complex64, direct=direct) as writer:
             for scan in scans:
                 for _, chunk in iter_rows(scan.Y, stream_rows(scan.Y)):

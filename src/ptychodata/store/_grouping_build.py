@@ -7,23 +7,17 @@ import math
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from ptychodata._runtime import release_pages, rows_per_chunk
 from ptychodata.coords import group_coords
 from ptychodata.errors import ParameterError, ScanDataError
 from ptychodata.grouping import GroupingConfig, group
 from ptychodata.normalize import intensity_scale, scale_from_energies
-from ptychodata.store._files import (
-    STREAM_CHUNK_BYTES,
-    NpyWriter,
-    release_pages,
-    rows_per_chunk,
-    use_direct_io,
-    write_npy,
-)
+from ptychodata.store._build_options import BuildOptions
+from ptychodata.store._files import STREAM_CHUNK_BYTES, NpyWriter, use_direct_io, write_npy
 from ptychodata.store._frames import FramesEncoding, decode_into, map_patterns
 from ptychodata.store._layout import BuildSlot, FrameFile, GroupingFile, npy_name
 from ptychodata.store._manifest import (
@@ -33,9 +27,6 @@ from ptychodata.store._manifest import (
     write_manifest_last,
 )
 
-if TYPE_CHECKING:
-    from ptychodata.store._prepare import BuildOptions
-
 __all__ = ["GroupsAhead", "build_grouping", "experiment_groups"]
 
 
@@ -44,7 +35,7 @@ def build_grouping(
     frames_slot: BuildSlot,
     frames_id: str,
     config: GroupingConfig,
-    build: BuildOptions,
+    options: BuildOptions,
     ahead: GroupsAhead | None = None,
 ) -> str:
     """Build and publish a grouping of frames build ``frames_id``; return its build id.
@@ -88,9 +79,9 @@ def build_grouping(
             coords = group_coords(xs, ys, groups)  # (B, 1, 2, C) layout of §3
             write_npy(directory / npy_name(offsets_stem), coords.offsets[:, 0, :, 0])  # (B, 2)
             write_npy(directory / npy_name(relative_stem), coords.relative[:, 0].transpose(0, 2, 1))  # (B, C, 2)
-        if build.materialize:
+        if options.materialize:
             scale = np.asarray(scales)[experiment_of_group]
-            _materialize_X(directory, frames_dir, frames, groups, scale, build.progress, build.direct_io)
+            _materialize_X(directory, frames_dir, frames, groups, scale, options.progress, options.direct_io)
         write_manifest_last(
             directory,
             GroupingManifest,
@@ -103,7 +94,7 @@ def build_grouping(
             C=int(groups.shape[1]),
             x_scale=scales,
             intensity_scale=photon_scales,
-            materialized=build.materialize,
+            materialized=options.materialize,
         )
     slot.publish(build_id)
     return build_id

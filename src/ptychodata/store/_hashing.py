@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from ptychodata._runtime import canonical_json, is_memory_mapped
+from ptychodata._runtime import canonical_json, is_memory_mapped, iter_rows
 from ptychodata.scan import ScanData
-from ptychodata.store._files import STREAM_CHUNK_BYTES, iter_rows, new_hasher, stream_rows
+from ptychodata.store._files import STREAM_CHUNK_BYTES, new_hasher, stream_rows
 
 __all__ = ["content_hash", "options_identity"]
 

@@ -13,43 +13,31 @@ live when ``current`` is replaced (layout: :mod:`ptychodata.store._layout`).
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ptychodata.errors import ParameterError, ScanDataError, StoreNotFoundError
+from ptychodata.errors import ParameterError, StoreNotFoundError
 from ptychodata.grouping import GroupingConfig
 from ptychodata.scan import ScanData
+from ptychodata.store._build_options import BuildOptions
 from ptychodata.store._cache import collect_builds, collect_frames, live_manifest
 from ptychodata.store._files import ensure_writable_directory, file_digest
 from ptychodata.store._frames import FRAMES_DTYPES, FramesEncoding
 from ptychodata.store._frames_build import build_frames
 from ptychodata.store._grouping_build import GroupsAhead, build_grouping
-from ptychodata.store._hashing import content_hash, options_identity
+from ptychodata.store._hashing import options_identity
 from ptychodata.store._layout import BuildSlot, CacheLayout, file_lock, open_current
 from ptychodata.store._manifest import SCHEMA_VERSION, FrameManifest, GroupingManifest, stable_key
+from ptychodata.store._sources import Source, open_sources
+from ptychodata.store._store import Store
 
-__all__ = ["BuildOptions", "default_cache_dir", "prepare"]
+__all__ = ["default_cache_dir", "prepare"]
 
 _ATTEMPTS = 3  # a frames build removed under a grouping build: start again
-
-
-@dataclass(frozen=True)
-class BuildOptions:
-    """How :func:`prepare` builds what it has to (its arguments of the same names)."""
-
-    intensity: bool | None
-    copy: bool
-    frames_dtype: str | None
-    direct_io: bool | None
-    materialize: bool
-    progress: bool
-    verify: bool
 
 
 def default_cache_dir() -> Path:
@@ -135,27 +123,22 @@ def prepare(
         raise ParameterError(f"frames_dtype={frames_dtype!r}; expected one of {FRAMES_DTYPES} or None")
     if copy:
         FramesEncoding.for_copy(frames_dtype, bool(intensity))  # refuse impossible requests before any work
-    listed = _as_list(sources)
-    if not copy:
-        _check_zero_copy_sources(listed)
-    layout = CacheLayout(ensure_writable_directory(Path(cache_dir) if cache_dir is not None else default_cache_dir()))
-    options = dict(load_options or {})
-    if "intensity" in options:
+    options = BuildOptions(intensity, bool(copy), frames_dtype, direct_io, materialize, progress, verify)
+    loading = dict(load_options or {})
+    if "intensity" in loading:
         raise ParameterError("pass intensity= to prepare itself, not inside load_options")
-    # Counts stored as counts (uint frames, or referenced in place) reach the stream raw.
-    counts_stored = bool(intensity) and (frames_dtype in ("uint16", "uint32") or not copy)
-    handles = [Source.open(source, intensity, options, counts_stored=counts_stored) for source in listed]
-    build = BuildOptions(intensity, bool(copy), frames_dtype, direct_io, materialize, progress, verify)
-    storing = {"copy": build.copy, "frames_dtype": frames_dtype}
+    handles = open_sources(sources, intensity, loading, copy=options.copy, counts_stored=options.counts_stored)
+    layout = CacheLayout(ensure_writable_directory(Path(cache_dir) if cache_dir is not None else default_cache_dir()))
+    storing = {"copy": options.copy, "frames_dtype": frames_dtype}
     frames_key = stable_key(
-        "frames", SCHEMA_VERSION, intensity, options_identity(options), storing,
+        "frames", SCHEMA_VERSION, intensity, options_identity(loading), storing,
         [handle.identity() for handle in handles],
     )
     frames_slot = layout.frames_slot(frames_key)
     grouping_slot = layout.grouping_slot(frames_key, stable_key("grouping", config.to_dict(), materialize))
     for attempt in range(_ATTEMPTS):
         try:
-            return _prepare_once(frames_slot, grouping_slot, handles, config, build)
+            return _prepare_once(frames_slot, grouping_slot, handles, config, options)
         except StoreNotFoundError:  # removed (e.g. 'ptychodata cache remove') while being prepared: again
             if attempt == _ATTEMPTS - 1:
                 raise
@@ -163,19 +146,22 @@ def prepare(
 
 
 def _prepare_once(
-    frames_slot: BuildSlot, grouping_slot: BuildSlot, handles: list[Source], config: GroupingConfig, build: BuildOptions
-):
+    frames_slot: BuildSlot, grouping_slot: BuildSlot, handles: list[Source], config: GroupingConfig,
+    options: BuildOptions,
+) -> Store:
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ptychodata-grouping") as grouping_pool:
-        ahead = _ensure_frames(frames_slot, handles, build, grouping_pool, config)
-        return _group_frames(frames_slot, grouping_slot, config, build, ahead)
+        ahead = _ensure_frames(frames_slot, handles, options, grouping_pool, config)
+        return _group_frames(frames_slot, grouping_slot, config, options, ahead)
 
 
 def _group_frames(
-    frames_slot: BuildSlot, grouping_slot: BuildSlot, config: GroupingConfig, build: BuildOptions, ahead: GroupsAhead | None
-):
+    frames_slot: BuildSlot,
+    grouping_slot: BuildSlot,
+    config: GroupingConfig,
+    options: BuildOptions,
+    ahead: GroupsAhead | None,
+) -> Store:
     """Open the grouping of the live frames build, building it first if there is none."""
-    from ptychodata.store._store import Store
-
     frames_id, frames_lock = open_current(frames_slot)
     try:
         with file_lock(grouping_slot.lock):
@@ -184,7 +170,7 @@ def _group_frames(
             built = grouping_id is None
             if built:
                 try:
-                    grouping_id = build_grouping(grouping_slot, frames_slot, frames_id, config, build, ahead)
+                    grouping_id = build_grouping(grouping_slot, frames_slot, frames_id, config, options, ahead)
                 except FileNotFoundError as exc:  # only a forced removal deletes a build a reader holds
                     if frames_slot.build_dir(frames_id).is_dir():
                         raise
@@ -200,94 +186,8 @@ def _group_frames(
     return store
 
 
-def _check_zero_copy_sources(sources: list[Any]) -> None:
-    """What ``copy=False`` needs before any file is opened: one source, a file."""
-    if len(sources) != 1:
-        raise ParameterError(
-            f"copy=False references one source file's patterns in place; got {len(sources)} sources "
-            "(prepare them with copy=True, or one at a time)"
-        )
-    if isinstance(sources[0], ScanData):
-        raise ParameterError("copy=False needs a source file to reference; got an in-memory ScanData (save it "
-                             "with ScanData.save first, or use copy=True)")
-
-
-def _as_list(sources: Any) -> list[Any]:
-    if isinstance(sources, (str, os.PathLike, ScanData)):
-        return [sources]
-    sources = list(sources)
-    if not sources:
-        raise ParameterError("prepare() needs at least one source")
-    return sources
-
-
-class Source:
-    """A source scan to copy: its identity now, its (memory-mapped or lazy) arrays when
-    first needed.
-
-    Reusing an up-to-date store only stats the file; the scan is opened for a build or
-    a content check. An in-memory scan is identified by the hash of everything that
-    reaches the store.
-    """
-
-    def __init__(
-        self,
-        path: str | None,
-        size: int | None,
-        mtime_ns: int | None,
-        scan: ScanData | None = None,
-        *,
-        intensity: bool | None = None,
-        options: dict[str, Any] | None = None,
-        counts_stored: bool = False,
-    ):
-        self.path, self.size, self.mtime_ns = path, size, mtime_ns
-        self.intensity = intensity
-        self.options = options or {}
-        # The stream takes the square root itself: an in-memory scan of counts, or a file
-        # whose counts are stored as counts (read raw, not converted at load).
-        self.stream_counts = bool(intensity) and (path is None or counts_stored)
-        self._scan = scan
-        self.known_hash = None if scan is None else content_hash(scan)
-
-    @classmethod
-    def open(cls, source: Any, intensity: bool | None, options: dict[str, Any], *, counts_stored: bool) -> Source:
-        if isinstance(source, ScanData):
-            return cls(None, None, None, source, intensity=intensity)
-        path = Path(source).expanduser().resolve()
-        stat = _stat_source(path)
-        return cls(
-            str(path), stat.st_size, stat.st_mtime_ns, intensity=intensity, options=options, counts_stored=counts_stored
-        )
-
-    @property
-    def scan(self) -> ScanData:
-        """The scan as amplitudes (file sources are converted by :meth:`ScanData.load`)."""
-        if self._scan is None:
-            intensity = False if self.stream_counts else self.intensity  # raw counts for the stream
-            with warnings.catch_warnings():
-                if self.stream_counts:  # "whole numbers: counts?" is the point here, not news
-                    warnings.simplefilter("ignore", UserWarning)
-                self._scan = ScanData.load(self.path, check_values=False, intensity=intensity, **self.options)
-        return self._scan
-
-    def identity(self) -> dict[str, Any]:
-        return {"path": self.path} if self.path is not None else {"content_hash": self.known_hash}
-
-    @property
-    def name(self) -> str:
-        return self.path or "in-memory scan"
-
-
-def _stat_source(path: Path) -> os.stat_result:
-    try:
-        return path.stat()
-    except FileNotFoundError:
-        raise ScanDataError(f"{path}: no such file") from None
-
-
 def _ensure_frames(
-    slot: BuildSlot, handles: list[Source], build: BuildOptions, grouping_pool: Executor, config: GroupingConfig
+    slot: BuildSlot, handles: list[Source], options: BuildOptions, grouping_pool: Executor, config: GroupingConfig
 ) -> GroupsAhead | None:
     """Make the frames slot's live build match ``handles``, building a new one if needed.
 
@@ -295,12 +195,12 @@ def _ensure_frames(
     streamed; they are returned (None when the live build was current)."""
     with file_lock(slot.lock):
         slot.remove_temporaries()
-        if _frames_current(live_manifest(slot, FrameManifest), handles, build.verify):
+        if _frames_current(live_manifest(slot, FrameManifest), handles, options.verify):
             return None
         positions = [np.stack([handle.scan.xcoords, handle.scan.ycoords], axis=1) for handle in handles]
         ahead = GroupsAhead.start(grouping_pool, positions, [handle.name for handle in handles], config)
         with slot.new_build() as (build_id, directory):
-            build_frames(directory, slot.frames_key, build_id, handles, build)
+            build_frames(directory, slot.frames_key, build_id, handles, options)
         slot.publish(build_id)
         collect_frames(slot)
     return ahead

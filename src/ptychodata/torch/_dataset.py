@@ -12,8 +12,7 @@ import torch
 
 from ptychodata._runtime import optional_import
 from ptychodata.errors import ParameterError
-from ptychodata.store import Store, open_store
-from ptychodata.store._batch import LAYOUTS
+from ptychodata.store import LAYOUTS, Store, open_store
 
 __all__ = ["GroupedDataset", "collate_batch", "ptycho_torch_batch"]
 

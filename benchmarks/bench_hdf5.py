@@ -2,7 +2,7 @@
 
     python benchmarks/bench_hdf5.py [--points 40000] [--N 64] [--compression lzf gzip] [--workdir DIR]
 
-Targets (issue 9): prepare ≥ 60 % of the h5py read rate of the same dataset (whole chunks,
+Targets: prepare ≥ 60 % of the h5py read rate of the same dataset (whole chunks,
 decompressed), peak RSS < 600 MB whatever the file size. The h5py baseline reads the
 dataset chunk-aligned, 32 MiB at a time, into NumPy and does nothing else; prepare also
 converts counts to amplitudes, checks, hashes the file and writes the store. The reader

@@ -21,7 +21,7 @@ Contenders, all at the same batch size, worker count and shuffling:
 Every DataLoader contender delivers the same per-group content (X, coords_relative,
 coords_offsets, nn_indices, group_index, experiment_id, probe). GB/s counts X + probe bytes
 (C·N²·4 + N²·8 per group); the bound moves X bytes only, so ratios are taken in groups/s.
-Target (the issue): >= 60 000 groups/s at gridsize 2, N 64, batch 64 on 2 cores.
+Target: >= 60 000 groups/s at gridsize 2, N 64, batch 64 on 2 cores.
 """
 
 from __future__ import annotations

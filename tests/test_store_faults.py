@@ -19,7 +19,7 @@ import pytest
 
 from ptychodata import GroupingConfig, ScanData, StoreError, open_store, prepare
 from ptychodata.store._cache import remove_store
-from ptychodata.store._layout import BUILDS, MANIFEST
+from ptychodata.store._cache_paths import BUILDS, MANIFEST
 
 CONFIG = GroupingConfig(gridsize=2, neighbor_count=6, seed=0)
 SRC = str(Path(__file__).resolve().parents[1] / "src")

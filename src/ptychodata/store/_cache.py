@@ -1,7 +1,7 @@
 """The cache directory: list, verify, prune and remove stores.
 
 A cache holds frames slots ``frames-<key>/`` (each with its builds and its groupings'
-slots; layout in :mod:`ptychodata.store._layout`). ``prune`` deletes what no one can
+slots; directories named in :mod:`ptychodata.store._cache_paths`). ``prune`` deletes what no one can
 use any more: builds that are not live and that no reader holds, and temporaries of
 builds whose process died. ``remove`` deletes whole stores.
 """
@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ptychodata.errors import StoreError
+from ptychodata.store._cache_paths import TRASH_PREFIX, BuildSlot, CachePaths, file_lock
 from ptychodata.store._files import file_digest
-from ptychodata.store._layout import TRASH_PREFIX, BuildSlot, CacheLayout, file_lock
 from ptychodata.store._manifest import FrameManifest, GroupingManifest, check_files, read_manifest
 
 __all__ = ["CachedStore", "list_stores", "prune_cache", "remove_store", "verify_store"]
@@ -44,7 +44,7 @@ class CachedStore:
 
 def list_stores(cache_dir: Path) -> list[CachedStore]:
     """Every frames slot under ``cache_dir``, newest first."""
-    stores = [_describe(slot) for slot in CacheLayout(Path(cache_dir)).frame_slots()]
+    stores = [_describe(slot) for slot in CachePaths(Path(cache_dir)).frame_slots()]
     return sorted(stores, key=lambda s: s.manifest.created if s.manifest else "", reverse=True)
 
 
@@ -112,10 +112,10 @@ def verify_store(path: Path, *, content: bool = True) -> list[str]:
 
 
 def _frames_slot(path: Path) -> BuildSlot:
-    layout = CacheLayout(path.parent)
+    paths = CachePaths(path.parent)
     if not path.name.startswith("frames-") or not path.is_dir():
         raise StoreError(f"{path}: not a frames store directory (frames-<key>)")
-    return layout.frames_slot(path.name[len("frames-") :])
+    return paths.frames_slot(path.name[len("frames-") :])
 
 
 @contextlib.contextmanager
@@ -163,7 +163,7 @@ def prune_cache(cache_dir: Path) -> int:
     for leftover in cache_dir.glob(f"{TRASH_PREFIX}frames-*") if cache_dir.is_dir() else []:
         shutil.rmtree(leftover, ignore_errors=True)
         removed += 1
-    for slot in CacheLayout(cache_dir).frame_slots():
+    for slot in CachePaths(cache_dir).frame_slots():
         for grouping in slot.groupings():
             with file_lock(grouping.lock):
                 before = len(grouping.build_ids())

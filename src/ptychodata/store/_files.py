@@ -1,6 +1,6 @@
 """File plumbing for the store: streamed, fsync-ed ``.npy`` writing and bounded-RSS reading.
 
-Where builds go and how they become live is :mod:`ptychodata.store._layout`'s job.
+Where builds go and how they become live is :mod:`ptychodata.store._cache_paths`'s job.
 """
 
 from __future__ import annotations

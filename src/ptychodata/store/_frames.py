@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from ptychodata.errors import ParameterError, ScanDataError, StoreError
-from ptychodata.store._layout import FrameFile, npy_name
+from ptychodata.store._cache_paths import FrameFile, npy_name
 from ptychodata.store._manifest import PatternsEntry
 
 __all__ = ["FRAMES_DTYPES", "DecodedFrames", "FramesEncoding", "decode_into", "file_extent", "map_patterns"]

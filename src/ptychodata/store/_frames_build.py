@@ -22,10 +22,10 @@ from ptychodata.errors import ParameterError, ScanDataError
 from ptychodata.normalize import checked_energies_and_sums
 from ptychodata.scan import counts_to_amplitude
 from ptychodata.store._build_options import BuildOptions
+from ptychodata.store._cache_paths import FrameFile, npy_name, object_stem
 from ptychodata.store._files import NpyWriter, file_digest, stream_rows, use_direct_io, write_npy
 from ptychodata.store._frames import FramesEncoding, decode_into, file_extent
 from ptychodata.store._hashing import options_identity
-from ptychodata.store._layout import FrameFile, npy_name, object_stem
 from ptychodata.store._manifest import (
     ExperimentEntry,
     FrameManifest,

@@ -17,9 +17,9 @@ from ptychodata.errors import ParameterError, ScanDataError
 from ptychodata.grouping import GroupingConfig, group
 from ptychodata.normalize import intensity_scale, scale_from_energies
 from ptychodata.store._build_options import BuildOptions
+from ptychodata.store._cache_paths import BuildSlot, FrameFile, GroupingFile, npy_name
 from ptychodata.store._files import STREAM_CHUNK_BYTES, NpyWriter, use_direct_io, write_npy
 from ptychodata.store._frames import FramesEncoding, decode_into, map_patterns
-from ptychodata.store._layout import BuildSlot, FrameFile, GroupingFile, npy_name
 from ptychodata.store._manifest import (
     FrameManifest,
     GroupingManifest,

@@ -21,7 +21,7 @@ import numpy as np
 
 from ptychodata._runtime import __version__, canonical_json
 from ptychodata.errors import StoreError, StoreNotFoundError
-from ptychodata.store._layout import MANIFEST, npy_files
+from ptychodata.store._cache_paths import MANIFEST, npy_files
 
 __all__ = [
     "SCHEMA_VERSION",

@@ -7,7 +7,7 @@ file source is identified by its path, size and modification time (and, with
 ``verify=True``, a hash of its bytes), an in-memory scan by the hash of its arrays
 (:mod:`ptychodata.store._hashing`). Every build happens in a temporary directory under
 the slot's OS file lock, is renamed into the slot's ``builds/`` when complete and becomes
-live when ``current`` is replaced (layout: :mod:`ptychodata.store._layout`).
+live when ``current`` is replaced (directories: :mod:`ptychodata.store._cache_paths`).
 """
 
 from __future__ import annotations
@@ -25,12 +25,12 @@ from ptychodata.grouping import GroupingConfig
 from ptychodata.scan import ScanData
 from ptychodata.store._build_options import BuildOptions
 from ptychodata.store._cache import collect_builds, collect_frames, live_manifest
+from ptychodata.store._cache_paths import BuildSlot, CachePaths, file_lock, open_current
 from ptychodata.store._files import ensure_writable_directory, file_digest
 from ptychodata.store._frames import FRAMES_DTYPES, FramesEncoding
 from ptychodata.store._frames_build import build_frames
 from ptychodata.store._grouping_build import GroupsAhead, build_grouping
 from ptychodata.store._hashing import options_identity
-from ptychodata.store._layout import BuildSlot, CacheLayout, file_lock, open_current
 from ptychodata.store._manifest import SCHEMA_VERSION, FrameManifest, GroupingManifest, stable_key
 from ptychodata.store._sources import Source, open_sources
 from ptychodata.store._store import Store
@@ -66,7 +66,7 @@ def prepare(
 
     Every build is immutable and has its own id: a changed source gives a new frames
     build, made beside the old one and then made live by replacing the ``current``
-    pointer atomically (see :mod:`ptychodata.store._layout`). Readers of the old build
+    pointer atomically (see :mod:`ptychodata.store._cache_paths`). Readers of the old build
     keep it until they close; it is deleted by a later ``prepare`` once no reader holds
     it, or by ``ptychodata cache``.
 
@@ -128,14 +128,14 @@ def prepare(
     if "intensity" in loading:
         raise ParameterError("pass intensity= to prepare itself, not inside load_options")
     handles = open_sources(sources, intensity, loading, copy=options.copy, counts_stored=options.counts_stored)
-    layout = CacheLayout(ensure_writable_directory(Path(cache_dir) if cache_dir is not None else default_cache_dir()))
+    paths = CachePaths(ensure_writable_directory(Path(cache_dir) if cache_dir is not None else default_cache_dir()))
     storing = {"copy": options.copy, "frames_dtype": frames_dtype}
     frames_key = stable_key(
         "frames", SCHEMA_VERSION, intensity, options_identity(loading), storing,
         [handle.identity() for handle in handles],
     )
-    frames_slot = layout.frames_slot(frames_key)
-    grouping_slot = layout.grouping_slot(frames_key, stable_key("grouping", config.to_dict(), materialize))
+    frames_slot = paths.frames_slot(frames_key)
+    grouping_slot = paths.grouping_slot(frames_key, stable_key("grouping", config.to_dict(), materialize))
     for attempt in range(_ATTEMPTS):
         try:
             return _prepare_once(frames_slot, grouping_slot, handles, config, options)

@@ -31,9 +31,7 @@ from ptychodata.store._batch import (
     PtychoTorchConstants,
     ptycho_torch_layout,
 )
-from ptychodata.store._files import map_npy
-from ptychodata.store._frames import DecodedFrames, FramesEncoding, map_patterns
-from ptychodata.store._layout import (
+from ptychodata.store._cache_paths import (
     BUILDS,
     CURRENT,
     GROUPINGS,
@@ -46,6 +44,8 @@ from ptychodata.store._layout import (
     object_stem,
     open_current,
 )
+from ptychodata.store._files import map_npy
+from ptychodata.store._frames import DecodedFrames, FramesEncoding, map_patterns
 from ptychodata.store._manifest import FrameManifest, GroupingManifest, read_manifest
 from ptychodata.store._split import split_groups
 

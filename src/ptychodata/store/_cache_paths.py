@@ -1,4 +1,4 @@
-"""The on-disk layout of a store cache: the one module that spells its names.
+"""The directory structure of a store cache: the one module that spells its paths.
 
 ::
 
@@ -33,7 +33,7 @@ from ptychodata.errors import StoreError, StoreNotFoundError
 
 __all__ = [
     "BuildSlot",
-    "CacheLayout",
+    "CachePaths",
     "FrameFile",
     "GroupingFile",
     "ReaderLock",
@@ -111,7 +111,7 @@ def new_build_id() -> str:
 
 
 @dataclass(frozen=True)
-class CacheLayout:
+class CachePaths:
     """Paths of one cache directory."""
 
     root: Path

@@ -501,13 +501,13 @@ def test_grouped_data_gathers_from_a_lazy_scan(tmp_path):
     ],
 )
 def test_preparation_matches_a_plain_numpy_reference(dtype, transpose, flip_rows, flip_cols, shift, bin_):
-    from ptychodata.io import Preparation
+    from ptychodata.io import DetectorSteps
 
     rng = np.random.default_rng(5)
     raw = rng.integers(0, 50, (6, 12, 10)).astype(dtype)
     bad = np.zeros((12, 10), bool)
     bad[1, 2] = bad[7, 9] = True
-    prep = Preparation(
+    prep = DetectorSteps(
         (12, 10),
         transpose=transpose,
         flip_rows=flip_rows,
@@ -622,26 +622,26 @@ def test_estimated_probe_when_asked_and_flagged(tmp_path, small_scan):
 
 @pytest.mark.parametrize("dtype", [np.uint16, np.int32])
 def test_integers_kept_in_their_dtype_equal_the_float_frames(dtype):
-    from ptychodata.io import Preparation
+    from ptychodata.io import DetectorSteps
 
     raw = np.random.default_rng(6).integers(0, 900, (5, 12, 10)).astype(dtype)
     bad = np.zeros((12, 10), bool)
     bad[3, 4] = True
     steps = {"transpose": True, "flip_rows": True, "shift": True, "crop": (1, 0, 8), "bad": bad}
-    as_float = Preparation((12, 10), **steps).apply(raw)
-    kept = Preparation((12, 10), keep_integers=True, **steps)
+    as_float = DetectorSteps((12, 10), **steps).apply(raw)
+    kept = DetectorSteps((12, 10), keep_integers=True, **steps)
     assert kept.output_dtype(raw.dtype) == raw.dtype
     out = kept.apply(raw)
     assert out.dtype == raw.dtype and out.shape == (5, 8, 8)
     np.testing.assert_array_equal(out.astype(np.float32), as_float)
     # counts to convert, or binning, need float32 whatever keep_integers says
-    assert Preparation((10, 10), keep_integers=True, counts=True).output_dtype(raw.dtype) == np.float32
-    assert Preparation((10, 10), keep_integers=True, bin=2).output_dtype(raw.dtype) == np.float32
+    assert DetectorSteps((10, 10), keep_integers=True, counts=True).output_dtype(raw.dtype) == np.float32
+    assert DetectorSteps((10, 10), keep_integers=True, bin=2).output_dtype(raw.dtype) == np.float32
     if dtype == np.int32:
         raw[2, 5, 5] = -3
         with pytest.raises(ScanDataError, match=r"pattern 7 holds NaN, Inf or negative counts \(min -3\)"):
-            Preparation((10, 10), keep_integers=True).apply(raw[:, :10, :], first=5)
-        clipped = Preparation((10, 10), keep_integers=True, clip_negative=True).apply(raw[:, :10, :])
+            DetectorSteps((10, 10), keep_integers=True).apply(raw[:, :10, :], first=5)
+        clipped = DetectorSteps((10, 10), keep_integers=True, clip_negative=True).apply(raw[:, :10, :])
         assert clipped.min() == 0 and clipped.dtype == np.int32
 
 

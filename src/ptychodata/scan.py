@@ -332,7 +332,7 @@ def _check_same_length(arrays: Mapping[str, np.ndarray], where: str) -> int:
 
 def _parse_diffraction(values: Any, n_points: int, where: str) -> np.ndarray:
     key = "diffraction"
-    if hasattr(values, "preparation"):  # a LazyPatterns source: already (M, N, N) float32
+    if isinstance(values, LazyPatterns):  # already (M, N, N) float32 or kept integers
         if values.shape[0] != n_points:
             raise ScanDataError(
                 f"{where}length mismatch: key {key!r} has shape {values.shape} ({values.shape[0]} patterns) but "

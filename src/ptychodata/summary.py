@@ -222,7 +222,7 @@ def _array_table(scan: ScanData) -> dict[str, dict[str, Any]]:
             continue
         if isinstance(value, np.memmap):
             note = (note + " memory-mapped").strip()
-        elif hasattr(value, "preparation"):
+        elif hasattr(value, "detector"):
             note = (note + " read lazily, prepared per chunk").strip()
         table[key] = {"shape": list(value.shape), "dtype": str(value.dtype), "note": note}
     return table
@@ -402,7 +402,7 @@ def _tree(container: Any) -> list[dict[str, Any]]:
 
 
 def _evidence(raw: Any, decided: Any) -> dict[str, Any]:
-    stats, prep = decided.stats, decided.preparation
+    stats, prep = decided.stats, decided.detector
     return jsonable({
         "patterns": raw.patterns_key,
         "frames": {"count": int(raw.patterns.shape[0]), "shape": [int(n) for n in raw.patterns.shape[1:]],

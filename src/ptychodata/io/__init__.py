@@ -14,7 +14,7 @@ from ptychodata.io._counts import (
     counts_to_amplitude,
     invalid_patterns,
 )
-from ptychodata.io._detector import Preparation
+from ptychodata.io._detector import DetectorSteps
 from ptychodata.io._geometry import NEAR_FIELD_STEP, median_neighbour_step
 from ptychodata.io._hdf5 import filters_of, require_h5py
 from ptychodata.io._lazy import LazyPatterns
@@ -35,7 +35,7 @@ __all__ = [
     "LazyPatterns",
     "LoadOptions",
     "Plan",
-    "Preparation",
+    "DetectorSteps",
     "RawScan",
     "assemble",
     "check_amplitudes",

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ptychodata.errors import ScanDataError
-from ptychodata.io._detector import Preparation
+from ptychodata.io._detector import DetectorSteps
 from ptychodata.io._geometry import object_pixel_positions
 from ptychodata.io._hdf5 import H5Dataset
 from ptychodata.io._lazy import LazyPatterns
@@ -44,7 +44,7 @@ def assemble(raw: RawScan, options: LoadOptions, *, decided: Plan | None = None)
     """The contract fields (``ScanData``'s keyword arguments) of ``raw`` prepared by ``options``
     (warnings issued, metadata recorded)."""
     decided = plan(raw, options) if decided is None else decided
-    prep = decided.preparation
+    prep = decided.detector
     N, window = prep.N, prep.window
     Ho, Wo = prep.oriented_shape
     metadata: dict[str, Any] = {}
@@ -115,8 +115,8 @@ def assemble(raw: RawScan, options: LoadOptions, *, decided: Plan | None = None)
 
 def _mean_photons(decided: Plan) -> float:
     """Mean counts per prepared pattern: the sampled mean frame through shift, crop, bin and mask."""
-    prep = decided.preparation
-    geometric = Preparation(
+    prep = decided.detector
+    geometric = DetectorSteps(
         prep.oriented_shape, shift=prep.shift, crop=prep.crop, bin=prep.bin, clip_negative=True
     )
     frame = geometric.apply(np.ascontiguousarray(decided.stats.mean_pattern[None]))[0]
@@ -125,8 +125,8 @@ def _mean_photons(decided: Plan) -> float:
 
 def _estimated_probe(decided: Plan) -> np.ndarray:
     """(N, N) complex64 probe whose far field is sqrt of the mean prepared intensity, centred in real space."""
-    prep = decided.preparation
-    geometric = Preparation(prep.oriented_shape, shift=prep.shift, crop=prep.crop, bin=prep.bin, clip_negative=True)
+    prep = decided.detector
+    geometric = DetectorSteps(prep.oriented_shape, shift=prep.shift, crop=prep.crop, bin=prep.bin, clip_negative=True)
     # counts: the mean of the values is the mean intensity; amplitudes: the mean of their squares
     stats = decided.stats
     intensity = stats.mean_pattern if decided.counts else stats.mean_square_pattern

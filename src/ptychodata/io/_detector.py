@@ -1,6 +1,6 @@
 """Detector steps, applied per chunk of patterns while they stream from a file.
 
-A :class:`Preparation` turns raw detector frames (M, H, W) into contract patterns
+A :class:`DetectorSteps` turns raw detector frames (M, H, W) into contract patterns
 (M, N, N) float32: transpose / flips, fftshift of unshifted data, crop to a square
 window, integer binning (sums), clipping of negative values (dark subtraction),
 NaN → 0, counts → amplitude (sqrt), and bad pixels set to 0. Every step is vectorised
@@ -17,11 +17,11 @@ import numpy as np
 
 from ptychodata.errors import ScanDataError
 
-__all__ = ["Preparation"]
+__all__ = ["DetectorSteps"]
 
 
 @dataclass(frozen=True, eq=False)
-class Preparation:
+class DetectorSteps:
     """Steps from raw detector frames (H, W) to contract patterns (N, N), in this order.
 
     Attributes

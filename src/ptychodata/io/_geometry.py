@@ -39,7 +39,7 @@ def median_neighbour_step(x: np.ndarray, y: np.ndarray, *, max_points: int = 409
     return float(np.median(distances)) if distances.size else None
 
 def object_pixel_positions(raw, options, decided, x, y, x_start, y_start, metadata):
-    prep = decided.preparation
+    prep = decided.detector
     N, window = prep.N, prep.window
     Ho, Wo = prep.oriented_shape
     unit = raw.position_unit

@@ -1,4 +1,4 @@
-"""Patterns read lazily: a :class:`Preparation` applied on each read, whole HDF5 chunks at a time."""
+"""Patterns read lazily: a :class:`DetectorSteps` applied on each read, whole HDF5 chunks at a time."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from ptychodata.errors import ScanDataError
-from ptychodata.io._detector import Preparation
+from ptychodata.io._detector import DetectorSteps
 
 __all__ = ["LazyPatterns"]
 
@@ -34,11 +34,11 @@ class LazyPatterns:
         A good number of rows for sequential reads: whole chunks, about 32 MiB.
     """
 
-    def __init__(self, raw: Any, preparation: Preparation, *, where: str = ""):
-        self.raw, self.preparation, self.where = raw, preparation, where
-        N = preparation.N
+    def __init__(self, raw: Any, detector: DetectorSteps, *, where: str = ""):
+        self.raw, self.detector, self.where = raw, detector, where
+        N = detector.N
         self.shape = (int(raw.shape[0]), N, N)
-        self.dtype = preparation.output_dtype(raw.dtype)
+        self.dtype = detector.output_dtype(raw.dtype)
         self._tail: tuple[int, np.ndarray] | None = None
         self._ahead: tuple[int, Any] | None = None  # (first row, future of the raw block read ahead)
         self._reader: Any = None  # one background thread, created on the first sequential read
@@ -58,18 +58,18 @@ class LazyPatterns:
 
     @property
     def mask(self) -> np.ndarray | None:
-        return self.preparation.mask
+        return self.detector.mask
 
     def __len__(self) -> int:
         return self.shape[0]
 
     def keeping_integers(self) -> LazyPatterns:
         """The same patterns with integer frames kept in their own dtype where nothing
-        needs float32 (:attr:`Preparation.keep_integers`)."""
-        return LazyPatterns(self.raw, replace(self.preparation, keep_integers=True), where=self.where)
+        needs float32 (:attr:`DetectorSteps.keep_integers`)."""
+        return LazyPatterns(self.raw, replace(self.detector, keep_integers=True), where=self.where)
 
     def __repr__(self) -> str:
-        return f"LazyPatterns(shape={self.shape}, source={self.where or self.raw!r}, steps={self.preparation.steps()})"
+        return f"LazyPatterns(shape={self.shape}, source={self.where or self.raw!r}, steps={self.detector.steps()})"
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -113,7 +113,7 @@ class LazyPatterns:
                 block_start = int(blocks[first]) * chunk
                 block = np.asarray(self.raw[block_start : min(M, block_start + chunk)])
                 raw[first:stop] = block[unique[first:stop] - block_start]
-        return self._prepare(raw, 0)[inverse.reshape(indices.shape)]
+        return self._apply(raw, 0)[inverse.reshape(indices.shape)]
 
     def _rows(self, start: int, stop: int) -> np.ndarray:
         """Prepared rows [start, stop): whole chunks read, the rest kept, the next block read ahead.
@@ -152,7 +152,7 @@ class LazyPatterns:
             span = max(chunk, -(-(stop - start) // chunk) * chunk)
             self._read_ahead(block_end, min(self.shape[0], block_end + span))
         raw = parts[0] if len(parts) == 1 else np.concatenate(parts)
-        return self._prepare(raw, start)
+        return self._apply(raw, start)
 
     def _block(self, position: int, stop: int, chunk: int) -> tuple[int, np.ndarray]:
         """A raw block that starts at or before ``position``: the one read ahead, else read now."""
@@ -173,8 +173,8 @@ class LazyPatterns:
             self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ptychodata-read-ahead")
         self._ahead = (start, self._reader.submit(lambda: np.asarray(self.raw[start:stop])))
 
-    def _prepare(self, raw: np.ndarray, first: int) -> np.ndarray:
+    def _apply(self, raw: np.ndarray, first: int) -> np.ndarray:
         try:
-            return self.preparation.apply(raw, first)
+            return self.detector.apply(raw, first)
         except ScanDataError as exc:
             raise ScanDataError(f"{self.where}{exc}") from None

@@ -202,7 +202,7 @@ def _write_member(member, array: np.ndarray) -> None:
 
 def _streamable(value) -> bool:
     """A lazy pattern source (``LazyPatterns``) too large to read whole: written row-chunk by row-chunk."""
-    return hasattr(value, "preparation") and value.nbytes > _STREAM_BYTES
+    return hasattr(value, "detector") and value.nbytes > _STREAM_BYTES
 
 
 def write_npz(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> Path:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ptychodata.errors import ScanDataError
-from ptychodata.io._detector import Preparation
+from ptychodata.io._detector import DetectorSteps
 from ptychodata.io._options import LoadOptions
 from ptychodata.io._raw import RawScan
 from ptychodata.io._sampling import PatternStats, analyze_sample
@@ -18,9 +18,9 @@ __all__ = ["Plan", "plan"]
 
 @dataclass
 class Plan:
-    """What :func:`plan` decided for a raw scan: the preparation and the evidence."""
+    """What :func:`plan` decided for a raw scan: the detector steps and the evidence."""
 
-    preparation: Preparation
+    detector: DetectorSteps
     stats: PatternStats
     counts: bool
     counts_reason: str
@@ -33,7 +33,7 @@ def plan(raw: RawScan, options: LoadOptions) -> Plan:
     where = raw.where + f"key {raw.patterns_key!r}: "
     messages: list[str] = []
     H, W = (int(n) for n in raw.patterns.shape[1:])
-    orient = Preparation(
+    orient = DetectorSteps(
         (H, W),
         transpose=options.transpose,
         flip_rows=options.flip_rows,
@@ -137,7 +137,7 @@ def plan(raw: RawScan, options: LoadOptions) -> Plan:
         crop = None if (size == Ho == Wo and row0 == col0 == 0) else (row0, col0, size)
 
     clip = bool(options.clip_negative)
-    preparation = Preparation(
+    detector = DetectorSteps(
         (H, W),
         transpose=options.transpose,
         flip_rows=options.flip_rows,
@@ -149,7 +149,7 @@ def plan(raw: RawScan, options: LoadOptions) -> Plan:
         counts=counts,
         bad=bad if bad.any() else None,
     )
-    return Plan(preparation, stats, counts, reason, not shift, shift_reason, messages)
+    return Plan(detector, stats, counts, reason, not shift, shift_reason, messages)
 
 def _oriented(frame: np.ndarray, options: LoadOptions) -> np.ndarray:
     """A raw-frame (H, W) array in the oriented frame: transpose, then flips."""

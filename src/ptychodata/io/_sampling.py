@@ -11,7 +11,7 @@ import numpy as np
 
 from ptychodata.errors import ScanDataError
 from ptychodata.io._counts import CountsEvidence
-from ptychodata.io._detector import Preparation
+from ptychodata.io._detector import DetectorSteps
 
 __all__ = ["PatternStats", "analyze_sample", "circular_centroid", "sample_blocks"]
 
@@ -117,7 +117,7 @@ def sample_blocks(n_points: int, rows_per_block: int, block_bytes: int) -> list[
     picks = np.unique(np.linspace(0, n_blocks_total - 1, n_blocks).round().astype(np.int64))
     return [(int(b) * rows_per_block, min(n_points, (int(b) + 1) * rows_per_block)) for b in picks]
 
-def analyze_sample(raw: Any, orient: Preparation, where: str, exclude: np.ndarray | None = None) -> PatternStats:
+def analyze_sample(raw: Any, orient: DetectorSteps, where: str, exclude: np.ndarray | None = None) -> PatternStats:
     """Measure a sample of whole chunks of ``raw`` (M, H, W), oriented by ``orient``'s flips/transpose.
 
     ``exclude`` (oriented (H, W) bool, True = bad pixel) is left out of the mean pattern, so a

@@ -80,7 +80,9 @@ def assemble(raw: RawScan, options: LoadOptions, *, decided: Plan | None = None)
         None if v is None else np.asarray(v, np.float64).reshape(-1)
         for v in (raw.x, raw.y, raw.x_start, raw.y_start)
     )
-    x, y, x_start, y_start, conversion = object_pixel_positions(raw, options, decided, x, y, x_start, y_start, metadata)
+    x, y, x_start, y_start, conversion = object_pixel_positions(
+        raw, options, prep, (x, y, x_start, y_start), metadata
+    )
     if conversion != "object pixels, used unchanged" or not raw.square_required:
         metadata["positions"] = conversion
     if raw.notes:

@@ -9,6 +9,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from ptychodata.errors import ScanDataError
+from ptychodata.io._detector import DetectorSteps
 from ptychodata.io._options import LoadOptions
 from ptychodata.io._raw import RawScan
 from ptychodata.io._units import far_field_pixel, wavelength_from_energy
@@ -38,66 +39,48 @@ def median_neighbour_step(x: np.ndarray, y: np.ndarray, *, max_points: int = 409
     distances = distances[np.isfinite(distances)]
     return float(np.median(distances)) if distances.size else None
 
-def object_pixel_positions(raw, options, decided, x, y, x_start, y_start, metadata):
-    prep = decided.detector
-    N, window = prep.N, prep.window
-    Ho, Wo = prep.oriented_shape
-    unit = raw.position_unit
-    if unit == "px":
-        _record_pixel_geometry(raw, options, metadata, window, Ho, Wo)
-        if raw.position_origin == "corner":
-            x, y = x + Wo / 2, y + Ho / 2
-            x_start = None if x_start is None else x_start + Wo / 2
-            y_start = None if y_start is None else y_start + Ho / 2
-            text = f"object pixels; window corners to centres (+{Wo / 2:g}, +{Ho / 2:g})"
-        else:
-            text = "object pixels, used unchanged"
-        if window != Wo or window != Ho:  # a smaller detector window makes the object pixel larger
-            sx, sy = window / Wo, window / Ho
-            x, y = x * sx, y * sy
-            x_start = None if x_start is None else x_start * sx
-            y_start = None if y_start is None else y_start * sy
-            text += f"; scaled by the crop ({sx:g}, {sy:g}): the object pixel grows as the detector window shrinks"
-        return x, y, x_start, y_start, text
+def object_pixel_positions(
+    raw: RawScan,
+    options: LoadOptions,
+    detector: DetectorSteps,
+    positions: tuple[Any, Any, Any, Any],
+    metadata: dict[str, Any],
+) -> tuple[Any, Any, Any, Any, str]:
+    """The positions ``(x, y, x_start, y_start)`` (float64 arrays, the starts may be None) in object
+    pixels of the prepared patterns (x = column, y = row), and how they were converted.
 
-    # metres
-    geometry = _geometry(raw, options, metadata)
-    if options.pixel_size is not None:
-        pixel = (float(options.pixel_size), float(options.pixel_size))
-        how = f"metres / pixel_size {options.pixel_size:g} m (given)"
-        far_field = False
-    elif raw.object_pixel_m is not None:
-        pixel = raw.object_pixel_m
-        how = f"metres / the file's object pixel ({pixel[1]:g} m wide, {pixel[0]:g} m high)"
-        far_field = False
+    Geometry found on the way (energy, distance, object pixel) is recorded in ``metadata``.
+    """
+    if raw.position_unit == "px":
+        return _pixel_positions(raw, options, detector, positions, metadata)
+    return _metre_positions(raw, options, detector, positions, metadata)
+
+
+def _pixel_positions(raw, options, detector, positions, metadata):
+    window = detector.window
+    Ho, Wo = detector.oriented_shape
+    x, y, x_start, y_start = positions
+    _record_pixel_geometry(raw, options, metadata, window, Ho, Wo)
+    if raw.position_origin == "corner":
+        x, y = x + Wo / 2, y + Ho / 2
+        x_start = None if x_start is None else x_start + Wo / 2
+        y_start = None if y_start is None else y_start + Ho / 2
+        text = f"object pixels; window corners to centres (+{Wo / 2:g}, +{Ho / 2:g})"
     else:
-        missing = [
-            name
-            for name, value in (
-                ("energy_eV= or wavelength_m=", geometry["wavelength_m"]),
-                ("distance_m=", geometry["distance_m"]),
-                ("detector_pixel_m=", geometry["detector_pixel_m"]),
-            )
-            if value is None
-        ]
-        if missing:
-            raise ScanDataError(
-                f"{raw.where}positions are in metres but the file lacks the geometry to convert them to object "
-                f"pixels (missing {', '.join(missing)}); pass pixel_size=<object pixel in m> "
-                f"(CLI --pixel-size), or the missing {', '.join(missing)} (CLI --energy-ev/--wavelength, "
-                "--distance, --detector-pixel)"
-            )
-        wavelength, distance = geometry["wavelength_m"], geometry["distance_m"]
-        p_y, p_x = geometry["detector_pixel_m"]
-        pixel = (
-            far_field_pixel(wavelength, distance, window, p_y),
-            far_field_pixel(wavelength, distance, window, p_x),
-        )
-        how = (
-            f"metres / far-field object pixel λz/(S·p) = {pixel[1]:.4g} m (λ {wavelength:.4g} m, z {distance:g} m, "
-            f"S {window} detector pixels, p {p_x:g} m)"
-        )
-        far_field = True
+        text = "object pixels, used unchanged"
+    if window != Wo or window != Ho:  # a smaller detector window makes the object pixel larger
+        sx, sy = window / Wo, window / Ho
+        x, y = x * sx, y * sy
+        x_start = None if x_start is None else x_start * sx
+        y_start = None if y_start is None else y_start * sy
+        text += f"; scaled by the crop ({sx:g}, {sy:g}): the object pixel grows as the detector window shrinks"
+    return x, y, x_start, y_start, text
+
+
+def _metre_positions(raw, options, detector, positions, metadata):
+    N = detector.N
+    x, y, x_start, y_start = positions
+    pixel, how, far_field = _object_pixel(raw, options, detector.window, _geometry(raw, options, metadata))
     metadata["object_pixel_m"] = [pixel[1], pixel[0]]  # (x, y)
     if raw.object_origin is not None:
         origin_x_m, origin_y_m, origin_x_px, origin_y_px = raw.object_origin
@@ -112,23 +95,8 @@ def object_pixel_positions(raw, options, decided, x, y, x_start, y_start, metada
 
     px = to_px(x, origin_x_m, origin_x_px, pixel[1])
     py = to_px(y, origin_y_m, origin_y_px, pixel[0])
-    if far_field and not options.near_field:
-        step = median_neighbour_step(px, py)
-        if step is not None and step > NEAR_FIELD_STEP * N:
-            raise ScanDataError(
-                f"{raw.where}looks like near-field (Fresnel) data, not far-field diffraction: with the far-field "
-                f"object pixel λz/(S·p) = {pixel[1]:.3g} m the median scan step is {step:.1f} px = {step / N:.2f} N, "
-                f"so N×N windows (N = {N}) would overlap by less than half; ptychodata prepares far-field data. "
-                "To load it anyway, flagged metadata['near_field'] = True, pass near_field=True and "
-                "pixel_size=<object pixel in m> (e.g. detector pixel / magnification; CLI: --near-field "
-                "--pixel-size M)"
-            )
+    _check_far_field(raw, options, px, py, pixel, N, far_field)
     if options.near_field:
-        if options.pixel_size is None:
-            raise ScanDataError(
-                f"{raw.where}near_field=True needs pixel_size=<object pixel in m>: the far-field relation λz/(N·p) "
-                "does not hold for near-field (Fresnel) data"
-            )
         metadata["near_field"] = True
     return (
         px,
@@ -137,6 +105,64 @@ def object_pixel_positions(raw, options, decided, x, y, x_start, y_start, metada
         to_px(y_start, origin_y_m, origin_y_px, pixel[0]),
         how,
     )
+
+
+def _object_pixel(
+    raw: RawScan, options: LoadOptions, window: int, geometry: dict[str, Any]
+) -> tuple[tuple[float, float], str, bool]:
+    """The object pixel (height, width) in metres, how it was found, and whether by the far-field relation."""
+    if options.pixel_size is not None:
+        pixel = (float(options.pixel_size), float(options.pixel_size))
+        return pixel, f"metres / pixel_size {options.pixel_size:g} m (given)", False
+    if raw.object_pixel_m is not None:
+        pixel = raw.object_pixel_m
+        return pixel, f"metres / the file's object pixel ({pixel[1]:g} m wide, {pixel[0]:g} m high)", False
+    missing = [
+        name
+        for name, value in (
+            ("energy_eV= or wavelength_m=", geometry["wavelength_m"]),
+            ("distance_m=", geometry["distance_m"]),
+            ("detector_pixel_m=", geometry["detector_pixel_m"]),
+        )
+        if value is None
+    ]
+    if missing:
+        raise ScanDataError(
+            f"{raw.where}positions are in metres but the file lacks the geometry to convert them to object "
+            f"pixels (missing {', '.join(missing)}); pass pixel_size=<object pixel in m>, or the missing "
+            f"{', '.join(missing)}"
+        )
+    wavelength, distance = geometry["wavelength_m"], geometry["distance_m"]
+    p_y, p_x = geometry["detector_pixel_m"]
+    pixel = (
+        far_field_pixel(wavelength, distance, window, p_y),
+        far_field_pixel(wavelength, distance, window, p_x),
+    )
+    how = (
+        f"metres / far-field object pixel λz/(S·p) = {pixel[1]:.4g} m (λ {wavelength:.4g} m, z {distance:g} m, "
+        f"S {window} detector pixels, p {p_x:g} m)"
+    )
+    return pixel, how, True
+
+
+def _check_far_field(raw, options, px, py, pixel, N, far_field) -> None:
+    """Refuse positions too far apart for far-field data (near-field holograms) unless ``near_field``."""
+    if far_field and not options.near_field:
+        step = median_neighbour_step(px, py)
+        if step is not None and step > NEAR_FIELD_STEP * N:
+            raise ScanDataError(
+                f"{raw.where}looks like near-field (Fresnel) data, not far-field diffraction: with the far-field "
+                f"object pixel λz/(S·p) = {pixel[1]:.3g} m the median scan step is {step:.1f} px = {step / N:.2f} N, "
+                f"so N×N windows (N = {N}) would overlap by less than half; ptychodata prepares far-field data. "
+                "To load it anyway, flagged metadata['near_field'] = True, pass near_field=True and "
+                "pixel_size=<object pixel in m> (e.g. detector pixel / magnification)"
+            )
+    if options.near_field and options.pixel_size is None:
+        raise ScanDataError(
+            f"{raw.where}near_field=True needs pixel_size=<object pixel in m>: the far-field relation λz/(N·p) "
+            "does not hold for near-field (Fresnel) data"
+        )
+
 
 def _record_pixel_geometry(
     raw: RawScan, options: LoadOptions, metadata: dict[str, Any], window: int, Ho: int, Wo: int

@@ -1,8 +1,52 @@
 """The on-disk store: immutable builds of frames stored once and groupings as index
-tables, a ``current`` pointer to the live build, memory-mapped batches."""
+tables, a ``current`` pointer to the live build, memory-mapped batches.
 
-from ptychodata.store._batch import LAYOUTS
+Modules, by job:
+
+- ``_prepare``: :func:`prepare` (what is reused, what is built); ``_build_options`` and
+  ``_sources``: its arguments and its source scans; ``_frames_build`` and
+  ``_grouping_build``: the two kinds of build; ``_frames``: how patterns are stored;
+  ``_hashing``, ``_manifest``, ``_files``: identities, records and files of a build.
+- ``_cache_paths``: the cache's directory structure and locks; ``_cache``: listing,
+  verifying, pruning and removing stores.
+- ``_open_store``: :func:`open_store`; ``_open_build``: a build's files mapped and locked;
+  ``_store``: the :class:`Store`; ``_split``: leak-free train/validation splits.
+- ``_batch_schema``: the keys, shapes and dtypes of a batch per layout; ``_batch`` and
+  ``_buffers``: the host gather and its recycled buffers; ``_ptycho_torch``: the
+  ptycho_torch adapter (its constants and batch).
+"""
+
+from ptychodata.store._batch import check_batch_indices
+from ptychodata.store._batch_schema import (
+    DEFAULT_SCHEMA,
+    LAYOUTS,
+    PTYCHO_TORCH_SCHEMA,
+    BatchField,
+    BatchSchema,
+    batch_schema,
+)
+from ptychodata.store._cache import CachedStore, list_stores, prune_cache, remove_store, verify_store
+from ptychodata.store._open_store import open_store
 from ptychodata.store._prepare import default_cache_dir, prepare
-from ptychodata.store._store import Store, open_store
+from ptychodata.store._ptycho_torch import PtychoTorchConstants
+from ptychodata.store._store import Store
 
-__all__ = ["LAYOUTS", "Store", "default_cache_dir", "open_store", "prepare"]
+__all__ = [
+    "DEFAULT_SCHEMA",
+    "LAYOUTS",
+    "PTYCHO_TORCH_SCHEMA",
+    "BatchField",
+    "BatchSchema",
+    "CachedStore",
+    "PtychoTorchConstants",
+    "Store",
+    "batch_schema",
+    "check_batch_indices",
+    "default_cache_dir",
+    "list_stores",
+    "open_store",
+    "prepare",
+    "prune_cache",
+    "remove_store",
+    "verify_store",
+]

@@ -11,25 +11,16 @@ from typing import Any
 import numpy as np
 
 from ptychodata._runtime import rows_per_chunk, usable_cores
-from ptychodata.errors import ParameterError, StoreError
+from ptychodata.errors import GroupIndexError, ParameterError, StoreError
 from ptychodata.patches import extract_patches
+from ptychodata.store._batch_schema import DEFAULT_SCHEMA, Layout
 from ptychodata.store._buffers import BufferPool
 from ptychodata.store._frames import FramesEncoding, decode_into
 
-__all__ = [
-    "LAYOUTS",
-    "BatchGatherer",
-    "BatchSources",
-    "PtychoTorchConstants",
-    "batch_layout",
-    "default_threads",
-    "ptycho_torch_layout",
-]
+__all__ = ["BatchGatherer", "BatchSources", "check_batch_indices", "check_out", "default_threads"]
 
 _CACHE_BYTES = 512 << 10
 _MIN_THREAD_BYTES = 1 << 20  # less per thread and the hand-off costs what the thread saves
-
-Layout = dict[str, tuple[tuple[int, ...], type]]
 
 
 def default_threads() -> int:
@@ -37,88 +28,21 @@ def default_threads() -> int:
     return max(1, min(4, usable_cores()))
 
 
-def batch_layout(
-    batch_size: int, C: int, N: int, *, with_Y: bool = False, probe: bool = True, mask: bool = False
-) -> Layout:
-    """Shape and dtype of each array of a batch of ``batch_size`` groups (§7): ``probe``
-    only for stores with a probe for every experiment, ``mask`` for stores with a
-    bad-pixel mask."""
-    B = batch_size
-    layout = {
-        "X": ((B, C, N, N), np.float32),
-        "coords_relative": ((B, C, 1, 2), np.float32),
-        "coords_offsets": ((B, 1, 1, 2), np.float32),
-        "nn_indices": ((B, C), np.int64),
-        "group_index": ((B,), np.int64),
-        "experiment_id": ((B,), np.int64),
-    }
-    if probe:
-        layout["probe"] = ((B, N, N), np.complex64)
-    if mask:
-        layout["mask"] = ((B, N, N), np.bool_)
-    if with_Y:
-        layout["Y"] = ((B, C, N, N), np.complex64)
-    return layout
-
-
-LAYOUTS = ("default", "ptycho_torch")
-
-
-def ptycho_torch_layout(batch_size: int, C: int, N: int, *, with_Y: bool = False) -> Layout:
-    """Shape and dtype of each array of a ptycho_torch batch of ``batch_size`` groups.
-
-    The arrays of ptycho_torch's ``PtychoDataset`` batch, flat: ``images`` (B, C, N, N)
-    raw amplitudes; ``coords_global``, ``coords_relative``, ``coords_start_relative``
-    (B, C, 1, 2); ``coords_center``, ``coords_start_center`` (B, 1, 1, 2); ``nn_indices``
-    (B, C); ``experiment_id`` (B,); ``rms_scaling_constant``, ``physics_scaling_constant``
-    and ``probe_scaling`` (B, 1, 1, 1); ``probe`` (B, 1, 1, N, N) (one probe mode, not yet
-    repeated over the C channels); ``label_amp`` and ``label_phase`` (B, C, N, N) with Y.
-    """
-    B = batch_size
-    layout = {
-        "images": ((B, C, N, N), np.float32),
-        "coords_global": ((B, C, 1, 2), np.float32),
-        "coords_center": ((B, 1, 1, 2), np.float32),
-        "coords_relative": ((B, C, 1, 2), np.float32),
-        "coords_start_center": ((B, 1, 1, 2), np.float32),
-        "coords_start_relative": ((B, C, 1, 2), np.float32),
-        "nn_indices": ((B, C), np.int64),
-        "experiment_id": ((B,), np.int64),
-        "rms_scaling_constant": ((B, 1, 1, 1), np.float32),
-        "physics_scaling_constant": ((B, 1, 1, 1), np.float32),
-        "probe": ((B, 1, 1, N, N), np.complex64),
-        "probe_scaling": ((B, 1, 1, 1), np.float32),
-    }
-    if with_Y:
-        layout["label_amp"] = ((B, C, N, N), np.float32)
-        layout["label_phase"] = ((B, C, N, N), np.float32)
-    return layout
-
-
-@dataclass(frozen=True)
-class PtychoTorchConstants:
-    """ptycho_torch's per-experiment constants of a store (E experiments).
-
-    Attributes
-    ----------
-    rms_scaling_constant : (E,) float32
-        sqrt(N² / mean over all of the experiment's patterns of Σ A²).
-    physics_scaling_constant : (E,) float32
-        1 / mean over all of the experiment's patterns of Σ A.
-    probe : (E, N, N) complex64
-        Each experiment's probe normalised by ptycho_torch's rule
-        (:func:`~ptychodata.normalize.normalize_probe` with ``rule="ptycho_torch"``).
-    probe_scaling : (E,) float32
-        1 / the factor the probe was divided by (ptycho_torch's ``probe_scaling``).
-    probe_scale : float
-        The ``probe_scale`` used.
-    """
-
-    rms_scaling_constant: np.ndarray
-    physics_scaling_constant: np.ndarray
-    probe: np.ndarray
-    probe_scaling: np.ndarray
-    probe_scale: float
+def check_batch_indices(indices: Any, n_groups: int) -> np.ndarray:
+    """``indices`` of a batch as (B,) int64 positions in [0, n_groups), negative ones
+    counted from the end; ``GroupIndexError`` for anything but a 1-D sequence of ints in
+    [-n_groups, n_groups)."""
+    index = np.asarray(indices)
+    if index.ndim != 1 or not (index.size == 0 or index.dtype.kind in "iu"):
+        raise GroupIndexError(f"batch indices must be a 1-D sequence of ints; got shape {index.shape} {index.dtype}")
+    index = index.astype(np.int64, copy=False)
+    if not index.size:
+        return index
+    low, high = index.min(), index.max()
+    if low < -n_groups or high >= n_groups:
+        bad = low if low < -n_groups else high
+        raise GroupIndexError(f"group index {bad} out of range for a store of {n_groups} groups")
+    return index if low >= 0 else np.where(index < 0, index + n_groups, index)
 
 
 @dataclass(frozen=True)
@@ -174,10 +98,15 @@ class BatchGatherer:
         self._executor_lock = threading.Lock()
 
     def layout(self, batch_size: int, *, with_Y: bool = False) -> Layout:
+        """Shape and dtype of each array of a §7 batch of ``batch_size`` groups."""
         s = self.sources
-        return batch_layout(
+        return DEFAULT_SCHEMA.arrays(
             batch_size, self.C, self.N, with_Y=with_Y, probe=s.probes is not None, mask=s.masks is not None
         )
+
+    def thread_count(self, threads: int | None) -> int:
+        """Threads a gather uses: ``threads`` (at least 1), default the gatherer's."""
+        return self.threads if threads is None else max(1, int(threads))
 
     def gather(
         self,
@@ -193,13 +122,12 @@ class BatchGatherer:
         ``group_index`` is what the batch reports as each group's index (default ``index``)."""
         s = self.sources
         layout = self.layout(len(index), with_Y=with_Y)
-        out = self._arrays(layout, ("batch", len(index), with_Y), reuse, out)
-        experiment, members = self._members(index, out)
-        threads = self.threads if threads is None else max(1, int(threads))
+        out = self.arrays(layout, ("batch", len(index), with_Y), reuse, out)
+        experiment, members = self.members(index, out)
         if s.X is not None:  # materialized: already scaled
             self._take(s.X, index, out["X"])
         else:
-            self._gather_scaled(members, experiment, out["X"], threads)
+            self.gather_scaled(members, experiment, out["X"], self.thread_count(threads))
         out["coords_relative"][:, :, 0, :] = s.relative[index]
         out["coords_offsets"][:, 0, 0, :] = s.centres[index]
         out["group_index"][:] = index if group_index is None else group_index
@@ -214,50 +142,7 @@ class BatchGatherer:
             self.fill_Y(members, out["Y"])
         return out
 
-    def gather_ptycho_torch(
-        self,
-        index: np.ndarray,
-        constants: PtychoTorchConstants,
-        *,
-        with_Y: bool,
-        reuse: bool,
-        out: dict[str, np.ndarray] | None,
-        threads: int | None,
-    ) -> dict[str, np.ndarray]:
-        """The ptycho_torch batch (:func:`ptycho_torch_layout`) of groups ``index`` (int64,
-        checked, within the build's table), per-experiment values taken from ``constants``."""
-        s = self.sources
-        if s.start_centres is None or s.start_relative is None:
-            raise StoreError("this build has no start (nominal) group coordinates; prepare the store again")
-        if len(constants.probe) != len(s.x_scale) or constants.probe.shape[1:] != (self.N, self.N):
-            raise ParameterError(
-                f"constants hold {len(constants.probe)} probes of shape {constants.probe.shape[1:]}; "
-                f"expected "
-                f"{len(s.x_scale)} of shape {(self.N, self.N)} (from this store's ptycho_torch_constants())"
-            )
-        B = len(index)
-        layout = ptycho_torch_layout(B, self.C, self.N, with_Y=with_Y)
-        out = self._arrays(layout, ("ptycho_torch", B, with_Y), reuse, out)
-        experiment, members = self._members(index, out)
-        threads = self.threads if threads is None else max(1, int(threads))
-        self._gather_scaled(members, None, out["images"], threads)
-        out["coords_global"][:, :, 0, 0] = s.xcoords[members]
-        out["coords_global"][:, :, 0, 1] = s.ycoords[members]
-        out["coords_center"][:, 0, 0, :] = s.centres[index]
-        out["coords_relative"][:, :, 0, :] = s.relative[index]
-        out["coords_start_center"][:, 0, 0, :] = s.start_centres[index]
-        out["coords_start_relative"][:, :, 0, :] = s.start_relative[index]
-        for key in ("rms_scaling_constant", "physics_scaling_constant", "probe_scaling"):
-            np.take(getattr(constants, key), experiment, out=out[key].reshape(B))
-        np.take(constants.probe, experiment, axis=0, out=out["probe"].reshape(B, self.N, self.N))
-        if with_Y:
-            Y = self.pool.take({"Y": ((B, self.C, self.N, self.N), np.complex64)}, key=("label_Y", B))["Y"]
-            self.fill_Y(members, Y)
-            np.abs(Y, out=out["label_amp"])
-            np.arctan2(Y.imag, Y.real, out=out["label_phase"])
-        return out
-
-    def _arrays(self, layout: Layout, key: Any, reuse: bool, out: dict[str, np.ndarray] | None) -> dict:
+    def arrays(self, layout: Layout, key: Any, reuse: bool, out: dict[str, np.ndarray] | None) -> dict:
         """The arrays a batch is gathered into: ``out`` (checked), pooled, or fresh."""
         if out is not None:
             check_out(out, layout)
@@ -266,13 +151,13 @@ class BatchGatherer:
             return self.pool.take(layout, key=key)
         return {name: np.empty(shape, dtype) for name, (shape, dtype) in layout.items()}
 
-    def _members(self, index: np.ndarray, out: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    def members(self, index: np.ndarray, out: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Each group's experiment and member indices, written into the batch."""
         s = self.sources
         experiment = np.take(s.group_experiment, index, out=out["experiment_id"])
         return experiment, np.take(s.groups, index, axis=0, out=out["nn_indices"])
 
-    def _gather_scaled(
+    def gather_scaled(
         self, members: np.ndarray, experiment: np.ndarray | None, out: np.ndarray, threads: int
     ) -> None:
         """X = patterns[members] · x_scale[experiment], in cache-sized runs of groups so the
@@ -319,12 +204,15 @@ class BatchGatherer:
         for future in pending:
             future.result()
 
-    def _gather_decoded(self, members: np.ndarray, experiment: np.ndarray, out: np.ndarray, threads: int) -> None:
+    def _gather_decoded(
+        self, members: np.ndarray, experiment: np.ndarray | None, out: np.ndarray, threads: int
+    ) -> None:
         """X of a compact or counts store: per cache-sized run of groups, gather the stored
         rows into a small scratch buffer, then convert them into ``out`` while they are
         still in cache, the §5 scale fused into the conversion (sqrt for counts, widening
         for float16, a shift for bfloat16; :func:`~ptychodata.store._frames.decode_into`),
-        so the batch is float32 X exactly as the contract says."""
+        so the batch is float32 X exactly as the contract says. ``experiment=None``: the
+        raw amplitudes, unscaled."""
         B, C, N = out.shape[0], self.C, self.N
         s = self.sources
         stored = s.patterns
@@ -332,7 +220,14 @@ class BatchGatherer:
             stored = self.pool.take({"sorted": ((B * C, N, N), stored.dtype)})["sorted"]
             self._take(s.patterns, members.reshape(-1), stored)
         step = rows_per_chunk(out[:1].nbytes, _CACHE_BYTES)
-        one_scale = s.x_scale[0] if len(s.x_scale) == 1 else None
+
+        def scale_of(start: int, n_rows: int) -> np.float32 | np.ndarray | None:
+            """The scale of rows [start·C, start·C + n_rows) of the batch (None: unscaled)."""
+            if experiment is None:
+                return None
+            if len(s.x_scale) == 1:
+                return s.x_scale[0]
+            return np.repeat(s.x_scale[experiment[start : start + n_rows // C]], C)[:, None, None]
 
         def fill(first: int, stop: int) -> None:
             scratch = np.empty((step * C, N, N), s.patterns.dtype)
@@ -343,11 +238,7 @@ class BatchGatherer:
                 else:
                     raw = scratch[: len(rows)]
                     np.take(stored, members[start : start + len(rows) // C].reshape(-1), axis=0, out=raw)
-                if one_scale is not None:
-                    scale = one_scale
-                else:
-                    scale = np.repeat(s.x_scale[experiment[start : start + len(rows) // C]], C)[:, None, None]
-                decode_into(s.encoding, raw, rows, scale)
+                decode_into(s.encoding, raw, rows, scale_of(start, len(rows)))
 
         self._share(fill, B, step, out.nbytes, threads)
 

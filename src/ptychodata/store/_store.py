@@ -1,4 +1,4 @@
-"""An opened store: one grouping build and the frames build it was made from, read-only.
+"""The opened store: one grouping build and the frames build it was made from, read-only.
 
 Opening maps files and reads only the manifests and ``.npy`` headers, so it takes
 milliseconds whatever the size. A ``Store`` pickles as a recipe (path, build id, the
@@ -14,127 +14,18 @@ from typing import Any
 
 import numpy as np
 
-from ptychodata.errors import (
-    GroupIndexError,
-    ParameterError,
-    StoreClosedError,
-    StoreError,
-    StoreNotFoundError,
-)
+from ptychodata.errors import GroupIndexError, ParameterError, StoreClosedError, StoreError
 from ptychodata.grouped import PtychoDataContainer, grouped_dict
-from ptychodata.normalize import normalize_probe, physics_scaling_constant, rms_scaling_constant
-from ptychodata.store._batch import (
-    LAYOUTS,
-    BatchGatherer,
-    BatchSources,
-    Layout,
-    PtychoTorchConstants,
-    ptycho_torch_layout,
-)
-from ptychodata.store._cache_paths import (
-    BUILDS,
-    CURRENT,
-    GROUPINGS,
-    MANIFEST,
-    BuildSlot,
-    FrameFile,
-    GroupingFile,
-    ReaderLock,
-    npy_stem,
-    object_stem,
-    open_current,
-)
-from ptychodata.store._files import map_npy
-from ptychodata.store._frames import DecodedFrames, FramesEncoding, map_patterns
-from ptychodata.store._manifest import FrameManifest, GroupingManifest, read_manifest
+from ptychodata.store._batch import BatchGatherer, check_batch_indices
+from ptychodata.store._batch_schema import Layout, batch_schema
+from ptychodata.store._cache_paths import FrameFile, GroupingFile, object_stem
+from ptychodata.store._frames import DecodedFrames, FramesEncoding
+from ptychodata.store._manifest import FrameManifest, GroupingManifest
+from ptychodata.store._open_build import OpenBuild
+from ptychodata.store._ptycho_torch import PtychoTorchConstants, gather_ptycho_torch, ptycho_torch_constants
 from ptychodata.store._split import split_groups
 
-__all__ = ["Store", "open_store"]
-
-
-def open_store(path: str | os.PathLike, *, sorted_reads: bool = False, threads: int | None = None) -> Store:
-    """Open a prepared store's live build.
-
-    ``path`` is what :func:`~ptychodata.store.prepare` returned as ``store.path`` (a
-    grouping), one build of it (``.../builds/<id>``), or a frames store holding exactly one
-    grouping.
-
-    ``sorted_reads=True`` makes batches read patterns in ascending file order (then put
-    them back in the requested order): better on spinning disks and network file systems,
-    slower from the page cache, where the plain gather is at the in-RAM bound.
-    ``threads`` (default: the usable cores, at most 4) share each batch's gather.
-    """
-    path = Path(path).expanduser().resolve()
-    options = {"sorted_reads": sorted_reads, "threads": threads}
-    if (path / MANIFEST).is_file() and path.parent.name == BUILDS:  # one build
-        return Store.open_build(path.parent.parent, path.name, **options)
-    if (path / GROUPINGS).is_dir():  # a frames store
-        candidates = sorted(p for p in (path / GROUPINGS).iterdir() if (p / CURRENT).is_file())
-        if len(candidates) != 1:
-            names = ", ".join(p.name for p in candidates) or "none"
-            raise StoreError(f"{path}: a frames store with {len(candidates)} groupings ({names}); open one of them")
-        path = candidates[0]
-    if not (path / CURRENT).is_file():
-        raise StoreNotFoundError(
-            f"{path}: not a prepared store (expected a grouping directory with a '{CURRENT}' file, "
-            "as printed by 'ptychodata prepare' or returned as store.path)"
-        )
-    return Store(path, **options)
-
-
-class _OpenBuild:
-    """The files of one grouping build and its frames build, mapped, with reader locks."""
-
-    def __init__(self, grouping_path: Path, build_id: str | None):
-        slot = BuildSlot(grouping_path, grouping_path)  # lock unused: readers never build
-        if build_id is None:
-            build_id, grouping_lock = open_current(slot)
-        else:
-            grouping_lock = ReaderLock(slot.build_dir(build_id))
-        self.locks = [grouping_lock]
-        try:
-            self.grouping_dir = slot.build_dir(build_id)
-            self.grouping = read_manifest(self.grouping_dir, GroupingManifest)
-            frames_slot = BuildSlot(grouping_path.parent.parent, grouping_path)
-            self.frames_dir = frames_slot.build_dir(self.grouping.frames_build_id)
-            try:
-                self.locks.append(ReaderLock(self.frames_dir))
-            except StoreNotFoundError:
-                raise StoreNotFoundError(
-                    f"{self.grouping_dir}: its frames build {self.grouping.frames_build_id} was removed; "
-                    "prepare the store again"
-                ) from None
-            self.frames = read_manifest(self.frames_dir, FrameManifest)
-            if self.frames.build_id != self.grouping.frames_build_id:
-                raise StoreError(f"{self.frames_dir}: manifest names build {self.frames.build_id}, expected "
-                                 f"{self.grouping.frames_build_id}")
-            # Each file mapped as its manifest entry says, its size checked on the way.
-            self.frame_arrays = {
-                npy_stem(name): map_npy(self.frames_dir / name, entry) for name, entry in self.frames.files.items()
-            }
-            self.group_arrays = {
-                npy_stem(name): map_npy(self.grouping_dir / name, entry) for name, entry in self.grouping.files.items()
-            }
-            if self.frames.patterns.file is not None:
-                # A zero-copy build: the source file it references, checked against its
-                # recorded size and mtime.
-                self.frame_arrays[FrameFile.PATTERNS] = map_patterns(self.frames_dir, self.frames.patterns)
-            elif self.frame_arrays[FrameFile.PATTERNS].dtype != np.dtype(self.frames.patterns.storage):
-                raise StoreError(f"{self.frames_dir}: patterns.npy is not stored as its manifest says; prepare again")
-        except BaseException:
-            self.close()
-            raise
-
-    def close(self) -> None:
-        for lock in self.locks:
-            lock.close()
-        self.locks = []
-        self.frame_arrays, self.group_arrays = {}, {}
-
-
-def _check_layout(layout: str) -> None:
-    if layout not in LAYOUTS:
-        raise ParameterError(f"layout={layout!r}; expected one of {', '.join(map(repr, LAYOUTS))}")
+__all__ = ["Store"]
 
 
 class Store:
@@ -167,48 +58,18 @@ class Store:
         threads: int | None = None,
     ):
         self.path = Path(path).expanduser().resolve()
-        self._build: _OpenBuild | None = _OpenBuild(self.path, build_id)
+        self._build: OpenBuild | None = OpenBuild(self.path, build_id)
         build = self._build
         self.build_id = build.grouping.build_id
         self.frames_build_id = build.frames.build_id
         self.grouping: GroupingManifest = build.grouping
         self.frames: FrameManifest = build.frames
-        total = build.grouping.n_groups
-        if groups is None:
-            self._selection = None
-        else:
-            selection = np.asarray(groups)
-            if selection.ndim != 1 or not (selection.size == 0 or selection.dtype.kind in "iu"):
-                self.close()
-                raise GroupIndexError(f"groups must be 1-D integers; got shape {selection.shape} {selection.dtype}")
-            if selection.size and (selection.min() < 0 or selection.max() >= total):
-                self.close()
-                raise GroupIndexError(f"groups must lie in [0, {total}); got {selection.min()}..{selection.max()}")
-            self._selection = selection.astype(np.int64)
-        f, g = build.frame_arrays, build.group_arrays
-        self._gatherer = BatchGatherer(
-            BatchSources(
-                patterns=f[FrameFile.PATTERNS],
-                encoding=FramesEncoding.of(build.frames.patterns),
-                groups=g[GroupingFile.GROUPS],
-                group_experiment=g[GroupingFile.GROUP_EXPERIMENT],
-                centres=g[GroupingFile.COORDS_OFFSETS],
-                relative=g[GroupingFile.COORDS_RELATIVE],
-                x_scale=np.asarray(build.grouping.x_scale, np.float32),
-                probes=f.get(FrameFile.PROBES),
-                masks=f.get(FrameFile.MASKS),
-                X=g.get(GroupingFile.X),
-                Y=f.get(FrameFile.Y),
-                objects=[f.get(object_stem(e)) for e in range(len(build.frames.experiments))],
-                xcoords=f[FrameFile.XCOORDS],
-                ycoords=f[FrameFile.YCOORDS],
-                experiment_of_pattern=f[FrameFile.EXPERIMENT_ID],
-                start_centres=g.get(GroupingFile.COORDS_START_OFFSETS),
-                start_relative=g.get(GroupingFile.COORDS_START_RELATIVE),
-            ),
-            sorted_reads=sorted_reads,
-            threads=threads,
-        )
+        try:
+            self._selection = _checked_selection(groups, build.grouping.n_groups)
+        except GroupIndexError:
+            self.close()
+            raise
+        self._gatherer = BatchGatherer(build.batch_sources(), sorted_reads=sorted_reads, threads=threads)
         self.sorted_reads = sorted_reads
         self.threads = self._gatherer.threads
 
@@ -235,7 +96,7 @@ class Store:
     def __exit__(self, *exc_info: Any) -> None:
         self.close()
 
-    def _open(self) -> _OpenBuild:
+    def _open(self) -> OpenBuild:
         if self._build is None:
             raise StoreClosedError(f"{self.path}: the store is closed; open it again with open_store()")
         return self._build
@@ -421,23 +282,15 @@ class Store:
         """
         if not self.has_probe:
             raise StoreError(f"{self.path}: a source of this store has no probe; ptycho_torch's batch needs one")
-        E = self.n_experiments
-        experiment = np.asarray(self.pattern_experiment)
-        order = np.argsort(experiment, kind="stable")
-        bounds = np.searchsorted(experiment[order], np.arange(E + 1))
-        energies, sums = np.asarray(self.energies), np.asarray(self.amplitude_sums)
-        rms = np.empty(E, np.float32)
-        physics = np.empty(E, np.float32)
-        probes = np.empty((E, self.N, self.N), np.complex64)
-        probe_scaling = np.empty(E, np.float32)
-        for e in range(E):
-            mine = order[bounds[e] : bounds[e + 1]]
-            where = f"{self.path}: experiment {e}: "
-            rms[e] = rms_scaling_constant(energies[mine], N=self.N, where=where)
-            physics[e] = physics_scaling_constant(sums[mine], where=where)
-            probes[e], factor = normalize_probe(self.probe(e), probe_scale, rule="ptycho_torch")
-            probe_scaling[e] = 1.0 / factor
-        return PtychoTorchConstants(rms, physics, probes, probe_scaling, float(probe_scale))
+        return ptycho_torch_constants(
+            self.energies,
+            self.amplitude_sums,
+            self.pattern_experiment,
+            [self.probe(e) for e in range(self.n_experiments)],
+            N=self.N,
+            probe_scale=probe_scale,
+            where=f"{self.path}: ",
+        )
 
     @property
     def materialized_X(self) -> np.ndarray | None:
@@ -496,7 +349,7 @@ class Store:
             the store's ``threads``. Pass 1 where processes already use every core.
         layout : {"default", "ptycho_torch"}
             ``"ptycho_torch"``: the arrays of ptycho_torch's batch instead (see
-            :func:`~ptychodata.store._batch.ptycho_torch_layout`): raw amplitudes
+            :data:`~ptychodata.store.PTYCHO_TORCH_SCHEMA`): raw amplitudes
             ``images``, its coordinate keys, per-experiment constants and probe, and with Y
             ``label_amp`` = |Y| and ``label_phase`` = angle(Y).
         constants : PtychoTorchConstants, optional
@@ -514,41 +367,30 @@ class Store:
             of :meth:`batch_layout` for that layout.
         """
         self._open()
-        _check_layout(layout)
+        schema = batch_schema(layout)
         index = self._check_indices(indices)
         if self._selection is not None:
             index = self._selection[index]
-        if layout == "ptycho_torch":
+        if schema.layout == "ptycho_torch":
             if with_Y and not self.has_ground_truth:
                 raise ParameterError(f"{self.path}: the store has no object or Y, so with_Y cannot be served")
             if constants is None:
                 constants = self.ptycho_torch_constants()
-            return self._gatherer.gather_ptycho_torch(
-                index, constants, with_Y=with_Y, reuse=reuse, out=out, threads=threads
+            return gather_ptycho_torch(
+                self._gatherer, index, constants, with_Y=with_Y, reuse=reuse, out=out, threads=threads
             )
         return self._gatherer.gather(index, with_Y=with_Y, reuse=reuse, out=out, threads=threads)
 
     def batch_layout(self, batch_size: int, *, with_Y: bool = False, layout: str = "default") -> Layout:
         """Shape and dtype of each array of a batch of ``batch_size`` groups (§7, or
-        ptycho_torch's arrays with ``layout="ptycho_torch"``)."""
-        _check_layout(layout)
-        if layout == "ptycho_torch":
-            return ptycho_torch_layout(batch_size, self.C, self.N, with_Y=with_Y)
-        return self._gatherer.layout(batch_size, with_Y=with_Y)
+        ptycho_torch's arrays with ``layout="ptycho_torch"``): the fields of
+        :func:`~ptychodata.store.batch_schema` of ``layout`` present for this store."""
+        schema = batch_schema(layout)
+        has_mask = FrameFile.MASKS in self._open().frame_arrays
+        return schema.arrays(batch_size, self.C, self.N, with_Y=with_Y, probe=self.has_probe, mask=has_mask)
 
     def _check_indices(self, indices: Any) -> np.ndarray:
-        index = np.asarray(indices)
-        if index.ndim != 1 or not (index.size == 0 or index.dtype.kind in "iu"):
-            raise GroupIndexError(f"batch indices must be a 1-D sequence of ints; got shape {index.shape} {index.dtype}")
-        index = index.astype(np.int64, copy=False)
-        if not index.size:
-            return index
-        n = len(self)
-        low, high = index.min(), index.max()
-        if low < -n or high >= n:
-            bad = low if low < -n else high
-            raise GroupIndexError(f"group index {bad} out of range for a store of {n} groups")
-        return index if low >= 0 else np.where(index < 0, index + n, index)
+        return check_batch_indices(indices, len(self))
 
     # ------------------------------------------------------------------ whole-store views
     def grouped_data(self, experiment: int | None = None) -> dict[str, Any]:
@@ -673,3 +515,15 @@ class Store:
             f"Store({str(self.path)!r}, build={self.build_id[:8]}, groups={len(self)}, C={self.C}, N={self.N}, "
             f"experiments={self.n_experiments})"
         )
+
+
+def _checked_selection(groups: Any, n_groups: int) -> np.ndarray | None:
+    """The grouping's groups a store serves, as (B,) int64 in [0, n_groups), or None for all."""
+    if groups is None:
+        return None
+    selection = np.asarray(groups)
+    if selection.ndim != 1 or not (selection.size == 0 or selection.dtype.kind in "iu"):
+        raise GroupIndexError(f"groups must be 1-D integers; got shape {selection.shape} {selection.dtype}")
+    if selection.size and (selection.min() < 0 or selection.max() >= n_groups):
+        raise GroupIndexError(f"groups must lie in [0, {n_groups}); got {selection.min()}..{selection.max()}")
+    return selection.astype(np.int64)

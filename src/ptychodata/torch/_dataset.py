@@ -12,7 +12,7 @@ import torch
 
 from ptychodata._runtime import optional_import
 from ptychodata.errors import ParameterError
-from ptychodata.store import LAYOUTS, Store, open_store
+from ptychodata.store import Store, batch_schema, open_store
 
 __all__ = ["GroupedDataset", "collate_batch", "ptycho_torch_batch"]
 
@@ -90,9 +90,7 @@ class GroupedDataset(torch.utils.data.Dataset):
             raise ParameterError(f"with_Y={with_Y!r}; expected True, False or 'device'")
         if with_Y is True and not self.store.has_ground_truth:
             raise ParameterError(f"{self.store.path}: the store has no object or Y, so with_Y cannot be served")
-        if layout not in LAYOUTS:
-            raise ParameterError(f"layout={layout!r}; expected one of {', '.join(map(repr, LAYOUTS))}")
-        self.layout = layout
+        self.layout = batch_schema(layout).layout
         self.constants = None
         if layout == "ptycho_torch":
             if with_Y == "device":

@@ -20,15 +20,19 @@ import torch
 
 from ptychodata._runtime import rows_per_chunk
 from ptychodata.errors import GroupIndexError, ParameterError
-from ptychodata.store import Store, open_store
+from ptychodata.store import DEFAULT_SCHEMA, Store, check_batch_indices, open_store
 
 __all__ = ["DeviceStore"]
 
 _CHUNK_BYTES = 64 << 20  # host memory used at a time while frames are copied to the device
 _GATHER_BYTES = 128 << 20  # batches gathered by one index_select (at least one batch)
 
+_SMALL = ("coords_relative", "coords_offsets", "nn_indices", "group_index", "experiment_id")  # per-group fields of a pass
 
-_KEYS = ("X", "coords_relative", "coords_offsets", "nn_indices", "group_index", "experiment_id", "probe")
+
+def _dtype(key: str) -> np.dtype:
+    """The dtype of batch field ``key`` (:data:`~ptychodata.store.DEFAULT_SCHEMA`)."""
+    return DEFAULT_SCHEMA.field(key).dtype
 
 
 @dataclass
@@ -44,7 +48,7 @@ class _Pass:
     sizes: list[int]
     starts: list[int]  # first group of each batch
     rows: torch.Tensor  # (n·(C+2),) int64
-    small: list[tuple[torch.Tensor, ...]]  # per batch: coords_relative, coords_offsets, nn_indices, group_index, experiment_id
+    small: list[tuple[torch.Tensor, ...]]  # per batch: the _SMALL fields, in that order
     members: tuple[torch.Tensor, ...]  # per batch: (B, C) table rows, for stored patches
     scale: torch.Tensor | None  # (n,) float32 scale of each group, when frames are not pre-scaled
 
@@ -156,14 +160,14 @@ class DeviceStore:
         self._probe_row0 = len(table) - n_probe_rows
         self.frames = table[: self._probe_row0]
         self._table = table
-        self._groups = self._put(groups)
+        self._groups = self._put(np.asarray(groups, _dtype("nn_indices")))
         self._members = self._groups if members is groups else self._put(members)
-        self._group_index = self._put(np.asarray(store.group_indices, np.int64))
-        self._experiment = self._put(group_experiment)
-        self._relative = self._put(np.asarray(store.group_relative, np.float32).reshape(-1, self.C, 1, 2))
-        self._offsets = self._put(np.asarray(store.group_centres, np.float32).reshape(-1, 1, 1, 2))
+        self._group_index = self._put(np.asarray(store.group_indices, _dtype("group_index")))
+        self._experiment = self._put(np.asarray(group_experiment, _dtype("experiment_id")))
+        self._relative = self._put(np.asarray(store.group_relative, _dtype("coords_relative")).reshape(-1, self.C, 1, 2))
+        self._offsets = self._put(np.asarray(store.group_centres, _dtype("coords_offsets")).reshape(-1, 1, 1, 2))
         self._x_scale = self._put(x_scale)
-        self.probes = self._put(np.stack([np.asarray(store.probe(e), np.complex64) for e in range(store.n_experiments)]))
+        self.probes = self._put(np.stack([np.asarray(store.probe(e), _dtype("probe")) for e in range(store.n_experiments)]))
         table[self._probe_row0 :].copy_(torch.view_as_real(self.probes).reshape(-1, self.N, self.N))
         has_mask = store.mask(0) is not None
         self.masks = self._put(np.stack([store.mask(e) for e in range(store.n_experiments)])) if has_mask else None
@@ -275,14 +279,7 @@ class DeviceStore:
                     raise GroupIndexError(f"group index {low if low < -n else high} out of range for a store of "
                                           f"{n} groups")
             return torch.where(index < 0, index + n, index)
-        array = np.asarray(indices)
-        if array.ndim != 1 or not (array.size == 0 or array.dtype.kind in "iu"):
-            raise GroupIndexError(f"batch indices must be a 1-D sequence of ints; got shape {array.shape} {array.dtype}")
-        array = array.astype(np.int64)
-        if array.size and (array.min() < -n or array.max() >= n):
-            bad = array.min() if array.min() < -n else array.max()
-            raise GroupIndexError(f"group index {bad} out of range for a store of {n} groups")
-        return np.where(array < 0, array + n, array)
+        return check_batch_indices(indices, n)
 
     def plan(self, positions: np.ndarray | torch.Tensor, sizes: list[int]) -> _Pass:
         """The batches of groups ``positions`` ((n,) int64, checked), cut into consecutive
@@ -355,16 +352,15 @@ class DeviceStore:
             # convert, sqrt and scale in one pass.
             X = X.to(torch.float32).mul_(plan.scale[start:stop].view(k, B, 1, 1, 1))
         probe = buffer[:, B * C :].view(torch.complex64).view(k, B, N, N)
-        batches = [
-            dict(zip(_KEYS, (x, *small, p)))
-            for x, small, p in zip(X.unbind(0), plan.small[first : first + k], probe.unbind(0))
-        ]
-        if self.masks is not None:
-            for batch in batches:
-                batch["mask"] = self.masks.index_select(0, batch["experiment_id"])
-        if with_Y:
-            for number, batch in enumerate(batches, first):
-                batch["Y"] = self._ground_truth(batch["nn_indices"], plan.members[number])
+        keys = DEFAULT_SCHEMA.keys(with_Y=with_Y, probe=True, mask=self.masks is not None)
+        batches = []
+        for number, (x, small, p) in enumerate(zip(X.unbind(0), plan.small[first : first + k], probe.unbind(0)), first):
+            fields = {"X": x, **dict(zip(_SMALL, small)), "probe": p}
+            if self.masks is not None:
+                fields["mask"] = self.masks.index_select(0, fields["experiment_id"])
+            if with_Y:
+                fields["Y"] = self._ground_truth(fields["nn_indices"], plan.members[number])
+            batches.append({key: fields[key] for key in keys})  # the schema's keys, in its order
         return batches
 
     def _ground_truth(self, nn: torch.Tensor, members: torch.Tensor) -> torch.Tensor:

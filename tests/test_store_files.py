@@ -99,10 +99,10 @@ def test_unfinished_writer_raises_and_names_the_file(tmp_path):
             writer.write(np.zeros((3, 5, 5), np.float32))
 
 
-def test_zero_dimensional_array(tmp_path):
-    write_npy(tmp_path / "s.npy", np.float64(2.5))
-    loaded = np.load(tmp_path / "s.npy")
-    assert loaded.shape == () and loaded == 2.5
+def test_a_zero_dimensional_array_is_refused_before_a_file_is_made(tmp_path):
+    with pytest.raises(ValueError, match=r"s\.npy: a store file holds rows; got shape \(\)"):
+        write_npy(tmp_path / "s.npy", np.float64(2.5))
+    assert not (tmp_path / "s.npy").exists()
 
 
 @pytest.mark.parametrize("direct_io", [True, False])

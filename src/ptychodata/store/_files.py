@@ -81,6 +81,8 @@ class NpyWriter:
     def __init__(self, path: Path, shape: tuple[int, ...], dtype: np.dtype | type, *, direct: bool = False):
         self.path = Path(path)
         self.shape = tuple(int(n) for n in shape)
+        if not self.shape:
+            raise ValueError(f"{self.path.name}: a store file holds rows; got shape () (a 0-d array)")
         self.dtype = np.dtype(dtype)
         self.rows_written = 0
         header = {"descr": npy_format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": self.shape}
@@ -103,15 +105,10 @@ class NpyWriter:
         self._sink.write(memoryview(rows).cast("B"))
         self.rows_written += len(rows)
 
-    def write_scalar(self, array: np.ndarray) -> None:
-        """The data of a 0-d array (its one element)."""
-        self._sink.write(memoryview(np.ascontiguousarray(array, dtype=self.dtype).reshape(1)).cast("B"))
-        self.rows_written = self.shape[0] if self.shape else 0
-
     def close(self) -> None:
         if self._sink.closed:
             return
-        expected = self.shape[0] if self.shape else 0
+        expected = self.shape[0]
         if self.rows_written != expected:
             self._sink.abandon()
             raise ValueError(f"{self.path.name}: wrote {self.rows_written} of {expected} rows")
@@ -283,9 +280,7 @@ def write_npy(path: Path, array: np.ndarray) -> None:
     source does not stay in this process's resident memory)."""
     array = np.asarray(array)
     with NpyWriter(path, array.shape, array.dtype) as writer:
-        if array.ndim == 0:
-            writer.write_scalar(array)
-        elif array.nbytes <= _WRITE_CHUNK_BYTES:
+        if array.nbytes <= _WRITE_CHUNK_BYTES:
             writer.write(array)
         else:
             for _, chunk in iter_rows(array, rows_per_chunk(array[:1].nbytes, _WRITE_CHUNK_BYTES)):

@@ -9,6 +9,7 @@ never a newer one; if that build is gone, it raises :class:`~ptychodata.errors.S
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -252,14 +253,24 @@ class Store:
 
     @property
     def group_start_centres(self) -> np.ndarray:
-        """Each group's centre of the nominal positions (§3 ``coords_start_offsets``), (B, 2)
-        float64, columns (x, y)."""
-        return self._select(self._open().group_arrays[GroupingFile.COORDS_START_OFFSETS])
+        """Deprecated: ``grouped_data()["coords_start_offsets"]`` holds the nominal centres,
+        and ``batch(..., layout="ptycho_torch")`` carries them as ``coords_start_center``."""
+        return self._deprecated_group_array("group_start_centres", GroupingFile.COORDS_START_OFFSETS)
 
     @property
     def group_start_relative(self) -> np.ndarray:
-        """Each member's §3 ``coords_start_relative``, (B, C, 2) float64, columns (x, y)."""
-        return self._select(self._open().group_arrays[GroupingFile.COORDS_START_RELATIVE])
+        """Deprecated: ``grouped_data()["coords_start_relative"]`` holds them, and
+        ``batch(..., layout="ptycho_torch")`` carries them as ``coords_start_relative``."""
+        return self._deprecated_group_array("group_start_relative", GroupingFile.COORDS_START_RELATIVE)
+
+    def _deprecated_group_array(self, name: str, stem: str) -> np.ndarray:
+        warnings.warn(
+            f"Store.{name} is deprecated and will be removed; read the nominal group coordinates from "
+            "grouped_data() or from batch(..., layout='ptycho_torch')",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        return self._select(self._open().group_arrays[stem])
 
     def ptycho_torch_constants(self, probe_scale: float = 4.0) -> PtychoTorchConstants:
         """ptycho_torch's per-experiment constants, from all of each experiment's patterns.

@@ -26,6 +26,7 @@ from __future__ import annotations
 import mmap
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -33,11 +34,41 @@ from ptychodata.errors import ParameterError, ScanDataError, StoreError
 from ptychodata.store._cache_paths import FrameFile, npy_name
 from ptychodata.store._manifest import PatternsEntry
 
-__all__ = ["FRAMES_DTYPES", "DecodedFrames", "FramesEncoding", "decode_into", "file_extent", "map_patterns"]
+__all__ = [
+    "FRAMES_DTYPES",
+    "DecodedFrames",
+    "FramesEncoding",
+    "canonical_frames_dtype",
+    "decode_into",
+    "file_extent",
+    "map_patterns",
+]
 
 FRAMES_DTYPES = ("float32", "float16", "bfloat16", "uint16", "uint32")
 _STORAGE = {"float32": "<f4", "float16": "<f2", "bfloat16": "<u2", "uint16": "<u2", "uint32": "<u4"}
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
+
+
+def canonical_frames_dtype(frames_dtype: Any) -> str | None:
+    """``frames_dtype`` as :func:`~ptychodata.store.prepare` takes it (a name such as
+    ``"uint16"``, a NumPy type such as ``numpy.uint16``, a ``numpy.dtype``, or None) as its
+    one name in :data:`FRAMES_DTYPES` (None stays None), so each spelling makes the same store.
+
+    Raises ``ParameterError`` naming the value given and the dtypes a store can hold.
+    """
+    if frames_dtype is None:
+        return None
+    if isinstance(frames_dtype, str) and frames_dtype in FRAMES_DTYPES:
+        return frames_dtype  # "bfloat16" has no NumPy dtype without ml_dtypes
+    try:
+        name = np.dtype(frames_dtype).name
+    except (TypeError, ValueError):
+        name = None
+    if name not in FRAMES_DTYPES:
+        raise ParameterError(
+            f"frames_dtype={frames_dtype!r}; expected one of {FRAMES_DTYPES} (as a name, NumPy type or dtype) or None"
+        )
+    return name
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from ptychodata.store._build_options import BuildOptions
 from ptychodata.store._cache import collect_builds, collect_frames, live_manifest
 from ptychodata.store._cache_paths import BuildSlot, CachePaths, file_lock, open_current
 from ptychodata.store._files import ensure_writable_directory, file_digest
-from ptychodata.store._frames import FRAMES_DTYPES, FramesEncoding
+from ptychodata.store._frames import FramesEncoding, canonical_frames_dtype
 from ptychodata.store._frames_build import build_frames
 from ptychodata.store._grouping_build import GroupsAhead, build_grouping
 from ptychodata.store._hashing import options_identity
@@ -59,7 +59,7 @@ def prepare(
     progress: bool = True,
     verify: bool = False,
     copy: bool = True,
-    frames_dtype: str | None = None,
+    frames_dtype: str | type | np.dtype | None = None,
     direct_io: bool | None = None,
 ):
     """Prepare (or reuse) the store of ``sources`` grouped by ``config`` and open it.
@@ -101,7 +101,8 @@ def prepare(
         raises ``StoreError`` and ``prepare`` rebuilds. Energies and amplitude sums are
         still computed (streamed) here.
     frames_dtype : {None, "float32", "float16", "bfloat16", "uint16", "uint32"}
-        How a copy stores the patterns (default float32 amplitudes): float16/bfloat16
+        How a copy stores the patterns (default float32 amplitudes), as a name, a NumPy
+        type (``numpy.uint16``) or a dtype, all making the same store: float16/bfloat16
         amplitudes (rounded; half the bytes), or uint16/uint32 whole counts (lossless, with
         ``intensity=True``). Batches convert back to float32 X in the gather. With
         ``copy=False`` it must name the source's own dtype, if given.
@@ -119,10 +120,11 @@ def prepare(
     Store
         Opened on the grouping build this call found or made.
     """
-    if frames_dtype is not None and frames_dtype not in FRAMES_DTYPES:
-        raise ParameterError(f"frames_dtype={frames_dtype!r}; expected one of {FRAMES_DTYPES} or None")
+    frames_dtype = canonical_frames_dtype(frames_dtype)
     if copy:
         FramesEncoding.for_copy(frames_dtype, bool(intensity))  # refuse impossible requests before any work
+        if frames_dtype == "float32":
+            frames_dtype = None  # the default copy: one store however it is asked for
     options = BuildOptions(intensity, bool(copy), frames_dtype, direct_io, materialize, progress, verify)
     loading = dict(load_options or {})
     if "intensity" in loading:

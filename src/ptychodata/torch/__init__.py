@@ -1,17 +1,27 @@
 """PyTorch layer: Dataset, batch sampler, DataLoader and on-device patch extraction.
 
 Importing this module imports torch; ``import ptychodata`` does not.
+
+Modules, by job: ``_dataset`` (:class:`GroupedDataset`), ``_shared_batch`` (a batch in one
+buffer), ``_sampler`` (:class:`GroupSampler`), ``_loader`` (:func:`make_loader`,
+:class:`GroupLoader`), ``_background`` (a loader iterated ahead in a thread), ``_to_device``
+(:func:`to_device`), ``_resident`` (:class:`DeviceStore`) and ``_resident_batches`` (its
+batches in a sampler's order), ``_patches`` (:class:`PatchExtractor`), ``_ptycho_torch``
+(ptycho_torch's batch tuple); ``_checks``, ``_dtypes`` and ``_tensordict`` are what these share.
 """
 
 from ptychodata._runtime import optional_import
 
 optional_import("torch", purpose="ptychodata.torch")  # before the submodules, which import torch
 
-from ptychodata.torch._dataset import GroupedDataset, collate_batch, ptycho_torch_batch  # noqa: E402
-from ptychodata.torch._loader import GroupLoader, make_loader, to_device  # noqa: E402
+from ptychodata.torch._dataset import GroupedDataset, collate_batch  # noqa: E402
+from ptychodata.torch._loader import GroupLoader, make_loader  # noqa: E402
 from ptychodata.torch._patches import PatchExtractor  # noqa: E402
+from ptychodata.torch._ptycho_torch import ptycho_torch_batch  # noqa: E402
 from ptychodata.torch._resident import DeviceStore  # noqa: E402
 from ptychodata.torch._sampler import GroupSampler  # noqa: E402
+from ptychodata.torch._shared_batch import SharedBatch  # noqa: E402
+from ptychodata.torch._to_device import to_device  # noqa: E402
 
 __all__ = [
     "DeviceStore",
@@ -19,6 +29,7 @@ __all__ = [
     "GroupSampler",
     "GroupedDataset",
     "PatchExtractor",
+    "SharedBatch",
     "collate_batch",
     "make_loader",
     "ptycho_torch_batch",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -10,17 +9,14 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from ptychodata._runtime import optional_import
 from ptychodata.errors import ParameterError
 from ptychodata.store import Store, batch_schema, open_store
+from ptychodata.torch._checks import check_with_Y, require_ground_truth
+from ptychodata.torch._ptycho_torch import ptycho_torch_batch
+from ptychodata.torch._shared_batch import Placement, SharedBatch, place
+from ptychodata.torch._tensordict import tensordict_class
 
-__all__ = ["GroupedDataset", "collate_batch", "ptycho_torch_batch"]
-
-_TORCH_DTYPES = {
-    np.dtype(np.float32): torch.float32,
-    np.dtype(np.complex64): torch.complex64,
-    np.dtype(np.int64): torch.int64,
-}
+__all__ = ["GroupedDataset", "SharedBatch", "collate_batch"]
 
 
 class GroupedDataset(torch.utils.data.Dataset):
@@ -86,33 +82,22 @@ class GroupedDataset(torch.utils.data.Dataset):
         probe_scale: float = 4.0,
     ):
         self.store = store if isinstance(store, Store) else open_store(store)
-        if with_Y not in (True, False, "device"):
-            raise ParameterError(f"with_Y={with_Y!r}; expected True, False or 'device'")
-        if with_Y is True and not self.store.has_ground_truth:
-            raise ParameterError(f"{self.store.path}: the store has no object or Y, so with_Y cannot be served")
+        check_with_Y(with_Y)
+        if with_Y is True:
+            require_ground_truth(self.store)
         self.layout = batch_schema(layout).layout
         self.constants = None
         if layout == "ptycho_torch":
-            if with_Y == "device":
-                raise ParameterError(
-                    "with_Y='device' with layout='ptycho_torch'; expected True or False "
-                    "(its label_amp/label_phase are gathered on the CPU)"
-                )
-            if as_tensordict:
-                raise ParameterError(
-                    "as_tensordict=True with layout='ptycho_torch'; expected False "
-                    "(its fields are a TensorDict)"
-                )
-            _import_tensordict()
+            _check_ptycho_torch_options(with_Y, as_tensordict)
             self.constants = self.store.ptycho_torch_constants(probe_scale)
         if as_tensordict:
-            _import_tensordict()
+            tensordict_class()
         self.with_Y = with_Y
         self.as_tensordict = as_tensordict
         self.shared_ring = int(shared_ring)
         self._ring: dict[int, list[SharedBatch]] = {}
         self._ring_taken: dict[int, int] = {}
-        self._placements: dict[tuple[int, bool], tuple[list[Any], int]] = {}
+        self._placements: dict[tuple[int, bool], tuple[Placement, int]] = {}
         self.pin_memory = pin_memory
         if pin_memory and not torch.cuda.is_available():
             raise ParameterError("pin_memory=True needs CUDA (page-locked memory is for copies to a GPU)")
@@ -144,15 +129,14 @@ class GroupedDataset(torch.utils.data.Dataset):
             arrays = self.store.batch(index, with_Y=with_Y, layout=self.layout, constants=self.constants)
             batch = {key: torch.from_numpy(value) for key, value in arrays.items()}
         if self.as_tensordict:
-            TensorDict = _import_tensordict()
-            return TensorDict(dict(batch), batch_size=[len(indices)])
+            return tensordict_class()(dict(batch), batch_size=[len(indices)])
         return batch
 
-    def _placement(self, batch_size: int, with_Y: bool) -> tuple[list[Any], int]:
+    def _placement(self, batch_size: int, with_Y: bool) -> tuple[Placement, int]:
         key = (batch_size, with_Y)
         if key not in self._placements:
             layout = self.store.batch_layout(batch_size, with_Y=with_Y, layout=self.layout)
-            self._placements[key] = _place(layout)
+            self._placements[key] = place(layout)
         return self._placements[key]
 
     def _shared_batch(self, batch_size: int, with_Y: bool) -> SharedBatch:
@@ -184,95 +168,18 @@ class GroupedDataset(torch.utils.data.Dataset):
         return ptycho_torch_batch(batch, self.store.C)
 
 
-class SharedBatch(dict):
-    """A batch whose tensors are views of one shared-memory buffer.
-
-    It is a dict of tensors, and it pickles as that one buffer plus the layout: crossing
-    from a DataLoader worker to the main process then passes one file descriptor, not
-    one per tensor. Pinning it (the DataLoader's pin thread) and moving it to a device
-    (:func:`~ptychodata.torch.to_device`) are one copy each, too.
-    """
-
-    _ALIGN = 64
-
-    def __init__(self, buffer: torch.Tensor, layout: list[tuple[str, tuple[int, ...], torch.dtype, int]]):
-        super().__init__(_views(buffer, layout))
-        self.buffer = buffer
-        self.layout = layout
-
-    @classmethod
-    def empty(cls, layout: dict[str, tuple[tuple[int, ...], Any]]) -> SharedBatch:
-        """Uninitialised shared memory for ``layout`` (``{key: (shape, numpy dtype)}``)."""
-        return cls.shared(*_place(layout))
-
-    @classmethod
-    def shared(cls, placed: list[Any], nbytes: int) -> SharedBatch:
-        return cls(torch.empty(nbytes, dtype=torch.uint8).share_memory_(), placed)
-
-    def __reduce__(self):
-        return (SharedBatch, (self.buffer, self.layout))
-
-    def __copy__(self) -> dict[str, torch.Tensor]:
-        return dict(self)  # a copy whose values may be replaced no longer matches the buffer
-
-    def pin_memory(self) -> SharedBatch:
-        """The batch in page-locked memory: one allocation and one copy (the DataLoader's pin
-        thread calls this), instead of one per tensor; itself if already pinned."""
-        if self.buffer.is_pinned():
-            return self
-        return SharedBatch(self.buffer.pin_memory(), self.layout)
-
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> SharedBatch:
-        """The batch on ``device`` in one copy of the buffer."""
-        return SharedBatch(self.buffer.to(device, non_blocking=non_blocking), self.layout)
-
-
-def _place(layout: dict[str, tuple[tuple[int, ...], Any]]) -> tuple[list[tuple[str, tuple[int, ...], torch.dtype, int]], int]:
-    """Byte offset of each array of ``layout`` in one buffer (64-byte aligned), and its size."""
-    placed, offset = [], 0
-    for key, (shape, dtype) in layout.items():
-        placed.append((key, tuple(shape), _TORCH_DTYPES[np.dtype(dtype)], offset))
-        offset += -(-math.prod(shape) * np.dtype(dtype).itemsize // SharedBatch._ALIGN) * SharedBatch._ALIGN
-    return placed, max(offset, 1)
-
-
-def _views(buffer: torch.Tensor, layout: list[tuple[str, tuple[int, ...], torch.dtype, int]]) -> dict:
-    views = {}
-    for key, shape, dtype, offset in layout:
-        nbytes = math.prod(shape) * dtype.itemsize
-        views[key] = buffer[offset : offset + nbytes].view(dtype).view(shape)
-    return views
-
-
-def ptycho_torch_batch(flat: dict[str, torch.Tensor], C: int) -> tuple[Any, torch.Tensor, torch.Tensor]:
-    """ptycho_torch's batch tuple from a flat batch of :func:`ptycho_torch_layout` arrays.
-
-    Parameters
-    ----------
-    flat : dict of tensors
-        ``probe`` (B, 1, 1, N, N), ``probe_scaling`` (B, 1, 1, 1) and the fields.
-    C : int
-        Channels: the probe is repeated over them (an ``expand`` view, as ptycho_torch does).
-
-    Returns
-    -------
-    fields : tensordict.TensorDict
-        Batch size (B,); every key of ``flat`` but the probe and its scaling.
-    probe : tensor of shape (B, C, 1, N, N), complex64
-    probe_scaling : tensor of shape (B, 1, 1, 1), float32
-    """
-    TensorDict = _import_tensordict()
-    probe = flat["probe"]
-    fields = {key: value for key, value in flat.items() if key not in ("probe", "probe_scaling")}
-    B = probe.shape[0]
-    return TensorDict(fields, batch_size=[B]), probe.expand(B, C, *probe.shape[2:]), flat["probe_scaling"]
+def _check_ptycho_torch_options(with_Y: Any, as_tensordict: bool) -> None:
+    """What ``layout="ptycho_torch"`` cannot be combined with, and the package it needs."""
+    if with_Y == "device":
+        raise ParameterError(
+            "with_Y='device' with layout='ptycho_torch'; expected True or False "
+            "(its label_amp/label_phase are gathered on the CPU)"
+        )
+    if as_tensordict:
+        raise ParameterError("as_tensordict=True with layout='ptycho_torch'; expected False (its fields are a TensorDict)")
+    tensordict_class()
 
 
 def collate_batch(batch: Any) -> Any:
     """The DataLoader ``collate_fn`` for :class:`GroupedDataset`: its batches are already whole."""
     return batch
-
-
-def _import_tensordict():
-    module = optional_import("tensordict", purpose="as_tensordict=True or layout='ptycho_torch'")
-    return module.TensorDict

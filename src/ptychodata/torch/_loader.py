@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import queue
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,10 +9,14 @@ import torch
 
 from ptychodata._runtime import usable_cores
 from ptychodata.errors import ParameterError
-from ptychodata.torch._dataset import GroupedDataset, SharedBatch, collate_batch
+from ptychodata.torch._background import in_background
+from ptychodata.torch._checks import check_with_Y
+from ptychodata.torch._dataset import GroupedDataset, collate_batch
+from ptychodata.torch._resident import DeviceStore
+from ptychodata.torch._resident_batches import ResidentBatches
 from ptychodata.torch._sampler import GroupSampler
 
-__all__ = ["GroupLoader", "make_loader", "to_device"]
+__all__ = ["GroupLoader", "make_loader"]
 
 
 class GroupLoader:
@@ -38,7 +40,7 @@ class GroupLoader:
 
     def __iter__(self) -> Iterator[Any]:
         self.delivered = 0
-        batches = _in_background(self.loader, self.background) if self.background else self.loader
+        batches = in_background(self.loader, self.background) if self.background else self.loader
         finish = getattr(self.loader.dataset, "finish", None)
         for batch in batches:
             self.delivered += 1
@@ -140,7 +142,33 @@ def make_loader(
             f"device={str(device)!r} without resident=True; host batches are moved with to_device(batch, device), "
             "or pass resident=True to gather them on the device"
         )
-    cpus = usable_cores()
+    return _host_loader(
+        store, batch_size, shuffle=shuffle, seed=seed, num_workers=num_workers, pin_memory=pin_memory,
+        drop_last=drop_last, distributed=distributed, with_Y=with_Y, as_tensordict=as_tensordict,
+        prefetch_factor=prefetch_factor, shared_ring=shared_ring, background=background, layout=layout,
+        probe_scale=probe_scale,
+    )
+
+
+def _host_loader(
+    store: Any,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    seed: int,
+    num_workers: int | None,
+    pin_memory: bool | None,
+    drop_last: bool,
+    distributed: bool | None,
+    with_Y: bool | str,
+    as_tensordict: bool,
+    prefetch_factor: int | None,
+    shared_ring: int | None,
+    background: int | None,
+    layout: str,
+    probe_scale: float,
+) -> GroupLoader:
+    """:func:`make_loader` gathering on the host: a DataLoader over a :class:`GroupedDataset`."""
     if num_workers is None:
         num_workers = 0
     if pin_memory is None:
@@ -156,11 +184,7 @@ def make_loader(
         layout=layout,
         probe_scale=probe_scale,
     )
-    is_distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-    if distributed is None:
-        distributed = is_distributed
-    sampler_kwargs = {} if distributed else {"num_replicas": 1, "rank": 0}
-    sampler = GroupSampler(len(dataset), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last, **sampler_kwargs)
+    sampler = _sampler(len(dataset), batch_size, shuffle, seed, drop_last, distributed)
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_sampler=sampler,
@@ -171,8 +195,19 @@ def make_loader(
         prefetch_factor=prefetch_factor if num_workers > 0 else None,
     )
     if background is None:
-        background = 2 if pin_memory or cpus > 2 else 0
+        background = 2 if pin_memory or usable_cores() > 2 else 0
     return GroupLoader(loader, sampler, background=background if num_workers == 0 else 0)
+
+
+def _sampler(
+    n_groups: int, batch_size: int, shuffle: bool, seed: int, drop_last: bool, distributed: bool | None
+) -> GroupSampler:
+    """The loader's sampler: sharded by the initialised ``torch.distributed`` group when
+    ``distributed`` is True, or None and one is initialised; else one replica."""
+    if distributed is None:
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    replicas = {} if distributed else {"num_replicas": 1, "rank": 0}
+    return GroupSampler(n_groups, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last, **replicas)
 
 
 def _resident_loader(
@@ -188,15 +223,13 @@ def _resident_loader(
     as_tensordict: bool,
     host_only: dict[str, tuple[Any, tuple[Any, ...]]],
 ) -> GroupLoader:
-    from ptychodata.torch._resident import DeviceStore, ResidentBatches
-
+    """:func:`make_loader` gathering on the device: the batches of a :class:`DeviceStore`."""
     for name, (value, allowed) in host_only.items():
         if value not in allowed:
             expected = " or ".join(repr(a) for a in allowed)
             raise ParameterError(f"{name}={value!r} with resident=True; expected {expected} (batches are gathered "
                                  "on the device, with no host workers, pinning or prefetch thread)")
-    if with_Y not in (True, False, "device"):
-        raise ParameterError(f"with_Y={with_Y!r}; expected True, False or 'device'")
+    check_with_Y(with_Y)
     if isinstance(store, GroupedDataset):
         store = store.store
     if isinstance(store, DeviceStore):
@@ -205,79 +238,6 @@ def _resident_loader(
         dataset = store
     else:
         dataset = DeviceStore(store, device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
-    is_distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-    sampler_kwargs = {} if (is_distributed if distributed is None else distributed) else {"num_replicas": 1, "rank": 0}
-    sampler = GroupSampler(len(dataset), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last, **sampler_kwargs)
+    sampler = _sampler(len(dataset), batch_size, shuffle, seed, drop_last, distributed)
     batches = ResidentBatches(dataset, sampler, with_Y=with_Y is True, as_tensordict=as_tensordict)
     return GroupLoader(batches, sampler, background=0)
-
-
-class _Failure:
-    def __init__(self, error: BaseException):
-        self.error = error
-
-
-_DONE = object()
-
-
-def _in_background(iterable: Any, depth: int) -> Iterator[Any]:
-    """Iterate ``iterable`` in a daemon thread, ``depth`` items ahead; its exceptions are
-    raised here, and leaving early (break, error) stops the thread."""
-    ready: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def put(item: Any) -> bool:
-        while not stop.is_set():
-            try:
-                ready.put(item, timeout=0.05)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for item in iterable:
-                if not put(item):
-                    return
-            put(_DONE)
-        except BaseException as error:  # handed to the consumer, raised there
-            put(_Failure(error))
-
-    thread = threading.Thread(target=produce, name="ptychodata-prefetch", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = ready.get()
-            if item is _DONE:
-                return
-            if isinstance(item, _Failure):
-                raise item.error
-            yield item
-            del item  # the loop's variable holds the batch; this frame need not
-    finally:
-        stop.set()
-        thread.join()
-
-
-def to_device(batch: Any, device: torch.device | str, *, non_blocking: bool = True) -> Any:
-    """Move a batch (dict of tensors, TensorDict, or ptycho_torch's tuple of them) to
-    ``device``; with pinned host memory the copies are asynchronous (``non_blocking``).
-    A tensor repeated along an axis by ``expand`` (ptycho_torch's probe over C) moves
-    once and is repeated again on the device."""
-    if isinstance(batch, tuple):
-        return tuple(to_device(part, device, non_blocking=non_blocking) for part in batch)
-    if isinstance(batch, torch.Tensor):
-        return _move_tensor(batch, device, non_blocking)
-    if isinstance(batch, SharedBatch) or (hasattr(batch, "to") and not isinstance(batch, dict)):
-        return batch.to(device, non_blocking=non_blocking)
-    return {key: value.to(device, non_blocking=non_blocking) for key, value in batch.items()}
-
-
-def _move_tensor(tensor: torch.Tensor, device: torch.device | str, non_blocking: bool) -> torch.Tensor:
-    shape, strides = tensor.shape, tensor.stride()
-    repeated = [axis for axis in range(tensor.dim()) if strides[axis] == 0 and shape[axis] > 1]
-    if not repeated:
-        return tensor.to(device, non_blocking=non_blocking)
-    index = tuple(slice(0, 1) if axis in repeated else slice(None) for axis in range(tensor.dim()))
-    return tensor[index].to(device, non_blocking=non_blocking).expand(tensor.shape)

@@ -4,10 +4,11 @@ A :class:`DeviceStore` copies what a §7 batch is made of to a device once (patt
 each group's members, experiment, centre and relative coordinates, and the §5 scales), and
 makes every batch there with a few ``index_select`` calls: no host gather, no host→device
 copy per batch. Its batches are those of :meth:`ptychodata.store.Store.batch`, bit for bit
-(same keys, shapes, dtypes, channels-first layout), except ``Y`` cut from the objects by
-:class:`~ptychodata.torch.PatchExtractor`, which matches NumPy's patches to float32
-tolerance. :func:`~ptychodata.torch.make_loader` with ``resident=True`` serves them in the
-order of the same :class:`~ptychodata.torch.GroupSampler` (sharding, resume).
+(the keys, shapes and dtypes of :data:`~ptychodata.store.DEFAULT_SCHEMA`), except ``Y`` cut
+from the objects by :class:`~ptychodata.torch.PatchExtractor`, which matches NumPy's patches
+to float32 tolerance. :func:`~ptychodata.torch.make_loader` with ``resident=True`` serves
+them in the order of the same :class:`~ptychodata.torch.GroupSampler` (sharding, resume):
+:mod:`ptychodata.torch._resident_batches`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ import torch
 from ptychodata._runtime import rows_per_chunk
 from ptychodata.errors import GroupIndexError, ParameterError
 from ptychodata.store import DEFAULT_SCHEMA, Store, check_batch_indices, open_store
+from ptychodata.torch._checks import require_ground_truth
+from ptychodata.torch._dtypes import torch_dtype
+from ptychodata.torch._patches import PatchExtractor
 
 __all__ = ["DeviceStore"]
 
@@ -129,52 +133,65 @@ class DeviceStore:
         self.gather_bytes = int(gather_bytes)
         n_probe_rows = 2 * store.n_experiments  # a complex64 (N, N) probe is two float32 (N, N) rows
         groups = np.asarray(store.groups, np.int64)
-        group_experiment = np.asarray(store.group_experiment, np.int64)
+        table, members = self._upload_frames(groups, bool(prescale), extra_rows=n_probe_rows)
+        # The probes ride along as the table's last rows, so that one index_select gathers
+        # a batch's X and probe (bytes copied as they are: the probe stays bit-exact).
+        self._probe_row0 = len(table) - n_probe_rows
+        self.frames = table[: self._probe_row0]
+        self._table = table
+        self._put_group_tables(groups, members)
+        self.probes = self._put(np.stack([np.asarray(store.probe(e), _dtype("probe")) for e in range(store.n_experiments)]))
+        table[self._probe_row0 :].copy_(torch.view_as_real(self.probes).reshape(-1, self.N, self.N))
+        has_mask = store.mask(0) is not None
+        self.masks = self._put(np.stack([store.mask(e) for e in range(store.n_experiments)])) if has_mask else None
+        self._patches: torch.Tensor | None = None
+        self._extractor: PatchExtractor | None = None
+        if with_Y:
+            self._load_ground_truth()
+
+    def _upload_frames(self, groups: np.ndarray, prescale: bool, extra_rows: int) -> tuple[torch.Tensor, np.ndarray]:
+        """The frames table on the device (``extra_rows`` more rows left for the probes) and
+        each group's members as rows of it; sets ``materialized``, ``prescaled`` and the
+        patterns used."""
+        store = self.store
         x_scale = np.asarray(store.x_scale, np.float32)
         materialized = store.materialized_X
         self.materialized = materialized is not None
         if materialized is not None:
             # X already scaled, one (C, N, N) block per group: the frames are those blocks.
             self._used = None
-            table = self._upload(lambda a, b: materialized[a:b].reshape(-1, self.N, self.N),
-                                 len(groups), self.C, extra_rows=n_probe_rows)
-            members = np.arange(groups.size, dtype=np.int64).reshape(groups.shape)
             self.prescaled = True
-        else:
-            used = np.unique(groups)
-            self._used = None if len(used) == store.n_patterns else used
-            members = groups if self._used is None else np.searchsorted(used, groups)
-            pattern_experiment = np.asarray(store.pattern_experiment)
-            # The host scales a group's members by the group's experiment; a frame can be
-            # pre-scaled by its own only where the two agree for every member.
-            agree = bool(np.all(pattern_experiment[groups] == group_experiment[:, None])) if groups.size else True
-            self.prescaled = bool(prescale) and agree
-            frame_scale = None
-            if self.prescaled:
-                rows = np.arange(store.n_patterns) if self._used is None else self._used
-                frame_scale = torch.from_numpy(x_scale[pattern_experiment[rows]]).to(self.device)
-            n_frames = store.n_patterns if self._used is None else len(self._used)
-            table = self._upload(self._rows_of(store.patterns), n_frames, 1, frame_scale, extra_rows=n_probe_rows)
-        # The probes ride along as the table's last rows, so that one index_select gathers
-        # a batch's X and probe (bytes copied as they are: the probe stays bit-exact).
-        self._probe_row0 = len(table) - n_probe_rows
-        self.frames = table[: self._probe_row0]
-        self._table = table
+            table = self._upload(lambda a, b: materialized[a:b].reshape(-1, self.N, self.N),
+                                 len(groups), self.C, extra_rows=extra_rows)
+            return table, np.arange(groups.size, dtype=np.int64).reshape(groups.shape)
+        used = np.unique(groups)
+        self._used = None if len(used) == store.n_patterns else used
+        members = groups if self._used is None else np.searchsorted(used, groups)
+        pattern_experiment = np.asarray(store.pattern_experiment)
+        group_experiment = np.asarray(store.group_experiment)
+        # The host scales a group's members by the group's experiment; a frame can be
+        # pre-scaled by its own only where the two agree for every member.
+        agree = bool(np.all(pattern_experiment[groups] == group_experiment[:, None])) if groups.size else True
+        self.prescaled = prescale and agree
+        frame_scale = None
+        if self.prescaled:
+            rows = np.arange(store.n_patterns) if self._used is None else self._used
+            frame_scale = torch.from_numpy(x_scale[pattern_experiment[rows]]).to(self.device)
+        n_frames = store.n_patterns if self._used is None else len(self._used)
+        # Float32 amplitudes whatever the stored encoding (converted on the host, as the host gather does).
+        table = self._upload(self._rows_of(store.amplitudes), n_frames, 1, frame_scale, extra_rows=extra_rows)
+        return table, members
+
+    def _put_group_tables(self, groups: np.ndarray, members: np.ndarray) -> None:
+        """Each group's members, index, experiment, coordinates, and the §5 scales, on the device."""
+        store = self.store
         self._groups = self._put(np.asarray(groups, _dtype("nn_indices")))
         self._members = self._groups if members is groups else self._put(members)
         self._group_index = self._put(np.asarray(store.group_indices, _dtype("group_index")))
-        self._experiment = self._put(np.asarray(group_experiment, _dtype("experiment_id")))
+        self._experiment = self._put(np.asarray(store.group_experiment, _dtype("experiment_id")))
         self._relative = self._put(np.asarray(store.group_relative, _dtype("coords_relative")).reshape(-1, self.C, 1, 2))
         self._offsets = self._put(np.asarray(store.group_centres, _dtype("coords_offsets")).reshape(-1, 1, 1, 2))
-        self._x_scale = self._put(x_scale)
-        self.probes = self._put(np.stack([np.asarray(store.probe(e), _dtype("probe")) for e in range(store.n_experiments)]))
-        table[self._probe_row0 :].copy_(torch.view_as_real(self.probes).reshape(-1, self.N, self.N))
-        has_mask = store.mask(0) is not None
-        self.masks = self._put(np.stack([store.mask(e) for e in range(store.n_experiments)])) if has_mask else None
-        self._patches: torch.Tensor | None = None
-        self._extractor: Any = None
-        if with_Y:
-            self._prepare_ground_truth()
+        self._x_scale = self._put(np.asarray(store.x_scale, np.float32))
 
     # ------------------------------------------------------------------ copying to the device
     def _put(self, array: np.ndarray) -> torch.Tensor:
@@ -193,8 +210,9 @@ class DeviceStore:
         chunks of about ``chunk_bytes``; multiplied by ``scale`` (one per output frame) there.
         ``extra_rows`` more rows are left uninitialised at the end."""
         first = rows(0, min(1, n_rows))
-        dtype = {np.dtype(np.float32): torch.float32, np.dtype(np.complex64): torch.complex64}[first.dtype]
-        out = torch.empty((n_rows * per_row + extra_rows, self.N, self.N), dtype=dtype, device=self.device)
+        out = torch.empty(
+            (n_rows * per_row + extra_rows, self.N, self.N), dtype=torch_dtype(first.dtype), device=self.device
+        )
         step = rows_per_chunk(first[:1].nbytes * per_row, self.chunk_bytes)
         for a in range(0, n_rows, step):
             b = min(a + step, n_rows)
@@ -205,7 +223,8 @@ class DeviceStore:
                 part.mul_(scale[a * per_row : b * per_row, None, None])
         return out
 
-    def _prepare_ground_truth(self) -> None:
+    def _load_ground_truth(self) -> None:
+        """Stored patches copied to the device, or a PatchExtractor of the objects; once."""
         if self._patches is not None or self._extractor is not None:
             return
         store = self.store
@@ -214,10 +233,7 @@ class DeviceStore:
             # Rows of the frames (pattern indices where X is materialized, as then).
             self._patches = self._upload(self._rows_of(stored), len(stored) if self._used is None else len(self._used), 1)
             return
-        if not store.has_ground_truth:
-            raise ParameterError(f"{store.path}: the store has no object or Y, so with_Y cannot be served")
-        from ptychodata.torch._patches import PatchExtractor
-
+        require_ground_truth(store)
         self._extractor = PatchExtractor.from_store(store, self.device)
 
     # ------------------------------------------------------------------ sizes
@@ -262,7 +278,7 @@ class DeviceStore:
         """
         index = self._check_indices(indices)
         if with_Y:
-            self._prepare_ground_truth()
+            self._load_ground_truth()
         return self._gather_run(self.plan(index, [len(index)]), 0, 1, with_Y)[0]
 
     def _check_indices(self, indices: Any) -> np.ndarray | torch.Tensor:
@@ -370,60 +386,3 @@ class DeviceStore:
             return self._extractor.for_members(nn)
         rows = nn if self.materialized else members
         return self._patches.index_select(0, rows.reshape(-1)).view(*rows.shape, self.N, self.N)
-
-
-class ResidentBatches:
-    """The batches of one :class:`DeviceStore` in a :class:`GroupSampler`'s order; what a
-    :class:`~ptychodata.torch.GroupLoader` iterates for ``make_loader(..., resident=True)``.
-
-    At the start of a pass the whole pass's group positions go to the device in one copy
-    and the per-group arrays of the pass are gathered at once; each batch is then two
-    gathers (X and probe) and slices, with no host→device copy and no synchronisation.
-    """
-
-    def __init__(self, dataset: DeviceStore, sampler: Any, *, with_Y: bool = False, as_tensordict: bool = False):
-        self.dataset = dataset
-        self.sampler = sampler
-        self.with_Y = with_Y
-        self.as_tensordict = as_tensordict
-        if with_Y:
-            dataset._prepare_ground_truth()
-        if as_tensordict:
-            from ptychodata.torch._dataset import _import_tensordict
-
-            self._TensorDict = _import_tensordict()
-
-    def __len__(self) -> int:
-        return len(self.sampler)
-
-    def __iter__(self):
-        dataset = self.dataset
-        schedule = self.sampler.begin_pass()
-        sizes = [len(batch) for batch in schedule]
-        positions = np.concatenate(schedule) if schedule else np.zeros(0, np.int64)
-        plan = dataset.plan(positions, sizes)
-        runs = _runs(sizes, dataset.batches_per_gather)
-        ready: list[dict[str, torch.Tensor]] = []
-        for number, _ in enumerate(self.sampler.iter_arrays(schedule)):
-            if not ready:
-                ready = dataset._gather_run(plan, number, runs[number], self.with_Y)
-                ready.reverse()
-            batch = ready.pop()  # the pass keeps no reference to a batch it has handed out
-            if self.as_tensordict:
-                batch = self._TensorDict(batch, batch_size=[sizes[number]], device=dataset.device)
-            yield batch
-
-
-def _runs(sizes: list[int], batches_per_gather: Any) -> dict[int, int]:
-    """Runs of consecutive batches of equal size, each gathered at once: the number of
-    batches in the run that starts at each run's first batch."""
-    runs, number = {}, 0
-    while number < len(sizes):
-        B, k = sizes[number], 1
-        limit = batches_per_gather(B)
-        while k < limit and number + k < len(sizes) and sizes[number + k] == B:
-            k += 1
-        runs[number] = k
-        number += k
-    return runs
-

@@ -1,0 +1,69 @@
+"""The batches of a :class:`~ptychodata.torch.DeviceStore` in a sampler's order: what
+``make_loader(..., resident=True)`` iterates."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from ptychodata.torch._resident import DeviceStore
+from ptychodata.torch._tensordict import tensordict_class
+
+__all__ = ["ResidentBatches"]
+
+
+class ResidentBatches:
+    """The batches of one :class:`DeviceStore` in a :class:`GroupSampler`'s order; what a
+    :class:`~ptychodata.torch.GroupLoader` iterates for ``make_loader(..., resident=True)``.
+
+    At the start of a pass the whole pass's group positions go to the device in one copy
+    and the per-group arrays of the pass are gathered at once; each batch is then two
+    gathers (X and probe) and slices, with no host→device copy and no synchronisation.
+    """
+
+    def __init__(self, dataset: DeviceStore, sampler: Any, *, with_Y: bool = False, as_tensordict: bool = False):
+        self.dataset = dataset
+        self.sampler = sampler
+        self.with_Y = with_Y
+        self.as_tensordict = as_tensordict
+        if with_Y:
+            dataset._load_ground_truth()
+        if as_tensordict:
+            self._TensorDict = tensordict_class()
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self):
+        dataset = self.dataset
+        schedule = self.sampler.begin_pass()
+        sizes = [len(batch) for batch in schedule]
+        positions = np.concatenate(schedule) if schedule else np.zeros(0, np.int64)
+        plan = dataset.plan(positions, sizes)
+        runs = _runs(sizes, dataset.batches_per_gather)
+        ready: list[dict[str, torch.Tensor]] = []
+        for number, _ in enumerate(self.sampler.iter_arrays(schedule)):
+            if not ready:
+                ready = dataset._gather_run(plan, number, runs[number], self.with_Y)
+                ready.reverse()
+            batch = ready.pop()  # the pass keeps no reference to a batch it has handed out
+            if self.as_tensordict:
+                batch = self._TensorDict(batch, batch_size=[sizes[number]], device=dataset.device)
+            yield batch
+
+
+def _runs(sizes: list[int], batches_per_gather: Any) -> dict[int, int]:
+    """Runs of consecutive batches of equal size, each gathered at once: the number of
+    batches in the run that starts at each run's first batch."""
+    runs, number = {}, 0
+    while number < len(sizes):
+        B, k = sizes[number], 1
+        limit = batches_per_gather(B)
+        while k < limit and number + k < len(sizes) and sizes[number + k] == B:
+            k += 1
+        runs[number] = k
+        number += k
+    return runs
+

@@ -106,12 +106,12 @@ def test_an_error_during_a_progress_bar_starts_its_own_line(tmp_path, capsys):
 def test_warnings_print_as_one_line(monkeypatch, capsys):
     import warnings
 
-    import ptychodata.cli as cli
+    from ptychodata.cli import _demo
 
     def warn(args):
         warnings.warn("first part\n   second part", UserWarning, stacklevel=1)
         return 0
 
-    monkeypatch.setattr(cli, "_run_demo", warn)
+    monkeypatch.setattr(_demo, "run", warn)
     assert main(["demo"]) == 0
     assert capsys.readouterr().err == "warning: first part second part\n"

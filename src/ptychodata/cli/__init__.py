@@ -1,0 +1,19 @@
+"""The ``ptychodata`` command: ``simulate``, ``inspect``, ``convert``, ``prepare``, ``cache`` and ``demo``.
+
+Thin by design: parse the arguments, call one library function, print. A
+:class:`~ptychodata.errors.PtychodataError` (or an OS or memory error) becomes a one-line
+``error: ...`` on stderr and exit status 2, without a traceback; success is 0. Messages name
+flags, not Python parameters. The reading flags are generated from
+:class:`ptychodata.io.LoadOptions`, the one definition of the load options.
+
+Modules: ``_main`` (entry point, errors, warnings), ``_parser`` (the parser, built from the
+commands), ``_options`` (the reading flags), ``_messages`` (Python spellings into flags),
+``_arguments`` (shared argument types), and one module per command (``_simulate``,
+``_inspect``, ``_convert``, ``_prepare``, ``_cache``, ``_demo``), each with ``add_parser`` and
+``run``.
+"""
+
+from ptychodata.cli._main import main
+from ptychodata.cli._parser import build_parser
+
+__all__ = ["build_parser", "main"]

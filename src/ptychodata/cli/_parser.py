@@ -1,0 +1,30 @@
+"""The argument parser of ``ptychodata``, built from its commands."""
+
+from __future__ import annotations
+
+import argparse
+
+from ptychodata._runtime import __version__
+from ptychodata.cli import _cache, _convert, _demo, _inspect, _prepare, _simulate
+
+_COMMANDS = (_simulate, _inspect, _convert, _prepare, _cache, _demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``ptychodata`` and its sub-commands.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        Parsing gives a namespace whose ``run`` is the command's ``run(args) -> int``.
+    """
+    parser = argparse.ArgumentParser(
+        prog="ptychodata",
+        description="Ptychography scans in, neighbour-grouped training data out.",
+        epilog="Run 'ptychodata demo' for the whole pipeline on a synthetic scan.",
+    )
+    parser.add_argument("--version", action="version", version=f"ptychodata {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in _COMMANDS:
+        command.add_parser(commands).set_defaults(run=command.run)
+    return parser

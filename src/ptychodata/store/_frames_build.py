@@ -11,7 +11,8 @@ from __future__ import annotations
 import contextlib
 import mmap
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -50,83 +51,25 @@ def build_frames(
     handles: list[Source],
     options: BuildOptions,
 ) -> None:
-    sizes = {handle.scan.N for handle in handles}
-    if len(sizes) > 1:
-        found = ", ".join(f"{h.name}: N={h.scan.N}" for h in handles)
-        raise ScanDataError(f"sources have different pattern sizes ({found}); a store needs one N")
-    N = sizes.pop()
-    n_total = sum(handle.scan.n_points for handle in handles)
+    """Write the frames build of ``handles`` into ``directory`` (a new build's temporary
+    directory): patterns (copied, or referenced in place with ``copy=False``), their
+    energies and amplitude sums, positions, probes, masks, objects and patches, and the
+    manifest last."""
+    N, n_total = _pattern_shape(handles)
     if options.copy:
-        encoding = FramesEncoding.for_copy(options.frames_dtype, bool(options.intensity))
-        reference = None
+        encoding, reference = FramesEncoding.for_copy(options.frames_dtype, bool(options.intensity)), None
     else:
         encoding, reference = _zero_copy_reference(handles[0], bool(options.intensity), options.frames_dtype)
-    experiments = []
-    start = 0
-    desc = "copying patterns" if reference is None else "reading patterns (zero-copy)"
-    with (
-        tqdm(total=n_total, disable=not options.progress, desc=desc, unit="pattern", unit_scale=True) as bar,
-        NpyWriter(directory / npy_name(FrameFile.ENERGIES), (n_total,), np.float64) as energies,
-        NpyWriter(directory / npy_name(FrameFile.AMPLITUDE_SUMS), (n_total,), np.float64) as sums,
-        (
-            NpyWriter(
-                directory / npy_name(FrameFile.PATTERNS),
-                (n_total, N, N),
-                encoding.storage,
-                direct=use_direct_io(options.direct_io, n_total * N * N * encoding.storage.itemsize),
-            )
-            if reference is None
-            else contextlib.nullcontext()
-        ) as patterns,
-    ):
-        for experiment_id, handle in enumerate(handles):
-            # A file is identified by its bytes on disk (hashed beside the stream, compressed
-            # bytes too), an in-memory scan by the hash of its arrays (computed on opening).
-            digesting = handle.path is not None and (reference is None or options.verify)
-            with ThreadPoolExecutor(max_workers=1) as hashing:
-                on_disk = hashing.submit(file_digest, handle.path) if digesting else None
-                _stream_patterns(handle, encoding, bar, patterns, energies, sums)
-                digest = on_disk.result() if on_disk is not None else handle.known_hash
-            scan = handle.scan
-            experiments.append(
-                ExperimentEntry(
-                    experiment_id=experiment_id,
-                    source=SourceEntry(handle.path, handle.size, handle.mtime_ns, digest),
-                    start=start,
-                    stop=start + scan.n_points,
-                    object_shape=None if scan.object is None else list(scan.object.shape),
-                    nphotons=scan.nphotons,
-                    has_Y=scan.Y is not None,
-                    has_probe=scan.probe is not None,
-                    has_mask=scan.mask is not None,
-                    metadata=jsonable(dict(scan.metadata)),
-                )
-            )
-            if scan.object is not None:
-                write_npy(directory / npy_name(object_stem(experiment_id)), scan.object)
-            start += scan.n_points
+    experiments = _stream_sources(directory, handles, options, encoding, copying=reference is None, shape=(n_total, N))
     scans = [handle.scan for handle in handles]
-    columns = {
-        FrameFile.XCOORDS: [s.xcoords for s in scans],
-        FrameFile.YCOORDS: [s.ycoords for s in scans],
-        FrameFile.XCOORDS_START: [s.xcoords_start for s in scans],
-        FrameFile.YCOORDS_START: [s.ycoords_start for s in scans],
-        FrameFile.SCAN_INDEX: [s.scan_index for s in scans],
-        FrameFile.EXPERIMENT_ID: [np.full(s.n_points, e, np.int64) for e, s in enumerate(scans)],
-    }
-    for stem, parts in columns.items():
-        write_npy(directory / npy_name(stem), np.concatenate(parts))
+    _write_positions(directory, scans)
     if all(scan.probe is not None for scan in scans):
         write_npy(directory / npy_name(FrameFile.PROBES), np.stack([s.probe for s in scans]))
     if any(scan.mask is not None for scan in scans):
         masks = [np.ones((N, N), bool) if s.mask is None else s.mask for s in scans]
         write_npy(directory / npy_name(FrameFile.MASKS), np.stack(masks))
     if all(scan.Y is not None for scan in scans):
-        direct = use_direct_io(options.direct_io, n_total * N * N * 8)
-        with NpyWriter(directory / npy_name(FrameFile.Y), (n_total, N, N), np.complex64, direct=direct) as writer:
-            for scan in scans:
-                for _, chunk in iter_rows(scan.Y, stream_rows(scan.Y)):
-                    writer.write(chunk)
+        _write_patches(directory, scans, (n_total, N), options.direct_io)
     file, offset = reference if reference is not None else (None, 0)
     write_manifest_last(
         directory,
@@ -150,6 +93,97 @@ def build_frames(
             mtime_ns=None if file is None else handles[0].mtime_ns,
         ),
     )
+
+
+def _pattern_shape(handles: list[Source]) -> tuple[int, int]:
+    """(N, patterns of all sources), or ``ScanDataError`` naming each source's N when they differ."""
+    sizes = {handle.scan.N for handle in handles}
+    if len(sizes) > 1:
+        found = ", ".join(f"{h.name}: N={h.scan.N}" for h in handles)
+        raise ScanDataError(f"sources have different pattern sizes ({found}); a store needs one N")
+    return sizes.pop(), sum(handle.scan.n_points for handle in handles)
+
+
+def _stream_sources(
+    directory: Path,
+    handles: list[Source],
+    options: BuildOptions,
+    encoding: FramesEncoding,
+    *,
+    copying: bool,
+    shape: tuple[int, int],
+) -> list[ExperimentEntry]:
+    """Stream every source's patterns through the build (energies, sums and, ``copying``,
+    the patterns themselves), write each experiment's object, and return the experiments'
+    entries. ``shape``: (patterns of all sources, N)."""
+    n_total, N = shape
+    experiments = []
+    start = 0
+    desc = "copying patterns" if copying else "reading patterns (zero-copy)"
+    direct = copying and use_direct_io(options.direct_io, n_total * N * N * encoding.storage.itemsize)
+    with (
+        tqdm(total=n_total, disable=not options.progress, desc=desc, unit="pattern", unit_scale=True) as bar,
+        NpyWriter(directory / npy_name(FrameFile.ENERGIES), (n_total,), np.float64) as energies,
+        NpyWriter(directory / npy_name(FrameFile.AMPLITUDE_SUMS), (n_total,), np.float64) as sums,
+        (
+            NpyWriter(directory / npy_name(FrameFile.PATTERNS), (n_total, N, N), encoding.storage, direct=direct)
+            if copying
+            else contextlib.nullcontext()
+        ) as patterns,
+    ):
+        for experiment_id, handle in enumerate(handles):
+            # A file is identified by its bytes on disk (hashed beside the stream, compressed
+            # bytes too), an in-memory scan by the hash of its arrays (computed on opening).
+            digesting = handle.path is not None and (copying or options.verify)
+            with ThreadPoolExecutor(max_workers=1) as hashing:
+                on_disk = hashing.submit(file_digest, handle.path) if digesting else None
+                _stream_patterns(handle, encoding, bar, patterns, energies, sums)
+                digest = on_disk.result() if on_disk is not None else handle.known_hash
+            experiments.append(_experiment_entry(experiment_id, handle, start, digest))
+            if handle.scan.object is not None:
+                write_npy(directory / npy_name(object_stem(experiment_id)), handle.scan.object)
+            start += handle.scan.n_points
+    return experiments
+
+
+def _experiment_entry(experiment_id: int, handle: Source, start: int, digest: str | None) -> ExperimentEntry:
+    scan = handle.scan
+    return ExperimentEntry(
+        experiment_id=experiment_id,
+        source=SourceEntry(handle.path, handle.size, handle.mtime_ns, digest),
+        start=start,
+        stop=start + scan.n_points,
+        object_shape=None if scan.object is None else list(scan.object.shape),
+        nphotons=scan.nphotons,
+        has_Y=scan.Y is not None,
+        has_probe=scan.probe is not None,
+        has_mask=scan.mask is not None,
+        metadata=jsonable(dict(scan.metadata)),
+    )
+
+
+def _write_positions(directory: Path, scans: list) -> None:
+    """Every pattern's positions, scan index and experiment, the sources one after another."""
+    columns = {
+        FrameFile.XCOORDS: [s.xcoords for s in scans],
+        FrameFile.YCOORDS: [s.ycoords for s in scans],
+        FrameFile.XCOORDS_START: [s.xcoords_start for s in scans],
+        FrameFile.YCOORDS_START: [s.ycoords_start for s in scans],
+        FrameFile.SCAN_INDEX: [s.scan_index for s in scans],
+        FrameFile.EXPERIMENT_ID: [np.full(s.n_points, e, np.int64) for e, s in enumerate(scans)],
+    }
+    for stem, parts in columns.items():
+        write_npy(directory / npy_name(stem), np.concatenate(parts))
+
+
+def _write_patches(directory: Path, scans: list, shape: tuple[int, int], direct_io: bool | None) -> None:
+    """The sources' ground-truth patches Y, streamed in row chunks. ``shape``: (patterns, N)."""
+    n_total, N = shape
+    direct = use_direct_io(direct_io, n_total * N * N * 8)
+    with NpyWriter(directory / npy_name(FrameFile.Y), (n_total, N, N), np.complex64, direct=direct) as writer:
+        for scan in scans:
+            for _, chunk in iter_rows(scan.Y, stream_rows(scan.Y)):
+                writer.write(chunk)
 
 
 def _zero_copy_reference(handle: Source, intensity: bool, frames_dtype: str | None) -> tuple[FramesEncoding, tuple[str, int]]:
@@ -239,24 +273,33 @@ def _stream_patterns(
 ) -> None:
     """Stream one source's patterns through the store: per chunk, check them, record Σ A²
     and Σ A (§5 scales of any later grouping, ptycho_torch's constants) and, for a copy,
-    write them in the stored encoding.
-
-    At most ``_RING`` chunks are in flight: this thread hands out views of a memory-mapped
-    source (or fills a ring of reused buffers from any other array); two worker threads
-    convert and check the chunks, and one writer thread writes them in order, so reading,
-    computing and writing overlap (NumPy and file writes release the GIL). A chunk's pages are released, or its buffer reused, once it is written. The
-    first bad pattern (in file order) is the one reported.
+    write them in the stored encoding (``patterns`` None: zero-copy, the source's own
+    bytes are what is served). The first bad pattern (in file order) is the one reported.
     """
-    scan = handle.scan
-    source = scan.diffraction
+    source = handle.scan.diffraction
     keeping_integers = getattr(source, "keeping_integers", None)  # a lazy source's integer-keeping view
     if handle.stream_counts and encoding.values == "counts" and keeping_integers is not None:
         source = keeping_integers()  # uint16 counts stay uint16 on their way to a uint16 store
+    convert = _chunk_converter(handle, encoding, copying=patterns is not None)
+
+    def write(converted: Future) -> None:
+        stored, chunk_energy, chunk_sums = converted.result()
+        if patterns is not None:
+            patterns.write(stored)
+        energies.write(chunk_energy)
+        sums.write(chunk_sums)
+
+    _run_ring(source, convert, write, bar)
+
+
+def _chunk_converter(
+    handle: Source, encoding: FramesEncoding, *, copying: bool
+) -> Callable[[int, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """``convert(start, raw)``: a chunk of the source's patterns (its first pattern
+    ``start``) as (stored form, Σ A², Σ A), checked (NaN, Inf, negative values; whole
+    counts for a counts store)."""
     where = f"{handle.name}: key 'diffraction'"
     hint = "" if handle.intensity else " (counts? pass intensity=True)"
-    rows = stream_rows(source)
-    n_points = source.shape[0]
-    copying = patterns is not None  # else zero-copy: the source's own bytes are what is served
     decode = copying and encoding.values == "amplitude" and not encoding.is_identity
 
     def convert(start: int, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -273,13 +316,20 @@ def _stream_patterns(
         )
         return stored, chunk_energy, chunk_sums
 
-    def write(converted) -> None:
-        stored, chunk_energy, chunk_sums = converted.result()
-        if patterns is not None:
-            patterns.write(stored)
-        energies.write(chunk_energy)
-        sums.write(chunk_sums)
+    return convert
 
+
+def _run_ring(source: np.ndarray, convert: Callable, write: Callable[[Future], None], bar: tqdm) -> None:
+    """``write(convert(start, chunk))`` for every row chunk of ``source``, in order.
+
+    At most ``_RING`` chunks are in flight: this thread hands out views of a memory-mapped
+    source (or fills a ring of reused buffers from any other array); worker threads
+    convert and check the chunks, and one writer thread writes them in order, so reading,
+    computing and writing overlap (NumPy and file writes release the GIL). A chunk's pages
+    are released, or its buffer reused, once it is written.
+    """
+    rows = stream_rows(source)
+    n_points = source.shape[0]
     reader = _RowReader(source)
     buffers: list[np.ndarray] = []
     with ThreadPoolExecutor(max_workers=_WORKERS) as workers, ThreadPoolExecutor(max_workers=1) as writer:

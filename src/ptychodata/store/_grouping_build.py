@@ -47,40 +47,19 @@ def build_grouping(
         raise ParameterError(f"config N={config.N} but the store's patterns are {frames.N}×{frames.N}")
     x = np.load(frames_dir / npy_name(FrameFile.XCOORDS))
     y = np.load(frames_dir / npy_name(FrameFile.YCOORDS))
-    energies = np.load(frames_dir / npy_name(FrameFile.ENERGIES), mmap_mode="r")
     positions = [np.stack([x[e.start : e.stop], y[e.start : e.stop]], axis=1) for e in frames.experiments]
     names = [experiment.source.path or "in-memory scan" for experiment in frames.experiments]
     local_groups = ahead.result_for(positions) if ahead is not None else None
     if local_groups is None:
         local_groups = experiment_groups(positions, names, config)
-    all_groups, group_experiment, scales, photon_scales = [], [], [], []
-    for experiment, local, name in zip(frames.experiments, local_groups, names):
-        # The patterns used and how often, in index order (np.unique's result, without its sort).
-        multiplicity = np.bincount(local.ravel(), minlength=experiment.n_points)
-        used = np.flatnonzero(multiplicity)
-        scales.append(
-            scale_from_energies(energies[used + experiment.start], multiplicity[used], N=frames.N, where=f"{name}: ")
-        )
-        nphotons = config.nphotons if config.nphotons is not None else experiment.nphotons
-        photon_scales.append(intensity_scale(nphotons, frames.N))
-        all_groups.append(local + experiment.start)
-        group_experiment.append(np.full(len(local), experiment.experiment_id, np.int64))
-    groups = np.concatenate(all_groups)
-    experiment_of_group = np.concatenate(group_experiment)
-    x_start = np.load(frames_dir / npy_name(FrameFile.XCOORDS_START))
-    y_start = np.load(frames_dir / npy_name(FrameFile.YCOORDS_START))
+    energies = np.load(frames_dir / npy_name(FrameFile.ENERGIES), mmap_mode="r")
+    groups, group_experiment, scales, photon_scales = _scaled_groups(frames, local_groups, names, energies, config)
     with slot.new_build() as (build_id, directory):
         write_npy(directory / npy_name(GroupingFile.GROUPS), groups)
-        write_npy(directory / npy_name(GroupingFile.GROUP_EXPERIMENT), experiment_of_group)
-        for (xs, ys), (offsets_stem, relative_stem) in (
-            ((x, y), (GroupingFile.COORDS_OFFSETS, GroupingFile.COORDS_RELATIVE)),
-            ((x_start, y_start), (GroupingFile.COORDS_START_OFFSETS, GroupingFile.COORDS_START_RELATIVE)),
-        ):
-            coords = group_coords(xs, ys, groups)  # (B, 1, 2, C) layout of §3
-            write_npy(directory / npy_name(offsets_stem), coords.offsets[:, 0, :, 0])  # (B, 2)
-            write_npy(directory / npy_name(relative_stem), coords.relative[:, 0].transpose(0, 2, 1))  # (B, C, 2)
+        write_npy(directory / npy_name(GroupingFile.GROUP_EXPERIMENT), group_experiment)
+        _write_coordinates(directory, frames_dir, (x, y), groups)
         if options.materialize:
-            scale = np.asarray(scales)[experiment_of_group]
+            scale = np.asarray(scales)[group_experiment]
             _materialize_X(directory, frames_dir, frames, groups, scale, options.progress, options.direct_io)
         write_manifest_last(
             directory,
@@ -98,6 +77,47 @@ def build_grouping(
         )
     slot.publish(build_id)
     return build_id
+
+
+def _scaled_groups(
+    frames: FrameManifest,
+    local_groups: list[np.ndarray],
+    names: list[str],
+    energies: np.ndarray,
+    config: GroupingConfig,
+) -> tuple[np.ndarray, np.ndarray, list[float], list[float | None]]:
+    """Every experiment's groups as (B, C) pattern indices of the build, the experiment of
+    each group, and each experiment's §5 scale (from the energies of the patterns its
+    groups use, as often as they use them) and intensity scale."""
+    all_groups, group_experiment, scales, photon_scales = [], [], [], []
+    for experiment, local, name in zip(frames.experiments, local_groups, names):
+        # The patterns used and how often, in index order (np.unique's result, without its sort).
+        multiplicity = np.bincount(local.ravel(), minlength=experiment.n_points)
+        used = np.flatnonzero(multiplicity)
+        scales.append(
+            scale_from_energies(energies[used + experiment.start], multiplicity[used], N=frames.N, where=f"{name}: ")
+        )
+        nphotons = config.nphotons if config.nphotons is not None else experiment.nphotons
+        photon_scales.append(intensity_scale(nphotons, frames.N))
+        all_groups.append(local + experiment.start)
+        group_experiment.append(np.full(len(local), experiment.experiment_id, np.int64))
+    return np.concatenate(all_groups), np.concatenate(group_experiment), scales, photon_scales
+
+
+def _write_coordinates(
+    directory: Path, frames_dir: Path, positions: tuple[np.ndarray, np.ndarray], groups: np.ndarray
+) -> None:
+    """Each group's centre and its members' relative coordinates (§3), from the positions
+    (x, y) and from the nominal positions."""
+    x_start = np.load(frames_dir / npy_name(FrameFile.XCOORDS_START))
+    y_start = np.load(frames_dir / npy_name(FrameFile.YCOORDS_START))
+    for (xs, ys), (offsets_stem, relative_stem) in (
+        (positions, (GroupingFile.COORDS_OFFSETS, GroupingFile.COORDS_RELATIVE)),
+        ((x_start, y_start), (GroupingFile.COORDS_START_OFFSETS, GroupingFile.COORDS_START_RELATIVE)),
+    ):
+        coords = group_coords(xs, ys, groups)  # (B, 1, 2, C) layout of §3
+        write_npy(directory / npy_name(offsets_stem), coords.offsets[:, 0, :, 0])  # (B, 2)
+        write_npy(directory / npy_name(relative_stem), coords.relative[:, 0].transpose(0, 2, 1))  # (B, C, 2)
 
 
 def _materialize_X(

@@ -78,11 +78,12 @@ class DeviceStore:
         Where to hold the data, e.g. ``"cuda"``, ``"cuda:1"`` or ``"cpu"``.
     prescale : bool
         True (default): frames are held as ``amplitude · x_scale`` of their experiment,
-        computed once, so X is one ``index_select``. False: frames are held as stored and
-        each batch's X is multiplied by its groups' scales after the gather, one more pass
-        over X (the form a compact frame dtype takes, where the gather also converts the
-        dtype and takes the square root of counts). Both give the host's X bit for bit;
-        materialized stores hold their scaled X as they are either way.
+        computed once, so X is one ``index_select``. False: frames are held as unscaled
+        float32 amplitudes and each batch's X is multiplied by its groups' scales after
+        the gather, one more pass over X. Both give the host's X bit for bit; a store of
+        compact frames (float16, bfloat16, counts) is converted to float32 amplitudes on
+        the host as it is copied; materialized stores hold their scaled X as they are
+        either way.
     gather_bytes : int
         Consecutive batches of a pass are gathered together by one ``index_select`` of
         about this many bytes (at least one batch), and handed out as views of it: the

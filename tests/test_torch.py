@@ -79,7 +79,7 @@ def test_a_shared_batch_crosses_processes_as_one_buffer(store):
 
     import torch.multiprocessing  # noqa: F401  (registers the shared-memory reducers)
 
-    from ptychodata.torch._dataset import SharedBatch
+    from ptychodata.torch import SharedBatch
 
     batch = SharedBatch.empty(store.batch_layout(5, with_Y=True))
     store.batch([3, 1, 4, 1, 5], with_Y=True, out={key: value.numpy() for key, value in batch.items()})
@@ -104,7 +104,7 @@ def test_a_shared_batch_crosses_processes_as_one_buffer(store):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="page-locked memory needs CUDA")
 def test_main_process_gathers_straight_into_pinned_memory(store):
-    from ptychodata.torch._dataset import SharedBatch
+    from ptychodata.torch import SharedBatch
 
     loader = make_loader(store, 16, num_workers=0, pin_memory=True, with_Y=True, seed=4)
     for batch in loader:

@@ -29,7 +29,7 @@ from ptychodata.store._cache import CachedStore, list_stores, prune_cache, remov
 from ptychodata.store._open_store import open_store
 from ptychodata.store._prepare import default_cache_dir, prepare
 from ptychodata.store._ptycho_torch import PtychoTorchConstants
-from ptychodata.store._store import Store
+from ptychodata.store._store import Store, require_ground_truth
 
 __all__ = [
     "DEFAULT_SCHEMA",
@@ -48,5 +48,6 @@ __all__ = [
     "prepare",
     "prune_cache",
     "remove_store",
+    "require_ground_truth",
     "verify_store",
 ]

@@ -26,7 +26,7 @@ from ptychodata.store._open_build import OpenBuild
 from ptychodata.store._ptycho_torch import PtychoTorchConstants, gather_ptycho_torch, ptycho_torch_constants
 from ptychodata.store._split import split_groups
 
-__all__ = ["Store"]
+__all__ = ["Store", "require_ground_truth"]
 
 
 class Store:
@@ -383,8 +383,8 @@ class Store:
         if self._selection is not None:
             index = self._selection[index]
         if schema.layout == "ptycho_torch":
-            if with_Y and not self.has_ground_truth:
-                raise ParameterError(f"{self.path}: the store has no object or Y, so with_Y cannot be served")
+            if with_Y:
+                require_ground_truth(self)
             if constants is None:
                 constants = self.ptycho_torch_constants()
             return gather_ptycho_torch(
@@ -538,3 +538,10 @@ def _checked_selection(groups: Any, n_groups: int) -> np.ndarray | None:
     if selection.size and (selection.min() < 0 or selection.max() >= n_groups):
         raise GroupIndexError(f"groups must lie in [0, {n_groups}); got {selection.min()}..{selection.max()}")
     return selection.astype(np.int64)
+
+
+def require_ground_truth(store: Store) -> None:
+    """``ParameterError`` unless ``store`` can serve ground-truth patches Y (stored patches,
+    or an object for every experiment)."""
+    if not store.has_ground_truth:
+        raise ParameterError(f"{store.path}: the store has no object or Y, so with_Y cannot be served")

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 
 from ptychodata.errors import ParameterError
-from ptychodata.store import Store, batch_schema, open_store
-from ptychodata.torch._checks import check_with_Y, require_ground_truth
+from ptychodata.store import Store, batch_schema, open_store, require_ground_truth
+from ptychodata.torch._checks import check_with_Y
 from ptychodata.torch._ptycho_torch import ptycho_torch_batch
 from ptychodata.torch._shared_batch import Placement, SharedBatch, place
 from ptychodata.torch._tensordict import tensordict_class

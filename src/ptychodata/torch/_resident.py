@@ -21,8 +21,7 @@ import torch
 
 from ptychodata._runtime import rows_per_chunk
 from ptychodata.errors import GroupIndexError, ParameterError
-from ptychodata.store import DEFAULT_SCHEMA, Store, check_batch_indices, open_store
-from ptychodata.torch._checks import require_ground_truth
+from ptychodata.store import DEFAULT_SCHEMA, Store, check_batch_indices, open_store, require_ground_truth
 from ptychodata.torch._dtypes import torch_dtype
 from ptychodata.torch._patches import PatchExtractor
 

@@ -68,7 +68,8 @@ class Store:
         try:
             self._selection = _checked_selection(groups, build.grouping.n_groups)
         except GroupIndexError:
-            self.close()
+            build.close()  # no gatherer yet: release the build's locks and maps only
+            self._build = None
             raise
         self._gatherer = BatchGatherer(build.batch_sources(), sorted_reads=sorted_reads, threads=threads)
         self.sorted_reads = sorted_reads

@@ -136,6 +136,20 @@ class LoadOptions:
             if value is not None and value not in allowed:
                 raise ScanDataError(f"{name}={value!r}; expected one of {allowed}")
 
+    @classmethod
+    def from_mapping(cls, options: Mapping[str, Any], *, name: str = "load_options") -> LoadOptions:
+        """``LoadOptions(**options)``, with an unknown option refused by a ``ParameterError`` that names it."""
+        if not isinstance(options, Mapping):
+            raise ParameterError(f"{name}={options!r}; expected a mapping of load option names to values")
+        known = {spec.name for spec in fields(cls)}
+        unknown = sorted(str(key) for key in options if key not in known)
+        if unknown:
+            raise ParameterError(
+                f"{name}: unknown option(s) {', '.join(map(repr, unknown))}; expected names among "
+                f"{', '.join(sorted(known - {'patterns_only'}))}"
+            )
+        return cls(**options)
+
     def __eq__(self, other: object) -> bool:
         return isinstance(other, LoadOptions) and self.identity() == other.identity()
 

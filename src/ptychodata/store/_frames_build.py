@@ -20,13 +20,13 @@ from tqdm.auto import tqdm
 
 from ptychodata._runtime import iter_rows, jsonable, release_pages, usable_cores
 from ptychodata.errors import ParameterError, ScanDataError
+from ptychodata.io import LoadOptions
 from ptychodata.normalize import checked_energies_and_sums
 from ptychodata.scan import counts_to_amplitude
 from ptychodata.store._build_options import BuildOptions
 from ptychodata.store._cache_paths import FrameFile, npy_name, object_stem
 from ptychodata.store._files import NpyWriter, file_digest, stream_rows, use_direct_io, write_npy
 from ptychodata.store._frames import FramesEncoding, decode_into, file_extent
-from ptychodata.store._hashing import options_identity
 from ptychodata.store._manifest import (
     ExperimentEntry,
     FrameManifest,
@@ -79,7 +79,7 @@ def build_frames(
         N=N,
         n_patterns=n_total,
         intensity=handles[0].intensity,
-        load_options=options_identity(handles[0].options),
+        load_options=LoadOptions(**handles[0].options).identity(),
         experiments=experiments,
         patterns=PatternsEntry(
             dtype=encoding.dtype,

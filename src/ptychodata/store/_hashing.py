@@ -12,9 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -23,7 +22,7 @@ from ptychodata._runtime import canonical_json, is_memory_mapped, iter_rows
 from ptychodata.scan import ScanData
 from ptychodata.store._files import STREAM_CHUNK_BYTES, new_hasher, stream_rows
 
-__all__ = ["content_hash", "options_identity"]
+__all__ = ["content_hash"]
 
 _WORKERS = 2  # threads hashing chunks (hashlib releases the GIL)
 
@@ -41,19 +40,6 @@ def content_hash(scan: ScanData, *, progress: bool = False) -> str:
     for digest in tqdm(digests, disable=not progress, desc="hashing", unit="chunk"):
         hasher.update(digest)
     return hasher.hexdigest()
-
-
-def options_identity(options: Mapping[str, Any]) -> dict[str, Any]:
-    """Load options as JSON for the store key; arrays (a mask) by a hash of their content."""
-    identity = {}
-    for name, value in sorted(options.items()):
-        if isinstance(value, np.ndarray):
-            hasher = new_hasher()
-            _hash_header(hasher, name, value)
-            hasher.update(memoryview(np.ascontiguousarray(value)).cast("B"))
-            value = {"array": hasher.hexdigest()}
-        identity[name] = value
-    return identity
 
 
 def _hash_header(hasher, name: str, array: np.ndarray) -> None:

@@ -22,6 +22,7 @@ import numpy as np
 
 from ptychodata.errors import ParameterError, StoreNotFoundError
 from ptychodata.grouping import GroupingConfig
+from ptychodata.io import LoadOptions
 from ptychodata.scan import ScanData
 from ptychodata.store._build_options import BuildOptions
 from ptychodata.store._cache import collect_builds, collect_frames, live_manifest
@@ -30,7 +31,6 @@ from ptychodata.store._files import ensure_writable_directory, file_digest
 from ptychodata.store._frames import FramesEncoding, canonical_frames_dtype
 from ptychodata.store._frames_build import build_frames
 from ptychodata.store._grouping_build import GroupsAhead, build_grouping
-from ptychodata.store._hashing import options_identity
 from ptychodata.store._manifest import SCHEMA_VERSION, FrameManifest, GroupingManifest, stable_key
 from ptychodata.store._sources import Source, open_sources
 from ptychodata.store._store import Store
@@ -126,14 +126,15 @@ def prepare(
         if frames_dtype == "float32":
             frames_dtype = None  # the default copy: one store however it is asked for
     options = BuildOptions(intensity, bool(copy), frames_dtype, direct_io, materialize, progress, verify)
-    loading = dict(load_options or {})
-    if "intensity" in loading:
+    if load_options is not None and "intensity" in load_options:
         raise ParameterError("pass intensity= to prepare itself, not inside load_options")
+    parsed = LoadOptions.from_mapping(load_options or {})
+    loading = parsed.changed()
     handles = open_sources(sources, intensity, loading, copy=options.copy, counts_stored=options.counts_stored)
     paths = CachePaths(ensure_writable_directory(Path(cache_dir) if cache_dir is not None else default_cache_dir()))
     storing = {"copy": options.copy, "frames_dtype": frames_dtype}
     frames_key = stable_key(
-        "frames", SCHEMA_VERSION, intensity, options_identity(loading), storing,
+        "frames", SCHEMA_VERSION, intensity, parsed.identity(), storing,
         [handle.identity() for handle in handles],
     )
     frames_slot = paths.frames_slot(frames_key)

@@ -69,8 +69,7 @@ from bench_store import random_source
 from ptychodata import GroupingConfig, open_store, prepare
 from ptychodata._runtime import usable_cores
 from ptychodata.patches import extract_patches
-from ptychodata.torch import PatchExtractor, make_loader, to_device
-from ptychodata.torch._dataset import SharedBatch
+from ptychodata.torch import PatchExtractor, SharedBatch, make_loader, to_device
 
 N = 64
 H2D_TARGET = 0.70

@@ -378,7 +378,7 @@ def test_intensity_sources_store_amplitudes(tmp_path, scan):
         source = ScanData.from_arrays(diffraction=counts, xcoords=scan.xcoords, ycoords=scan.ycoords,
                                       probe=scan.probe, check_values=False)
     path = source.save(tmp_path / "counts.npz")
-    # integer patterns are recognised as counts when the file is read (issue 9): no intensity= needed
+    # integer patterns are recognised as counts when the file is read: no intensity= needed
     store = prepare(path, CONFIG, cache_dir=tmp_path / "cache", progress=False)
     np.testing.assert_allclose(store.patterns, np.sqrt(counts), rtol=1e-6)
     np.testing.assert_allclose(store.amplitude_sums, np.sqrt(counts.astype(np.float64)).sum(axis=(1, 2)), rtol=1e-6)
@@ -486,7 +486,7 @@ def test_read_only_cache_dir_is_a_clear_error(tmp_path, source):
         cache.chmod(0o700)
 
 
-# ---------------------------------------------------------------------- real-file fields (issue 9)
+# ---------------------------------------------------------------------- real-file fields
 def test_a_store_without_a_probe_serves_batches_without_one(tmp_path, scan):
     no_probe = ScanData.from_arrays(diffraction=scan.diffraction, xcoords=scan.xcoords, ycoords=scan.ycoords)
     store = prepare(no_probe, CONFIG, cache_dir=tmp_path / "cache", progress=False)

@@ -21,14 +21,19 @@ the exclusive lock on that manifest without waiting, i.e. when no reader holds i
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
+import hashlib
 import os
 import shutil
+import socket
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from ptychodata._runtime import __version__, canonical_json
 from ptychodata.errors import StoreError, StoreNotFoundError
 
 __all__ = [
@@ -52,6 +57,8 @@ LOCKS = "locks"
 FRAMES_PREFIX = "frames-"
 TEMP_PREFIX = ".tmp-"
 TRASH_PREFIX = ".trash-"
+# Bumped when what a build id is computed from changes meaning.
+BUILD_ID_SCHEMA = 1
 _OBJECT_PREFIX = "object_"
 
 
@@ -106,8 +113,20 @@ def npy_files(directory: Path) -> list[Path]:
     return sorted(directory.glob(f"*{_NPY}"))
 
 
-def new_build_id() -> str:
-    return uuid.uuid4().hex
+def build_id_of(slot_key: str, identity: Any) -> str:
+    """The id of the build of slot ``slot_key`` made from ``identity`` (the sources as they are,
+    or the frames build a grouping is made of), with this schema and library version.
+
+    Deterministic: two processes that build the same thing make the same directory, and the
+    first rename wins (see :meth:`BuildSlot.new_build`).
+    """
+    text = canonical_json(["build", slot_key, identity, BUILD_ID_SCHEMA, __version__])
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+def _temporary_name(build_id: str) -> str:
+    """A build in progress: named by its id, host and process, so concurrent builders never share one."""
+    return f"{TEMP_PREFIX}{build_id}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
 @dataclass(frozen=True)
@@ -191,18 +210,26 @@ class BuildSlot:
             return []
         return [p for p in root.iterdir() if p.name.startswith((TEMP_PREFIX, TRASH_PREFIX))]
 
+    def has_build(self, build_id: str) -> bool:
+        """Whether the complete build ``build_id`` is present (its manifest is written last)."""
+        return (self.build_dir(build_id) / MANIFEST).is_file()
+
     @contextlib.contextmanager
-    def new_build(self) -> Iterator[tuple[str, Path]]:
-        """A temporary directory for a new build; on success it is renamed to
+    def new_build(self, identity: Any) -> Iterator[tuple[str, Path]]:
+        """A temporary directory for the build of ``identity``; on success it is renamed to
         ``builds/<id>`` (not yet current: call :meth:`publish`). Removed if the block raises.
-        Hold the slot's lock."""
-        build_id = new_build_id()
-        temporary = self.path / BUILDS / f"{TEMP_PREFIX}{build_id}"
+
+        The id is :func:`build_id_of` the slot and ``identity``. Where another process
+        finished the same build first, its directory stays and this one's temporary is
+        discarded: both then name the same, complete build."""
+        build_id = build_id_of(self.key, identity)
+        self._retire(build_id)
+        temporary = self.path / BUILDS / _temporary_name(build_id)
         temporary.mkdir(parents=True)
         try:
             yield build_id, temporary
             fsync_directory(temporary)
-            os.rename(temporary, self.build_dir(build_id))
+            _rename_unless_built(temporary, self.build_dir(build_id))
             fsync_directory(self.path / BUILDS)
         except OSError as exc:
             shutil.rmtree(temporary, ignore_errors=True)
@@ -212,6 +239,22 @@ class BuildSlot:
         except BaseException:
             shutil.rmtree(temporary, ignore_errors=True)
             raise
+
+    def _retire(self, build_id: str) -> None:
+        """Move an earlier build of this id out of the way: one is rebuilt only when the earlier
+        one is not current (damaged, or of an older schema). It is deleted unless a reader holds
+        it; then its trash is deleted by a later clean-up."""
+        build = self.build_dir(build_id)
+        if not build.exists():
+            return
+        trash = self.path / BUILDS / f"{TRASH_PREFIX}{build_id}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        try:
+            os.rename(build, trash)
+        except FileNotFoundError:
+            return
+        with _exclusive(trash) as acquired:
+            if acquired is not False:
+                shutil.rmtree(trash, ignore_errors=True)
 
     def publish(self, build_id: str) -> None:
         """Make ``build_id`` the live build: write ``current`` beside itself and replace it
@@ -260,6 +303,17 @@ class BuildSlot:
                 return False
             shutil.rmtree(trash, ignore_errors=True)
             return True
+
+
+def _rename_unless_built(temporary: Path, build: Path) -> None:
+    """Rename a finished temporary to its build directory; where that build exists already
+    (the same id, finished by another process first), discard the temporary instead."""
+    try:
+        os.rename(temporary, build)
+    except OSError as exc:
+        if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY) or not (build / MANIFEST).is_file():
+            raise
+        shutil.rmtree(temporary, ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -54,7 +54,7 @@ def build_grouping(
         local_groups = experiment_groups(positions, names, config)
     energies = np.load(frames_dir / npy_name(FrameFile.ENERGIES), mmap_mode="r")
     groups, group_experiment, scales, photon_scales = _scaled_groups(frames, local_groups, names, energies, config)
-    with slot.new_build() as (build_id, directory):
+    with slot.new_build({"frames_build": frames_id}) as (build_id, directory):
         write_npy(directory / npy_name(GroupingFile.GROUPS), groups)
         write_npy(directory / npy_name(GroupingFile.GROUP_EXPERIMENT), group_experiment)
         _write_coordinates(directory, frames_dir, (x, y), groups)

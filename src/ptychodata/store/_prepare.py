@@ -202,7 +202,8 @@ def _ensure_frames(
             return None
         positions = [np.stack([handle.scan.xcoords, handle.scan.ycoords], axis=1) for handle in handles]
         ahead = GroupsAhead.start(grouping_pool, positions, [handle.name for handle in handles], config)
-        with slot.new_build() as (build_id, directory):
+        identity = [handle.state(digest=options.verify) for handle in handles]
+        with slot.new_build(identity) as (build_id, directory):
             build_frames(directory, slot.frames_key, build_id, handles, options)
         slot.publish(build_id)
         collect_frames(slot)

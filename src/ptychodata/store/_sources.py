@@ -11,6 +11,7 @@ from typing import Any
 
 from ptychodata.errors import ParameterError, ScanDataError
 from ptychodata.scan import ScanData
+from ptychodata.store._files import file_digest
 from ptychodata.store._hashing import content_hash
 
 __all__ = ["Source", "open_sources"]
@@ -107,6 +108,17 @@ class Source:
                     warnings.simplefilter("ignore", UserWarning)
                 self._scan = ScanData.load(self.path, check_values=False, intensity=intensity, **self.options)
         return self._scan
+
+    def state(self, *, digest: bool = False) -> dict[str, Any]:
+        """What a build made from this source now depends on: the file's path, size and
+        modification time (and with ``digest``, the SHA-256 of its bytes), or an in-memory
+        scan's content hash."""
+        if self.path is None:
+            return {"content_hash": self.known_hash}
+        state: dict[str, Any] = {"path": self.path, "size": self.size, "mtime_ns": self.mtime_ns}
+        if digest:
+            state["sha256"] = file_digest(self.path)
+        return state
 
     def identity(self) -> dict[str, Any]:
         return {"path": self.path} if self.path is not None else {"content_hash": self.known_hash}

@@ -33,6 +33,7 @@ LAYERS = [
         "ptychodata.summary",
     ),
     ("ptychodata.store",),
+    ("ptychodata.dataset",),
     ("ptychodata.torch", "ptychodata.plot"),
     ("ptychodata.cli",),
 ]

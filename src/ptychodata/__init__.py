@@ -4,6 +4,7 @@
 """
 
 from ptychodata._runtime import __version__
+from ptychodata.dataset import Dataset, DatasetSpec, ScanBuild, open_dataset, prepare_scan
 from ptychodata.errors import (
     GroupingError,
     MissingDependencyError,
@@ -24,12 +25,15 @@ from ptychodata.simulate import simulate
 from ptychodata.store import Store, open_store, prepare
 
 __all__ = [
+    "Dataset",
+    "DatasetSpec",
     "GroupingConfig",
     "GroupingError",
     "MissingDependencyError",
     "PtychoDataContainer",
     "PtychoTorchRule",
     "PtychodataError",
+    "ScanBuild",
     "ScanData",
     "ScanDataError",
     "ScanFileNotFoundError",
@@ -42,8 +46,10 @@ __all__ = [
     "group",
     "grouped_data",
     "normalize_probe",
+    "open_dataset",
     "open_store",
     "prepare",
+    "prepare_scan",
     "reassemble",
     "simulate",
 ]

@@ -23,9 +23,12 @@ from ptychodata.store._batch_schema import (
     PTYCHO_TORCH_SCHEMA,
     BatchField,
     BatchSchema,
+    Layout,
     batch_schema,
 )
 from ptychodata.store._cache import CachedStore, list_stores, prune_cache, remove_store, verify_store
+from ptychodata.store._files import file_digest
+from ptychodata.store._frames import canonical_frames_dtype
 from ptychodata.store._open_store import open_store
 from ptychodata.store._prepare import default_cache_dir, prepare
 from ptychodata.store._ptycho_torch import PtychoTorchConstants
@@ -34,6 +37,7 @@ from ptychodata.store._store import Store, require_ground_truth
 __all__ = [
     "DEFAULT_SCHEMA",
     "LAYOUTS",
+    "Layout",
     "PTYCHO_TORCH_SCHEMA",
     "BatchField",
     "BatchSchema",
@@ -41,8 +45,10 @@ __all__ = [
     "PtychoTorchConstants",
     "Store",
     "batch_schema",
+    "canonical_frames_dtype",
     "check_batch_indices",
     "default_cache_dir",
+    "file_digest",
     "list_stores",
     "open_store",
     "prepare",

@@ -9,6 +9,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from ptychodata.dataset import DatasetStore
 from ptychodata.errors import ParameterError
 from ptychodata.store import Store, batch_schema, open_store, require_ground_truth
 from ptychodata.torch._checks import check_with_Y
@@ -72,7 +73,7 @@ class GroupedDataset(torch.utils.data.Dataset):
 
     def __init__(
         self,
-        store: Store | str | os.PathLike,
+        store: Store | DatasetStore | str | os.PathLike,
         *,
         with_Y: bool | Literal["device"] = False,
         as_tensordict: bool = False,
@@ -81,7 +82,7 @@ class GroupedDataset(torch.utils.data.Dataset):
         layout: Literal["default", "ptycho_torch"] = "default",
         probe_scale: float = 4.0,
     ):
-        self.store = store if isinstance(store, Store) else open_store(store)
+        self.store = store if isinstance(store, (Store, DatasetStore)) else open_store(store)
         check_with_Y(with_Y)
         if with_Y is True:
             require_ground_truth(self.store)

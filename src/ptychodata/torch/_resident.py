@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ptychodata._runtime import rows_per_chunk
+from ptychodata.dataset import DatasetStore
 from ptychodata.errors import GroupIndexError, ParameterError
 from ptychodata.store import DEFAULT_SCHEMA, Store, check_batch_indices, open_store, require_ground_truth
 from ptychodata.torch._dtypes import torch_dtype
@@ -114,6 +115,11 @@ class DeviceStore:
         gather_bytes: int | None = None,
         chunk_bytes: int = _CHUNK_BYTES,
     ):
+        if isinstance(store, DatasetStore):
+            raise ParameterError(
+                f"dataset {store.name!r}: GPU-resident loading serves one store; load a dataset with the host "
+                "loader (make_loader(dataset, ...)), or one scan's store (dataset.stores[k]) resident"
+            )
         self.store = store if isinstance(store, Store) else open_store(store)
         store = self.store
         self.device = torch.device(device)

@@ -1,0 +1,28 @@
+"""Datasets of many scans: one immutable build per scan, composed by reference.
+
+:func:`prepare_scan` prepares one scan file with a :class:`DatasetSpec` into a
+:class:`ScanBuild`; a :class:`Dataset` lists scan builds in immutable manifests and grows
+without recopying; :func:`open_dataset` reads a build of it as one store
+(:class:`DatasetStore`).
+"""
+
+from ptychodata.dataset._dataset import Dataset, DatasetChange, open_dataset
+from ptychodata.dataset._manifest import DatasetManifest, ScanEntry
+from ptychodata.dataset._scan_build import ScanBuild, SourceIdentity, prepare_scan, source_identity
+from ptychodata.dataset._spec import DatasetSpec, scan_seed
+from ptychodata.dataset._view import DatasetStore
+
+__all__ = [
+    "Dataset",
+    "DatasetChange",
+    "DatasetManifest",
+    "DatasetSpec",
+    "DatasetStore",
+    "ScanBuild",
+    "ScanEntry",
+    "SourceIdentity",
+    "open_dataset",
+    "prepare_scan",
+    "scan_seed",
+    "source_identity",
+]

@@ -1,0 +1,300 @@
+"""Datasets of many scans: create one with a spec, add and remove scans, open a build of it.
+
+Each change writes a new immutable manifest (kilobytes) that lists the scans' builds; a scan
+already built is found by its file's size and modification time (a stat), a new one is
+prepared once by :func:`~ptychodata.dataset.prepare_scan`. Nothing published is modified: a
+failed or interrupted change leaves the dataset as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ptychodata.dataset._manifest import (
+    DatasetManifest,
+    DatasetPaths,
+    ScanEntry,
+    check_name,
+    write_json_atomic,
+)
+from ptychodata.dataset._scan_build import ScanBuild, prepare_scan, source_identity
+from ptychodata.dataset._spec import DatasetSpec
+from ptychodata.dataset._view import DatasetStore
+from ptychodata.errors import ParameterError, PtychodataError, StoreError, StoreNotFoundError
+from ptychodata.grouping import GroupingConfig
+from ptychodata.store import default_cache_dir
+
+__all__ = ["Dataset", "DatasetChange", "open_dataset"]
+
+
+@dataclass(frozen=True)
+class DatasetChange:
+    """What one :meth:`Dataset.add` or :meth:`Dataset.remove` did.
+
+    Attributes
+    ----------
+    build_id : str
+        The dataset's live build after the change.
+    added, removed, unchanged : list of str
+        Source paths.
+    failed : dict of str to str
+        Path → why, for sources left out with ``keep_going=True``.
+    """
+
+    build_id: str
+    added: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+class Dataset:
+    """A named, growing set of scans prepared with one :class:`DatasetSpec`, in a cache directory.
+
+    Use :meth:`create` for a new one and :meth:`open` (or :func:`open_dataset` to read it).
+    """
+
+    def __init__(self, name: str, cache_dir: str | os.PathLike | None = None):
+        self.name = check_name(name)
+        self.cache_dir = Path(cache_dir if cache_dir is not None else default_cache_dir()).expanduser().resolve()
+        self.paths = DatasetPaths(self.cache_dir, self.name)
+        if not self.paths.spec.is_file():
+            raise StoreNotFoundError(_unknown(self.name, self.cache_dir))
+        try:
+            values = json.loads(self.paths.spec.read_text())
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"{self.paths.spec}: unreadable dataset spec ({exc})") from None
+        self.spec = DatasetSpec.from_dict(values, where=f"{self.paths.spec}: ")
+
+    @classmethod
+    def open(cls, name: str, cache_dir: str | os.PathLike | None = None) -> Dataset:
+        """The dataset ``name`` of ``cache_dir`` (default :func:`~ptychodata.store.default_cache_dir`)."""
+        return cls(name, cache_dir)
+
+    @classmethod
+    def create(
+        cls,
+        name: str,
+        config: GroupingConfig,
+        *,
+        cache_dir: str | os.PathLike | None = None,
+        load_options: Mapping[str, Any] | None = None,
+        intensity: bool | None = None,
+        frames_dtype: str | None = None,
+        copy: bool = True,
+        materialize: bool = False,
+    ) -> Dataset:
+        """Create an empty dataset whose scans will all be prepared with these options.
+
+        The spec is fixed here; a dataset of that name that exists with the same spec is
+        opened, one with another spec is refused.
+        """
+        check_name(name)
+        spec = DatasetSpec(config, load_options or {}, intensity, frames_dtype, copy, materialize)
+        if spec.load_options.mask is not None:
+            raise ParameterError("a dataset's load_options cannot hold a mask array; give it to each file's reader")
+        cache = Path(cache_dir if cache_dir is not None else default_cache_dir()).expanduser().resolve()
+        paths = DatasetPaths(cache, name)
+        if paths.spec.is_file():
+            existing = cls(name, cache)
+            if existing.spec.digest() != spec.digest():
+                raise ParameterError(
+                    f"dataset {name!r} exists in {cache} with another spec ({existing.spec.to_dict()}); "
+                    "a dataset's spec is fixed when it is created: choose another name"
+                )
+            return existing
+        write_json_atomic(paths.spec, spec.to_dict())
+        return cls(name, cache)
+
+    # ------------------------------------------------------------------ reading
+    @property
+    def build_id(self) -> str | None:
+        """The live build's id (None before the first scan is added)."""
+        return self.paths.current_id()
+
+    def manifest(self, build_id: str | None = None) -> DatasetManifest:
+        """The manifest of build ``build_id`` (default the live one; an empty one before any add)."""
+        build_id = build_id if build_id is not None else self.build_id
+        if build_id is None:
+            return DatasetManifest(self.name, self.spec.to_dict(), ())
+        return self.paths.read(build_id)
+
+    def scans(self) -> list[ScanBuild]:
+        return [entry.build for entry in self.manifest().scans]
+
+    def info(self) -> dict[str, Any]:
+        """A JSON-ready summary: build id, spec, sizes and one entry per scan."""
+        manifest = self.manifest()
+        builds = [entry.build for entry in manifest.scans]
+        return {
+            "name": self.name,
+            "cache_dir": str(self.cache_dir),
+            "build_id": self.build_id,
+            "spec": self.spec.to_dict(),
+            "n_scans": len(builds),
+            "n_patterns": sum(b.n_patterns for b in builds),
+            "n_groups": sum(b.n_groups for b in builds),
+            "N": builds[0].N if builds else None,
+            "C": builds[0].C if builds else None,
+            "bytes": sum(b.bytes for b in builds),
+            "scans": [
+                {"uid": b.uid, "name": b.name, "path": b.source.path, "n_patterns": b.n_patterns,
+                 "n_groups": b.n_groups, "x_scale": b.x_scale, "bytes": b.bytes, "tags": entry.tags}
+                for b, entry in zip(builds, manifest.scans)
+            ],
+        }
+
+    def diff(self, other_build_id: str) -> dict[str, list[dict[str, str]]]:
+        """Scans in the live build and not in ``other_build_id`` (``added``), and the reverse."""
+        mine, other = self.manifest(), self.manifest(other_build_id)
+        mine_uids, other_uids = set(mine.uids()), set(other.uids())
+
+        def describe(entries: Iterable[ScanEntry], keep: set[str]) -> list[dict[str, str]]:
+            return [{"uid": e.uid, "name": e.build.name, "path": e.build.source.path} for e in entries if e.uid in keep]
+
+        return {
+            "added": describe(mine.scans, mine_uids - other_uids),
+            "removed": describe(other.scans, other_uids - mine_uids),
+        }
+
+    # ------------------------------------------------------------------ changing
+    def add(
+        self,
+        sources: str | os.PathLike | Iterable[str | os.PathLike],
+        *,
+        tags: Mapping[str, str] | None = None,
+        progress: bool = False,
+        keep_going: bool = False,
+    ) -> DatasetChange:
+        """Add scan files: prepare those not built yet, then publish a new manifest.
+
+        A file already in the dataset and unchanged is only stat-ed. A file whose content
+        changed is replaced (reported as removed and added). The same bytes under two names,
+        another N or another frames encoding than the dataset's scans are refused, naming the
+        file. Without ``keep_going`` the first failure raises and the dataset stays as it was;
+        with it, the other files are added and the failures listed.
+        """
+        listed = _paths(sources)
+        tags = {str(k): str(v) for k, v in (tags or {}).items()}
+        current = self.manifest()
+        by_path = {entry.build.source.path: entry for entry in current.scans}
+        entries = {entry.uid: entry for entry in current.scans}
+        change = _Plan()
+        for path in listed:
+            try:
+                self._add_one(path, by_path, entries, tags, progress, change)
+            except PtychodataError as exc:
+                if not keep_going:
+                    raise
+                change.failed[path] = str(exc)
+        manifest = DatasetManifest(self.name, self.spec.to_dict(), tuple(entries.values()))
+        build_id = self.paths.write(manifest) if manifest.scans or current.scans else None
+        return DatasetChange(build_id, change.added, change.removed, change.unchanged, change.failed)
+
+    def _add_one(self, path, by_path, entries, tags, progress, change) -> None:
+        previous = by_path.get(path)
+        identity = source_identity(path, known=None if previous is None else previous.build.source)
+        if previous is not None and previous.uid == identity.uid:
+            entries[identity.uid] = ScanEntry(previous.build, {**previous.tags, **tags})
+            change.unchanged.append(path)
+            return
+        twin = entries.get(identity.uid)
+        if twin is not None:
+            raise ParameterError(
+                f"{path}: the same bytes as {twin.build.source.path}, already in dataset {self.name!r}"
+            )
+        build = prepare_scan(path, self.spec, cache_dir=self.cache_dir, progress=progress, known=identity)
+        _check_compatible(build, [e.build for e in entries.values() if previous is None or e.uid != previous.uid])
+        if previous is not None:  # the file changed: its old build leaves the dataset
+            del entries[previous.uid]
+            change.removed.append(path)
+        entries[build.uid] = ScanEntry(build, tags)
+        change.added.append(path)
+
+    def remove(self, sources: str | os.PathLike | Iterable[str | os.PathLike]) -> DatasetChange:
+        """Remove scans, named by path, file name or uid; no pattern is touched."""
+        current = self.manifest()
+        keep = {entry.uid: entry for entry in current.scans}
+        removed = []
+        for name in [sources] if isinstance(sources, (str, os.PathLike)) else list(sources):
+            entry = _find(current.scans, os.fspath(name))
+            if entry is None:
+                listed = ", ".join(e.build.name for e in current.scans) or "none"
+                raise ParameterError(f"{name}: not a scan of dataset {self.name!r} (its scans: {listed})")
+            keep.pop(entry.uid, None)
+            removed.append(entry.build.source.path)
+        manifest = DatasetManifest(self.name, self.spec.to_dict(), tuple(keep.values()))
+        return DatasetChange(self.paths.write(manifest), removed=removed)
+
+    def __repr__(self) -> str:
+        return f"Dataset({self.name!r}, {len(self.manifest().scans)} scans, cache {str(self.cache_dir)!r})"
+
+
+@dataclass
+class _Plan:
+    added: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+def open_dataset(
+    name: str, *, cache_dir: str | os.PathLike | None = None, build_id: str | None = None
+) -> DatasetStore:
+    """Open a build of dataset ``name`` (default the live one) for reading, like a store."""
+    dataset = Dataset(name, cache_dir)
+    build_id = build_id if build_id is not None else dataset.build_id
+    if build_id is None:
+        raise StoreError(f"dataset {name!r} holds no scan yet; add scans with Dataset.add")
+    return DatasetStore(dataset.manifest(build_id), dataset.cache_dir)
+
+
+def _paths(sources: Any) -> list[str]:
+    listed = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
+    if not listed:
+        raise ParameterError("sources: an empty list; expected scan files to add")
+    paths = [str(Path(source).expanduser().resolve()) for source in listed]
+    seen = set()
+    for path in paths:
+        if path in seen:
+            raise ParameterError(f"{path}: listed twice")
+        seen.add(path)
+    return paths
+
+
+def _check_compatible(build: ScanBuild, others: list[ScanBuild]) -> None:
+    """Refuse a scan whose patterns cannot be batched with the dataset's others."""
+    if not others:
+        return
+    first = others[0]
+    if build.N != first.N:
+        raise ParameterError(
+            f"{build.source.path}: patterns of {build.N}×{build.N}, but the dataset's are {first.N}×{first.N} "
+            f"({first.name}); a dataset's scans share N: create a dataset with load_options crop= or bin= that "
+            "bring every scan to one N"
+        )
+    if build.frames_dtype != first.frames_dtype:
+        raise ParameterError(
+            f"{build.source.path}: patterns stored as {build.frames_dtype}, but the dataset's as "
+            f"{first.frames_dtype} ({first.name}); give the dataset intensity= and frames_dtype= that fit every scan"
+        )
+
+
+def _find(entries: Iterable[ScanEntry], name: str) -> ScanEntry | None:
+    resolved = str(Path(name).expanduser().resolve())
+    for entry in entries:
+        build = entry.build
+        if name in (build.uid, build.name) or resolved == build.source.path:
+            return entry
+    return None
+
+
+def _unknown(name: str, cache: Path) -> str:
+    root = cache / "datasets"
+    known = sorted(p.name for p in root.iterdir() if (p / "spec.json").is_file()) if root.is_dir() else []
+    return f"no dataset {name!r} in {cache} (datasets there: {', '.join(known) or 'none'})"

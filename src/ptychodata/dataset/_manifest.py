@@ -1,0 +1,197 @@
+"""Dataset builds: immutable manifests listing scan builds, and the paths of a dataset's directory.
+
+::
+
+    <cache>/datasets/<name>/
+      spec.json            the DatasetSpec, written once when the dataset is created
+      builds/<id>.json     one immutable manifest per composition of scans (never modified)
+      current              the live build's id (replaced atomically)
+
+A manifest lists its scans sorted by uid; its id is a hash of that canonical list and the
+spec, so one composition reached in any order has one id: the dataset's fingerprint.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ptychodata._runtime import canonical_json
+from ptychodata.dataset._scan_build import ScanBuild
+from ptychodata.errors import ParameterError, StoreError, StoreNotFoundError
+
+__all__ = ["DatasetManifest", "DatasetPaths", "ScanEntry", "check_name"]
+
+FORMAT = "ptychodata-dataset"
+VERSION = 1
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_BUILD_ID = re.compile(r"^[0-9a-f]{32}$")
+# Fields of a scan build that say how a build was made, not what it holds: left out of the id.
+_NOT_IDENTITY = ("seconds",)
+
+
+def check_name(name: Any) -> str:
+    """``name`` if it is a dataset name (letters, digits, ``.``, ``_``, ``-``; up to 64)."""
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ParameterError(
+            f"dataset name {name!r}; expected 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class ScanEntry:
+    """One scan of a dataset build: its build record and the tags it was added with."""
+
+    build: ScanBuild
+    tags: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def uid(self) -> str:
+        return self.build.uid
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"build": self.build.to_dict(), "tags": dict(sorted(self.tags.items()))}
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> ScanEntry:
+        return cls(ScanBuild.from_dict(values["build"]), {str(k): str(v) for k, v in values["tags"].items()})
+
+
+@dataclass(frozen=True)
+class DatasetManifest:
+    """One composition of a dataset's scans, sorted by uid."""
+
+    name: str
+    spec: dict[str, Any]
+    scans: tuple[ScanEntry, ...]
+    created: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "scans", tuple(sorted(self.scans, key=lambda entry: entry.uid)))
+        uids = [entry.uid for entry in self.scans]
+        if len(set(uids)) != len(uids):
+            raise ParameterError(f"dataset {self.name!r}: a scan is listed twice")
+
+    @property
+    def build_id(self) -> str:
+        """The fingerprint: a hash of the spec and the scans (not of the name or the time)."""
+        scans = [
+            {**entry.to_dict(), "build": {k: v for k, v in entry.build.to_dict().items() if k not in _NOT_IDENTITY}}
+            for entry in self.scans
+        ]
+        text = canonical_json({"format": FORMAT, "version": VERSION, "spec": self.spec, "scans": scans})
+        return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+    def uids(self) -> list[str]:
+        return [entry.uid for entry in self.scans]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "name": self.name,
+            "build_id": self.build_id,
+            "created": self.created,
+            "spec": self.spec,
+            "scans": [entry.to_dict() for entry in self.scans],
+        }
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], *, where: str) -> DatasetManifest:
+        try:
+            if values.get("format") != FORMAT or values.get("version") != VERSION:
+                raise StoreError(
+                    f"{where}: format {values.get('format')!r} version {values.get('version')!r}; expected "
+                    f"{FORMAT!r} version {VERSION}"
+                )
+            manifest = cls(
+                str(values["name"]),
+                dict(values["spec"]),
+                tuple(ScanEntry.from_dict(entry) for entry in values["scans"]),
+                str(values.get("created", "")),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise StoreError(f"{where}: malformed dataset manifest ({type(exc).__name__}: {exc})") from None
+        if values.get("build_id") != manifest.build_id:
+            raise StoreError(f"{where}: its content does not hash to the id it names; the file was edited or damaged")
+        return manifest
+
+
+@dataclass(frozen=True)
+class DatasetPaths:
+    """The directory of one dataset in a cache."""
+
+    cache: Path
+    name: str
+
+    @property
+    def root(self) -> Path:
+        return self.cache / "datasets" / self.name
+
+    @property
+    def spec(self) -> Path:
+        return self.root / "spec.json"
+
+    def build(self, build_id: str) -> Path:
+        if not _BUILD_ID.match(build_id):
+            raise ParameterError(f"build_id={build_id!r}; expected 32 hex digits")
+        return self.root / "builds" / f"{build_id}.json"
+
+    def current_id(self) -> str | None:
+        try:
+            text = (self.root / "current").read_text().strip()
+        except FileNotFoundError:
+            return None
+        if not _BUILD_ID.match(text):
+            raise StoreError(f"{self.root / 'current'}: {text[:40]!r} is not a build id; the file was damaged")
+        return text
+
+    def read(self, build_id: str) -> DatasetManifest:
+        path = self.build(build_id)
+        try:
+            values = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise StoreNotFoundError(f"dataset {self.name!r} has no build {build_id} ({path})") from None
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"{path}: unreadable dataset manifest ({exc})") from None
+        return DatasetManifest.from_dict(values, where=str(path))
+
+    def write(self, manifest: DatasetManifest) -> str:
+        """Write ``manifest`` (if no build of that id exists) and make it the live build; its id."""
+        build_id = manifest.build_id
+        path = self.build(build_id)
+        if not path.is_file():
+            stamped = DatasetManifest(manifest.name, manifest.spec, manifest.scans, _now())
+            write_json_atomic(path, stamped.to_dict())
+        write_text_atomic(self.root / "current", build_id + "\n")
+        return build_id
+
+
+def write_json_atomic(path: Path, values: Any) -> None:
+    write_text_atomic(path, json.dumps(values, indent=1, sort_keys=True) + "\n")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write beside ``path`` under a name of this process's, fsync, then rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".tmp-{path.name}-{os.getpid()}-{os.urandom(4).hex()}")
+    try:
+        with open(temporary, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")

@@ -1,0 +1,277 @@
+"""An opened dataset build: its scans' stores read as one, with the :class:`~ptychodata.store.Store`
+API the loaders use (batches, splits, grouped data, containers)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ptychodata.dataset._manifest import DatasetManifest
+from ptychodata.dataset._spec import scan_seed
+from ptychodata.errors import ParameterError, StoreError
+from ptychodata.grouped import PtychoDataContainer
+from ptychodata.store import Layout, Store, batch_schema, check_batch_indices
+
+__all__ = ["DatasetStore"]
+
+
+class DatasetStore:
+    """The groups of every scan of one dataset build, in manifest order (scans sorted by uid).
+
+    Group ``i`` of the dataset is group ``i - offset[k]`` of scan ``k``; a batch's
+    ``experiment_id`` is ``k``, its ``nn_indices`` count patterns across the dataset, and its
+    ``group_index`` counts groups across the dataset. Each scan's store is the exact build the
+    manifest names, held open (so it is not collected) until :meth:`close`.
+
+    Parameters
+    ----------
+    manifest : DatasetManifest
+    cache_dir : path
+    selection : ndarray of shape (B,), optional
+        Dataset group indices served (a subset or split); default all.
+    """
+
+    def __init__(self, manifest: DatasetManifest, cache_dir: str | os.PathLike, *, selection: Any = None):
+        if not manifest.scans:
+            raise StoreError(f"dataset {manifest.name!r} build {manifest.build_id} holds no scan; add scans first")
+        self.manifest = manifest
+        self.cache_dir = Path(cache_dir)
+        self.stores: list[Store] = []
+        try:
+            for entry in manifest.scans:
+                self.stores.append(entry.build.open(self.cache_dir))
+        except BaseException:
+            self.close()
+            raise
+        sizes = np.array([len(store) for store in self.stores], np.int64)
+        self._group_offsets = np.concatenate([[0], np.cumsum(sizes)])
+        patterns = np.array([store.n_patterns for store in self.stores], np.int64)
+        self._pattern_offsets = np.concatenate([[0], np.cumsum(patterns)])
+        total = int(self._group_offsets[-1])
+        self._selection = None if selection is None else check_batch_indices(selection, total)
+
+    # ------------------------------------------------------------------ identity and sizes
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def path(self) -> Path:
+        """The dataset's directory in the cache."""
+        return self.cache_dir / "datasets" / self.manifest.name
+
+    @property
+    def fingerprint(self) -> str:
+        """The dataset build's id: equal for equal compositions."""
+        return self.manifest.build_id
+
+    build_id = fingerprint
+
+    def __len__(self) -> int:
+        return int(self._group_offsets[-1]) if self._selection is None else len(self._selection)
+
+    @property
+    def N(self) -> int:
+        return self.stores[0].N
+
+    @property
+    def C(self) -> int:
+        return self.stores[0].C
+
+    @property
+    def n_experiments(self) -> int:
+        return len(self.stores)
+
+    @property
+    def n_patterns(self) -> int:
+        return int(self._pattern_offsets[-1])
+
+    @property
+    def uids(self) -> list[str]:
+        return self.manifest.uids()
+
+    @property
+    def has_probe(self) -> bool:
+        return all(store.has_probe for store in self.stores)
+
+    @property
+    def has_ground_truth(self) -> bool:
+        return all(store.has_ground_truth for store in self.stores)
+
+    @property
+    def x_scale(self) -> list[float]:
+        return [store.x_scale[0] for store in self.stores]
+
+    @property
+    def intensity_scale(self) -> list[float | None]:
+        return [store.intensity_scale[0] for store in self.stores]
+
+    @property
+    def group_indices(self) -> np.ndarray:
+        total = int(self._group_offsets[-1])
+        return np.arange(total, dtype=np.int64) if self._selection is None else self._selection.copy()
+
+    def probe(self, experiment: int = 0) -> np.ndarray | None:
+        return self.stores[self._experiment(experiment)].probe(0)
+
+    def mask(self, experiment: int = 0) -> np.ndarray | None:
+        return self.stores[self._experiment(experiment)].mask(0)
+
+    def object(self, experiment: int = 0) -> np.ndarray | None:
+        return self.stores[self._experiment(experiment)].object(0)
+
+    # ------------------------------------------------------------------ batches
+    def batch(
+        self,
+        indices: Any,
+        *,
+        with_Y: bool = False,
+        reuse: bool = True,  # noqa: ARG002 - each batch is new memory; kept for the Store API
+        out: dict[str, np.ndarray] | None = None,
+        threads: int | None = None,
+        layout: str = "default",
+        constants: Any = None,
+    ) -> dict[str, np.ndarray]:
+        """Gather dataset groups ``indices`` into one batch, as :meth:`Store.batch` does.
+
+        Only ``layout="default"`` is served for a dataset of several scans; ``out`` arrays
+        are filled where given.
+        """
+        if layout != "default" and self.n_experiments > 1:
+            raise ParameterError(
+                f"layout={layout!r} is served per scan: open one scan's store (dataset.stores[k]) for it"
+            )
+        if layout != "default":
+            return self.stores[0].batch(self._positions(indices), with_Y=with_Y, layout=layout, constants=constants)
+        groups = self._positions(indices)
+        scan = np.searchsorted(self._group_offsets, groups, side="right") - 1
+        arrays = out if out is not None else self._empty(len(groups), with_Y)
+        for k in np.unique(scan):
+            rows = np.flatnonzero(scan == k)
+            part = self.stores[k].batch(
+                groups[rows] - self._group_offsets[k], with_Y=with_Y, reuse=False, threads=threads
+            )
+            for key, value in part.items():
+                if key in arrays:  # a probe only where every scan has one
+                    arrays[key][rows] = value
+            arrays["nn_indices"][rows] += self._pattern_offsets[k]
+            arrays["group_index"][rows] = groups[rows]
+            arrays["experiment_id"][rows] = k
+        return arrays
+
+    def batch_layout(self, batch_size: int, *, with_Y: bool = False, layout: str = "default") -> Layout:
+        schema = batch_schema(layout)
+        has_mask = any(store.mask(0) is not None for store in self.stores)
+        return schema.arrays(batch_size, self.C, self.N, with_Y=with_Y, probe=self.has_probe, mask=has_mask)
+
+    def _empty(self, batch_size: int, with_Y: bool) -> dict[str, np.ndarray]:
+        arrays = {key: np.empty(shape, dtype) for key, (shape, dtype) in self.batch_layout(batch_size, with_Y=with_Y).items()}
+        if "mask" in arrays:
+            arrays["mask"][:] = True  # scans without a mask: every pixel usable
+        return arrays
+
+    def _positions(self, indices: Any) -> np.ndarray:
+        index = check_batch_indices(indices, len(self))
+        return index if self._selection is None else self._selection[index]
+
+    def _experiment(self, experiment: int) -> int:
+        if not 0 <= int(experiment) < self.n_experiments:
+            raise ParameterError(f"experiment={experiment}; expected 0 <= experiment < {self.n_experiments}")
+        return int(experiment)
+
+    # ------------------------------------------------------------------ subsets and splits
+    def subset(self, indices: Any) -> DatasetStore:
+        """A dataset view serving these groups (positions in this view); it opens the builds again."""
+        return DatasetStore(self.manifest, self.cache_dir, selection=self._positions(indices))
+
+    def split(
+        self, val_fraction: float, *, by: str = "region", seed: int = 0, tiles: int = 4
+    ) -> tuple[DatasetStore, DatasetStore]:
+        """(train, val) views that stay put when scans are added or removed.
+
+        ``by="region"``: each scan's tiles are held out as :meth:`Store.split` does, drawn
+        from a generator keyed by the scan's uid. ``by="scan"``: whole scans are held out,
+        each scan independently when a seeded hash of its uid falls below ``val_fraction``.
+        """
+        if not 0 < val_fraction < 1:
+            raise ParameterError(f"val_fraction={val_fraction}; expected a number in (0, 1)")
+        if by == "scan":
+            held = [_hash_fraction(seed, uid) < val_fraction for uid in self.uids]
+            train = [self._scan_groups(k) for k, h in enumerate(held) if not h]
+            val = [self._scan_groups(k) for k, h in enumerate(held) if h]
+        elif by == "region":
+            train, val = [], []
+            for k, store in enumerate(self.stores):
+                local_train, local_val = store.split(
+                    val_fraction, by="region", seed=scan_seed(seed, self.uids[k]), tiles=tiles
+                )
+                train.append(local_train.group_indices + self._group_offsets[k])
+                val.append(local_val.group_indices + self._group_offsets[k])
+                local_train.close()
+                local_val.close()
+        else:
+            raise ParameterError(f"by={by!r}; expected one of {{'region', 'scan'}}")
+        if not any(len(part) for part in train) or not any(len(part) for part in val):
+            raise ParameterError(
+                f"split by={by!r} of {self.n_experiments} scan(s) with val_fraction={val_fraction} leaves one side "
+                "empty; use more scans or by='region'"
+            )
+        return self._restricted(train), self._restricted(val)
+
+    def _scan_groups(self, k: int) -> np.ndarray:
+        return np.arange(self._group_offsets[k], self._group_offsets[k + 1], dtype=np.int64)
+
+    def _restricted(self, parts: list[np.ndarray]) -> DatasetStore:
+        chosen = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        if self._selection is not None:
+            chosen = chosen[np.isin(chosen, self._selection)]
+        return DatasetStore(self.manifest, self.cache_dir, selection=np.sort(chosen))
+
+    # ------------------------------------------------------------------ whole-scan views
+    def grouped_data(self, experiment: int | None = None) -> dict[str, Any]:
+        """The §6 grouped dict of one scan (``experiment`` = its position in the dataset)."""
+        if experiment is None:
+            if self.n_experiments != 1:
+                raise ParameterError(f"dataset of {self.n_experiments} scans; pass experiment=k (0 <= k < n)")
+            experiment = 0
+        return self.stores[self._experiment(experiment)].grouped_data()
+
+    def container(self, experiment: int | None = None, **kwargs: Any) -> PtychoDataContainer:
+        """The §8 container of one scan."""
+        if experiment is None:
+            if self.n_experiments != 1:
+                raise ParameterError(f"dataset of {self.n_experiments} scans; pass experiment=k (0 <= k < n)")
+            experiment = 0
+        return self.stores[self._experiment(experiment)].container(**kwargs)
+
+    # ------------------------------------------------------------------ life cycle
+    def close(self) -> None:
+        for store in self.stores:
+            store.close()
+
+    def __enter__(self) -> DatasetStore:  # noqa: PYI034
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"manifest": self.manifest, "cache_dir": self.cache_dir, "selection": self._selection}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["manifest"], state["cache_dir"], selection=state["selection"])
+
+    def __repr__(self) -> str:
+        return (
+            f"DatasetStore({self.name!r}, build {self.fingerprint[:12]}, {self.n_experiments} scans, "
+            f"{len(self)} groups, N={self.N}, C={self.C})"
+        )
+
+
+def _hash_fraction(seed: int, uid: str) -> float:
+    digest = hashlib.blake2b(f"split:{int(seed)}:{uid}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") / 2.0**64

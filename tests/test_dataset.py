@@ -1,0 +1,219 @@
+"""Datasets of many scans: one build per scan, composed by reference, stable under edits."""
+
+import os
+import pickle
+
+import numpy as np
+import pytest
+
+from ptychodata import Dataset, DatasetSpec, GroupingConfig, open_dataset, prepare_scan, simulate
+from ptychodata.dataset import scan_seed
+from ptychodata.errors import ParameterError, ScanFileNotFoundError, StoreNotFoundError
+
+CONFIG = GroupingConfig(gridsize=2, neighbor_count=6, seed=11)
+
+
+@pytest.fixture(scope="module")
+def scan_files(tmp_path_factory):
+    """Four small simulated scans of one N, and one of another N."""
+    root = tmp_path_factory.mktemp("scans")
+    paths = {}
+    for name, seed, points, N in (("a", 1, 36, 16), ("b", 2, 49, 16), ("c", 3, 30, 16), ("d", 4, 25, 16), ("n24", 5, 25, 24)):
+        paths[name] = root / f"{name}.npz"
+        simulate(points, N, seed=seed, progress=False).save(paths[name])
+    return paths
+
+
+def _files_state(cache, build):
+    """inode and mtime of every file of a scan's builds."""
+    slot = cache / build.grouping_path
+    frames = slot.parent.parent / "builds" / build.frames_build_id
+    grouping = slot / "builds" / build.grouping_build_id
+    return {p: (p.stat().st_ino, p.stat().st_mtime_ns) for d in (frames, grouping) for p in sorted(d.iterdir())}
+
+
+def test_a_scan_in_a_dataset_is_the_scan_prepared_alone(tmp_path, scan_files):
+    spec = DatasetSpec(CONFIG)
+    alone = prepare_scan(scan_files["b"], spec, cache_dir=tmp_path / "alone")
+    dataset = Dataset.create("lab", CONFIG, cache_dir=tmp_path / "shared")
+    dataset.add([scan_files["a"], scan_files["b"], scan_files["c"]])
+    inside = next(build for build in dataset.scans() if build.uid == alone.uid)
+    assert inside.seed == alone.seed == scan_seed(CONFIG.seed, alone.uid)
+    assert (inside.frames_build_id, inside.grouping_build_id) == (alone.frames_build_id, alone.grouping_build_id)
+    with alone.open(tmp_path / "alone") as one, inside.open(tmp_path / "shared") as other:
+        np.testing.assert_array_equal(one.groups, other.groups)
+        np.testing.assert_array_equal(one.group_centres, other.group_centres)
+        np.testing.assert_array_equal(one.group_relative, other.group_relative)
+        assert one.x_scale == other.x_scale and one.intensity_scale == other.intensity_scale
+        np.testing.assert_array_equal(one.batch(np.arange(len(one)))["X"], other.batch(np.arange(len(other)))["X"])
+
+
+def test_adding_a_scan_builds_only_it_and_leaves_the_others_untouched(tmp_path, scan_files):
+    dataset = Dataset.create("grow", CONFIG, cache_dir=tmp_path)
+    first = dataset.add([scan_files["a"], scan_files["b"]])
+    before = {b.uid: (b, _files_state(tmp_path, b)) for b in dataset.scans()}
+    second = dataset.add(scan_files["c"])
+    assert second.added == [str(scan_files["c"].resolve())] and second.build_id != first.build_id
+    after = {b.uid: b for b in dataset.scans()}
+    for uid, (build, files) in before.items():
+        assert after[uid] == build
+        assert _files_state(tmp_path, after[uid]) == files
+    again = dataset.add([scan_files["a"], scan_files["b"], scan_files["c"]])
+    assert again.build_id == second.build_id and again.added == [] and len(again.unchanged) == 3
+
+
+def test_one_composition_reached_in_two_orders_has_one_fingerprint(tmp_path, scan_files):
+    one = Dataset.create("one", CONFIG, cache_dir=tmp_path)
+    two = Dataset.create("two", CONFIG, cache_dir=tmp_path)
+    one.add([scan_files["a"], scan_files["b"]])
+    one.add(scan_files["c"])
+    two.add(scan_files["c"])
+    two.add([scan_files["b"], scan_files["a"], scan_files["d"]])
+    two.remove(scan_files["d"].name)
+    assert one.build_id == two.build_id
+    assert open_dataset("one", cache_dir=tmp_path).fingerprint == one.build_id
+
+
+def test_remove_writes_a_manifest_and_touches_no_pattern(tmp_path, scan_files):
+    dataset = Dataset.create("rm", CONFIG, cache_dir=tmp_path)
+    dataset.add([scan_files["a"], scan_files["b"]])
+    two = dataset.build_id
+    gone = next(b for b in dataset.scans() if b.name == "b.npz")
+    files = _files_state(tmp_path, gone)
+    change = dataset.remove("b.npz")
+    assert change.removed == [str(scan_files["b"].resolve())]
+    assert [b.name for b in dataset.scans()] == ["a.npz"]
+    assert _files_state(tmp_path, gone) == files
+    assert dataset.diff(two) == {
+        "added": [],
+        "removed": [{"uid": gone.uid, "name": "b.npz", "path": str(scan_files["b"].resolve())}],
+    }
+    with pytest.raises(ParameterError, match=r"nope.npz: not a scan of dataset 'rm' \(its scans: a.npz\)"):
+        dataset.remove("nope.npz")
+
+
+def test_bad_additions_are_named_and_leave_the_dataset_as_it_was(tmp_path, scan_files):
+    dataset = Dataset.create("strict", CONFIG, cache_dir=tmp_path)
+    dataset.add(scan_files["a"])
+    live = dataset.build_id
+    twin = tmp_path / "a-copy.npz"
+    twin.write_bytes(scan_files["a"].read_bytes())
+    with pytest.raises(ParameterError, match=r"a-copy.npz: the same bytes as .*a.npz, already in dataset 'strict'"):
+        dataset.add(twin)
+    with pytest.raises(ParameterError, match=r"n24.npz: patterns of 24×24, but the dataset's are 16×16 .*crop= or bin="):
+        dataset.add(scan_files["n24"])
+    with pytest.raises(ScanFileNotFoundError, match="missing.npz: no such scan file"):
+        dataset.add([scan_files["b"], tmp_path / "missing.npz"])
+    assert dataset.build_id == live
+    change = dataset.add([scan_files["b"], tmp_path / "missing.npz", scan_files["n24"]], keep_going=True)
+    assert change.added == [str(scan_files["b"].resolve())]
+    assert sorted(os.path.basename(p) for p in change.failed) == ["missing.npz", "n24.npz"]
+    assert sorted(b.name for b in dataset.scans()) == ["a.npz", "b.npz"]
+
+
+def test_a_changed_source_is_removed_and_added(tmp_path, scan_files):
+    path = tmp_path / "live.npz"
+    path.write_bytes(scan_files["c"].read_bytes())
+    dataset = Dataset.create("live", CONFIG, cache_dir=tmp_path / "cache")
+    dataset.add(path)
+    old = dataset.scans()[0]
+    simulate(30, 16, seed=9, progress=False).save(path)
+    change = dataset.add(path)
+    assert change.removed == change.added == [str(path.resolve())]
+    new = dataset.scans()[0]
+    assert new.uid != old.uid and new.seed != old.seed
+
+
+def test_the_spec_is_fixed_and_unknown_datasets_name_the_known_ones(tmp_path):
+    Dataset.create("fixed", CONFIG, cache_dir=tmp_path)
+    assert Dataset.create("fixed", CONFIG, cache_dir=tmp_path).spec == DatasetSpec(CONFIG)
+    with pytest.raises(ParameterError, match="exists .* with another spec"):
+        Dataset.create("fixed", GroupingConfig(gridsize=1, seed=11), cache_dir=tmp_path)
+    with pytest.raises(StoreNotFoundError, match=r"no dataset 'other' .*datasets there: fixed"):
+        open_dataset("other", cache_dir=tmp_path)
+    with pytest.raises(ParameterError, match="dataset name '../x'"):
+        Dataset.create("../x", CONFIG, cache_dir=tmp_path)
+    with pytest.raises(ParameterError, match="config.seed=None"):
+        DatasetSpec(GroupingConfig(seed=None))
+
+
+def test_spec_digest_and_pickling(tmp_path):
+    spec = DatasetSpec(CONFIG, {"crop": 16.0}, frames_dtype=np.float32)
+    same = DatasetSpec(CONFIG, {"crop": 16}, frames_dtype="float32")
+    assert spec == same and spec.digest() == same.digest()
+    assert pickle.loads(pickle.dumps(spec)) == spec
+    assert DatasetSpec.from_dict(spec.to_dict()) == spec
+    assert DatasetSpec(CONFIG, {"crop": 12}).digest() != spec.digest()
+
+
+def test_batches_of_a_dataset_are_its_scans_batches(tmp_path, scan_files):
+    dataset = Dataset.create("batches", CONFIG, cache_dir=tmp_path)
+    dataset.add([scan_files["a"], scan_files["b"], scan_files["c"]])
+    with open_dataset("batches", cache_dir=tmp_path) as data:
+        sizes = [len(store) for store in data.stores]
+        assert len(data) == sum(sizes) and data.n_experiments == 3 and (data.N, data.C) == (16, 4)
+        offsets = np.cumsum([0] + sizes)
+        picks = np.array([offsets[2] + 1, 0, offsets[1] + 3, offsets[1], offsets[2]])
+        batch = data.batch(picks)
+        assert set(batch) == set(data.batch_layout(len(picks)))
+        for row, index in enumerate(picks):
+            k = int(np.searchsorted(offsets, index, side="right") - 1)
+            local = data.stores[k].batch([index - offsets[k]], reuse=False)
+            np.testing.assert_array_equal(batch["X"][row], local["X"][0])
+            np.testing.assert_array_equal(batch["coords_relative"][row], local["coords_relative"][0])
+            assert batch["experiment_id"][row] == k and batch["group_index"][row] == index
+            patterns = sum(data.stores[j].n_patterns for j in range(k))
+            np.testing.assert_array_equal(batch["nn_indices"][row], local["nn_indices"][0] + patterns)
+        clone = pickle.loads(pickle.dumps(data))
+        np.testing.assert_array_equal(clone.batch(picks)["X"], batch["X"])
+        clone.close()
+
+
+def test_splits_keep_their_groups_when_scans_are_added(tmp_path, scan_files):
+    dataset = Dataset.create("splits", CONFIG, cache_dir=tmp_path)
+    dataset.add([scan_files["a"], scan_files["b"], scan_files["c"]])
+
+    def val_groups(by):
+        with open_dataset("splits", cache_dir=tmp_path) as data:
+            train, val = data.split(0.3, by=by, seed=4)
+            chosen = {}
+            for view, label in ((train, "train"), (val, "val")):
+                batch = view.batch(np.arange(len(view)))
+                for k, g in zip(batch["experiment_id"], batch["group_index"]):
+                    uid = data.uids[k]
+                    chosen.setdefault((uid, label), set()).add(int(g - data._group_offsets[k]))
+                view.close()
+            assert not set(train.group_indices) & set(val.group_indices)
+            return chosen
+
+    for by in ("region", "scan"):
+        before = val_groups(by)
+        dataset.add(scan_files["d"])
+        after = val_groups(by)
+        for key, groups in before.items():
+            assert after[key] == groups, (by, key)
+        dataset.remove("d.npz")
+
+
+def test_the_host_loader_serves_every_group_of_a_dataset_once(tmp_path, scan_files):
+    torch = pytest.importorskip("torch")
+    from ptychodata.torch import make_loader
+
+    dataset = Dataset.create("loader", CONFIG, cache_dir=tmp_path)
+    dataset.add([scan_files["a"], scan_files["b"]])
+    with open_dataset("loader", cache_dir=tmp_path) as data:
+        seen = []
+        for batch in make_loader(data, batch_size=8, shuffle=True, seed=0, num_workers=0):
+            seen.extend(batch["group_index"].tolist())
+            assert isinstance(batch["X"], torch.Tensor) and batch["X"].shape[1:] == (4, 16, 16)
+        assert sorted(seen) == list(range(len(data)))
+
+
+def test_build_ids_are_the_same_in_every_cache(tmp_path, scan_files):
+    spec = DatasetSpec(CONFIG)
+    one = prepare_scan(scan_files["d"], spec, cache_dir=tmp_path / "one")
+    two = prepare_scan(scan_files["d"], spec, cache_dir=tmp_path / "two")
+    assert (one.frames_build_id, one.grouping_build_id) == (two.frames_build_id, two.grouping_build_id)
+    again = prepare_scan(scan_files["d"], spec, cache_dir=tmp_path / "one")
+    assert again.grouping_build_id == one.grouping_build_id
+    assert pickle.loads(pickle.dumps(one)) == one

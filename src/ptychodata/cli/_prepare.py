@@ -23,7 +23,7 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
     prep.add_argument(
         "sources", type=Path, nargs="+", metavar="SRC", help="scan files (any format inspect reads)"
     )
-    _add_grouping(prep)
+    add_grouping(prep)
     add_cache_dir(prep)
     _add_storing(prep)
     prep.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -31,7 +31,8 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return prep
 
 
-def _add_grouping(prep: argparse.ArgumentParser) -> None:
+def add_grouping(prep: argparse.ArgumentParser) -> None:
+    """The grouping flags (``--gridsize``, ``--neighbors``, ...) of ``prepare`` and ``dataset create``."""
     prep.add_argument(
         "--gridsize", type=positive_int, default=1, help="g, C = g² patterns a group (default 1)"
     )
@@ -77,12 +78,11 @@ def _add_storing(prep: argparse.ArgumentParser) -> None:
     )
 
 
-def run(args: argparse.Namespace) -> int:
-    """Prepare the store, print its path (and, unless quiet, a line on stderr); returns 0."""
+def grouping_config(args: argparse.Namespace):
+    """The :class:`~ptychodata.grouping.GroupingConfig` of the grouping flags."""
     from ptychodata.grouping import GroupingConfig
-    from ptychodata.store import prepare
 
-    config = GroupingConfig(
+    return GroupingConfig(
         gridsize=args.gridsize,
         neighbor_count=args.neighbors,
         n_groups=args.n_groups,
@@ -91,6 +91,13 @@ def run(args: argparse.Namespace) -> int:
         enable_oversampling=args.oversample,
         nphotons=args.nphotons,
     )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Prepare the store, print its path (and, unless quiet, a line on stderr); returns 0."""
+    from ptychodata.store import prepare
+
+    config = grouping_config(args)
     # Only what was given: the store's key then matches prepare() called with the same options.
     options = load_options(args)
     intensity = options.pop("intensity", None)

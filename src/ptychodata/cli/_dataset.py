@@ -1,0 +1,137 @@
+"""``ptychodata dataset create|add|remove|info``: datasets of many scans."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ptychodata.cli._arguments import add_cache_dir
+from ptychodata.cli._options import add_load_options, load_options
+from ptychodata.cli._prepare import add_grouping, grouping_config
+from ptychodata.dataset import Dataset, DatasetChange
+from ptychodata.errors import ParameterError
+from ptychodata.summary import human_size
+
+
+def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the ``dataset`` command and its actions to ``commands``; returns its parser."""
+    dataset = commands.add_parser(
+        "dataset",
+        help="datasets of many scans: create, add, remove, info",
+        description="A dataset lists one immutable build per scan, all prepared with the options fixed at "
+        "create. add prepares only the scans not built yet and writes a new manifest; remove writes a "
+        "manifest and touches no pattern. Each composition has an id: the dataset's fingerprint.",
+    )
+    actions = dataset.add_subparsers(dest="action", required=True, metavar="ACTION")
+    create = actions.add_parser("create", help="create an empty dataset with its grouping and reading options")
+    create.add_argument("name", metavar="NAME")
+    add_grouping(create)
+    create.add_argument(
+        "--frames-dtype",
+        choices=("float32", "float16", "bfloat16", "uint16", "uint32"),
+        help="how patterns are stored (default float32 amplitudes)",
+    )
+    create.add_argument("--materialize", action="store_true", help="also write each scan's grouped X array")
+    add_load_options(create)
+    add = actions.add_parser("add", help="add scan files (prepares only those not built yet)")
+    add.add_argument("name", metavar="NAME")
+    add.add_argument("sources", type=Path, nargs="*", metavar="SRC", help="scan files")
+    add.add_argument("--list", type=Path, metavar="FILE", help="a file naming one scan file a line")
+    add.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE", help="tag the scans added")
+    add.add_argument("--keep-going", action="store_true", help="add the good files, list the failures")
+    add.add_argument("--quiet", action="store_true", help="no progress bars")
+    remove = actions.add_parser("remove", help="remove scans (by path, file name or uid)")
+    remove.add_argument("name", metavar="NAME")
+    remove.add_argument("sources", nargs="+", metavar="SCAN")
+    info = actions.add_parser("info", help="the live build: its id, sizes and scans")
+    info.add_argument("name", metavar="NAME")
+    info.add_argument("--json", action="store_true", help="print JSON")
+    info.add_argument("--diff", metavar="ID", help="the scans added and removed since build ID")
+    for parser in (create, add, remove, info):
+        add_cache_dir(parser)
+    return dataset
+
+
+def run(args: argparse.Namespace) -> int:
+    """Carry out the action; returns 0, or 1 when ``add --keep-going`` left files out."""
+    if args.action == "create":
+        return _create(args)
+    dataset = Dataset(args.name, args.cache_dir)
+    if args.action == "add":
+        change = dataset.add(_sources(args), tags=_tags(args.tag), progress=not args.quiet,
+                             keep_going=args.keep_going)
+        return _report(change)
+    if args.action == "remove":
+        return _report(dataset.remove(args.sources))
+    if args.diff:
+        print(json.dumps(dataset.diff(args.diff), indent=2))
+        return 0
+    info = dataset.info()
+    print(json.dumps(info, indent=2) if args.json else _format_info(info))
+    return 0
+
+
+def _create(args: argparse.Namespace) -> int:
+    options = load_options(args)
+    intensity = options.pop("intensity", None)
+    dataset = Dataset.create(
+        args.name,
+        grouping_config(args),
+        cache_dir=args.cache_dir,
+        load_options=options,
+        intensity=intensity,
+        frames_dtype=args.frames_dtype,
+        materialize=args.materialize,
+    )
+    print(f"dataset {dataset.name} in {dataset.cache_dir}")
+    return 0
+
+
+def _sources(args: argparse.Namespace) -> list[Path]:
+    sources = list(args.sources)
+    if args.list is not None:
+        try:
+            lines = args.list.read_text().splitlines()
+        except OSError as exc:
+            raise ParameterError(f"--list {args.list}: cannot read it ({exc.strerror})") from None
+        sources += [Path(line.strip()) for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not sources:
+        raise ParameterError("dataset add needs scan files: SRC ... or --list FILE")
+    return sources
+
+
+def _tags(items: list[str]) -> dict[str, str]:
+    tags = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ParameterError(f"--tag {item!r}: expected KEY=VALUE, e.g. --tag beamline=2-ID")
+        tags[key] = value
+    return tags
+
+
+def _report(change: DatasetChange) -> int:
+    for label, paths in (("added", change.added), ("removed", change.removed)):
+        for path in paths:
+            print(f"{label:<9} {path}", file=sys.stderr)
+    if change.unchanged:
+        print(f"unchanged {len(change.unchanged)} scan(s)", file=sys.stderr)
+    for path, reason in change.failed.items():
+        print(f"failed    {path}: {reason}", file=sys.stderr)
+    print(change.build_id)
+    return 1 if change.failed else 0
+
+
+def _format_info(info: dict) -> str:
+    lines = [
+        f"dataset   {info['name']} in {info['cache_dir']}",
+        f"build     {info['build_id'] or 'none (no scan yet)'}",
+        f"scans     {info['n_scans']}: {info['n_patterns']} patterns, {info['n_groups']} groups of C={info['C']}, "
+        f"N={info['N']}, {human_size(info['bytes'])}",
+    ]
+    for scan in info["scans"]:
+        tags = " ".join(f"{k}={v}" for k, v in scan["tags"].items())
+        lines.append(f"  {scan['uid']}  {scan['n_groups']:>8} groups  {scan['name']}  {tags}".rstrip())
+    return "\n".join(lines)

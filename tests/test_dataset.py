@@ -217,3 +217,31 @@ def test_build_ids_are_the_same_in_every_cache(tmp_path, scan_files):
     again = prepare_scan(scan_files["d"], spec, cache_dir=tmp_path / "one")
     assert again.grouping_build_id == one.grouping_build_id
     assert pickle.loads(pickle.dumps(one)) == one
+
+
+def test_a_loader_resumes_on_a_grown_dataset_without_repeating_a_group(tmp_path, scan_files):
+    pytest.importorskip("torch")
+    from ptychodata.errors import DatasetChangedError
+    from ptychodata.torch import make_loader
+
+    dataset = Dataset.create("resume", CONFIG, cache_dir=tmp_path)
+    dataset.add([scan_files["a"], scan_files["b"]])
+    seen = set()
+    with open_dataset("resume", cache_dir=tmp_path) as data:
+        loader = make_loader(data, batch_size=8, seed=3, num_workers=0)
+        for batch, _ in zip(loader, range(3)):
+            seen |= {(data.uids[e], int(g - data._group_offsets[e])) for e, g in
+                     zip(batch["experiment_id"].tolist(), batch["group_index"].tolist())}
+        state = loader.state_dict()
+    assert state["fingerprint"] == dataset.build_id and len(seen) == 24
+    dataset.add(scan_files["c"])
+    with open_dataset("resume", cache_dir=tmp_path) as grown:
+        loader = make_loader(grown, batch_size=8, seed=3, num_workers=0)
+        with pytest.raises(DatasetChangedError, match="scans added"):
+            loader.load_state_dict(state)
+        loader.load_state_dict(state, on_dataset_change="continue")
+        rest = [(grown.uids[e], int(g - grown._group_offsets[e])) for batch in loader
+                for e, g in zip(batch["experiment_id"].tolist(), batch["group_index"].tolist())]
+    assert len(rest) == len(set(rest)) and not set(rest) & seen
+    new_uid = next(b.uid for b in dataset.scans() if b.name == "c.npz")
+    assert any(uid == new_uid for uid, _ in rest)

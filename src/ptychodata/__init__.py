@@ -6,6 +6,7 @@
 from ptychodata._runtime import __version__
 from ptychodata.dataset import Dataset, DatasetSpec, ScanBuild, open_dataset, prepare_scan
 from ptychodata.errors import (
+    DatasetChangedError,
     GroupingError,
     MissingDependencyError,
     PtychodataError,
@@ -26,6 +27,7 @@ from ptychodata.store import Store, open_store, prepare
 
 __all__ = [
     "Dataset",
+    "DatasetChangedError",
     "DatasetSpec",
     "GroupingConfig",
     "GroupingError",

@@ -9,6 +9,7 @@
     ├── GroupingError (ValueError)            a grouping the scan cannot satisfy
     ├── SimulationError (ValueError)          simulate() arguments that make no scan
     ├── ParameterError (ValueError)           an argument out of its range or of the wrong kind
+    ├── DatasetChangedError (ValueError)      a loader state saved on another composition of a dataset
     ├── GroupIndexError (IndexError)          a group index outside a store
     └── StoreError (OSError)                  a store missing, incomplete, corrupt or unwritable
         ├── StoreNotFoundError (FileNotFoundError)
@@ -18,6 +19,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "DatasetChangedError",
     "GroupIndexError",
     "GroupingError",
     "MissingDependencyError",
@@ -71,6 +73,10 @@ class StoreNotFoundError(StoreError, FileNotFoundError):
 
 class StoreClosedError(StoreError, ValueError):
     """A :class:`~ptychodata.store.Store` used after :meth:`~ptychodata.store.Store.close`."""
+
+
+class DatasetChangedError(PtychodataError, ValueError):
+    """A saved loader state is for another composition of the dataset than the one opened."""
 
 
 class ScanFormatError(ScanDataError):

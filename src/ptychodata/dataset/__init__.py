@@ -8,6 +8,7 @@ without recopying; :func:`open_dataset` reads a build of it as one store
 
 from ptychodata.dataset._dataset import Dataset, DatasetChange, open_dataset
 from ptychodata.dataset._manifest import DatasetManifest, ScanEntry
+from ptychodata.dataset._order import GroupKeys
 from ptychodata.dataset._scan_build import ScanBuild, SourceIdentity, prepare_scan, source_identity
 from ptychodata.dataset._spec import DatasetSpec, scan_seed
 from ptychodata.dataset._view import DatasetStore
@@ -18,6 +19,7 @@ __all__ = [
     "DatasetManifest",
     "DatasetSpec",
     "DatasetStore",
+    "GroupKeys",
     "ScanBuild",
     "ScanEntry",
     "SourceIdentity",

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from ptychodata.dataset._manifest import DatasetManifest
+from ptychodata.dataset._order import GroupKeys
 from ptychodata.dataset._spec import scan_seed
 from ptychodata.errors import ParameterError, StoreError
 from ptychodata.grouped import PtychoDataContainer
@@ -114,6 +115,14 @@ class DatasetStore:
     def group_indices(self) -> np.ndarray:
         total = int(self._group_offsets[-1])
         return np.arange(total, dtype=np.int64) if self._selection is None else self._selection.copy()
+
+    def group_keys(self) -> GroupKeys:
+        """The identities of the groups this view serves, in its order, for epoch orders that
+        stay put when scans are added or removed."""
+        total = int(self._group_offsets[-1])
+        served = np.arange(total, dtype=np.int64) if self._selection is None else self._selection
+        scan = np.searchsorted(self._group_offsets, served, side="right") - 1
+        return GroupKeys.of(self.uids, scan, served - self._group_offsets[scan], self.fingerprint)
 
     def probe(self, experiment: int = 0) -> np.ndarray | None:
         return self.stores[self._experiment(experiment)].probe(0)

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from ptychodata._runtime import usable_cores
+from ptychodata.dataset import DatasetStore, GroupKeys
 from ptychodata.errors import ParameterError
 from ptychodata.torch._background import in_background
 from ptychodata.torch._checks import check_with_Y
@@ -59,8 +60,9 @@ class GroupLoader:
     def state_dict(self) -> dict[str, Any]:
         return self.sampler.state_dict(batches_done=self.delivered)
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.sampler.load_state_dict(state)
+    def load_state_dict(self, state: dict[str, Any], on_dataset_change: str = "strict") -> None:
+        """Resume from ``state`` (see :meth:`GroupSampler.load_state_dict`)."""
+        self.sampler.load_state_dict(state, on_dataset_change=on_dataset_change)
         self.delivered = 0
 
     @property
@@ -184,7 +186,8 @@ def _host_loader(
         layout=layout,
         probe_scale=probe_scale,
     )
-    sampler = _sampler(len(dataset), batch_size, shuffle, seed, drop_last, distributed)
+    keys = dataset.store.group_keys() if isinstance(dataset.store, DatasetStore) else None
+    sampler = _sampler(len(dataset), batch_size, shuffle, seed, drop_last, distributed, keys)
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_sampler=sampler,
@@ -200,14 +203,22 @@ def _host_loader(
 
 
 def _sampler(
-    n_groups: int, batch_size: int, shuffle: bool, seed: int, drop_last: bool, distributed: bool | None
+    n_groups: int,
+    batch_size: int,
+    shuffle: bool,
+    seed: int,
+    drop_last: bool,
+    distributed: bool | None,
+    keys: GroupKeys | None = None,
 ) -> GroupSampler:
     """The loader's sampler: sharded by the initialised ``torch.distributed`` group when
     ``distributed`` is True, or None and one is initialised; else one replica."""
     if distributed is None:
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     replicas = {} if distributed else {"num_replicas": 1, "rank": 0}
-    return GroupSampler(n_groups, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last, **replicas)
+    return GroupSampler(
+        n_groups, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last, keys=keys, **replicas
+    )
 
 
 def _resident_loader(

@@ -21,7 +21,8 @@ import torch
 import torch.distributed as dist
 
 from ptychodata._runtime import check_int
-from ptychodata.errors import ParameterError
+from ptychodata.dataset import GroupKeys
+from ptychodata.errors import DatasetChangedError, ParameterError
 
 __all__ = ["GroupSampler"]
 
@@ -42,6 +43,11 @@ class GroupSampler(torch.utils.data.Sampler):
         Drop the tail that does not fill a whole step (no padding, all batches full).
     num_replicas, rank : int, optional
         World size and rank; default from ``torch.distributed`` when initialised, else 1 and 0.
+    keys : GroupKeys, optional
+        The groups' identities (a dataset's :meth:`~ptychodata.dataset.DatasetStore.group_keys`):
+        a shuffled epoch is then ordered by keys mixed from (seed, epoch, identity), so it
+        stays put when scans are added or removed, and a saved state can resume on a changed
+        dataset (see :meth:`load_state_dict`).
     """
 
     def __init__(
@@ -54,8 +60,12 @@ class GroupSampler(torch.utils.data.Sampler):
         drop_last: bool = False,
         num_replicas: int | None = None,
         rank: int | None = None,
+        keys: GroupKeys | None = None,
     ):
         check_int("batch_size", batch_size)
+        if keys is not None and len(keys.identities) != int(n_groups):
+            raise ParameterError(f"keys for {len(keys.identities)} groups, but n_groups={n_groups}")
+        self.keys = keys
         distributed = dist.is_available() and dist.is_initialized()
         self.num_replicas = num_replicas if num_replicas is not None else (dist.get_world_size() if distributed else 1)
         self.rank = rank if rank is not None else (dist.get_rank() if distributed else 0)
@@ -76,7 +86,7 @@ class GroupSampler(torch.utils.data.Sampler):
     def set_epoch(self, epoch: int) -> None:
         """Start epoch ``epoch`` from its beginning on the next iteration, or, right after
         :meth:`load_state_dict` for that same epoch, from where the saved run stopped."""
-        epoch = int(epoch)
+        epoch = check_int("epoch", epoch, minimum=0)
         if not (self._resume_pending and epoch == self.epoch):
             self._start, self._yielded, self._pass_complete, self._resume_pending = 0, 0, False, False
         self.epoch = epoch
@@ -86,6 +96,8 @@ class GroupSampler(torch.utils.data.Sampler):
         epoch = self.epoch if epoch is None else epoch
         if not self.shuffle:
             return np.arange(self.n_groups, dtype=np.int64)
+        if self.keys is not None:
+            return self.keys.order(self.seed, epoch)
         return np.random.default_rng([self.seed, epoch]).permutation(self.n_groups).astype(np.int64)
 
     def remaining(self) -> np.ndarray:
@@ -150,22 +162,87 @@ class GroupSampler(torch.utils.data.Sampler):
         runs ahead; :class:`~ptychodata.torch.GroupLoader` passes the right number).
         """
         done = self._yielded if batches_done is None else batches_done
-        return {
+        consumed = self.consumed_after(done)
+        state = {
             "epoch": self.epoch,
             "seed": self.seed,
             "shuffle": self.shuffle,
             "n_groups": self.n_groups,
-            "consumed": self.consumed_after(done),
+            "consumed": consumed,
         }
+        if self.keys is not None:
+            last = None
+            if self.shuffle and consumed:
+                last = int(self.keys.keys(self.seed, self.epoch)[self.global_order()[consumed - 1]])
+            state.update(fingerprint=self.keys.fingerprint, uids=list(self.keys.uids), last_key=last)
+        return state
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any], on_dataset_change: str = "strict") -> None:
         """Resume: the next iteration yields this rank's share of what remained.
 
         The saved state may come from a run with another number of ranks or another
         batch size; the remaining global order is the same either way.
+
+        Parameters
+        ----------
+        state : dict
+            What :meth:`state_dict` returned.
+        on_dataset_change : {"strict", "continue", "next_epoch"}
+            For a dataset whose composition changed since ``state`` was saved: ``"strict"``
+            raises ``DatasetChangedError`` naming the scans added and removed;
+            ``"continue"`` serves, in this epoch, every group whose key lies after the last
+            one consumed (each once, none consumed before again); ``"next_epoch"`` starts
+            the next epoch.
         """
+        if on_dataset_change not in ("strict", "continue", "next_epoch"):
+            raise ParameterError(
+                f"on_dataset_change={on_dataset_change!r}; expected one of 'strict', 'continue', 'next_epoch'"
+            )
+        state = _checked_state(state)
+        saved = state.get("fingerprint")
+        if saved is not None and self.keys is not None and saved != self.keys.fingerprint:
+            self._resume_changed(state, on_dataset_change)
+            return
         if state["n_groups"] != self.n_groups:
             raise ParameterError(f"state is for {state['n_groups']} groups, this sampler has {self.n_groups}")
         self.seed, self.shuffle, self.epoch = int(state["seed"]), bool(state["shuffle"]), int(state["epoch"])
         self._start = int(state["consumed"])
         self._yielded, self._pass_complete, self._resume_pending = 0, False, True
+
+    def _resume_changed(self, state: dict[str, Any], mode: str) -> None:
+        added = sorted(set(self.keys.uids) - set(state.get("uids", ())))
+        removed = sorted(set(state.get("uids", ())) - set(self.keys.uids))
+        if mode == "strict":
+            raise DatasetChangedError(
+                f"the dataset changed since the state was saved (build {state['fingerprint'][:12]} -> "
+                f"{self.keys.fingerprint[:12]}): scans added {added or 'none'}, removed {removed or 'none'}; "
+                "pass on_dataset_change='continue' or 'next_epoch' to resume anyway"
+            )
+        self.seed, self.shuffle = int(state["seed"]), bool(state["shuffle"])
+        if mode == "next_epoch":
+            self.epoch, self._start = int(state["epoch"]) + 1, 0
+        else:
+            if not self.shuffle:
+                raise ParameterError("on_dataset_change='continue' needs a shuffled (keyed) order")
+            self.epoch = int(state["epoch"])
+            last = state.get("last_key")
+            keys = np.sort(self.keys.keys(self.seed, self.epoch))
+            self._start = 0 if last is None else int(np.searchsorted(keys, np.uint64(last), side="right"))
+        self._yielded, self._pass_complete, self._resume_pending = 0, False, True
+
+
+def _checked_state(state: Any) -> dict[str, Any]:
+    """``state`` if it is a sampler state whose numbers are of the right kind and range."""
+    if not isinstance(state, dict):
+        raise ParameterError(f"state of type {type(state).__name__}; expected the dict state_dict() returned")
+    missing = [key for key in ("epoch", "seed", "shuffle", "n_groups", "consumed") if key not in state]
+    if missing:
+        raise ParameterError(f"state lacks {', '.join(missing)}; expected the dict state_dict() returned")
+    check_int("state['epoch']", state["epoch"], minimum=0)
+    check_int("state['n_groups']", state["n_groups"], minimum=0)
+    check_int("state['consumed']", state["consumed"], minimum=0)
+    if state["consumed"] > state["n_groups"]:
+        raise ParameterError(f"state['consumed']={state['consumed']} exceeds state['n_groups']={state['n_groups']}")
+    if isinstance(state["seed"], bool) or not isinstance(state["seed"], (int, np.integer)):
+        raise ParameterError(f"state['seed']={state['seed']!r}; expected an integer")
+    return state

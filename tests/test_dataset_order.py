@@ -1,0 +1,126 @@
+"""Epoch orders keyed by each group's identity: stable when scans are added, resumable when the
+dataset changed (strict, continue, next_epoch), shared by any number of ranks."""
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+from ptychodata.dataset import GroupKeys
+from ptychodata.errors import DatasetChangedError, ParameterError
+from ptychodata.torch import GroupSampler
+
+
+def _keys(sizes: dict[str, int], fingerprint: str) -> GroupKeys:
+    uids = sorted(sizes)
+    scan = np.concatenate([np.full(sizes[u], k) for k, u in enumerate(uids)])
+    local = np.concatenate([np.arange(sizes[u]) for u in uids])
+    return GroupKeys.of(uids, scan, local, fingerprint)
+
+
+def _identity(sizes: dict[str, int]) -> list[tuple[str, int]]:
+    return [(u, i) for u in sorted(sizes) for i in range(sizes[u])]
+
+
+def _served(sampler: GroupSampler) -> list[int]:
+    return [int(i) for batch in sampler.iter_arrays() for i in batch]
+
+
+def test_adding_a_scan_keeps_the_others_relative_order():
+    small = {"aa": 40, "bb": 25}
+    large = {**small, "ab": 30}
+    before, after = _keys(small, "f1"), _keys(large, "f2")
+    names_before, names_after = _identity(small), _identity(large)
+    order_before = [names_before[i] for i in before.order(7, 3)]
+    order_after = [names_after[i] for i in after.order(7, 3) if names_after[i][0] != "ab"]
+    assert order_before == order_after
+    assert [names_before[i] for i in before.order(7, 4)] != order_before  # epochs differ
+
+
+def test_strict_resume_names_the_scans_added_and_removed():
+    sampler = GroupSampler(65, 8, seed=1, keys=_keys({"aa": 40, "bb": 25}, "f1"))
+    for _ in zip(range(3), sampler.iter_arrays()):
+        pass
+    state = sampler.state_dict(batches_done=3)
+    changed = GroupSampler(70, 8, seed=1, keys=_keys({"aa": 40, "cc": 30}, "f2"))
+    with pytest.raises(DatasetChangedError, match=r"added \['cc'\], removed \['bb'\]"):
+        changed.load_state_dict(state)
+
+
+def test_continue_serves_each_later_group_once_and_none_consumed_before():
+    small = {"aa": 40, "bb": 25}
+    large = {**small, "ab": 30}
+    sampler = GroupSampler(65, 8, seed=5, keys=_keys(small, "f1"))
+    sampler.set_epoch(2)
+    consumed = []
+    for batch, _ in zip(sampler.iter_arrays(), range(4)):
+        consumed += [_identity(small)[i] for i in batch]
+    state = sampler.state_dict(batches_done=4)
+    keys = _keys(large, "f2")
+    resumed = GroupSampler(95, 8, seed=0, keys=keys)
+    resumed.load_state_dict(state, on_dataset_change="continue")
+    rest = [_identity(large)[i] for i in _served(resumed)]
+    assert resumed.epoch == 2 and len(rest) == len(set(rest))
+    assert not set(rest) & set(consumed)
+    all_keys = keys.keys(5, 2)
+    last = max(int(all_keys[_identity(large).index(name)]) for name in consumed)
+    later = {name for i, name in enumerate(_identity(large)) if int(all_keys[i]) > last}
+    assert set(rest) == later
+    assert any(name[0] == "ab" for name in rest)
+
+
+def test_next_epoch_starts_the_following_epoch():
+    sampler = GroupSampler(65, 8, seed=1, keys=_keys({"aa": 40, "bb": 25}, "f1"))
+    sampler.set_epoch(4)
+    state = sampler.state_dict(batches_done=2)
+    resumed = GroupSampler(70, 8, seed=1, keys=_keys({"aa": 40, "cc": 30}, "f2"))
+    resumed.load_state_dict(state, on_dataset_change="next_epoch")
+    assert resumed.epoch == 5 and sorted(_served(resumed)) == list(range(70))
+
+
+@pytest.mark.parametrize(("before", "after"), [(2, 3), (3, 2), (1, 4)])
+def test_ranks_share_what_remained_after_a_change_of_world_size(before, after):
+    keys = _keys({"aa": 50, "bb": 33}, "f1")
+    first = [GroupSampler(83, 4, seed=3, keys=keys, num_replicas=before, rank=r) for r in range(before)]
+    served = []
+    for sampler in first:
+        served += [int(i) for batch, _ in zip(sampler.iter_arrays(), range(3)) for i in batch]
+    state = first[0].state_dict(batches_done=3)
+    rest = []
+    for r in range(after):
+        sampler = GroupSampler(83, 4, seed=3, keys=keys, num_replicas=after, rank=r)
+        sampler.load_state_dict(state)
+        rest += _served(sampler)
+    assert set(served) | set(rest) == set(range(83)) and not set(served) & set(rest)
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"consumed": -5}, r"state\['consumed'\]=-5; expected a non-negative integer"),
+        ({"consumed": 99}, "exceeds"),
+        ({"epoch": 1.5}, r"state\['epoch'\]=1.5"),
+        ({"seed": "x"}, r"state\['seed'\]='x'"),
+    ],
+)
+def test_a_malformed_state_is_refused_by_name(change, match):
+    sampler = GroupSampler(20, 4)
+    state = {**sampler.state_dict(), **change}
+    with pytest.raises(ParameterError, match=match):
+        sampler.load_state_dict(state)
+
+
+def test_bad_epochs_and_modes_are_refused():
+    sampler = GroupSampler(20, 4)
+    with pytest.raises(ParameterError, match="epoch=-1; expected a non-negative integer"):
+        sampler.set_epoch(-1)
+    with pytest.raises(ParameterError, match="on_dataset_change='maybe'"):
+        sampler.load_state_dict(sampler.state_dict(), on_dataset_change="maybe")
+    with pytest.raises(ParameterError, match="batch_size=2.5"):
+        GroupSampler(20, 2.5)
+
+
+def test_plain_stores_keep_their_order():
+    plain = GroupSampler(30, 4, seed=9)
+    plain.set_epoch(2)
+    np.testing.assert_array_equal(plain.global_order(), np.random.default_rng([9, 2]).permutation(30))

@@ -20,12 +20,20 @@ _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
 
 
-def mix64(values: np.ndarray) -> np.ndarray:
-    """splitmix64's finaliser over a uint64 array: a bijection that scatters nearby values."""
-    z = np.asarray(values, np.uint64) + _GOLDEN
-    z = (z ^ (z >> np.uint64(30))) * _M1
-    z = (z ^ (z >> np.uint64(27))) * _M2
-    return z ^ (z >> np.uint64(31))
+def mix64(values: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
+    """splitmix64's finaliser over a uint64 array: a bijection that scatters nearby values.
+
+    With ``out`` (a uint64 array of the same shape, ``values`` itself allowed) the work is done
+    there, with one temporary of the array's size.
+    """
+    z = np.add(np.asarray(values, np.uint64), _GOLDEN, out=out)
+    shifted = np.empty_like(z)
+    for shift, factor in ((30, _M1), (27, _M2)):
+        np.right_shift(z, np.uint64(shift), out=shifted)
+        np.bitwise_xor(z, shifted, out=z)
+        np.multiply(z, factor, out=z)
+    np.right_shift(z, np.uint64(31), out=shifted)
+    return np.bitwise_xor(z, shifted, out=z)
 
 
 def _uid64(uid: str) -> np.uint64:
@@ -60,8 +68,9 @@ class GroupKeys:
     def keys(self, seed: int, epoch: int) -> np.ndarray:
         """(B,) uint64: each group's place in epoch ``epoch`` of a run seeded ``seed``."""
         salt = mix64(np.array([int(seed) & (2**64 - 1)], np.uint64) ^ mix64(np.array([int(epoch)], np.uint64)))
-        return mix64(self.identities ^ salt[0])
+        keys = np.bitwise_xor(self.identities, salt[0])
+        return mix64(keys, out=keys)
 
     def order(self, seed: int, epoch: int) -> np.ndarray:
-        """(B,) int64: the groups in key order (ties, which are rare, by position)."""
-        return np.argsort(self.keys(seed, epoch), kind="stable").astype(np.int64)
+        """(B,) int64: the groups in key order (keys of distinct identities differ: the mix is a bijection)."""
+        return np.argsort(self.keys(seed, epoch))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,9 @@ class DatasetStore:
         self._pattern_offsets = np.concatenate([[0], np.cumsum(patterns)])
         total = int(self._group_offsets[-1])
         self._selection = None if selection is None else check_batch_indices(selection, total)
+        self._tables = [_ScanTables.of(store) for store in self.stores]
+        self._has_probe = all(table.probe is not None for table in self._tables)
+        self._layouts: dict[tuple, Layout] = {}
 
     # ------------------------------------------------------------------ identity and sizes
     @property
@@ -97,7 +101,7 @@ class DatasetStore:
 
     @property
     def has_probe(self) -> bool:
-        return all(store.has_probe for store in self.stores)
+        return self._has_probe
 
     @property
     def has_ground_truth(self) -> bool:
@@ -159,23 +163,50 @@ class DatasetStore:
         groups = self._positions(indices)
         scan = np.searchsorted(self._group_offsets, groups, side="right") - 1
         arrays = out if out is not None else self._empty(len(groups), with_Y)
-        for k in np.unique(scan):
-            rows = np.flatnonzero(scan == k)
-            part = self.stores[k].batch(
-                groups[rows] - self._group_offsets[k], with_Y=with_Y, reuse=False, threads=threads
-            )
-            for key, value in part.items():
-                if key in arrays:  # a probe only where every scan has one
-                    arrays[key][rows] = value
-            arrays["nn_indices"][rows] += self._pattern_offsets[k]
+        order = np.argsort(scan, kind="stable")
+        bounds = np.concatenate([[0], np.cumsum(np.bincount(scan, minlength=self.n_experiments))])
+        for k in np.flatnonzero(np.diff(bounds)):
+            rows = order[bounds[k] : bounds[k + 1]]
+            local = groups[rows] - self._group_offsets[k]
+            if with_Y or not self._tables[k].fast:
+                self._fill_from_store(k, rows, local, arrays, with_Y, threads)
+            else:
+                self._fill_from_tables(k, rows, local, arrays)
             arrays["group_index"][rows] = groups[rows]
             arrays["experiment_id"][rows] = k
         return arrays
 
+    def _fill_from_tables(self, k: int, rows: np.ndarray, local: np.ndarray, arrays: dict[str, np.ndarray]) -> None:
+        """Rows ``rows`` of a batch from scan ``k``'s memory-mapped tables, as its store's gather
+        fills them (float32 amplitudes times the scan's float32 x_scale)."""
+        table = self._tables[k]
+        members = table.groups[local]
+        arrays["nn_indices"][rows] = members + self._pattern_offsets[k]
+        block = np.take(table.patterns, members.reshape(-1), axis=0).reshape(len(rows), self.C, self.N, self.N)
+        block *= table.scale
+        arrays["X"][rows] = block
+        arrays["coords_relative"][rows, :, 0, :] = table.relative[local]
+        arrays["coords_offsets"][rows, 0, 0, :] = table.centres[local]
+        for key, value in (("probe", table.probe), ("mask", table.mask)):
+            if key in arrays and value is not None:
+                arrays[key][rows] = value
+
+    def _fill_from_store(self, k, rows, local, arrays, with_Y, threads) -> None:
+        """Rows ``rows`` of a batch through scan ``k``'s own gather (compact encodings, Y)."""
+        part = self.stores[k].batch(local, with_Y=with_Y, reuse=False, threads=threads)
+        for key, value in part.items():
+            if key in arrays:  # a probe only where every scan has one
+                arrays[key][rows] = value
+        arrays["nn_indices"][rows] += self._pattern_offsets[k]
+
     def batch_layout(self, batch_size: int, *, with_Y: bool = False, layout: str = "default") -> Layout:
-        schema = batch_schema(layout)
-        has_mask = any(store.mask(0) is not None for store in self.stores)
-        return schema.arrays(batch_size, self.C, self.N, with_Y=with_Y, probe=self.has_probe, mask=has_mask)
+        key = (batch_size, with_Y, layout)
+        if key not in self._layouts:
+            has_mask = any(table.mask is not None for table in self._tables)
+            self._layouts[key] = batch_schema(layout).arrays(
+                batch_size, self.C, self.N, with_Y=with_Y, probe=self.has_probe, mask=has_mask
+            )
+        return self._layouts[key]
 
     def _empty(self, batch_size: int, with_Y: bool) -> dict[str, np.ndarray]:
         arrays = {key: np.empty(shape, dtype) for key, (shape, dtype) in self.batch_layout(batch_size, with_Y=with_Y).items()}
@@ -279,6 +310,38 @@ class DatasetStore:
             f"DatasetStore({self.name!r}, build {self.fingerprint[:12]}, {self.n_experiments} scans, "
             f"{len(self)} groups, N={self.N}, C={self.C})"
         )
+
+
+@dataclass(frozen=True, eq=False)
+class _ScanTables:
+    """What a batch reads of one scan's store: memory-mapped tables and per-scan constants."""
+
+    fast: bool  # float32 amplitudes stored as they are: gathered here, not through the store
+    patterns: np.ndarray
+    groups: np.ndarray
+    centres: np.ndarray
+    relative: np.ndarray
+    scale: np.float32
+    probe: np.ndarray | None
+    mask: np.ndarray | None
+
+    @classmethod
+    def of(cls, store: Store) -> _ScanTables:
+        return cls(
+            fast=store.frames_encoding.is_identity and store.materialized_X is None,
+            patterns=_plain(store.patterns),
+            groups=_plain(store.groups),
+            centres=_plain(store.group_centres),
+            relative=_plain(store.group_relative),
+            scale=np.float32(store.x_scale[0]),
+            probe=store.probe(0),
+            mask=store.mask(0),
+        )
+
+
+def _plain(array: np.ndarray) -> np.ndarray:
+    """A plain ndarray view of a memory map: the same pages, without np.memmap's per-index cost."""
+    return array.view(np.ndarray)
 
 
 def _hash_fraction(seed: int, uid: str) -> float:

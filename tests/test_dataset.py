@@ -8,7 +8,7 @@ import pytest
 
 from ptychodata import Dataset, DatasetSpec, GroupingConfig, open_dataset, prepare_scan, simulate
 from ptychodata.dataset import scan_seed
-from ptychodata.errors import ParameterError, ScanFileNotFoundError, StoreNotFoundError
+from ptychodata.errors import ParameterError, ScanFileNotFoundError, ScanFormatError, StoreNotFoundError
 
 CONFIG = GroupingConfig(gridsize=2, neighbor_count=6, seed=11)
 
@@ -245,3 +245,50 @@ def test_a_loader_resumes_on_a_grown_dataset_without_repeating_a_group(tmp_path,
     assert len(rest) == len(set(rest)) and not set(rest) & seen
     new_uid = next(b.uid for b in dataset.scans() if b.name == "c.npz")
     assert any(uid == new_uid for uid, _ in rest)
+
+
+def _npy_digests(cache):
+    import hashlib
+
+    return {
+        p.relative_to(cache).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(cache.rglob("*.npy"))
+    }
+
+
+def test_serial_and_process_pool_preparation_give_the_same_bytes(tmp_path, scan_files):
+    sources = [scan_files["a"], scan_files["b"], scan_files["c"]]
+    serial = Dataset.create("same", CONFIG, cache_dir=tmp_path / "serial")
+    serial.add(sources)
+    pooled = Dataset.create("same", CONFIG, cache_dir=tmp_path / "pool")
+    pooled.add(sources, executor=2)
+    assert pooled.build_id == serial.build_id
+    assert [b.grouping_build_id for b in pooled.scans()] == [b.grouping_build_id for b in serial.scans()]
+    assert _npy_digests(tmp_path / "pool") == _npy_digests(tmp_path / "serial")
+
+
+def test_a_failure_on_an_executor_is_named_and_the_others_are_built(tmp_path, scan_files):
+    from concurrent.futures import ThreadPoolExecutor
+
+    broken = tmp_path / "broken.npz"
+    broken.write_bytes(b"not a scan")
+    dataset = Dataset.create("faults", CONFIG, cache_dir=tmp_path / "cache")
+    with ThreadPoolExecutor(2) as pool:
+        with pytest.raises(ScanFormatError, match="broken.npz: not a readable .npz"):
+            dataset.add([scan_files["a"], broken], executor=pool)
+        assert dataset.build_id is None
+        change = dataset.add([scan_files["a"], broken, scan_files["b"]], executor=pool, keep_going=True)
+    assert list(change.failed) == [str(broken.resolve())] and len(change.added) == 2
+
+
+def test_a_dask_cluster_prepares_the_same_builds(tmp_path, scan_files):
+    distributed = pytest.importorskip("distributed")
+    sources = [scan_files["a"], scan_files["b"]]
+    serial = Dataset.create("dask", CONFIG, cache_dir=tmp_path / "serial")
+    serial.add(sources)
+    on_dask = Dataset.create("dask", CONFIG, cache_dir=tmp_path / "dask")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        with distributed.Client(cluster) as client:
+            change = on_dask.add(sources, executor=client.get_executor())
+    assert len(change.added) == 2 and on_dask.build_id == serial.build_id
+    assert _npy_digests(tmp_path / "dask") == _npy_digests(tmp_path / "serial")

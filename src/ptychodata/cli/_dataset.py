@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-from ptychodata.cli._arguments import add_cache_dir
+from ptychodata._runtime import optional_import
+from ptychodata.cli._arguments import add_cache_dir, positive_int
 from ptychodata.cli._options import add_load_options, load_options
 from ptychodata.cli._prepare import add_grouping, grouping_config
 from ptychodata.dataset import Dataset, DatasetChange
@@ -42,6 +46,11 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
     add.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE", help="tag the scans added")
     add.add_argument("--keep-going", action="store_true", help="add the good files, list the failures")
     add.add_argument("--quiet", action="store_true", help="no progress bars")
+    engine = add.add_mutually_exclusive_group()
+    engine.add_argument("--workers", type=positive_int, metavar="N", help="prepare scans in N local processes")
+    engine.add_argument(
+        "--dask", metavar="ADDRESS", help="prepare scans on the Dask cluster whose scheduler is at ADDRESS"
+    )
     remove = actions.add_parser("remove", help="remove scans (by path, file name or uid)")
     remove.add_argument("name", metavar="NAME")
     remove.add_argument("sources", nargs="+", metavar="SCAN")
@@ -60,8 +69,9 @@ def run(args: argparse.Namespace) -> int:
         return _create(args)
     dataset = Dataset(args.name, args.cache_dir)
     if args.action == "add":
-        change = dataset.add(_sources(args), tags=_tags(args.tag), progress=not args.quiet,
-                             keep_going=args.keep_going)
+        with _executor(args) as executor:
+            change = dataset.add(_sources(args), tags=_tags(args.tag), progress=not args.quiet,
+                                 keep_going=args.keep_going, executor=executor)
         return _report(change)
     if args.action == "remove":
         return _report(dataset.remove(args.sources))
@@ -87,6 +97,17 @@ def _create(args: argparse.Namespace) -> int:
     )
     print(f"dataset {dataset.name} in {dataset.cache_dir}")
     return 0
+
+
+@contextlib.contextmanager
+def _executor(args: argparse.Namespace) -> Iterator[Any]:
+    """Where ``dataset add`` prepares scans: here, N local processes, or a Dask cluster."""
+    if args.dask is None:
+        yield args.workers
+        return
+    distributed = optional_import("distributed", purpose="--dask")
+    with distributed.Client(args.dask) as client:
+        yield client.get_executor()
 
 
 def _sources(args: argparse.Namespace) -> list[Path]:

@@ -9,12 +9,17 @@ failed or interrupted change leaves the dataset as it was.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 from collections.abc import Iterable, Mapping
+from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
+from ptychodata._runtime import check_int
 from ptychodata.dataset._manifest import (
     DatasetManifest,
     DatasetPaths,
@@ -22,7 +27,7 @@ from ptychodata.dataset._manifest import (
     check_name,
     write_json_atomic,
 )
-from ptychodata.dataset._scan_build import ScanBuild, prepare_scan, source_identity
+from ptychodata.dataset._scan_build import ScanBuild, prepare_scan
 from ptychodata.dataset._spec import DatasetSpec
 from ptychodata.dataset._view import DatasetStore
 from ptychodata.errors import ParameterError, PtychodataError, StoreError, StoreNotFoundError
@@ -170,14 +175,29 @@ class Dataset:
         tags: Mapping[str, str] | None = None,
         progress: bool = False,
         keep_going: bool = False,
+        executor: int | Executor | None = None,
     ) -> DatasetChange:
         """Add scan files: prepare those not built yet, then publish a new manifest.
 
         A file already in the dataset and unchanged is only stat-ed. A file whose content
         changed is replaced (reported as removed and added). The same bytes under two names,
         another N or another frames encoding than the dataset's scans are refused, naming the
-        file. Without ``keep_going`` the first failure raises and the dataset stays as it was;
-        with it, the other files are added and the failures listed.
+        file. Without ``keep_going`` a failure raises (the first, in the order given) and the
+        dataset stays as it was; with it, the other files are added and the failures listed.
+
+        Parameters
+        ----------
+        sources : path or iterable of paths
+        tags : dict of str to str, optional
+            Tags of the scans added (``{"beamline": "2-ID"}``).
+        progress : bool
+            One progress bar of the scans prepared.
+        keep_going : bool
+        executor : int or concurrent.futures.Executor, optional
+            Where the scans are prepared: None here, one after another; an int ``n`` in a
+            ``ProcessPoolExecutor`` of ``n`` processes (spawned); any ``Executor`` (a Dask
+            ``Client.get_executor()``, ``mpi4py.futures``, ...) as it is. Each task is
+            :func:`prepare_scan` of one file, whose builds are the same bytes wherever it runs.
         """
         listed = _paths(sources)
         tags = {str(k): str(v) for k, v in (tags or {}).items()}
@@ -185,9 +205,20 @@ class Dataset:
         by_path = {entry.build.source.path: entry for entry in current.scans}
         entries = {entry.uid: entry for entry in current.scans}
         change = _Plan()
+        pending = []
         for path in listed:
+            previous = by_path.get(path)
+            if previous is not None and previous.build.source.unchanged():
+                entries[previous.uid] = ScanEntry(previous.build, {**previous.tags, **tags})
+                change.unchanged.append(path)
+            else:
+                pending.append(path)
+        built = self._prepare_all(pending, executor, progress, keep_going)
+        for path in pending:
             try:
-                self._add_one(path, by_path, entries, tags, progress, change)
+                if isinstance(built[path], BaseException):
+                    raise built[path]
+                self._take_build(path, built[path], by_path.get(path), entries, tags, change)
             except PtychodataError as exc:
                 if not keep_going:
                     raise
@@ -196,19 +227,52 @@ class Dataset:
         build_id = self.paths.write(manifest) if manifest.scans or current.scans else None
         return DatasetChange(build_id, change.added, change.removed, change.unchanged, change.failed)
 
-    def _add_one(self, path, by_path, entries, tags, progress, change) -> None:
-        previous = by_path.get(path)
-        identity = source_identity(path, known=None if previous is None else previous.build.source)
-        if previous is not None and previous.uid == identity.uid:
-            entries[identity.uid] = ScanEntry(previous.build, {**previous.tags, **tags})
+    def _prepare_all(
+        self, paths: list[str], executor: int | Executor | None, progress: bool, keep_going: bool
+    ) -> dict[str, ScanBuild | BaseException]:
+        """``prepare_scan`` of each path, here or on ``executor``: path -> build or the error raised."""
+        results: dict[str, ScanBuild | BaseException] = {}
+        bar = tqdm(total=len(paths), unit="scan", desc=f"dataset {self.name}", disable=not progress or not paths)
+        if executor is None:
+            for path in paths:
+                try:
+                    results[path] = prepare_scan(path, self.spec, cache_dir=self.cache_dir)
+                except PtychodataError as exc:
+                    if not keep_going:
+                        bar.close()
+                        raise
+                    results[path] = exc
+                bar.update()
+            bar.close()
+            return results
+        owned = _process_pool(executor) if isinstance(executor, int) else None
+        pool = owned if owned is not None else executor
+        try:
+            futures = {pool.submit(prepare_scan, path, self.spec, cache_dir=self.cache_dir): path for path in paths}
+            for future in as_completed(futures):
+                path = futures[future]
+                try:
+                    results[path] = future.result()
+                except PtychodataError as exc:
+                    results[path] = exc
+                bar.update()
+        finally:
+            bar.close()
+            if owned is not None:
+                owned.shutdown()
+        return results
+
+    def _take_build(self, path, build, previous, entries, tags, change) -> None:
+        """Put ``build`` of ``path`` in ``entries``, after the checks a dataset's scans must pass."""
+        if previous is not None and previous.uid == build.uid:  # touched, same bytes
+            entries[build.uid] = ScanEntry(build, {**previous.tags, **tags})
             change.unchanged.append(path)
             return
-        twin = entries.get(identity.uid)
+        twin = entries.get(build.uid)
         if twin is not None:
             raise ParameterError(
                 f"{path}: the same bytes as {twin.build.source.path}, already in dataset {self.name!r}"
             )
-        build = prepare_scan(path, self.spec, cache_dir=self.cache_dir, progress=progress, known=identity)
         _check_compatible(build, [e.build for e in entries.values() if previous is None or e.uid != previous.uid])
         if previous is not None:  # the file changed: its old build leaves the dataset
             del entries[previous.uid]
@@ -252,6 +316,12 @@ def open_dataset(
     if build_id is None:
         raise StoreError(f"dataset {name!r} holds no scan yet; add scans with Dataset.add")
     return DatasetStore(dataset.manifest(build_id), dataset.cache_dir)
+
+
+def _process_pool(workers: int) -> ProcessPoolExecutor:
+    """``workers`` spawned processes (a fork of a process with threads can deadlock)."""
+    workers = check_int("executor", workers)
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
 
 
 def _paths(sources: Any) -> list[str]:

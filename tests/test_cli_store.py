@@ -1,5 +1,8 @@
 """The store commands of the CLI: prepare, inspect STORE, cache list|verify|remove."""
 
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -80,11 +83,15 @@ def test_cache_list_verify_remove(tmp_path, sources, capsys):
 def test_cache_prune_cleans_dead_builds_and_remove_all_empties(tmp_path, sources, capsys):
     cache = tmp_path / "cache"
     path = Path(prepare_cli(capsys, sources[0], "--cache-dir", cache))
-    (path.parent.parent / "builds" / ".tmp-deadbeef").mkdir()  # a frames build whose process died
-    (path / "builds" / ".tmp-cafe").mkdir()  # and a grouping build
+    host = socket.gethostname()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = dead.stdout.strip()
+    (path.parent.parent / "builds" / f".tmp-deadbeef-{host}-{pid}-01").mkdir()  # a frames build whose process died
+    (path / "builds" / f".tmp-cafe-{host}-{pid}-02").mkdir()  # and a grouping build
+    (path / "builds" / ".tmp-f00d-otherhost-77-03").mkdir()  # another host's, maybe still running: kept
     assert main(["cache", "prune", "--cache-dir", str(cache)]) == 0
     assert "removed 2 " in capsys.readouterr().out
-    assert not list(cache.rglob(".tmp-*"))
+    assert [p.name for p in cache.rglob(".tmp-*")] == [".tmp-f00d-otherhost-77-03"]
     assert main(["inspect", str(path)]) == 0  # the live build is untouched
     assert main(["cache", "remove", "--all", "--cache-dir", str(cache)]) == 0
     assert not list(cache.glob("frames-*"))

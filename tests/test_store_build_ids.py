@@ -14,11 +14,15 @@ def _slot(tmp_path: Path) -> BuildSlot:
     return BuildSlot(tmp_path / "frames-abc", tmp_path / "locks" / "frames-abc.lock")
 
 
+def _whole(directory: Path) -> bool:
+    return (directory / MANIFEST).is_file() and (directory / "who").is_file()
+
+
 def test_the_second_builder_to_finish_keeps_the_first_ones_build(tmp_path):
     slot = _slot(tmp_path)
-    with slot.new_build({"source": 1}) as (first_id, first_dir):
+    with slot.new_build({"source": 1}, sound=_whole) as (first_id, first_dir):
         (first_dir / "who").write_text("first")
-        with slot.new_build({"source": 1}) as (second_id, second_dir):
+        with slot.new_build({"source": 1}, sound=_whole) as (second_id, second_dir):
             (second_dir / "who").write_text("second")
             (second_dir / MANIFEST).write_text("{}")
         (first_dir / MANIFEST).write_text("{}")
@@ -44,3 +48,14 @@ def test_one_source_prepared_in_two_caches_has_the_same_build_ids(tmp_path):
     os.utime(path, ns=(touched.st_atime_ns, touched.st_mtime_ns + 1_000_000_000))
     with prepare(path, config, cache_dir=tmp_path / "one", progress=False) as changed:
         assert changed.frames_build_id != one.frames_build_id
+
+
+def test_a_damaged_build_of_the_same_id_is_replaced(tmp_path):
+    slot = _slot(tmp_path)
+    with slot.new_build({"source": 1}, sound=_whole) as (build_id, directory):
+        (directory / MANIFEST).write_text("{}")  # no "who": not whole
+    with slot.new_build({"source": 1}, sound=_whole) as (again, directory):
+        (directory / MANIFEST).write_text("{}")
+        (directory / "who").write_text("whole")
+    assert again == build_id and (slot.build_dir(build_id) / "who").read_text() == "whole"
+    assert slot.temporaries() == []

@@ -27,8 +27,10 @@ import hashlib
 import os
 import shutil
 import socket
+import time
 import uuid
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,6 +59,8 @@ LOCKS = "locks"
 FRAMES_PREFIX = "frames-"
 TEMP_PREFIX = ".tmp-"
 TRASH_PREFIX = ".trash-"
+# A temporary of another host (or of a process not known dead) is a leftover after this long.
+TEMPORARY_EXPIRY_S = 24 * 3600
 # Bumped when what a build id is computed from changes meaning.
 BUILD_ID_SCHEMA = 1
 _OBJECT_PREFIX = "object_"
@@ -215,21 +219,22 @@ class BuildSlot:
         return (self.build_dir(build_id) / MANIFEST).is_file()
 
     @contextlib.contextmanager
-    def new_build(self, identity: Any) -> Iterator[tuple[str, Path]]:
+    def new_build(self, identity: Any, *, sound: Callable[[Path], bool]) -> Iterator[tuple[str, Path]]:
         """A temporary directory for the build of ``identity``; on success it is renamed to
         ``builds/<id>`` (not yet current: call :meth:`publish`). Removed if the block raises.
 
         The id is :func:`build_id_of` the slot and ``identity``. Where another process
-        finished the same build first, its directory stays and this one's temporary is
-        discarded: both then name the same, complete build."""
+        finished the same build first and ``sound(directory)`` says its files are whole, its
+        directory stays and this one's temporary is discarded: both then name the same build.
+        An earlier build of the id that is not sound (damaged, of an older schema) is retired
+        and replaced."""
         build_id = build_id_of(self.key, identity)
-        self._retire(build_id)
         temporary = self.path / BUILDS / _temporary_name(build_id)
         temporary.mkdir(parents=True)
         try:
             yield build_id, temporary
             fsync_directory(temporary)
-            _rename_unless_built(temporary, self.build_dir(build_id))
+            self._rename_unless_built(temporary, build_id, sound)
             fsync_directory(self.path / BUILDS)
         except OSError as exc:
             shutil.rmtree(temporary, ignore_errors=True)
@@ -239,6 +244,23 @@ class BuildSlot:
         except BaseException:
             shutil.rmtree(temporary, ignore_errors=True)
             raise
+
+    def _rename_unless_built(self, temporary: Path, build_id: str, sound: Callable[[Path], bool]) -> None:
+        """Rename a finished temporary to its build directory; where a sound build of that id
+        exists already (finished by another process first), discard the temporary instead."""
+        build = self.build_dir(build_id)
+        for _ in range(3):
+            try:
+                os.rename(temporary, build)
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise
+            if sound(build):
+                shutil.rmtree(temporary, ignore_errors=True)
+                return
+            self._retire(build_id)
+        raise StoreError(f"{build}: another process keeps replacing this build; try again")
 
     def _retire(self, build_id: str) -> None:
         """Move an earlier build of this id out of the way: one is rebuilt only when the earlier
@@ -271,13 +293,19 @@ class BuildSlot:
             raise StoreNotFoundError(f"{self.path}: the store was removed before its build was published") from exc
 
     def remove_temporaries(self) -> int:
-        """Delete builds in progress whose process died; call with the slot's lock held
-        (builds only happen under it, so every temporary then belongs to a dead build)."""
-        leftovers = self.temporaries()
+        """Delete leftovers of builds whose process died: temporaries of this host's dead
+        processes, and any older than :data:`TEMPORARY_EXPIRY_S` (another host's builder is
+        never presumed dead sooner); trash of retired builds no reader holds."""
+        leftovers = [path for path in self.temporaries() if _abandoned(path)]
         for path in leftovers:
+            if path.name.startswith(TRASH_PREFIX):
+                with _exclusive(path) as acquired:
+                    if acquired is False:
+                        continue
             shutil.rmtree(path, ignore_errors=True)
         for path in self.path.glob(f"{TEMP_PREFIX}{CURRENT}-*"):
-            path.unlink(missing_ok=True)
+            if _abandoned(path):
+                path.unlink(missing_ok=True)
         return len(leftovers)
 
     def is_read(self, build_id: str) -> bool:
@@ -305,15 +333,64 @@ class BuildSlot:
             return True
 
 
-def _rename_unless_built(temporary: Path, build: Path) -> None:
-    """Rename a finished temporary to its build directory; where that build exists already
-    (the same id, finished by another process first), discard the temporary instead."""
+def _abandoned(path: Path) -> bool:
+    """Whether a temporary (``.tmp-<id>-<host>-<pid>-<tag>``) or a trash directory is a leftover:
+    trash always is; a temporary when its process on this host is gone, or when it is older than
+    :data:`TEMPORARY_EXPIRY_S`."""
+    if path.name.startswith(TRASH_PREFIX):
+        return True
+    owner = path.name[len(TEMP_PREFIX) :].split("-", 1)[-1].rsplit("-", 2)  # [host, pid, tag]
+    if len(owner) == 3 and owner[0] == socket.gethostname() and owner[1].isdigit():
+        return not _process_alive(int(owner[1]))
     try:
-        os.rename(temporary, build)
+        age = time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        return False
+    return age > TEMPORARY_EXPIRY_S
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # this process holds the slot's lock: nothing of its own is in progress
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def locks_enabled() -> bool:
+    """False when ``PTYCHODATA_LOCKS=off``: builds and readers then take no OS lock at all."""
+    return os.environ.get("PTYCHODATA_LOCKS", "").strip().lower() not in ("off", "0", "no", "false")
+
+
+_NO_LOCKS = (errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOLCK, errno.EINVAL)
+
+
+def _flock(fd: int, operation: int, path: Path) -> bool:
+    """``flock(fd, operation)``; False (with one warning) where the file system has no working
+    ``flock`` (some NFS, Lustre or GPFS mounts): the caller then goes on without the lock, as
+    correctness rests on immutable builds, deterministic ids and atomic renames."""
+    if not locks_enabled():
+        return False
+    try:
+        fcntl.flock(fd, operation)
+    except BlockingIOError:
+        raise
     except OSError as exc:
-        if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY) or not (build / MANIFEST).is_file():
+        if exc.errno not in _NO_LOCKS:
             raise
-        shutil.rmtree(temporary, ignore_errors=True)
+        warnings.warn(
+            f"{path.parent}: the file system refuses flock ({exc.strerror}); going on without locks: builds "
+            "stay correct (immutable, renamed into place), but unused builds are then never collected "
+            "implicitly (use 'ptychodata cache prune'). Set PTYCHODATA_LOCKS=off to skip the attempt.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return False
+    return True
 
 
 @contextlib.contextmanager
@@ -327,11 +404,11 @@ def _exclusive(build: Path) -> Iterator[bool | None]:
         return
     with handle:
         try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            locked = _flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB, build / MANIFEST)
         except BlockingIOError:
             yield False
             return
-        yield True
+        yield True if locked else False  # without locks no reader is seen: presume one
 
 
 class ReaderLock:
@@ -347,7 +424,7 @@ class ReaderLock:
             self._handle = open(build / MANIFEST, "rb")  # noqa: SIM115 - closed by close()
         except FileNotFoundError:
             raise StoreNotFoundError(f"{build}: no such store build (removed, or never completed)") from None
-        fcntl.flock(self._handle.fileno(), fcntl.LOCK_SH)
+        _flock(self._handle.fileno(), fcntl.LOCK_SH, build / MANIFEST)
         if os.fstat(self._handle.fileno()).st_nlink == 0:  # deleted while we waited for the lock
             self.close()
             raise StoreNotFoundError(f"{build}: the store build was removed while it was being opened")
@@ -392,10 +469,12 @@ def file_lock(path: Path) -> Iterator[None]:
         handle = open(path, "a+b")  # noqa: SIM115 - held for the lock's lifetime
     except OSError as exc:
         raise StoreError(f"{path.parent}: cannot create a lock file there ({exc.strerror})") from exc
+    locked = False
     try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        locked = _flock(handle.fileno(), fcntl.LOCK_EX, path)
         yield
     finally:
-        with contextlib.suppress(OSError):
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        if locked:
+            with contextlib.suppress(OSError):
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
         handle.close()

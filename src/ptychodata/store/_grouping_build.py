@@ -23,11 +23,16 @@ from ptychodata.store._frames import FramesEncoding, decode_into, map_patterns
 from ptychodata.store._manifest import (
     FrameManifest,
     GroupingManifest,
+    is_sound,
     read_manifest,
     write_manifest_last,
 )
 
 __all__ = ["GroupsAhead", "build_grouping", "experiment_groups"]
+
+
+def _sound_grouping(directory):
+    return is_sound(directory, GroupingManifest)
 
 
 def build_grouping(
@@ -54,7 +59,7 @@ def build_grouping(
         local_groups = experiment_groups(positions, names, config)
     energies = np.load(frames_dir / npy_name(FrameFile.ENERGIES), mmap_mode="r")
     groups, group_experiment, scales, photon_scales = _scaled_groups(frames, local_groups, names, energies, config)
-    with slot.new_build({"frames_build": frames_id}) as (build_id, directory):
+    with slot.new_build({"frames_build": frames_id}, sound=_sound_grouping) as (build_id, directory):
         write_npy(directory / npy_name(GroupingFile.GROUPS), groups)
         write_npy(directory / npy_name(GroupingFile.GROUP_EXPERIMENT), group_experiment)
         _write_coordinates(directory, frames_dir, (x, y), groups)

@@ -260,6 +260,17 @@ def check_files(directory: Path, files: dict[str, FileEntry]) -> None:
             )
 
 
+def is_sound(directory: Path, kind: type[FrameManifest | GroupingManifest]) -> bool:
+    """Whether ``directory`` holds a complete build of ``kind`` of this schema whose files have
+    the sizes its manifest records."""
+    try:
+        manifest = read_manifest(directory, kind)
+        check_files(directory, manifest.files)
+    except (StoreError, OSError, ValueError, KeyError, TypeError):
+        return False
+    return True
+
+
 def write_manifest_last(directory: Path, kind: type, **fields: Any) -> None:
     """Write the manifest of a finished build (its files, the time): last, so its presence
     marks the build complete."""

@@ -31,7 +31,7 @@ from ptychodata.store._files import ensure_writable_directory, file_digest
 from ptychodata.store._frames import FramesEncoding, canonical_frames_dtype
 from ptychodata.store._frames_build import build_frames
 from ptychodata.store._grouping_build import GroupsAhead, build_grouping
-from ptychodata.store._manifest import SCHEMA_VERSION, FrameManifest, GroupingManifest, stable_key
+from ptychodata.store._manifest import SCHEMA_VERSION, FrameManifest, GroupingManifest, is_sound, stable_key
 from ptychodata.store._sources import Source, open_sources
 from ptychodata.store._store import Store
 
@@ -203,11 +203,15 @@ def _ensure_frames(
         positions = [np.stack([handle.scan.xcoords, handle.scan.ycoords], axis=1) for handle in handles]
         ahead = GroupsAhead.start(grouping_pool, positions, [handle.name for handle in handles], config)
         identity = [handle.state(digest=options.verify) for handle in handles]
-        with slot.new_build(identity) as (build_id, directory):
+        with slot.new_build(identity, sound=_sound_frames) as (build_id, directory):
             build_frames(directory, slot.frames_key, build_id, handles, options)
         slot.publish(build_id)
         collect_frames(slot)
     return ahead
+
+
+def _sound_frames(directory: Path) -> bool:
+    return is_sound(directory, FrameManifest)
 
 
 def _frames_current(manifest: FrameManifest | None, handles: list[Source], verify: bool) -> bool:

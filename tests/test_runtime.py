@@ -51,3 +51,39 @@ def test_optional_import_names_the_extra():
         optional_import("ptychodus._no_such_module", purpose="the interop test")
     with pytest.raises(ImportError, match="needs no_such_package_xyz"):
         optional_import("no_such_package_xyz", purpose="a test")
+
+
+def _cgroup(tmp_path, files):
+    for name, text in files.items():
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return str(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("files", "quota"),
+    [
+        ({"cpu.max": "150000 100000\n"}, 2),
+        ({"cpu.max": "max 100000\n"}, None),
+        ({"cpu/cpu.cfs_quota_us": "50000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 1),
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+        ({}, None),
+        ({"cpu.max": "garbage\n"}, None),
+    ],
+)
+def test_cgroup_cpu_quota_in_whole_cpus(tmp_path, files, quota):
+    from ptychodata._runtime import cgroup_cpu_quota
+
+    assert cgroup_cpu_quota(_cgroup(tmp_path, files)) == quota
+
+
+def test_usable_cores_honours_affinity_and_quota(tmp_path):
+    import os
+
+    from ptychodata._runtime import usable_cores
+
+    affinity = len(os.sched_getaffinity(0))
+    assert usable_cores(cgroup_root=_cgroup(tmp_path / "none", {})) == affinity
+    assert usable_cores(cgroup_root=_cgroup(tmp_path / "one", {"cpu.max": "100000 100000"})) == 1
+    assert usable_cores(cgroup_root=_cgroup(tmp_path / "many", {"cpu.max": "6400000 100000"})) == affinity

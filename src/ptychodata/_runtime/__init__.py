@@ -5,6 +5,7 @@ optional imports. They import nothing from the rest of the package except :mod:`
 from ptychodata._runtime._checks import check_int
 from ptychodata._runtime._json import canonical_json, finite_or_none, jsonable
 from ptychodata._runtime._memory import (
+    cgroup_cpu_quota,
     is_memory_mapped,
     iter_rows,
     release_pages,
@@ -17,6 +18,7 @@ from ptychodata._runtime._version import __version__
 __all__ = [
     "__version__",
     "canonical_json",
+    "cgroup_cpu_quota",
     "check_int",
     "finite_or_none",
     "is_installed",

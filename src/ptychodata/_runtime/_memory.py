@@ -10,14 +10,38 @@ from collections.abc import Iterator
 
 import numpy as np
 
-__all__ = ["is_memory_mapped", "iter_rows", "release_pages", "rows_per_chunk", "usable_cores"]
+__all__ = ["cgroup_cpu_quota", "is_memory_mapped", "iter_rows", "release_pages", "rows_per_chunk", "usable_cores"]
 
 
-def usable_cores() -> int:
-    """Cores this process may run on (its CPU affinity where the system tells it)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+def usable_cores(*, cgroup_root: str = "/sys/fs/cgroup") -> int:
+    """Cores this process may keep busy: its CPU affinity (what a SLURM cpuset or ``taskset``
+    gives), capped by a cgroup CPU quota (v2 ``cpu.max``, v1 ``cpu.cfs_quota_us``) rounded up."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    quota = cgroup_cpu_quota(cgroup_root)
+    return max(1, min(cores, quota)) if quota is not None else max(1, cores)
+
+
+def cgroup_cpu_quota(root: str = "/sys/fs/cgroup") -> int | None:
+    """Whole CPUs a cgroup quota allows (rounded up), or None where no quota is set or readable."""
+    for quota_file, period_file in (("cpu.max", None), ("cpu/cpu.cfs_quota_us", "cpu/cpu.cfs_period_us")):
+        try:
+            with open(os.path.join(root, quota_file)) as handle:
+                fields = handle.read().split()
+            if period_file is not None:
+                with open(os.path.join(root, period_file)) as handle:
+                    fields.append(handle.read().strip())
+        except (OSError, ValueError):
+            continue
+        if len(fields) < 2 or fields[0] in ("max", "-1"):
+            return None
+        try:
+            quota, period = int(fields[0]), int(fields[1])
+        except ValueError:
+            return None
+        if quota <= 0 or period <= 0:
+            return None
+        return -(-quota // period)
+    return None
 
 
 def rows_per_chunk(row_bytes: int, budget_bytes: int) -> int:

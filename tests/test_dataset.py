@@ -292,3 +292,42 @@ def test_a_dask_cluster_prepares_the_same_builds(tmp_path, scan_files):
             change = on_dask.add(sources, executor=client.get_executor())
     assert len(change.added) == 2 and on_dask.build_id == serial.build_id
     assert _npy_digests(tmp_path / "dask") == _npy_digests(tmp_path / "serial")
+
+
+ADD_ONE = """
+import sys
+from ptychodata import Dataset
+Dataset(sys.argv[1], sys.argv[2]).add(sys.argv[3])
+"""
+
+
+def test_processes_adding_at_once_lose_no_scan(tmp_path, scan_files):
+    import subprocess
+    import sys
+
+    Dataset.create("crowd", CONFIG, cache_dir=tmp_path)
+    names = ["a", "b", "c", "d"]
+    racers = [
+        subprocess.Popen([sys.executable, "-c", ADD_ONE, "crowd", str(tmp_path), str(scan_files[n])],
+                         stderr=subprocess.PIPE, text=True)
+        for n in names
+    ]
+    errors = [racer.communicate(timeout=180)[1] for racer in racers]
+    assert [racer.returncode for racer in racers] == [0] * 4, errors
+    assert sorted(b.name for b in Dataset("crowd", tmp_path).scans()) == [f"{n}.npz" for n in names]
+
+
+def test_a_publisher_that_died_before_moving_current_is_rolled_forward(tmp_path, scan_files):
+    dataset = Dataset.create("roll", CONFIG, cache_dir=tmp_path)
+    dataset.add(scan_files["a"])
+    live = dataset.paths.current()
+    # a publisher won the successor of the live build, wrote its manifest and died
+    other = Dataset.create("roll-other", CONFIG, cache_dir=tmp_path)
+    other.add([scan_files["a"], scan_files["b"]])
+    orphan = other.manifest()
+    (dataset.paths.build(orphan.build_id)).write_text(other.paths.build(orphan.build_id).read_text().replace(
+        '"name": "roll-other"', '"name": "roll"'))
+    (dataset.paths.root / "successors" / str(live[1])).write_text(orphan.build_id + "\n")
+    dataset.add(scan_files["c"])
+    assert sorted(b.name for b in dataset.scans()) == ["a.npz", "b.npz", "c.npz"]
+    assert dataset.paths.current()[1] == live[1] + 2

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +35,8 @@ from ptychodata.grouping import GroupingConfig
 from ptychodata.store import default_cache_dir
 
 __all__ = ["Dataset", "DatasetChange", "open_dataset"]
+
+_PUBLISH_ATTEMPTS = 20
 
 
 @dataclass(frozen=True)
@@ -201,31 +203,51 @@ class Dataset:
         """
         listed = _paths(sources)
         tags = {str(k): str(v) for k, v in (tags or {}).items()}
-        current = self.manifest()
-        by_path = {entry.build.source.path: entry for entry in current.scans}
-        entries = {entry.uid: entry for entry in current.scans}
+        first = self.manifest()
+        by_path = {entry.build.source.path: entry for entry in first.scans}
+        pending = [path for path in listed if not (path in by_path and by_path[path].build.source.unchanged())]
+        built = self._prepare_all(pending, executor, progress, keep_going)
+        return self._publish(lambda base: self._merged(base, listed, built, tags, keep_going))
+
+    def _merged(self, base, listed, built, tags, keep_going) -> tuple[tuple[ScanEntry, ...], _Plan]:
+        """The scans of ``base`` with ``listed`` added (their builds in ``built``), and what changed."""
+        by_path = {entry.build.source.path: entry for entry in base.scans}
+        entries = {entry.uid: entry for entry in base.scans}
         change = _Plan()
-        pending = []
         for path in listed:
             previous = by_path.get(path)
-            if previous is not None and previous.build.source.unchanged():
-                entries[previous.uid] = ScanEntry(previous.build, {**previous.tags, **tags})
-                change.unchanged.append(path)
-            else:
-                pending.append(path)
-        built = self._prepare_all(pending, executor, progress, keep_going)
-        for path in pending:
             try:
+                if path not in built:  # unchanged since it was added
+                    entries[previous.uid] = ScanEntry(previous.build, {**previous.tags, **tags})
+                    change.unchanged.append(path)
+                    continue
                 if isinstance(built[path], BaseException):
                     raise built[path]
-                self._take_build(path, built[path], by_path.get(path), entries, tags, change)
+                self._take_build(path, built[path], previous, entries, tags, change)
             except PtychodataError as exc:
                 if not keep_going:
                     raise
                 change.failed[path] = str(exc)
-        manifest = DatasetManifest(self.name, self.spec.to_dict(), tuple(entries.values()))
-        build_id = self.paths.write(manifest) if manifest.scans or current.scans else None
-        return DatasetChange(build_id, change.added, change.removed, change.unchanged, change.failed)
+        return tuple(entries.values()), change
+
+    def _publish(self, apply: Callable[[DatasetManifest], tuple[tuple[ScanEntry, ...], _Plan]]) -> DatasetChange:
+        """Apply a change to the live build and publish the result; where another process
+        published first, apply it again to that build (no lock: an exclusive-create successor
+        file per build decides who was first)."""
+        for _ in range(_PUBLISH_ATTEMPTS):
+            live = self.paths.current()
+            base_id = live[0]
+            base = self.manifest(base_id)
+            scans, change = apply(base)
+            manifest = DatasetManifest(self.name, self.spec.to_dict(), scans)
+            if manifest.build_id == base_id or (base_id is None and not scans):
+                build_id = base_id
+            else:
+                build_id = self.paths.publish(live, manifest)
+                if build_id is None:
+                    continue
+            return DatasetChange(build_id, change.added, change.removed, change.unchanged, change.failed)
+        raise StoreError(f"dataset {self.name!r}: other processes kept changing it; try again")
 
     def _prepare_all(
         self, paths: list[str], executor: int | Executor | None, progress: bool, keep_going: bool
@@ -282,18 +304,21 @@ class Dataset:
 
     def remove(self, sources: str | os.PathLike | Iterable[str | os.PathLike]) -> DatasetChange:
         """Remove scans, named by path, file name or uid; no pattern is touched."""
-        current = self.manifest()
-        keep = {entry.uid: entry for entry in current.scans}
-        removed = []
-        for name in [sources] if isinstance(sources, (str, os.PathLike)) else list(sources):
-            entry = _find(current.scans, os.fspath(name))
-            if entry is None:
-                listed = ", ".join(e.build.name for e in current.scans) or "none"
-                raise ParameterError(f"{name}: not a scan of dataset {self.name!r} (its scans: {listed})")
-            keep.pop(entry.uid, None)
-            removed.append(entry.build.source.path)
-        manifest = DatasetManifest(self.name, self.spec.to_dict(), tuple(keep.values()))
-        return DatasetChange(self.paths.write(manifest), removed=removed)
+        names = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
+
+        def without(base: DatasetManifest) -> tuple[tuple[ScanEntry, ...], _Plan]:
+            keep = {entry.uid: entry for entry in base.scans}
+            change = _Plan()
+            for name in names:
+                entry = _find(base.scans, os.fspath(name))
+                if entry is None:
+                    listed = ", ".join(e.build.name for e in base.scans) or "none"
+                    raise ParameterError(f"{name}: not a scan of dataset {self.name!r} (its scans: {listed})")
+                keep.pop(entry.uid, None)
+                change.removed.append(entry.build.source.path)
+            return tuple(keep.values()), change
+
+        return self._publish(without)
 
     def __repr__(self) -> str:
         return f"Dataset({self.name!r}, {len(self.manifest().scans)} scans, cache {str(self.cache_dir)!r})"

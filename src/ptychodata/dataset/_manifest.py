@@ -146,13 +146,17 @@ class DatasetPaths:
         return self.root / "builds" / f"{build_id}.json"
 
     def current_id(self) -> str | None:
+        return self.current()[0]
+
+    def current(self) -> tuple[str | None, int]:
+        """The live build's id (None before any) and the count of builds published so far."""
         try:
-            text = (self.root / "current").read_text().strip()
+            text = (self.root / "current").read_text().split()
         except FileNotFoundError:
-            return None
-        if not _BUILD_ID.match(text):
-            raise StoreError(f"{self.root / 'current'}: {text[:40]!r} is not a build id; the file was damaged")
-        return text
+            return None, 0
+        if not text or not _BUILD_ID.match(text[0]) or (len(text) > 1 and not text[1].isdigit()):
+            raise StoreError(f"{self.root / 'current'}: {' '.join(text)[:60]!r} is not a build id; the file was damaged")
+        return text[0], int(text[1]) if len(text) > 1 else 0
 
     def read(self, build_id: str) -> DatasetManifest:
         path = self.build(build_id)
@@ -164,14 +168,35 @@ class DatasetPaths:
             raise StoreError(f"{path}: unreadable dataset manifest ({exc})") from None
         return DatasetManifest.from_dict(values, where=str(path))
 
-    def write(self, manifest: DatasetManifest) -> str:
-        """Write ``manifest`` (if no build of that id exists) and make it the live build; its id."""
+    def publish(self, base: tuple[str | None, int], manifest: DatasetManifest) -> str | None:
+        """Make ``manifest`` the live build if the live build is still ``base`` (id, count of
+        builds published); its id, or None when another process published first.
+
+        Who publishes the successor of the n-th build is decided by an exclusive create of
+        ``successors/<n>``: exactly one publisher wins it, with no lock. A successor whose
+        publisher died before moving ``current`` is rolled forward by the next publisher.
+        """
         build_id = manifest.build_id
         path = self.build(build_id)
         if not path.is_file():
             stamped = DatasetManifest(manifest.name, manifest.spec, manifest.scans, _now())
             write_json_atomic(path, stamped.to_dict())
-        write_text_atomic(self.root / "current", build_id + "\n")
+        generation = base[1]
+        claim = self.root / "successors" / str(generation)
+        claim.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            handle = os.open(claim, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            winner = claim.read_text().strip()
+            if _BUILD_ID.match(winner) and self.build(winner).is_file() and self.current() == base:
+                write_text_atomic(self.root / "current", f"{winner} {generation + 1}\n")  # roll forward
+            return None
+        try:
+            os.write(handle, (build_id + "\n").encode())
+            os.fsync(handle)
+        finally:
+            os.close(handle)
+        write_text_atomic(self.root / "current", f"{build_id} {generation + 1}\n")
         return build_id
 
 

@@ -47,3 +47,54 @@ def test_bad_input_is_one_error_line_and_exit_2(tmp_path, files, capsys):
     assert "missing.npz: no such scan file" in capsys.readouterr().err
     assert main(["dataset", "add", "lab", str(files[0]), "--tag", "oops", *cache]) == 2
     assert "--tag 'oops': expected KEY=VALUE" in capsys.readouterr().err
+
+
+def test_array_tasks_then_built_only_compose_what_was_built(tmp_path, files, capsys, monkeypatch):
+    cache = ["--cache-dir", str(tmp_path)]
+    assert main(["dataset", "create", "array", "--gridsize", "2", "--neighbors", "5", "--seed", "3", *cache]) == 0
+    listing = tmp_path / "scans.txt"
+    listing.write_text("\n".join(str(f) for f in files) + "\n")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "1")
+    assert main(["prepare-scan", "--dataset", "array", "--list", str(listing), "--quiet", *cache]) == 0
+    assert capsys.readouterr().out.strip().endswith(str(files[1]))
+    monkeypatch.delenv("SLURM_ARRAY_TASK_ID")
+    assert main(["prepare-scan", "--dataset", "array", "--list", str(listing), "--index", "0", "--quiet", *cache]) == 0
+    capsys.readouterr()
+    assert main(["dataset", "add", "array", "--list", str(listing), "--built-only", "--keep-going", *cache]) == 1
+    captured = capsys.readouterr()
+    assert "s3.npz: not built for this dataset yet" in captured.err
+    serial = ["--cache-dir", str(tmp_path / "serial")]
+    assert main(["dataset", "create", "array", "--gridsize", "2", "--neighbors", "5", "--seed", "3", *serial]) == 0
+    assert main(["dataset", "add", "array", str(files[0]), str(files[1]), "--quiet", *serial]) == 0
+    assert captured.out.strip() == capsys.readouterr().out.strip().splitlines()[-1]  # one fingerprint
+    assert main(["prepare-scan", "--dataset", "array", "--list", str(listing), "--index", "3", *cache]) == 2
+    assert "index=3; the list names 3 scan(s)" in capsys.readouterr().err
+
+
+CLAIMER = """
+import sys
+from ptychodata.cli import main
+sys.exit(main(["prepare-scan", "--dataset", "claims", "--list", sys.argv[1], "--claim", "--quiet",
+               "--cache-dir", sys.argv[2]]))
+"""
+
+
+def test_workers_sharing_a_list_build_each_scan_once(tmp_path, capsys):
+    import subprocess
+    import sys
+
+    from ptychodata import Dataset, GroupingConfig
+
+    paths = [simulate(20, 16, seed=s, progress=False).save(tmp_path / f"c{s}.npz") for s in range(8)]
+    listing = tmp_path / "scans.txt"
+    listing.write_text("\n".join(map(str, paths)) + "\n")
+    Dataset.create("claims", GroupingConfig(gridsize=1, neighbor_count=4, seed=1), cache_dir=tmp_path / "cache")
+    workers = [
+        subprocess.Popen([sys.executable, "-c", CLAIMER, str(listing), str(tmp_path / "cache")],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
+    outputs = [worker.communicate(timeout=180) for worker in workers]
+    assert [worker.returncode for worker in workers] == [0] * 4, [err for _, err in outputs]
+    built = [line.split(" ", 1)[1] for out, _ in outputs for line in out.splitlines()]
+    assert sorted(built) == sorted(map(str, paths))  # each scan exactly once

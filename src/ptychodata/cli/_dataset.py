@@ -14,7 +14,7 @@ from ptychodata._runtime import optional_import
 from ptychodata.cli._arguments import add_cache_dir, positive_int
 from ptychodata.cli._options import add_load_options, load_options
 from ptychodata.cli._prepare import add_grouping, grouping_config
-from ptychodata.dataset import Dataset, DatasetChange
+from ptychodata.dataset import Dataset, DatasetChange, read_list
 from ptychodata.errors import ParameterError
 from ptychodata.summary import human_size
 
@@ -45,6 +45,9 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
     add.add_argument("--list", type=Path, metavar="FILE", help="a file naming one scan file a line")
     add.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE", help="tag the scans added")
     add.add_argument("--keep-going", action="store_true", help="add the good files, list the failures")
+    add.add_argument(
+        "--built-only", action="store_true", help="prepare nothing: add what 'ptychodata prepare-scan' built"
+    )
     add.add_argument("--quiet", action="store_true", help="no progress bars")
     engine = add.add_mutually_exclusive_group()
     engine.add_argument("--workers", type=positive_int, metavar="N", help="prepare scans in N local processes")
@@ -71,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "add":
         with _executor(args) as executor:
             change = dataset.add(_sources(args), tags=_tags(args.tag), progress=not args.quiet,
-                                 keep_going=args.keep_going, executor=executor)
+                                 keep_going=args.keep_going, executor=executor, built_only=args.built_only)
         return _report(change)
     if args.action == "remove":
         return _report(dataset.remove(args.sources))
@@ -113,11 +116,7 @@ def _executor(args: argparse.Namespace) -> Iterator[Any]:
 def _sources(args: argparse.Namespace) -> list[Path]:
     sources = list(args.sources)
     if args.list is not None:
-        try:
-            lines = args.list.read_text().splitlines()
-        except OSError as exc:
-            raise ParameterError(f"--list {args.list}: cannot read it ({exc.strerror})") from None
-        sources += [Path(line.strip()) for line in lines if line.strip() and not line.lstrip().startswith("#")]
+        sources += [Path(path) for path in read_list(args.list)]
     if not sources:
         raise ParameterError("dataset add needs scan files: SRC ... or --list FILE")
     return sources

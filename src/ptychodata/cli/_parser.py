@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 
 from ptychodata._runtime import __version__
-from ptychodata.cli import _cache, _convert, _dataset, _demo, _inspect, _prepare, _simulate
+from ptychodata.cli import _cache, _convert, _dataset, _demo, _inspect, _prepare, _prepare_scan, _simulate
 
-_COMMANDS = (_simulate, _inspect, _convert, _prepare, _dataset, _cache, _demo)
+_COMMANDS = (_simulate, _inspect, _convert, _prepare, _prepare_scan, _dataset, _cache, _demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

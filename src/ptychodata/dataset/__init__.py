@@ -7,6 +7,7 @@ without recopying; :func:`open_dataset` reads a build of it as one store
 """
 
 from ptychodata.dataset._dataset import Dataset, DatasetChange, open_dataset
+from ptychodata.dataset._jobs import ARRAY_INDEX_VARIABLES, array_index, read_list
 from ptychodata.dataset._manifest import DatasetManifest, ScanEntry
 from ptychodata.dataset._order import GroupKeys
 from ptychodata.dataset._scan_build import ScanBuild, SourceIdentity, prepare_scan, source_identity
@@ -14,6 +15,7 @@ from ptychodata.dataset._spec import DatasetSpec, scan_seed
 from ptychodata.dataset._view import DatasetStore
 
 __all__ = [
+    "ARRAY_INDEX_VARIABLES",
     "Dataset",
     "DatasetChange",
     "DatasetManifest",
@@ -23,8 +25,10 @@ __all__ = [
     "ScanBuild",
     "ScanEntry",
     "SourceIdentity",
+    "array_index",
     "open_dataset",
     "prepare_scan",
+    "read_list",
     "scan_seed",
     "source_identity",
 ]

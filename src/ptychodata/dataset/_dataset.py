@@ -20,6 +20,7 @@ from typing import Any
 from tqdm import tqdm
 
 from ptychodata._runtime import check_int
+from ptychodata.dataset._jobs import claim, read_record, write_record
 from ptychodata.dataset._manifest import (
     DatasetManifest,
     DatasetPaths,
@@ -178,6 +179,7 @@ class Dataset:
         progress: bool = False,
         keep_going: bool = False,
         executor: int | Executor | None = None,
+        built_only: bool = False,
     ) -> DatasetChange:
         """Add scan files: prepare those not built yet, then publish a new manifest.
 
@@ -200,13 +202,19 @@ class Dataset:
             ``ProcessPoolExecutor`` of ``n`` processes (spawned); any ``Executor`` (a Dask
             ``Client.get_executor()``, ``mpi4py.futures``, ...) as it is. Each task is
             :func:`prepare_scan` of one file, whose builds are the same bytes wherever it runs.
+        built_only : bool
+            Prepare nothing: add the files that :meth:`prepare_one` (``ptychodata prepare-scan``)
+            recorded as built and that are unchanged since; the others are failures.
         """
         listed = _paths(sources)
         tags = {str(k): str(v) for k, v in (tags or {}).items()}
         first = self.manifest()
         by_path = {entry.build.source.path: entry for entry in first.scans}
         pending = [path for path in listed if not (path in by_path and by_path[path].build.source.unchanged())]
-        built = self._prepare_all(pending, executor, progress, keep_going)
+        if built_only:
+            built = {path: read_record(self.paths, path) or _not_built(path) for path in pending}
+        else:
+            built = self._prepare_all(pending, executor, progress, keep_going)
         return self._publish(lambda base: self._merged(base, listed, built, tags, keep_going))
 
     def _merged(self, base, listed, built, tags, keep_going) -> tuple[tuple[ScanEntry, ...], _Plan]:
@@ -248,6 +256,17 @@ class Dataset:
                     continue
             return DatasetChange(build_id, change.added, change.removed, change.unchanged, change.failed)
         raise StoreError(f"dataset {self.name!r}: other processes kept changing it; try again")
+
+    def prepare_one(self, source: str | os.PathLike, *, progress: bool = False) -> ScanBuild:
+        """Prepare one scan with the dataset's spec and record it for :meth:`add` with
+        ``built_only=True``; the dataset itself is not changed (what a job-array task does)."""
+        build = prepare_scan(source, self.spec, cache_dir=self.cache_dir, progress=progress)
+        write_record(self.paths, build)
+        return build
+
+    def claim(self, source: str | os.PathLike) -> bool:
+        """Take ``source`` for this process among several sharing one list (see :func:`claim`)."""
+        return claim(self.paths, str(Path(source).expanduser().resolve()))
 
     def _prepare_all(
         self, paths: list[str], executor: int | Executor | None, progress: bool, keep_going: bool
@@ -341,6 +360,10 @@ def open_dataset(
     if build_id is None:
         raise StoreError(f"dataset {name!r} holds no scan yet; add scans with Dataset.add")
     return DatasetStore(dataset.manifest(build_id), dataset.cache_dir)
+
+
+def _not_built(path: str) -> ParameterError:
+    return ParameterError(f"{path}: not built for this dataset yet (or changed since); run 'ptychodata prepare-scan' on it")
 
 
 def _process_pool(workers: int) -> ProcessPoolExecutor:

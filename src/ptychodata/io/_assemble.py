@@ -39,7 +39,6 @@ __all__ = ["assemble", "read_scan_fields"]
 _EAGER_BYTES = 256 << 20
 
 
-
 def assemble(raw: RawScan, options: LoadOptions, *, decided: Plan | None = None) -> dict[str, Any]:
     """The contract fields (``ScanData``'s keyword arguments) of ``raw`` prepared by ``options``
     (warnings issued, metadata recorded)."""
@@ -115,27 +114,32 @@ def assemble(raw: RawScan, options: LoadOptions, *, decided: Plan | None = None)
         source=str(raw.path),
     )
 
+
+def _geometric(detector: DetectorSteps) -> DetectorSteps:
+    """The shift, crop and bin of ``detector`` for an oriented mean frame (negatives clipped)."""
+    return DetectorSteps(
+        detector.oriented_shape, shift=detector.shift, crop=detector.crop, bin=detector.bin, clip_negative=True
+    )
+
+
 def _mean_photons(decided: Plan) -> float:
     """Mean counts per prepared pattern: the sampled mean frame through shift, crop, bin and mask."""
     prep = decided.detector
-    geometric = DetectorSteps(
-        prep.oriented_shape, shift=prep.shift, crop=prep.crop, bin=prep.bin, clip_negative=True
-    )
-    frame = geometric.apply(np.ascontiguousarray(decided.stats.mean_pattern[None]))[0]
+    frame = _geometric(prep).apply(np.ascontiguousarray(decided.stats.mean_pattern[None]))[0]
     mask = prep.mask
     return float(frame.sum() if mask is None else (frame * mask).sum())
 
+
 def _estimated_probe(decided: Plan) -> np.ndarray:
     """(N, N) complex64 probe whose far field is sqrt of the mean prepared intensity, centred in real space."""
-    prep = decided.detector
-    geometric = DetectorSteps(prep.oriented_shape, shift=prep.shift, crop=prep.crop, bin=prep.bin, clip_negative=True)
     # counts: the mean of the values is the mean intensity; amplitudes: the mean of their squares
     stats = decided.stats
     intensity = stats.mean_pattern if decided.counts else stats.mean_square_pattern
-    mean = geometric.apply(np.ascontiguousarray(intensity[None]))[0].astype(np.float64)
+    mean = _geometric(decided.detector).apply(np.ascontiguousarray(intensity[None]))[0].astype(np.float64)
     far_field = np.sqrt(np.clip(mean, 0, None))
     probe = np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(far_field), norm="ortho"))
     return probe.astype(np.complex64)
+
 
 def _probe(raw, options, N, window, Wo, Ho, extras, decided) -> np.ndarray | None:
     if raw.probe is None:
@@ -173,6 +177,7 @@ def _probe(raw, options, N, window, Wo, Ho, extras, decided) -> np.ndarray | Non
     if options.probe_modes == "all":
         extras["probe_modes"] = np.ascontiguousarray(modes, np.complex64)
     return modes[0]
+
 
 def read_scan_fields(path: str | Path, **options: Any) -> dict[str, Any]:
     """The contract fields of any recognised scan file, read with ``options`` (:class:`LoadOptions`)."""

@@ -104,6 +104,7 @@ def invalid_patterns(
         bad |= (flat.min(axis=1) if minima is None else minima) < 0
     return bad
 
+
 def check_amplitudes(diffraction: np.ndarray, *, where: str = "") -> None:
     """Raise ``ScanDataError`` if any amplitude is NaN, infinite or negative.
 
@@ -127,6 +128,7 @@ def check_amplitudes(diffraction: np.ndarray, *, where: str = "") -> None:
                 f"{where or 'diffraction: '}negative amplitude {pattern.min():g} in pattern "
                 f"{start + first}; expected amplitudes >= 0 (sqrt of counts)"
             )
+
 
 def counts_to_amplitude(counts: np.ndarray, *, source: str = "diffraction", first_pattern: int = 0) -> np.ndarray:
     """Convert detector counts (M, N, N) to float32 amplitudes sqrt(counts), in chunks.

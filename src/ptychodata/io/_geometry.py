@@ -20,7 +20,6 @@ __all__ = ["NEAR_FIELD_STEP", "median_neighbour_step", "object_pixel_positions"]
 NEAR_FIELD_STEP = 0.5
 
 
-
 def median_neighbour_step(x: np.ndarray, y: np.ndarray, *, max_points: int = 4096) -> float | None:
     """Median distance from a point to its nearest neighbour at another position.
 
@@ -38,6 +37,7 @@ def median_neighbour_step(x: np.ndarray, y: np.ndarray, *, max_points: int = 409
     distances = np.where(distances > 0, distances, np.inf)[:, 1:].min(axis=1)
     distances = distances[np.isfinite(distances)]
     return float(np.median(distances)) if distances.size else None
+
 
 def object_pixel_positions(
     raw: RawScan,
@@ -181,6 +181,7 @@ def _record_pixel_geometry(
         metadata["object_pixel_m"] = [
             far_field_pixel(geometry["wavelength_m"], geometry["distance_m"], window, p) for p in (p_x, p_y)
         ]
+
 
 def _geometry(raw: RawScan, options: LoadOptions, metadata: dict[str, Any]) -> dict[str, Any]:
     energy = options.energy_eV if options.energy_eV is not None else raw.energy_eV

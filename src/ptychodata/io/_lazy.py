@@ -15,7 +15,6 @@ __all__ = ["LazyPatterns"]
 _READ_BYTES = 32 << 20
 
 
-
 class LazyPatterns:
     """Prepared patterns (M, N, N), float32 (or integers kept, see :meth:`keeping_integers`),
     read from ``raw`` and prepared on each read.

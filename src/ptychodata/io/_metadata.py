@@ -36,6 +36,7 @@ def parse_metadata(value: np.ndarray | None, where: str) -> dict[str, Any]:
         raise ScanDataError(f"{where}key '_metadata': JSON {type(metadata).__name__}; expected an object")
     return metadata
 
+
 def metadata_nphotons(metadata: Mapping[str, Any], where: str) -> float | None:
     """``nphotons`` from the top level or ``physics_parameters`` (PtychoPINN); None if neither."""
     physics = metadata.get("physics_parameters")

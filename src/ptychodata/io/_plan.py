@@ -28,6 +28,7 @@ class Plan:
     shift_reason: str
     warnings: list[str]
 
+
 def plan(raw: RawScan, options: LoadOptions) -> Plan:
     """Decide counts, shift, mask, crop and bin for ``raw`` from a sample of its patterns."""
     where = raw.where + f"key {raw.patterns_key!r}: "

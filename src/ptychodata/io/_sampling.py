@@ -43,6 +43,7 @@ def circular_centroid(profile: np.ndarray) -> tuple[float, float]:
     phasor = (profile * np.exp(2j * np.pi * np.arange(n) / n)).sum() / total
     return float(np.angle(phasor) % (2 * np.pi) * n / (2 * np.pi)), float(abs(phasor))
 
+
 @dataclass(frozen=True)
 class PatternStats:
     """Numbers measured on a sample of raw frames (oriented, not shifted, cropped or binned)."""
@@ -109,6 +110,7 @@ class PatternStats:
             float((cols * np.arange(len(cols))).sum() / total),
         )
 
+
 def sample_blocks(n_points: int, rows_per_block: int, block_bytes: int) -> list[tuple[int, int]]:
     """Evenly spaced, block-aligned row ranges, together at most the sample limits."""
     limit = max(1, min(_SAMPLE_PATTERNS, _SAMPLE_BYTES // max(1, block_bytes // max(1, rows_per_block))))
@@ -116,6 +118,7 @@ def sample_blocks(n_points: int, rows_per_block: int, block_bytes: int) -> list[
     n_blocks = max(1, min(n_blocks_total, limit // max(1, rows_per_block)))
     picks = np.unique(np.linspace(0, n_blocks_total - 1, n_blocks).round().astype(np.int64))
     return [(int(b) * rows_per_block, min(n_points, (int(b) + 1) * rows_per_block)) for b in picks]
+
 
 def analyze_sample(raw: Any, orient: DetectorSteps, where: str, exclude: np.ndarray | None = None) -> PatternStats:
     """Measure a sample of whole chunks of ``raw`` (M, H, W), oriented by ``orient``'s flips/transpose.

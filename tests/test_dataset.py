@@ -331,3 +331,25 @@ def test_a_publisher_that_died_before_moving_current_is_rolled_forward(tmp_path,
     dataset.add(scan_files["c"])
     assert sorted(b.name for b in dataset.scans()) == ["a.npz", "b.npz", "c.npz"]
     assert dataset.paths.current()[1] == live[1] + 2
+
+
+DESCRIPTORS = """
+import resource, sys
+from ptychodata import open_dataset
+from ptychodata.errors import StoreError
+resource.setrlimit(resource.RLIMIT_NOFILE, (40, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+try:
+    open_dataset("fds", cache_dir=sys.argv[1])
+except StoreError as exc:
+    print(exc)
+"""
+
+
+def test_running_out_of_descriptors_names_the_limit(tmp_path, scan_files):
+    import subprocess
+    import sys
+
+    dataset = Dataset.create("fds", CONFIG, cache_dir=tmp_path)
+    dataset.add([scan_files[n] for n in "abcd"])
+    out = subprocess.run([sys.executable, "-c", DESCRIPTORS, str(tmp_path)], capture_output=True, text=True)
+    assert "ran out of file descriptors after opening" in out.stdout and "the limit is 40 (ulimit -n" in out.stdout

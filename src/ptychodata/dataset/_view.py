@@ -3,8 +3,10 @@ API the loaders use (batches, splits, grouped data, containers)."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import resource
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,8 +48,10 @@ class DatasetStore:
         try:
             for entry in manifest.scans:
                 self.stores.append(entry.build.open(self.cache_dir))
-        except BaseException:
+        except BaseException as exc:
             self.close()
+            if _out_of_descriptors(exc):
+                raise StoreError(_descriptor_advice(manifest, len(self.stores))) from exc
             raise
         sizes = np.array([len(store) for store in self.stores], np.int64)
         self._group_offsets = np.concatenate([[0], np.cumsum(sizes)])
@@ -337,6 +341,23 @@ class _ScanTables:
             probe=store.probe(0),
             mask=store.mask(0),
         )
+
+
+def _out_of_descriptors(exc: BaseException) -> bool:
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno == errno.EMFILE:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _descriptor_advice(manifest: DatasetManifest, opened: int) -> str:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return (
+        f"dataset {manifest.name!r}: ran out of file descriptors after opening {opened} of its "
+        f"{len(manifest.scans)} scans (each open scan holds one per mapped file, about 20); the limit is "
+        f"{soft} (ulimit -n; at most {hard}): raise it, e.g. ulimit -n {min(hard, max(4096, 24 * len(manifest.scans)))}"
+    )
 
 
 def _plain(array: np.ndarray) -> np.ndarray:

@@ -353,3 +353,26 @@ def test_running_out_of_descriptors_names_the_limit(tmp_path, scan_files):
     dataset.add([scan_files[n] for n in "abcd"])
     out = subprocess.run([sys.executable, "-c", DESCRIPTORS, str(tmp_path)], capture_output=True, text=True)
     assert "ran out of file descriptors after opening" in out.stdout and "the limit is 40 (ulimit -n" in out.stdout
+
+
+def test_the_ptycho_torch_layout_of_a_dataset_is_each_scans_own(tmp_path, scan_files):
+    dataset = Dataset.create("pt", CONFIG, cache_dir=tmp_path)
+    dataset.add([scan_files["a"], scan_files["b"]])
+    with open_dataset("pt", cache_dir=tmp_path) as data:
+        constants = data.ptycho_torch_constants()
+        first = len(data.stores[0])
+        picks = np.array([first + 2, 1, first, 0])
+        batch = data.batch(picks, layout="ptycho_torch", constants=constants)
+        assert set(batch) == set(data.batch_layout(4, layout="ptycho_torch"))
+        for row, index in enumerate(picks):
+            k = int(index >= first)
+            local = data.stores[k].batch([index - k * first], layout="ptycho_torch", constants=constants[k])
+            for key in ("images", "coords_relative", "rms_scaling_constant", "probe", "probe_scaling"):
+                np.testing.assert_array_equal(batch[key][row], local[key][0], err_msg=key)
+            assert batch["experiment_id"][row] == k
+        assert not np.array_equal(batch["rms_scaling_constant"][0], batch["rms_scaling_constant"][1])
+        pytest.importorskip("tensordict")
+        from ptychodata.torch import make_loader
+
+        served = sum(len(b[0]["images"]) for b in make_loader(data, batch_size=8, num_workers=0, layout="ptycho_torch"))
+        assert served == len(data)

@@ -18,7 +18,7 @@ from ptychodata.dataset._order import GroupKeys
 from ptychodata.dataset._spec import scan_seed
 from ptychodata.errors import ParameterError, StoreError
 from ptychodata.grouped import PtychoDataContainer
-from ptychodata.store import Layout, Store, batch_schema, check_batch_indices
+from ptychodata.store import Layout, PtychoTorchConstants, Store, batch_schema, check_batch_indices
 
 __all__ = ["DatasetStore"]
 
@@ -155,28 +155,30 @@ class DatasetStore:
     ) -> dict[str, np.ndarray]:
         """Gather dataset groups ``indices`` into one batch, as :meth:`Store.batch` does.
 
-        Only ``layout="default"`` is served for a dataset of several scans; ``out`` arrays
-        are filled where given.
+        With ``layout="ptycho_torch"`` each scan's rows carry that scan's constants
+        (``constants``: what :meth:`ptycho_torch_constants` returned; computed when None);
+        ``out`` arrays are filled where given.
         """
-        if layout != "default" and self.n_experiments > 1:
-            raise ParameterError(
-                f"layout={layout!r} is served per scan: open one scan's store (dataset.stores[k]) for it"
-            )
-        if layout != "default":
-            return self.stores[0].batch(self._positions(indices), with_Y=with_Y, layout=layout, constants=constants)
+        schema = batch_schema(layout)
         groups = self._positions(indices)
         scan = np.searchsorted(self._group_offsets, groups, side="right") - 1
-        arrays = out if out is not None else self._empty(len(groups), with_Y)
+        arrays = out if out is not None else self._empty(len(groups), with_Y, schema.layout)
+        if schema.layout == "ptycho_torch" and constants is None:
+            constants = self.ptycho_torch_constants()
         order = np.argsort(scan, kind="stable")
         bounds = np.concatenate([[0], np.cumsum(np.bincount(scan, minlength=self.n_experiments))])
         for k in np.flatnonzero(np.diff(bounds)):
             rows = order[bounds[k] : bounds[k + 1]]
             local = groups[rows] - self._group_offsets[k]
-            if with_Y or not self._tables[k].fast:
+            if schema.layout == "ptycho_torch":
+                self._fill_from_store(k, rows, local, arrays, with_Y, threads, layout=schema.layout,
+                                      constants=constants[k])
+            elif with_Y or not self._tables[k].fast:
                 self._fill_from_store(k, rows, local, arrays, with_Y, threads)
             else:
                 self._fill_from_tables(k, rows, local, arrays)
-            arrays["group_index"][rows] = groups[rows]
+            if "group_index" in arrays:
+                arrays["group_index"][rows] = groups[rows]
             arrays["experiment_id"][rows] = k
         return arrays
 
@@ -195,9 +197,12 @@ class DatasetStore:
             if key in arrays and value is not None:
                 arrays[key][rows] = value
 
-    def _fill_from_store(self, k, rows, local, arrays, with_Y, threads) -> None:
-        """Rows ``rows`` of a batch through scan ``k``'s own gather (compact encodings, Y)."""
-        part = self.stores[k].batch(local, with_Y=with_Y, reuse=False, threads=threads)
+    def _fill_from_store(self, k, rows, local, arrays, with_Y, threads, layout="default", constants=None) -> None:
+        """Rows ``rows`` of a batch through scan ``k``'s own gather (compact encodings, Y, the
+        ptycho_torch layout with that scan's constants)."""
+        part = self.stores[k].batch(
+            local, with_Y=with_Y, reuse=False, threads=threads, layout=layout, constants=constants
+        )
         for key, value in part.items():
             if key in arrays:  # a probe only where every scan has one
                 arrays[key][rows] = value
@@ -212,8 +217,13 @@ class DatasetStore:
             )
         return self._layouts[key]
 
-    def _empty(self, batch_size: int, with_Y: bool) -> dict[str, np.ndarray]:
-        arrays = {key: np.empty(shape, dtype) for key, (shape, dtype) in self.batch_layout(batch_size, with_Y=with_Y).items()}
+    def ptycho_torch_constants(self, probe_scale: float = 4.0) -> tuple[PtychoTorchConstants, ...]:
+        """ptycho_torch's constants of each scan (:meth:`Store.ptycho_torch_constants`), in scan order."""
+        return tuple(store.ptycho_torch_constants(probe_scale) for store in self.stores)
+
+    def _empty(self, batch_size: int, with_Y: bool, layout: str = "default") -> dict[str, np.ndarray]:
+        shapes = self.batch_layout(batch_size, with_Y=with_Y, layout=layout)
+        arrays = {key: np.empty(shape, dtype) for key, (shape, dtype) in shapes.items()}
         if "mask" in arrays:
             arrays["mask"][:] = True  # scans without a mask: every pixel usable
         return arrays

@@ -376,3 +376,22 @@ def test_the_ptycho_torch_layout_of_a_dataset_is_each_scans_own(tmp_path, scan_f
 
         served = sum(len(b[0]["images"]) for b in make_loader(data, batch_size=8, num_workers=0, layout="ptycho_torch"))
         assert served == len(data)
+
+
+def test_builds_a_dataset_lists_survive_prune_and_are_not_removed(tmp_path, scan_files):
+    from ptychodata.errors import StoreError
+    from ptychodata.store import prune_cache, remove_store
+
+    path = tmp_path / "moving.npz"
+    path.write_bytes(scan_files["a"].read_bytes())
+    dataset = Dataset.create("kept", CONFIG, cache_dir=tmp_path / "cache")
+    dataset.add(path)
+    first = dataset.build_id
+    simulate(30, 16, seed=21, progress=False).save(path)  # the file changes: a new build in the same slot
+    dataset.add(path)
+    assert prune_cache(tmp_path / "cache") == 0
+    with open_dataset("kept", cache_dir=tmp_path / "cache", build_id=first) as old:
+        assert len(old) > 0 and old.batch([0])["X"].shape[0] == 1  # the earlier build still opens
+    slot = (tmp_path / "cache" / dataset.scans()[0].grouping_path).parent.parent
+    with pytest.raises(StoreError, match="builds a dataset lists"):
+        remove_store(slot)

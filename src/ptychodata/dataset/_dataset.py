@@ -33,7 +33,7 @@ from ptychodata.dataset._spec import DatasetSpec
 from ptychodata.dataset._view import DatasetStore
 from ptychodata.errors import ParameterError, PtychodataError, StoreError, StoreNotFoundError
 from ptychodata.grouping import GroupingConfig
-from ptychodata.store import default_cache_dir
+from ptychodata.store import default_cache_dir, write_pins
 
 __all__ = ["Dataset", "DatasetChange", "open_dataset"]
 
@@ -254,6 +254,7 @@ class Dataset:
                 build_id = self.paths.publish(live, manifest)
                 if build_id is None:
                     continue
+                self._pin()
             return DatasetChange(build_id, change.added, change.removed, change.unchanged, change.failed)
         raise StoreError(f"dataset {self.name!r}: other processes kept changing it; try again")
 
@@ -267,6 +268,16 @@ class Dataset:
     def claim(self, source: str | os.PathLike) -> bool:
         """Take ``source`` for this process among several sharing one list (see :func:`claim`)."""
         return claim(self.paths, str(Path(source).expanduser().resolve()))
+
+    def _pin(self) -> None:
+        """Pin every build that any build of this dataset lists, so collection never deletes one."""
+        builds = []
+        for path in sorted((self.paths.root / "builds").glob("*.json")):
+            for entry in self.paths.read(path.stem).scans:
+                slot = self.cache_dir / entry.build.grouping_path
+                builds.append(slot / "builds" / entry.build.grouping_build_id)
+                builds.append(slot.parent.parent / "builds" / entry.build.frames_build_id)
+        write_pins(self.cache_dir, f"dataset-{self.name}", builds)
 
     def _prepare_all(
         self, paths: list[str], executor: int | Executor | None, progress: bool, keep_going: bool

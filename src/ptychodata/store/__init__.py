@@ -27,6 +27,7 @@ from ptychodata.store._batch_schema import (
     batch_schema,
 )
 from ptychodata.store._cache import CachedStore, list_stores, prune_cache, remove_store, verify_store
+from ptychodata.store._cache_paths import write_pins
 from ptychodata.store._files import file_digest
 from ptychodata.store._frames import canonical_frames_dtype
 from ptychodata.store._open_store import open_store
@@ -56,4 +57,5 @@ __all__ = [
     "remove_store",
     "require_ground_truth",
     "verify_store",
+    "write_pins",
 ]

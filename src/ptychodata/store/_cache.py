@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ptychodata.errors import StoreError
-from ptychodata.store._cache_paths import TRASH_PREFIX, BuildSlot, CachePaths, file_lock
+from ptychodata.store._cache_paths import TRASH_PREFIX, BuildSlot, CachePaths, file_lock, pinned_builds
 from ptychodata.store._files import file_digest
 from ptychodata.store._manifest import FrameManifest, GroupingManifest, check_files, read_manifest
 
@@ -149,6 +149,12 @@ def remove_store(path: Path, *, force: bool = False) -> None:
                 raise StoreError(
                     f"{slot.path}: builds in use by a reader ({', '.join(in_use)}); close them, or remove with --force"
                 )
+            pinned = [f"{s.path.name}/{build}" for s in (slot, *slot.groupings()) for build in pinned_builds(s)]
+            if pinned:
+                raise StoreError(
+                    f"{slot.path}: builds a dataset lists ({', '.join(pinned)}); remove the scans from the dataset "
+                    "first, or remove with --force"
+                )
         trash = slot.path.parent / f"{TRASH_PREFIX}{slot.path.name}-{os.getpid()}"
         os.rename(slot.path, trash)
         shutil.rmtree(trash, ignore_errors=True)
@@ -193,7 +199,9 @@ def live_manifest(slot: BuildSlot, kind: type) -> FrameManifest | GroupingManife
 
 
 def collect_builds(slot: BuildSlot, keep: set[str]) -> None:
-    """Delete the slot's builds that are not in ``keep`` and that no reader holds."""
+    """Delete the slot's builds that are not in ``keep``, not pinned (:func:`pinned_builds`) and
+    that no reader holds."""
+    keep = keep | pinned_builds(slot)
     for build_id in slot.build_ids():
         if build_id not in keep:
             slot.remove_build_if_unread(build_id)

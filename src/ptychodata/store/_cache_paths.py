@@ -117,6 +117,34 @@ def npy_files(directory: Path) -> list[Path]:
     return sorted(directory.glob(f"*{_NPY}"))
 
 
+PINS = "pins"
+
+
+def write_pins(root: Path, holder: str, builds: list[Path]) -> None:
+    """Pin ``builds`` (build directories under cache ``root``) for ``holder``: collection skips them
+    until the holder writes its pins again without them. Replaces the holder's pins atomically."""
+    lines = sorted({build.resolve().relative_to(root.resolve()).as_posix() for build in builds})
+    directory = root / PINS
+    directory.mkdir(parents=True, exist_ok=True)
+    temporary = directory / f"{TEMP_PREFIX}{holder}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    temporary.write_text("".join(line + "\n" for line in lines))
+    os.replace(temporary, directory / f"{holder}.pins")
+
+
+def pinned_builds(slot: BuildSlot) -> set[str]:
+    """Ids of the slot's builds that some holder (a dataset) pins."""
+    root = slot.path.parent if slot.path.parent.name != GROUPINGS else slot.path.parent.parent.parent
+    prefix = slot.path.relative_to(root).as_posix() + f"/{BUILDS}/"
+    pinned = set()
+    for pins in sorted((root / PINS).glob("*.pins")) if (root / PINS).is_dir() else []:
+        try:
+            lines = pins.read_text().splitlines()
+        except OSError:
+            continue
+        pinned.update(line[len(prefix) :] for line in lines if line.startswith(prefix) and "/" not in line[len(prefix) :])
+    return pinned
+
+
 def build_id_of(slot_key: str, identity: Any) -> str:
     """The id of the build of slot ``slot_key`` made from ``identity`` (the sources as they are,
     or the frames build a grouping is made of), with this schema and library version.

@@ -18,7 +18,14 @@ from ptychodata.dataset._order import GroupKeys
 from ptychodata.dataset._spec import scan_seed
 from ptychodata.errors import ParameterError, StoreError
 from ptychodata.grouped import PtychoDataContainer
-from ptychodata.store import Layout, PtychoTorchConstants, Store, batch_schema, check_batch_indices
+from ptychodata.store import (
+    BufferPool,
+    Layout,
+    PtychoTorchConstants,
+    Store,
+    batch_schema,
+    check_batch_indices,
+)
 
 __all__ = ["DatasetStore"]
 
@@ -62,6 +69,9 @@ class DatasetStore:
         self._tables = [_ScanTables.of(store) for store in self.stores]
         self._has_probe = all(table.probe is not None for table in self._tables)
         self._layouts: dict[tuple, Layout] = {}
+        self._joined_tables: _JoinedTables | None = None
+        self._all_fast = all(table.fast for table in self._tables)
+        self._pool = BufferPool()
 
     # ------------------------------------------------------------------ identity and sizes
     @property
@@ -165,6 +175,9 @@ class DatasetStore:
         arrays = out if out is not None else self._empty(len(groups), with_Y, schema.layout)
         if schema.layout == "ptycho_torch" and constants is None:
             constants = self.ptycho_torch_constants()
+        if schema.layout == "default" and not with_Y and self._all_fast:
+            self._gather_joined(groups, arrays)
+            return arrays
         order = np.argsort(scan, kind="stable")
         bounds = np.concatenate([[0], np.cumsum(np.bincount(scan, minlength=self.n_experiments))])
         for k in np.flatnonzero(np.diff(bounds)):
@@ -181,6 +194,37 @@ class DatasetStore:
                 arrays["group_index"][rows] = groups[rows]
             arrays["experiment_id"][rows] = k
         return arrays
+
+    def _gather_joined(self, groups: np.ndarray, arrays: dict[str, np.ndarray]) -> None:
+        """A default-layout batch of float32-amplitude scans, the tables of every scan joined in
+        memory once: one take per scan for the patterns (grouped by scan), everything else in
+        one step for the whole batch. The same float32 products as each scan's own gather."""
+        joined = self._joined()
+        members = np.take(joined.groups, groups, axis=0, out=arrays["nn_indices"])
+        scan = np.take(joined.group_scan, groups, out=arrays["experiment_id"])
+        arrays["group_index"][:] = groups
+        arrays["coords_relative"][:, :, 0, :] = joined.relative[groups]
+        arrays["coords_offsets"][:, 0, 0, :] = joined.centres[groups]
+        flat = members.reshape(-1)
+        owner = np.searchsorted(self._pattern_offsets, flat, side="right") - 1
+        order = np.argsort(owner, kind="stable")
+        bounds = np.concatenate([[0], np.cumsum(np.bincount(owner, minlength=self.n_experiments))])
+        rows = self._pool.take({"rows": ((len(flat), self.N, self.N), np.float32)}, key=("rows", len(flat)))["rows"]
+        for k in np.flatnonzero(np.diff(bounds)):
+            part = order[bounds[k] : bounds[k + 1]]
+            np.take(self._tables[k].patterns, flat[part] - self._pattern_offsets[k], axis=0,
+                    out=rows[bounds[k] : bounds[k + 1]])
+        X = arrays["X"]
+        X.reshape(-1, self.N, self.N)[order] = rows
+        X *= joined.scales[scan][:, None, None, None]
+        for key, per_scan in (("probe", joined.probes), ("mask", joined.masks)):
+            if key in arrays and per_scan is not None:
+                np.take(per_scan, scan, axis=0, out=arrays[key])
+
+    def _joined(self) -> _JoinedTables:
+        if self._joined_tables is None:
+            self._joined_tables = _JoinedTables.of(self._tables, self._pattern_offsets, self.N)
+        return self._joined_tables
 
     def _fill_from_tables(self, k: int, rows: np.ndarray, local: np.ndarray, arrays: dict[str, np.ndarray]) -> None:
         """Rows ``rows`` of a batch from scan ``k``'s memory-mapped tables, as its store's gather
@@ -222,8 +266,10 @@ class DatasetStore:
         return tuple(store.ptycho_torch_constants(probe_scale) for store in self.stores)
 
     def _empty(self, batch_size: int, with_Y: bool, layout: str = "default") -> dict[str, np.ndarray]:
+        """Arrays for a batch: recycled from an earlier batch nothing refers to any more (fresh
+        memory is slow on its first touch), as a store's own batches are."""
         shapes = self.batch_layout(batch_size, with_Y=with_Y, layout=layout)
-        arrays = {key: np.empty(shape, dtype) for key, (shape, dtype) in shapes.items()}
+        arrays = self._pool.take(shapes, key=("batch", batch_size, with_Y, layout))
         if "mask" in arrays:
             arrays["mask"][:] = True  # scans without a mask: every pixel usable
         return arrays
@@ -350,6 +396,37 @@ class _ScanTables:
             scale=np.float32(store.x_scale[0]),
             probe=store.probe(0),
             mask=store.mask(0),
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class _JoinedTables:
+    """Every scan's group tables in one array each (pattern indices counted across the dataset)."""
+
+    groups: np.ndarray  # (B, C) int64
+    group_scan: np.ndarray  # (B,) int64
+    centres: np.ndarray  # (B, 2) float64
+    relative: np.ndarray  # (B, C, 2) float64
+    scales: np.ndarray  # (S,) float32
+    probes: np.ndarray | None  # (S, N, N) complex64, where every scan has a probe
+    masks: np.ndarray | None  # (S, N, N) bool, where any scan has a mask
+
+    @classmethod
+    def of(cls, tables: list[_ScanTables], pattern_offsets: np.ndarray, N: int) -> _JoinedTables:
+        probes = None
+        if all(t.probe is not None for t in tables):
+            probes = np.stack([t.probe for t in tables]).astype(np.complex64)
+        masks = None
+        if any(t.mask is not None for t in tables):
+            masks = np.stack([np.ones((N, N), bool) if t.mask is None else t.mask for t in tables])
+        return cls(
+            groups=np.concatenate([t.groups + pattern_offsets[k] for k, t in enumerate(tables)]),
+            group_scan=np.concatenate([np.full(len(t.groups), k, np.int64) for k, t in enumerate(tables)]),
+            centres=np.concatenate([t.centres for t in tables]),
+            relative=np.concatenate([t.relative for t in tables]),
+            scales=np.array([t.scale for t in tables], np.float32),
+            probes=probes,
+            masks=masks,
         )
 
 

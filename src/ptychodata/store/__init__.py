@@ -26,6 +26,7 @@ from ptychodata.store._batch_schema import (
     Layout,
     batch_schema,
 )
+from ptychodata.store._buffers import BufferPool
 from ptychodata.store._cache import CachedStore, list_stores, prune_cache, remove_store, verify_store
 from ptychodata.store._cache_paths import write_pins
 from ptychodata.store._files import file_digest
@@ -42,6 +43,7 @@ __all__ = [
     "PTYCHO_TORCH_SCHEMA",
     "BatchField",
     "BatchSchema",
+    "BufferPool",
     "CachedStore",
     "PtychoTorchConstants",
     "Store",

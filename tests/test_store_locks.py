@@ -83,3 +83,65 @@ def test_locks_off_is_read_from_the_environment(monkeypatch):
     monkeypatch.setenv("PTYCHODATA_LOCKS", "on")
     assert _cache_paths.locks_enabled() is True
     assert Path(_cache_paths.__file__).name == "_cache_paths.py"
+
+
+MOUNTS = """\
+22 27 0:21 / /proc rw,relatime - proc proc rw
+30 1 8:1 / / rw,relatime - ext4 /dev/sda1 rw
+41 30 0:50 / /gpfs/lab rw,relatime - gpfs lab rw
+42 30 0:51 / /scratch rw,relatime - lustre 10.0.0.1@o2ib:/scratch rw
+43 30 0:52 / /home/me/my\\040data rw,relatime - nfs4 server:/data rw
+"""
+
+
+@pytest.mark.parametrize(
+    ("path", "kind"),
+    [("/gpfs/lab/cache", "gpfs"), ("/scratch", "lustre"), ("/home/me/my data/x", "nfs4"), ("/tmp/x", "ext4"),
+     ("/gpfs/labx", "ext4")],
+)
+def test_the_file_system_of_a_path_is_its_longest_mount(tmp_path, path, kind):
+    mountinfo = tmp_path / "mountinfo"
+    mountinfo.write_text(MOUNTS)
+    assert _cache_paths.file_system_type(Path(path), mountinfo=str(mountinfo)) == kind
+
+
+def test_nothing_is_collected_implicitly_on_a_network_file_system(tmp_path, scan_file, monkeypatch):
+    config = GroupingConfig(gridsize=2, neighbor_count=5, seed=2)
+    source = tmp_path / "scan.npz"
+    source.write_bytes(Path(scan_file).read_bytes())
+    first = prepare(source, config, cache_dir=tmp_path / "cache", progress=False)
+    first.close()
+    monkeypatch.setattr(_cache_paths, "file_system_type", lambda path, **_: "nfs4")
+    simulate(60, 16, seed=8, progress=False).save(source)  # changed: a new build replaces the live one
+    with prepare(source, config, cache_dir=tmp_path / "cache", progress=False) as second:
+        assert second.frames_build_id != first.frames_build_id
+    frames = next((tmp_path / "cache").glob("frames-*"))
+    assert len([p for p in (frames / "builds").iterdir() if not p.name.startswith(".")]) == 2
+    monkeypatch.setattr(_cache_paths, "file_system_type", lambda path, **_: "ext4")
+    simulate(60, 16, seed=9, progress=False).save(source)
+    with prepare(source, config, cache_dir=tmp_path / "cache", progress=False) as third:
+        kept = [p.name for p in (frames / "builds").iterdir() if not p.name.startswith(".")]
+        assert kept == [third.frames_build_id]  # on a local file system the unused builds go
+
+
+def test_prune_older_than_keeps_recent_unused_builds(tmp_path, scan_file):
+    from ptychodata.store import prune_cache
+
+    config = GroupingConfig(gridsize=2, neighbor_count=5, seed=2)
+    source = tmp_path / "scan.npz"
+    source.write_bytes(Path(scan_file).read_bytes())
+    with prepare(source, config, cache_dir=tmp_path / "cache", progress=False):
+        pass
+    frames = next((tmp_path / "cache").glob("frames-*"))
+    old = next(p for p in (frames / "builds").iterdir() if not p.name.startswith("."))
+    os.environ["PTYCHODATA_LOCKS"] = "off"  # no implicit collection: the old build stays unused
+    try:
+        simulate(60, 16, seed=8, progress=False).save(source)
+        with prepare(source, config, cache_dir=tmp_path / "cache", progress=False):
+            pass
+    finally:
+        del os.environ["PTYCHODATA_LOCKS"]
+    assert prune_cache(tmp_path / "cache", older_than_s=3600) == 0 and old.is_dir()
+    an_hour_ago = time.time() - 7200
+    os.utime(old / "manifest.json", (an_hour_ago, an_hour_ago))
+    assert prune_cache(tmp_path / "cache", older_than_s=3600) >= 1 and not old.exists()

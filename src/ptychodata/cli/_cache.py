@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ptychodata.cli._arguments import add_cache_dir
+from ptychodata.cli._arguments import add_cache_dir, positive_float
 from ptychodata.errors import ParameterError, StoreNotFoundError
 from ptychodata.store import default_cache_dir, list_stores, prune_cache, remove_store, verify_store
 from ptychodata.summary import human_size
@@ -32,6 +32,10 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
     cache.add_argument("--all", action="store_true", help="with remove: every store")
     cache.add_argument("--force", action="store_true", help="with remove: also stores a reader holds open")
     cache.add_argument("--quick", action="store_true", help="with verify: skip re-hashing the sources")
+    cache.add_argument(
+        "--older-than", type=positive_float, metavar="DAYS",
+        help="with prune: only builds made more than DAYS ago (on shared file systems, e.g. 14)",
+    )
     return cache
 
 
@@ -40,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
     cache_dir = args.cache_dir or default_cache_dir()
     stores = _named(list_stores(cache_dir), args.stores, cache_dir)
     if args.action == "prune":
-        print(f"removed {prune_cache(cache_dir)} unused build(s) and leftover(s)")
+        older = None if args.older_than is None else args.older_than * 86400.0
+        print(f"removed {prune_cache(cache_dir, older_than_s=older)} unused build(s) and leftover(s)")
         return 0
     if args.action == "list":
         return _list(stores, cache_dir)

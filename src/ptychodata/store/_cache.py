@@ -11,11 +11,19 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from ptychodata.errors import StoreError
-from ptychodata.store._cache_paths import TRASH_PREFIX, BuildSlot, CachePaths, file_lock, pinned_builds
+from ptychodata.store._cache_paths import (
+    MANIFEST,
+    TRASH_PREFIX,
+    BuildSlot,
+    CachePaths,
+    file_lock,
+    pinned_builds,
+)
 from ptychodata.store._files import file_digest
 from ptychodata.store._manifest import FrameManifest, GroupingManifest, check_files, read_manifest
 
@@ -160,10 +168,12 @@ def remove_store(path: Path, *, force: bool = False) -> None:
         shutil.rmtree(trash, ignore_errors=True)
 
 
-def prune_cache(cache_dir: Path) -> int:
-    """Delete, in every store of the cache, builds that are not live and that no reader
-    holds (and frames builds no live grouping was made from), temporaries of dead builds,
-    and removals that were interrupted. Returns how many directories were deleted."""
+def prune_cache(cache_dir: Path, *, older_than_s: float | None = None) -> int:
+    """Delete, in every store of the cache, builds that are not live, that no dataset lists and
+    that no reader holds (and frames builds no live grouping was made from), temporaries of dead
+    builds, and removals that were interrupted. With ``older_than_s``, only builds made longer
+    ago than that (on a shared file system a reader on another host holds no lock this host
+    sees: give it time). Returns how many directories were deleted."""
     cache_dir = Path(cache_dir)
     removed = 0
     for leftover in cache_dir.glob(f"{TRASH_PREFIX}frames-*") if cache_dir.is_dir() else []:
@@ -174,12 +184,12 @@ def prune_cache(cache_dir: Path) -> int:
             with file_lock(grouping.lock):
                 before = len(grouping.build_ids())
                 removed += grouping.remove_temporaries()
-                collect_builds(grouping, keep={grouping.current_id()})
+                collect_builds(grouping, keep={grouping.current_id()}, older_than_s=older_than_s)
                 removed += before - len(grouping.build_ids())
         with file_lock(slot.lock):
             before = len(slot.build_ids())
             removed += slot.remove_temporaries()
-            collect_frames(slot)
+            collect_frames(slot, older_than_s=older_than_s)
             removed += before - len(slot.build_ids())
     return removed
 
@@ -198,16 +208,25 @@ def live_manifest(slot: BuildSlot, kind: type) -> FrameManifest | GroupingManife
     return manifest if manifest.build_id == build_id else None
 
 
-def collect_builds(slot: BuildSlot, keep: set[str]) -> None:
-    """Delete the slot's builds that are not in ``keep``, not pinned (:func:`pinned_builds`) and
-    that no reader holds."""
+def collect_builds(slot: BuildSlot, keep: set[str], *, older_than_s: float | None = None) -> None:
+    """Delete the slot's builds that are not in ``keep``, not pinned (:func:`pinned_builds`),
+    older than ``older_than_s`` when given, and that no reader holds."""
     keep = keep | pinned_builds(slot)
     for build_id in slot.build_ids():
-        if build_id not in keep:
+        if build_id not in keep and _older(slot.build_dir(build_id), older_than_s):
             slot.remove_build_if_unread(build_id)
 
 
-def collect_frames(slot: BuildSlot) -> None:
+def _older(build: Path, seconds: float | None) -> bool:
+    if seconds is None:
+        return True
+    try:
+        return time.time() - (build / MANIFEST).stat().st_mtime > seconds
+    except OSError:
+        return False
+
+
+def collect_frames(slot: BuildSlot, *, older_than_s: float | None = None) -> None:
     """Delete old frames builds that no reader holds and no live grouping was made from.
     Hold the frames slot's lock."""
     keep = {slot.current_id()}
@@ -215,4 +234,4 @@ def collect_frames(slot: BuildSlot) -> None:
         manifest = live_manifest(grouping, GroupingManifest)
         if manifest is not None:
             keep.add(manifest.frames_build_id)
-    collect_builds(slot, keep)
+    collect_builds(slot, keep, older_than_s=older_than_s)

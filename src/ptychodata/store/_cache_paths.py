@@ -118,6 +118,38 @@ def npy_files(directory: Path) -> list[Path]:
 
 
 PINS = "pins"
+# File systems shared between hosts: no build is deleted implicitly there (a reader on another host
+# holds no lock this host can see); 'ptychodata cache prune' deletes what is old and unreferenced.
+NETWORK_FILE_SYSTEMS = ("nfs", "nfs4", "lustre", "gpfs", "beegfs", "cifs", "smb3", "fuse", "ceph", "glusterfs")
+
+
+def file_system_type(path: Path, *, mountinfo: str = "/proc/self/mountinfo") -> str | None:
+    """The type of the file system holding ``path`` (the longest mount point above it), or None."""
+    target = str(Path(path).resolve())
+    best, kind = "", None
+    try:
+        with open(mountinfo) as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.split()
+        if "-" not in fields:
+            continue
+        mount_point = fields[4].replace("\\040", " ")
+        fstype = fields[fields.index("-") + 1]
+        inside = target == mount_point or target.startswith(mount_point.rstrip("/") + "/")
+        if inside and len(mount_point) >= len(best):
+            best, kind = mount_point, fstype
+    return kind
+
+
+def collects_implicitly(root: Path) -> bool:
+    """Whether unused builds under cache ``root`` may be deleted as a side effect of ``prepare``:
+    not on a network file system, and not without locks."""
+    kind = file_system_type(root) or ""
+    network = kind.split(".")[0] in NETWORK_FILE_SYSTEMS or kind.startswith("fuse")
+    return locks_enabled() and not network
 
 
 def write_pins(root: Path, holder: str, builds: list[Path]) -> None:
@@ -133,7 +165,7 @@ def write_pins(root: Path, holder: str, builds: list[Path]) -> None:
 
 def pinned_builds(slot: BuildSlot) -> set[str]:
     """Ids of the slot's builds that some holder (a dataset) pins."""
-    root = slot.path.parent if slot.path.parent.name != GROUPINGS else slot.path.parent.parent.parent
+    root = slot.cache_root
     prefix = slot.path.relative_to(root).as_posix() + f"/{BUILDS}/"
     pinned = set()
     for pins in sorted((root / PINS).glob("*.pins")) if (root / PINS).is_dir() else []:
@@ -203,6 +235,11 @@ class BuildSlot:
         """The key of the frames slot this slot is (or belongs to)."""
         frames = self.path if self.path.parent.name != GROUPINGS else self.path.parent.parent
         return frames.name[len(FRAMES_PREFIX) :]
+
+    @property
+    def cache_root(self) -> Path:
+        """The cache directory this slot is in."""
+        return self.path.parent if self.path.parent.name != GROUPINGS else self.path.parent.parent.parent
 
     def build_dir(self, build_id: str) -> Path:
         return self.path / BUILDS / build_id

@@ -26,7 +26,7 @@ from ptychodata.io import LoadOptions
 from ptychodata.scan import ScanData
 from ptychodata.store._build_options import BuildOptions
 from ptychodata.store._cache import collect_builds, collect_frames, live_manifest
-from ptychodata.store._cache_paths import BuildSlot, CachePaths, file_lock, open_current
+from ptychodata.store._cache_paths import BuildSlot, CachePaths, collects_implicitly, file_lock, open_current
 from ptychodata.store._files import ensure_writable_directory, file_digest
 from ptychodata.store._frames import FramesEncoding, canonical_frames_dtype
 from ptychodata.store._frames_build import build_frames
@@ -179,11 +179,11 @@ def _group_frames(
                         raise
                     raise StoreNotFoundError(f"{frames_slot.path}: removed while a grouping was built") from exc
             store = Store.open_build(grouping_slot.path, grouping_id)
-            if built:
+            if built and collects_implicitly(grouping_slot.cache_root):
                 collect_builds(grouping_slot, keep={grouping_id})
     finally:
         frames_lock.close()
-    if built:
+    if built and collects_implicitly(frames_slot.cache_root):
         with file_lock(frames_slot.lock):
             collect_frames(frames_slot)
     return store
@@ -206,7 +206,8 @@ def _ensure_frames(
         with slot.new_build(identity, sound=_sound_frames) as (build_id, directory):
             build_frames(directory, slot.frames_key, build_id, handles, options)
         slot.publish(build_id)
-        collect_frames(slot)
+        if collects_implicitly(slot.cache_root):
+            collect_frames(slot)
     return ahead
 
 

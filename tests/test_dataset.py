@@ -395,3 +395,8 @@ def test_builds_a_dataset_lists_survive_prune_and_are_not_removed(tmp_path, scan
     slot = (tmp_path / "cache" / dataset.scans()[0].grouping_path).parent.parent
     with pytest.raises(StoreError, match="builds a dataset lists"):
         remove_store(slot)
+    info = dataset.info()
+    assert info["bytes_held_only_here"] >= info["bytes"] > 0  # both builds of the changed file are held
+    twin = Dataset.create("kept-too", CONFIG, cache_dir=tmp_path / "cache")
+    twin.add(path)  # shares the live build
+    assert 0 < dataset.info()["bytes_held_only_here"] < info["bytes_held_only_here"]

@@ -149,7 +149,7 @@ def _format_info(info: dict) -> str:
         f"dataset   {info['name']} in {info['cache_dir']}",
         f"build     {info['build_id'] or 'none (no scan yet)'}",
         f"scans     {info['n_scans']}: {info['n_patterns']} patterns, {info['n_groups']} groups of C={info['C']}, "
-        f"N={info['N']}, {human_size(info['bytes'])}",
+        f"N={info['N']}, {human_size(info['bytes'])} ({human_size(info['bytes_held_only_here'])} held by this dataset alone)",
     ]
     for scan in info["scans"]:
         tags = " ".join(f"{k}={v}" for k, v in scan["tags"].items())

@@ -150,6 +150,7 @@ class Dataset:
             "N": builds[0].N if builds else None,
             "C": builds[0].C if builds else None,
             "bytes": sum(b.bytes for b in builds),
+            "bytes_held_only_here": self._bytes_held_only_here(),
             "scans": [
                 {"uid": b.uid, "name": b.name, "path": b.source.path, "n_patterns": b.n_patterns,
                  "n_groups": b.n_groups, "x_scale": b.x_scale, "bytes": b.bytes, "tags": entry.tags}
@@ -268,6 +269,23 @@ class Dataset:
     def claim(self, source: str | os.PathLike) -> bool:
         """Take ``source`` for this process among several sharing one list (see :func:`claim`)."""
         return claim(self.paths, str(Path(source).expanduser().resolve()))
+
+    def _bytes_held_only_here(self) -> int:
+        """Bytes of the builds this dataset's builds list and no other holder pins: what deleting
+        the dataset (and then pruning) would free."""
+        pins = self.cache_dir / "pins"
+        mine = pins / f"dataset-{self.name}.pins"
+        if not mine.is_file():
+            return 0
+        others = set()
+        for path in pins.glob("*.pins"):
+            if path != mine:
+                others.update(path.read_text().splitlines())
+        total = 0
+        for line in set(mine.read_text().splitlines()) - others:
+            build = self.cache_dir / line
+            total += sum(f.stat().st_size for f in build.glob("*") if f.is_file())
+        return total
 
     def _pin(self) -> None:
         """Pin every build that any build of this dataset lists, so collection never deletes one."""

@@ -216,6 +216,7 @@ class Dataset:
             built = {path: read_record(self.paths, path) or _not_built(path) for path in pending}
         else:
             built = self._prepare_all(pending, executor, progress, keep_going)
+        built.update({path: by_path[path].build for path in listed if path not in built})  # unchanged
         return self._publish(lambda base: self._merged(base, listed, built, tags, keep_going))
 
     def _merged(self, base, listed, built, tags, keep_going) -> tuple[tuple[ScanEntry, ...], _Plan]:
@@ -226,10 +227,6 @@ class Dataset:
         for path in listed:
             previous = by_path.get(path)
             try:
-                if path not in built:  # unchanged since it was added
-                    entries[previous.uid] = ScanEntry(previous.build, {**previous.tags, **tags})
-                    change.unchanged.append(path)
-                    continue
                 if isinstance(built[path], BaseException):
                     raise built[path]
                 self._take_build(path, built[path], previous, entries, tags, change)

@@ -253,3 +253,9 @@ def test_median_neighbour_step_is_exact_on_a_raster_with_repeats_and_sampled_poi
     assert median_neighbour_step(np.full(5, 1.0), np.full(5, 1.0)) is None
     jittered = np.random.default_rng(0).normal(0, 1e-3, (2, x.size))
     assert median_neighbour_step(x + jittered[0], y + jittered[1]) == pytest.approx(1.5, abs=0.01)
+
+
+def test_more_neighbours_than_other_points_is_refused_by_name():
+    with pytest.raises(GroupingError, match=r"neighbor_count K=50, but a point of this 10-point scan has only 9 others"):
+        group(random_positions(10), GroupingConfig(gridsize=3, neighbor_count=50))
+    assert group(random_positions(10), GroupingConfig(gridsize=3, neighbor_count=9, seed=0)).shape == (10, 9)

@@ -225,6 +225,12 @@ def group(scan_or_positions: Any, config: GroupingConfig) -> np.ndarray:
         return raster_order(groups, positions) if config.order == "raster" and C > 1 else groups
     if C == 1:
         return _choose_seeds(n_points, n_groups, config.sequential_sampling, rng)[:, None]
+    if config.neighbor_count > n_points - 1:
+        where = f"{scan_or_positions.source}: " if getattr(scan_or_positions, "source", None) else ""
+        raise GroupingError(
+            f"{where}neighbor_count K={config.neighbor_count}, but a point of this {n_points}-point scan has only "
+            f"{n_points - 1} others; choose K <= {n_points - 1} (and K >= C={C})"
+        )
     if n_groups > n_points:
         if not config.enable_oversampling:
             raise GroupingError(

@@ -44,7 +44,7 @@ def test_bad_input_is_one_error_line_and_exit_2(tmp_path, files, capsys):
     assert err.startswith("error: no dataset 'nowhere'") and err.count("\n") == 1
     assert main(["dataset", "create", "lab", *cache]) == 0
     assert main(["dataset", "add", "lab", str(tmp_path / "missing.npz"), *cache]) == 2
-    assert "missing.npz: no such scan file" in capsys.readouterr().err
+    assert "missing.npz: no such file" in capsys.readouterr().err
     assert main(["dataset", "add", "lab", str(files[0]), "--tag", "oops", *cache]) == 2
     assert "--tag 'oops': expected KEY=VALUE" in capsys.readouterr().err
 

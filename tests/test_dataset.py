@@ -102,7 +102,7 @@ def test_bad_additions_are_named_and_leave_the_dataset_as_it_was(tmp_path, scan_
         dataset.add(twin)
     with pytest.raises(ParameterError, match=r"n24.npz: patterns of 24×24, but the dataset's are 16×16 .*crop= or bin="):
         dataset.add(scan_files["n24"])
-    with pytest.raises(ScanFileNotFoundError, match="missing.npz: no such scan file"):
+    with pytest.raises(ScanFileNotFoundError, match="missing.npz: no such file"):
         dataset.add([scan_files["b"], tmp_path / "missing.npz"])
     assert dataset.build_id == live
     change = dataset.add([scan_files["b"], tmp_path / "missing.npz", scan_files["n24"]], keep_going=True)
@@ -400,3 +400,17 @@ def test_builds_a_dataset_lists_survive_prune_and_are_not_removed(tmp_path, scan
     twin = Dataset.create("kept-too", CONFIG, cache_dir=tmp_path / "cache")
     twin.add(path)  # shares the live build
     assert 0 < dataset.info()["bytes_held_only_here"] < info["bytes_held_only_here"]
+
+
+def test_a_missing_file_is_one_error_in_every_entry_point(tmp_path):
+    from ptychodata import ScanData, prepare
+
+    missing = tmp_path / "nope.npz"
+    calls = [
+        lambda: ScanData.load(missing),
+        lambda: prepare(missing, CONFIG, cache_dir=tmp_path / "cache", progress=False),
+        lambda: prepare_scan(missing, DatasetSpec(CONFIG), cache_dir=tmp_path / "cache"),
+    ]
+    for call in calls:
+        with pytest.raises(ScanFileNotFoundError, match=r"nope.npz: no such file$"):
+            call()

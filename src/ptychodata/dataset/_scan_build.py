@@ -52,7 +52,7 @@ def source_identity(source: str | os.PathLike, *, known: SourceIdentity | None =
     try:
         stat = path.stat()
     except FileNotFoundError:
-        raise ScanFileNotFoundError(f"{path}: no such scan file") from None
+        raise ScanFileNotFoundError(f"{path}: no such file") from None
     except OSError as exc:
         raise StoreError(f"{path}: cannot read the scan file ({exc.strerror})") from None
     if not path.is_file():

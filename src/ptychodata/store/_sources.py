@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ptychodata.errors import ParameterError, ScanDataError
+from ptychodata.errors import ParameterError, ScanFileNotFoundError
 from ptychodata.scan import ScanData
 from ptychodata.store._files import file_digest
 from ptychodata.store._hashing import content_hash
@@ -132,4 +132,4 @@ def _stat_source(path: Path) -> os.stat_result:
     try:
         return path.stat()
     except FileNotFoundError:
-        raise ScanDataError(f"{path}: no such file") from None
+        raise ScanFileNotFoundError(f"{path}: no such file") from None

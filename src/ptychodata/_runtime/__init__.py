@@ -3,7 +3,8 @@ optional imports. They import nothing from the rest of the package except :mod:`
 """
 
 from ptychodata._runtime._checks import check_int
-from ptychodata._runtime._json import canonical_json, finite_or_none, jsonable
+from ptychodata._runtime._files import create_exclusive, write_text_atomic
+from ptychodata._runtime._json import canonical_json, jsonable
 from ptychodata._runtime._memory import (
     cgroup_cpu_quota,
     is_memory_mapped,
@@ -20,7 +21,7 @@ __all__ = [
     "canonical_json",
     "cgroup_cpu_quota",
     "check_int",
-    "finite_or_none",
+    "create_exclusive",
     "is_installed",
     "is_memory_mapped",
     "iter_rows",
@@ -29,4 +30,5 @@ __all__ = [
     "release_pages",
     "rows_per_chunk",
     "usable_cores",
+    "write_text_atomic",
 ]

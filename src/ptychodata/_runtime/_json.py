@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping
 from pathlib import PurePath
 from typing import Any
@@ -53,8 +52,3 @@ def canonical_json(value: Any) -> str:
     """``value`` as compact JSON with sorted keys: equal values give equal text (for keys and hashes)."""
     return json.dumps(jsonable(value), sort_keys=True, separators=(",", ":"))
 
-
-def finite_or_none(value: float) -> float | None:
-    """``value`` as a float, or None where it is NaN or infinite (for JSON that must be strict)."""
-    value = float(value)
-    return value if math.isfinite(value) else None

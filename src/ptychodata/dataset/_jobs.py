@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ptychodata._runtime import create_exclusive
 from ptychodata.dataset._manifest import DatasetPaths, write_json_atomic
 from ptychodata.dataset._scan_build import ScanBuild
 from ptychodata.errors import ParameterError
@@ -83,18 +84,13 @@ def claim(paths: DatasetPaths, path: str, *, expiry_s: float = CLAIM_EXPIRY_S) -
     ``expiry_s``, is taken over.
     """
     target = paths.root / "claims" / f"{_key(path)}.json"
-    target.parent.mkdir(parents=True, exist_ok=True)
     mine = {"path": path, "host": socket.gethostname(), "pid": os.getpid(), "time": time.time(),
             "expires": time.time() + expiry_s}
-    try:
-        handle = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    except FileExistsError:
-        if not _stale(target):
-            return False
-        write_json_atomic(target, mine)
+    if create_exclusive(target, json.dumps(mine)):
         return True
-    with os.fdopen(handle, "w") as stream:
-        json.dump(mine, stream)
+    if not _stale(target):
+        return False
+    write_json_atomic(target, mine)
     return True
 
 

@@ -16,14 +16,13 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ptychodata._runtime import canonical_json
+from ptychodata._runtime import canonical_json, create_exclusive, write_text_atomic
 from ptychodata.dataset._scan_build import ScanBuild
 from ptychodata.errors import ParameterError, StoreError, StoreNotFoundError
 
@@ -183,19 +182,11 @@ class DatasetPaths:
             write_json_atomic(path, stamped.to_dict())
         generation = base[1]
         claim = self.root / "successors" / str(generation)
-        claim.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            handle = os.open(claim, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
+        if not create_exclusive(claim, build_id + "\n"):
             winner = claim.read_text().strip()
             if _BUILD_ID.match(winner) and self.build(winner).is_file() and self.current() == base:
                 write_text_atomic(self.root / "current", f"{winner} {generation + 1}\n")  # roll forward
             return None
-        try:
-            os.write(handle, (build_id + "\n").encode())
-            os.fsync(handle)
-        finally:
-            os.close(handle)
         write_text_atomic(self.root / "current", f"{build_id} {generation + 1}\n")
         return build_id
 
@@ -203,19 +194,6 @@ class DatasetPaths:
 def write_json_atomic(path: Path, values: Any) -> None:
     write_text_atomic(path, json.dumps(values, indent=1, sort_keys=True) + "\n")
 
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write beside ``path`` under a name of this process's, fsync, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".tmp-{path.name}-{os.getpid()}-{os.urandom(4).hex()}")
-    try:
-        with open(temporary, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def _now() -> str:

@@ -186,10 +186,8 @@ class DatasetStore:
             if schema.layout == "ptycho_torch":
                 self._fill_from_store(k, rows, local, arrays, with_Y, threads, layout=schema.layout,
                                       constants=constants[k])
-            elif with_Y or not self._tables[k].fast:
+            else:  # Y, or frames that need decoding (a dataset's scans share one encoding)
                 self._fill_from_store(k, rows, local, arrays, with_Y, threads)
-            else:
-                self._fill_from_tables(k, rows, local, arrays)
             if "group_index" in arrays:
                 arrays["group_index"][rows] = groups[rows]
             arrays["experiment_id"][rows] = k
@@ -225,21 +223,6 @@ class DatasetStore:
         if self._joined_tables is None:
             self._joined_tables = _JoinedTables.of(self._tables, self._pattern_offsets, self.N)
         return self._joined_tables
-
-    def _fill_from_tables(self, k: int, rows: np.ndarray, local: np.ndarray, arrays: dict[str, np.ndarray]) -> None:
-        """Rows ``rows`` of a batch from scan ``k``'s memory-mapped tables, as its store's gather
-        fills them (float32 amplitudes times the scan's float32 x_scale)."""
-        table = self._tables[k]
-        members = table.groups[local]
-        arrays["nn_indices"][rows] = members + self._pattern_offsets[k]
-        block = np.take(table.patterns, members.reshape(-1), axis=0).reshape(len(rows), self.C, self.N, self.N)
-        block *= table.scale
-        arrays["X"][rows] = block
-        arrays["coords_relative"][rows, :, 0, :] = table.relative[local]
-        arrays["coords_offsets"][rows, 0, 0, :] = table.centres[local]
-        for key, value in (("probe", table.probe), ("mask", table.mask)):
-            if key in arrays and value is not None:
-                arrays[key][rows] = value
 
     def _fill_from_store(self, k, rows, local, arrays, with_Y, threads, layout="default", constants=None) -> None:
         """Rows ``rows`` of a batch through scan ``k``'s own gather (compact encodings, Y, the

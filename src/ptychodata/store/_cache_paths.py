@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ptychodata._runtime import __version__, canonical_json
+from ptychodata._runtime import __version__, canonical_json, write_text_atomic
 from ptychodata.errors import StoreError, StoreNotFoundError
 
 __all__ = [
@@ -156,11 +156,7 @@ def write_pins(root: Path, holder: str, builds: list[Path]) -> None:
     """Pin ``builds`` (build directories under cache ``root``) for ``holder``: collection skips them
     until the holder writes its pins again without them. Replaces the holder's pins atomically."""
     lines = sorted({build.resolve().relative_to(root.resolve()).as_posix() for build in builds})
-    directory = root / PINS
-    directory.mkdir(parents=True, exist_ok=True)
-    temporary = directory / f"{TEMP_PREFIX}{holder}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    temporary.write_text("".join(line + "\n" for line in lines))
-    os.replace(temporary, directory / f"{holder}.pins")
+    write_text_atomic(root / PINS / f"{holder}.pins", "".join(line + "\n" for line in lines))
 
 
 def pinned_builds(slot: BuildSlot) -> set[str]:

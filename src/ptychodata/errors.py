@@ -5,7 +5,8 @@
 
     PtychodataError
     ├── ScanDataError (ValueError)            a scan file or arrays break the contract
-    │   └── ScanFileNotFoundError (FileNotFoundError)
+    │   ├── ScanFileNotFoundError (FileNotFoundError)
+    │   └── ScanTooLargeError (MemoryError)   reading it would need more memory than is available
     ├── GroupingError (ValueError)            a grouping the scan cannot satisfy
     ├── SimulationError (ValueError)          simulate() arguments that make no scan
     ├── ParameterError (ValueError)           an argument out of its range or of the wrong kind
@@ -13,13 +14,17 @@
     ├── GroupIndexError (IndexError)          a group index outside a store
     └── StoreError (OSError)                  a store missing, incomplete, corrupt or unwritable
         ├── StoreNotFoundError (FileNotFoundError)
-        └── StoreClosedError (ValueError)     a closed store used again
+        ├── StoreClosedError (ValueError)     a closed store used again
+        ├── StoreCorruptError (ValueError)    a store's manifest or files edited or damaged
+        ├── SourceChangedError                a source file changed while it was prepared
+        └── DiskFullError                     no room for a build (errno ENOSPC)
 """
 
 from __future__ import annotations
 
 __all__ = [
     "DatasetChangedError",
+    "DiskFullError",
     "GroupIndexError",
     "GroupingError",
     "MissingDependencyError",
@@ -28,8 +33,11 @@ __all__ = [
     "ScanDataError",
     "ScanFileNotFoundError",
     "ScanFormatError",
+    "ScanTooLargeError",
     "SimulationError",
+    "SourceChangedError",
     "StoreClosedError",
+    "StoreCorruptError",
     "StoreError",
     "StoreNotFoundError",
 ]
@@ -85,3 +93,23 @@ class ScanFormatError(ScanDataError):
 
 class MissingDependencyError(PtychodataError, ImportError):
     """An optional dependency (h5py, hdf5plugin, torch) needed for this file or feature is absent."""
+
+
+class StoreCorruptError(StoreError, ValueError):
+    """A store's manifest, pointer or files do not match the schema, each other or their
+    recorded content hashes: the store was edited or damaged (``ptychodata cache verify``
+    names what; prepare the store again)."""
+
+
+class SourceChangedError(StoreError):
+    """A source file was rewritten, replaced or truncated while it was being prepared;
+    nothing was published (prepare again once the file is complete)."""
+
+
+class DiskFullError(StoreError):
+    """Not enough free space for a build: found before it started, or the disk filled during
+    it (``errno`` is ``ENOSPC``); the partial build was removed."""
+
+
+class ScanTooLargeError(ScanDataError, MemoryError):
+    """A scan file whose arrays, as declared or as they inflate, need more memory than is available."""

@@ -25,6 +25,7 @@ from __future__ import annotations
 __all__ = [
     "DatasetChangedError",
     "DiskFullError",
+    "FramesRangeError",
     "GroupIndexError",
     "GroupingError",
     "MissingDependencyError",
@@ -49,6 +50,12 @@ class PtychodataError(Exception):
 
 class ScanDataError(PtychodataError, ValueError):
     """A scan file or scan arrays violate the data contract (§1)."""
+
+
+class FramesRangeError(ScanDataError, OverflowError):
+    """Frames whose values an encoding asked for cannot hold exactly: counts beyond its
+    range (saturation), negative or fractional counts, amplitudes beyond float16's largest.
+    Never clipped: the frames are refused."""
 
 
 class GroupingError(PtychodataError, ValueError):

@@ -30,7 +30,7 @@ from ptychodata.store._buffers import BufferPool
 from ptychodata.store._cache import CachedStore, list_stores, prune_cache, remove_store, verify_store
 from ptychodata.store._cache_paths import write_pins
 from ptychodata.store._files import file_digest
-from ptychodata.store._frames import canonical_frames_dtype
+from ptychodata.store._frames import FramesEncoding, canonical_frames_dtype, decode_into
 from ptychodata.store._open_store import open_store
 from ptychodata.store._prepare import default_cache_dir, prepare
 from ptychodata.store._ptycho_torch import PtychoTorchConstants
@@ -45,11 +45,13 @@ __all__ = [
     "BatchSchema",
     "BufferPool",
     "CachedStore",
+    "FramesEncoding",
     "PtychoTorchConstants",
     "Store",
     "batch_schema",
     "canonical_frames_dtype",
     "check_batch_indices",
+    "decode_into",
     "default_cache_dir",
     "file_digest",
     "list_stores",

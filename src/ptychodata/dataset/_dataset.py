@@ -12,7 +12,7 @@ import json
 import multiprocessing
 import os
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -217,7 +217,10 @@ class Dataset:
         else:
             built = self._prepare_all(pending, executor, progress, keep_going)
         built.update({path: by_path[path].build for path in listed if path not in built})  # unchanged
-        return self._publish(lambda base: self._merged(base, listed, built, tags, keep_going))
+        if executor is None or isinstance(executor, int):
+            return _publish_change(self.name, self.cache_dir, listed, built, tags, keep_going)
+        # the cache may be visible only where the executor runs: publish there too
+        return executor.submit(_publish_change, self.name, self.cache_dir, listed, built, tags, keep_going).result()
 
     def _merged(self, base, listed, built, tags, keep_going) -> tuple[tuple[ScanEntry, ...], _Plan]:
         """The scans of ``base`` with ``listed`` added (their builds in ``built``), and what changed."""
@@ -259,7 +262,11 @@ class Dataset:
     def prepare_one(self, source: str | os.PathLike, *, progress: bool = False) -> ScanBuild:
         """Prepare one scan with the dataset's spec and record it for :meth:`add` with
         ``built_only=True``; the dataset itself is not changed (what a job-array task does)."""
-        build = prepare_scan(source, self.spec, cache_dir=self.cache_dir, progress=progress)
+        path = str(Path(source).expanduser().resolve())
+        recorded = read_record(self.paths, path)
+        if recorded is not None and recorded.present(self.cache_dir):
+            return recorded  # built before and the file unchanged: a few stats, no hashing
+        build = prepare_scan(path, self.spec, cache_dir=self.cache_dir, progress=progress)
         write_record(self.paths, build)
         return build
 
@@ -297,34 +304,37 @@ class Dataset:
     def _prepare_all(
         self, paths: list[str], executor: int | Executor | None, progress: bool, keep_going: bool
     ) -> dict[str, ScanBuild | BaseException]:
-        """``prepare_scan`` of each path, here or on ``executor``: path -> build or the error raised."""
+        """``prepare_scan`` of each path, here or on ``executor``: path -> build or the error raised.
+
+        A file that ``prepare-scan`` recorded as built, unchanged since, is not hashed again.
+        """
         results: dict[str, ScanBuild | BaseException] = {}
-        bar = tqdm(total=len(paths), unit="scan", desc=f"dataset {self.name}", disable=not progress or not paths)
+        tasks = [(path, read_record(self.paths, path)) for path in paths]
+        bar = _Progress(self.name, paths, enabled=progress)
         if executor is None:
-            for path in paths:
-                try:
-                    results[path] = prepare_scan(path, self.spec, cache_dir=self.cache_dir)
-                except PtychodataError as exc:
-                    if not keep_going:
-                        bar.close()
-                        raise
-                    results[path] = exc
-                bar.update()
-            bar.close()
+            with bar:
+                for path, known in tasks:
+                    try:
+                        results[path] = prepare_scan(path, self.spec, cache_dir=self.cache_dir, known=known)
+                    except PtychodataError as exc:
+                        if not keep_going:
+                            raise
+                        results[path] = exc
+                    bar.done(path)
             return results
         owned = _process_pool(executor) if isinstance(executor, int) else None
         pool = owned if owned is not None else executor
         try:
-            futures = {pool.submit(prepare_scan, path, self.spec, cache_dir=self.cache_dir): path for path in paths}
-            for future in as_completed(futures):
-                path = futures[future]
-                try:
-                    results[path] = future.result()
-                except PtychodataError as exc:
-                    results[path] = exc
-                bar.update()
+            with bar:
+                futures = {
+                    pool.submit(prepare_scan, path, self.spec, cache_dir=self.cache_dir, known=known): path
+                    for path, known in tasks
+                }
+                for future in as_completed(futures):
+                    path = futures[future]
+                    results[path] = _outcome(future, path)
+                    bar.done(path)
         finally:
-            bar.close()
             if owned is not None:
                 owned.shutdown()
         return results
@@ -386,6 +396,56 @@ def open_dataset(
     if build_id is None:
         raise StoreError(f"dataset {name!r} holds no scan yet; add scans with Dataset.add")
     return DatasetStore(dataset.manifest(build_id), dataset.cache_dir)
+
+
+def _publish_change(name, cache_dir, listed, built, tags, keep_going) -> DatasetChange:
+    """Publish the scans of ``listed`` (their builds or errors in ``built``) to dataset ``name``:
+    a picklable task, so that an executor whose workers alone see the cache can run it."""
+    dataset = Dataset(name, cache_dir)
+    return dataset._publish(lambda base: dataset._merged(base, listed, built, tags, keep_going))
+
+
+def _outcome(future: Future, path: str) -> ScanBuild | BaseException:
+    """A prepare task's build, or the error it ended with; an engine's own failure (a worker
+    lost, a pool broken, a task cancelled) becomes a :class:`StoreError` naming the file."""
+    try:
+        return future.result()
+    except PtychodataError as exc:
+        return exc
+    except Exception as exc:  # noqa: BLE001 - each engine has its own exceptions for a lost worker
+        return StoreError(
+            f"{path}: the worker preparing it failed ({type(exc).__name__}: {exc}); scans finished are kept, "
+            "run the same command again to finish"
+        )
+
+
+class _Progress:
+    """One progress bar of the bytes of scan files prepared, with the count of scans done."""
+
+    def __init__(self, name: str, paths: list[str], *, enabled: bool):
+        self._sizes = {path: _size(path) for path in paths}
+        self._count = 0
+        self._bar = tqdm(total=sum(self._sizes.values()), unit="B", unit_scale=True, unit_divisor=1024,
+                         desc=f"dataset {name}", disable=not enabled or not paths)
+        self._bar.set_postfix_str(f"0/{len(paths)} scans")
+
+    def done(self, path: str) -> None:
+        self._count += 1
+        self._bar.set_postfix_str(f"{self._count}/{len(self._sizes)} scans", refresh=False)
+        self._bar.update(self._sizes[path])
+
+    def __enter__(self) -> _Progress:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._bar.close()
+
+
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
 
 
 def _not_built(path: str) -> ParameterError:

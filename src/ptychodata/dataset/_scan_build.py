@@ -127,6 +127,14 @@ class ScanBuild:
         values["source"] = SourceIdentity(**values["source"])
         return cls(**values)
 
+    def present(self, cache_dir: str | os.PathLike) -> bool:
+        """Whether both builds this record names are still complete in ``cache_dir`` (a few stats)."""
+        root = Path(cache_dir)
+        slot = root / self.grouping_path
+        grouping = slot / "builds" / self.grouping_build_id
+        frames = slot.parent.parent / "builds" / self.frames_build_id
+        return (grouping / "manifest.json").is_file() and (frames / "manifest.json").is_file()
+
     def open(self, cache_dir: str | os.PathLike, **options: Any) -> Store:
         """Open this scan's grouping build (the exact build recorded, not the slot's live one)."""
         root = Path(cache_dir).resolve()

@@ -6,7 +6,8 @@
     PtychodataError
     ├── ScanDataError (ValueError)            a scan file or arrays break the contract
     │   ├── ScanFileNotFoundError (FileNotFoundError)
-    │   └── ScanTooLargeError (MemoryError)   reading it would need more memory than is available
+    │   ├── ScanTooLargeError (MemoryError)   reading it would need more memory than is available
+    │   └── FramesRangeError (OverflowError)  frame values an encoding asked for cannot hold
     ├── GroupingError (ValueError)            a grouping the scan cannot satisfy
     ├── SimulationError (ValueError)          simulate() arguments that make no scan
     ├── ParameterError (ValueError)           an argument out of its range or of the wrong kind

@@ -11,7 +11,8 @@ Every case runs outside the pytest process, with a time limit:
 
 API (everything a test module needs)::
 
-    from ._harness import (FULL, FUZZ, examples, run_case, expect_error, expect_ok, run_cli,
+    from ._harness import (FULL, FUZZ, examples, run_case, expect_error, expect_ok, expect_ok_or_error,
+                           run_cli,
                                   expect_cli_error, snapshot, assert_cache_intact)
 
     outcome = run_case(func, *args, timeout=20.0, memory=None, **kwargs)
@@ -24,6 +25,8 @@ API (everything a test module needs)::
     expect_error(outcome, ScanDataError, match="regex")  # exactly that class (not a subclass),
         # message matching; fails on a hang, a crash, a success or a builtin error
     value = expect_ok(outcome)                            # the case returned; its value
+    expect_ok_or_error(outcome, ScanDataError, ScanFormatError)  # returned, or raised exactly one
+        # of these classes (for fuzzing: anything but a builtin error, a hang or a crash)
     result = run_cli(["inspect", path], timeout=60, env=None, cwd=None)
         # -> CliResult(returncode, stdout, stderr, seconds, timed_out)
     expect_cli_error(result, code=2, match="regex")  # one ``error: ...`` line, that exit code,
@@ -63,6 +66,7 @@ __all__ = [
     "expect_cli_error",
     "expect_error",
     "expect_ok",
+    "expect_ok_or_error",
     "run_case",
     "run_cli",
     "snapshot",
@@ -233,6 +237,18 @@ def expect_ok(outcome: Outcome) -> Any:
     """Assert the case returned; its value."""
     assert outcome.kind == "ok", f"expected a result, but the case {outcome.describe()}"
     return outcome.value
+
+
+def expect_ok_or_error(outcome: Outcome, *errors: type[BaseException]) -> Outcome:
+    """Assert the case returned, or raised exactly one of ``errors`` (never a builtin error, a hang or
+    a crash)."""
+    if outcome.kind == "ok":
+        return outcome
+    allowed = {_qualified(error) for error in errors}
+    assert outcome.kind == "error" and outcome.error_type in allowed, (
+        f"expected a result or one of {sorted(allowed)}, but the case {outcome.describe()}"
+    )
+    return outcome
 
 
 # ------------------------------------------------------------------ command-line cases

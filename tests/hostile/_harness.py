@@ -12,8 +12,7 @@ Every case runs outside the pytest process, with a time limit:
 API (everything a test module needs)::
 
     from ._harness import (FULL, FUZZ, examples, run_case, expect_error, expect_ok, expect_ok_or_error,
-                           run_cli,
-                                  expect_cli_error, snapshot, assert_cache_intact)
+                           run_cli, expect_cli_error, snapshot, assert_cache_intact)
 
     outcome = run_case(func, *args, timeout=20.0, memory=None, **kwargs)
         # func: a module-level function (pickled by reference; define it in the test module or

@@ -34,6 +34,9 @@ API (everything a test module needs)::
     assert_cache_intact(before, cache_dir)   # every earlier entry unchanged, no ``.tmp-*``
         # temporaries (partial builds) left anywhere under cache_dir
 
+With ``PTYCHODATA_HOSTILE_RECORD=FILE`` every case appends one JSON line to FILE: the test, the
+outcome's kind, the error type and the seconds (for tables of outcomes before and after a change).
+
 ``FULL`` is true when ``PTYCHODATA_HOSTILE_FULL=1``: generate more cases (``examples(ci, full)``
 picks a count) and run hypothesis with more examples (the ``hostile`` / ``hostile-full`` settings
 profiles are registered by ``tests/hostile/conftest.py``).
@@ -43,6 +46,7 @@ from __future__ import annotations
 
 import atexit
 import hashlib
+import json
 import multiprocessing
 import os
 import re
@@ -211,13 +215,24 @@ def run_case(func, *args, timeout: float = DEFAULT_TIMEOUT, memory: int | None =
     except (EOFError, OSError):
         outcome, ready = None, True
     seconds = time.perf_counter() - started
-    if outcome is not None:
-        return outcome
-    process = _worker.process
-    _stop_worker()
-    if not ready:
-        return Outcome("hang", message=f"no answer within {timeout} s; the worker was killed", seconds=seconds)
-    return Outcome("crash", message=f"the worker died (exit code {process.exitcode})", seconds=seconds)
+    if outcome is None:
+        process = _worker.process
+        _stop_worker()
+        if not ready:
+            outcome = Outcome("hang", message=f"no answer within {timeout} s; the worker was killed")
+        else:
+            outcome = Outcome("crash", message=f"the worker died (exit code {process.exitcode})")
+        outcome.seconds = seconds
+    _record(outcome.kind, outcome.error_type, outcome.seconds)
+    return outcome
+
+
+def _record(kind: str, error_type: str | None, seconds: float) -> None:
+    target = os.environ.get("PTYCHODATA_HOSTILE_RECORD")
+    if target:
+        test = os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" (", 1)[0]
+        with open(target, "a") as handle:
+            handle.write(json.dumps({"test": test, "kind": kind, "error": error_type, "seconds": seconds}) + "\n")
 
 
 def expect_error(outcome: Outcome, error: type[BaseException], match: str | None = None) -> Outcome:
@@ -276,7 +291,10 @@ def run_cli(argv: list[str], *, timeout: float = 60.0, env: dict | None = None, 
         def text(value):
             return value.decode(errors="replace") if isinstance(value, bytes) else (value or "")
 
+        _record("hang", None, time.perf_counter() - started)
         return CliResult(None, text(exc.stdout), text(exc.stderr), time.perf_counter() - started, True)
+    traceback_seen = "Traceback" in done.stderr + done.stdout
+    _record("cli-traceback" if traceback_seen else f"cli-exit-{done.returncode}", None, time.perf_counter() - started)
     return CliResult(done.returncode, done.stdout, done.stderr, time.perf_counter() - started, False)
 
 

@@ -31,6 +31,7 @@ from ptychodata.dataset._manifest import (
 from ptychodata.dataset._scan_build import ScanBuild, prepare_scan
 from ptychodata.dataset._spec import DatasetSpec
 from ptychodata.dataset._view import DatasetStore
+from ptychodata.dataset._weights import WeightRule, Weights
 from ptychodata.errors import ParameterError, PtychodataError, StoreError, StoreNotFoundError
 from ptychodata.grouping import GroupingConfig
 from ptychodata.store import default_cache_dir, write_pins
@@ -151,10 +152,12 @@ class Dataset:
             "C": builds[0].C if builds else None,
             "bytes": sum(b.bytes for b in builds),
             "bytes_held_only_here": self._bytes_held_only_here(),
+            "weights": manifest.weights.to_dict() if manifest.weights is not None else None,
             "scans": [
                 {"uid": b.uid, "name": b.name, "path": b.source.path, "n_patterns": b.n_patterns,
-                 "n_groups": b.n_groups, "x_scale": b.x_scale, "bytes": b.bytes, "tags": entry.tags}
-                for b, entry in zip(builds, manifest.scans)
+                 "n_groups": b.n_groups, "x_scale": b.x_scale, "bytes": b.bytes, "tags": entry.tags,
+                 **epoch}
+                for b, entry, epoch in zip(builds, manifest.scans, _epoch_shares(manifest))
             ],
         }
 
@@ -217,10 +220,17 @@ class Dataset:
         else:
             built = self._prepare_all(pending, executor, progress, keep_going)
         built.update({path: by_path[path].build for path in listed if path not in built})  # unchanged
+        failures = [built[path] for path in listed if isinstance(built[path], BaseException)]
+        if failures and not keep_going:
+            raise failures[0]  # the first in the order given; nothing is published
         if executor is None or isinstance(executor, int):
             return _publish_change(self.name, self.cache_dir, listed, built, tags, keep_going)
         # the cache may be visible only where the executor runs: publish there too
-        return executor.submit(_publish_change, self.name, self.cache_dir, listed, built, tags, keep_going).result()
+        task = executor.submit(_publish_change, self.name, self.cache_dir, listed, built, tags, keep_going)
+        change = _outcome(task, f"dataset {self.name!r}")
+        if isinstance(change, BaseException):
+            raise change
+        return change
 
     def _merged(self, base, listed, built, tags, keep_going) -> tuple[tuple[ScanEntry, ...], _Plan]:
         """The scans of ``base`` with ``listed`` added (their builds in ``built``), and what changed."""
@@ -248,8 +258,9 @@ class Dataset:
             base_id = live[0]
             base = self.manifest(base_id)
             scans, change = apply(base)
-            manifest = DatasetManifest(self.name, self.spec.to_dict(), scans)
-            if manifest.build_id == base_id or (base_id is None and not scans):
+            weights = base.weights if change.weights is _KEEP else change.weights
+            manifest = DatasetManifest(self.name, self.spec.to_dict(), scans).with_weights(weights)
+            if manifest.build_id == base_id or (base_id is None and not scans and manifest.weights is None):
                 build_id = base_id
             else:
                 build_id = self.paths.publish(live, manifest)
@@ -375,8 +386,84 @@ class Dataset:
 
         return self._publish(without)
 
+    # ------------------------------------------------------------------ weights
+    @property
+    def weights(self) -> Weights | None:
+        """The live build's mixing weights (None: every group once an epoch)."""
+        return self.manifest().weights
+
+    def set_weights(
+        self,
+        weights: Mapping[str, float] | None,
+        *,
+        mode: str = "repeat",
+        resample: str = "epoch",
+        batching: str = "random",
+        epoch_size: int | None = None,
+    ) -> DatasetChange:
+        """Set how many groups of each scan an epoch holds, and publish a new build.
+
+        Parameters
+        ----------
+        weights : dict of str to number, or None
+            Scan (uid, file name or path) or tag (``"KEY=VALUE"``) → weight. A scan takes its
+            own weight, else the first tag weight that matches it, else the default (``1``,
+            all its groups, or the share the others leave). None clears the weights: every
+            group once an epoch. These replace any weights set before; a scan's weight leaves
+            with the scan (a changed file is a new scan).
+        mode : {"repeat", "choose", "proportion"}
+            ``repeat``: multipliers (``round(w n)`` groups of a scan of ``n``). ``choose``:
+            counts of groups an epoch (a tag's shared among its scans by their sizes).
+            ``proportion``: shares of the epoch in [0, 1], summing to at most 1; the scans no
+            weight names share ``1 - sum``.
+        resample : {"epoch", "fixed"}
+            Fractional parts (a scan of 10 groups weighted 1.5 has 5 groups twice): the groups
+            taken are drawn anew each epoch, or the same every epoch. Either way they are a
+            scan's own: adding another scan does not change them.
+        batching : {"random", "stratified"}
+            ``"stratified"``: each global batch holds each stratum (the scans one weight
+            matched; those none matched) within one of its quota.
+        epoch_size : int, optional
+            Groups an epoch in ``proportion`` mode (default every group once).
+
+        Returns
+        -------
+        DatasetChange
+            Its ``build_id`` is the new fingerprint (weights are part of it).
+        """
+        if weights is not None and not isinstance(weights, Mapping):
+            raise ParameterError(f"weights of type {type(weights).__name__}; expected a dict of scan or KEY=VALUE "
+                                 "tag to a number, or None")
+
+        def weighted(base: DatasetManifest) -> tuple[tuple[ScanEntry, ...], _Plan]:
+            if weights is None:
+                return base.scans, _Plan(weights=None)
+            rules = tuple(self._weight_rule(base, str(key), value) for key, value in weights.items())
+            chosen = Weights(mode, rules, resample, batching, epoch_size)
+            if base.scans:
+                chosen.plan(base.uids(), [e.tags for e in base.scans], [e.build.n_groups for e in base.scans]).check()
+            return base.scans, _Plan(weights=chosen)
+
+        return self._publish(weighted)
+
+    def _weight_rule(self, base: DatasetManifest, key: str, value: float) -> WeightRule:
+        entry = _find(base.scans, key)
+        if entry is not None:
+            return WeightRule(value, uid=entry.uid)
+        tag, sep, tag_value = key.partition("=")
+        if sep and tag:
+            return WeightRule(value, tag=(tag, tag_value))
+        listed = ", ".join(e.build.name for e in base.scans) or "none"
+        raise ParameterError(
+            f"weight of {key!r}: no scan of dataset {self.name!r} has that uid, file name or path, and it is not a "
+            f"tag KEY=VALUE (its scans: {listed})"
+        )
+
     def __repr__(self) -> str:
         return f"Dataset({self.name!r}, {len(self.manifest().scans)} scans, cache {str(self.cache_dir)!r})"
+
+
+_KEEP = object()  # a change that leaves the weights as they are
 
 
 @dataclass
@@ -385,6 +472,20 @@ class _Plan:
     removed: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    weights: Any = _KEEP
+
+
+def _epoch_shares(manifest: DatasetManifest) -> list[dict[str, Any]]:
+    """Per scan, its groups an epoch and its stratum under the manifest's weights (nothing without)."""
+    if manifest.weights is None or not manifest.scans:
+        return [{} for _ in manifest.scans]
+    mixing = manifest.weights.plan(
+        manifest.uids(), [e.tags for e in manifest.scans], [e.build.n_groups for e in manifest.scans]
+    )
+    return [
+        {"epoch_groups": int(count), "stratum": mixing.strata_names[stratum]}
+        for count, stratum in zip(mixing.counts, mixing.strata)
+    ]
 
 
 def open_dataset(
@@ -405,18 +506,20 @@ def _publish_change(name, cache_dir, listed, built, tags, keep_going) -> Dataset
     return dataset._publish(lambda base: dataset._merged(base, listed, built, tags, keep_going))
 
 
-def _outcome(future: Future, path: str) -> ScanBuild | BaseException:
-    """A prepare task's build, or the error it ended with; an engine's own failure (a worker
-    lost, a pool broken, a task cancelled) becomes a :class:`StoreError` naming the file."""
+def _outcome(future: Future, what: str) -> Any:
+    """A task's result, or the error it ended with; an engine's own failure (a worker lost, a
+    pool broken, a task cancelled) becomes a :class:`StoreError` naming ``what`` it worked on."""
     try:
         return future.result()
     except PtychodataError as exc:
         return exc
     except Exception as exc:  # noqa: BLE001 - each engine has its own exceptions for a lost worker
-        return StoreError(
-            f"{path}: the worker preparing it failed ({type(exc).__name__}: {exc}); scans finished are kept, "
+        error = StoreError(
+            f"{what}: the worker preparing it failed ({type(exc).__name__}: {exc}); scans finished are kept, "
             "run the same command again to finish"
         )
+        error.__cause__ = exc  # the engine's own report stays in the traceback
+        return error
 
 
 class _Progress:

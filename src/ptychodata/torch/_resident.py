@@ -2,8 +2,10 @@
 
 A :class:`DeviceStore` copies what a §7 batch is made of to a device once (patterns, probes,
 each group's members, experiment, centre and relative coordinates, and the §5 scales), and
-makes every batch there with a few ``index_select`` calls: no host gather, no host→device
-copy per batch. Its batches are those of :meth:`ptychodata.store.Store.batch`, bit for bit
+makes every batch there with one gather per run of batches: no host gather, no host→device
+copy per batch. Frames are held as float32 amplitudes or compact (float16, bfloat16, uint16
+counts; :mod:`ptychodata.torch._held_frames`), decoded inside the gather. Its batches are
+those of :meth:`ptychodata.store.Store.batch`, bit for bit
 (the keys, shapes and dtypes of :data:`~ptychodata.store.DEFAULT_SCHEMA`), except ``Y`` cut
 from the objects by :class:`~ptychodata.torch.PatchExtractor`, which matches NumPy's patches
 to float32 tolerance. :func:`~ptychodata.torch.make_loader` with ``resident=True`` serves
@@ -22,14 +24,22 @@ import torch
 from ptychodata._runtime import rows_per_chunk
 from ptychodata.dataset import DatasetStore
 from ptychodata.errors import GroupIndexError, ParameterError
-from ptychodata.store import DEFAULT_SCHEMA, Store, check_batch_indices, open_store, require_ground_truth
+from ptychodata.store import (
+    DEFAULT_SCHEMA,
+    FramesEncoding,
+    Store,
+    check_batch_indices,
+    open_store,
+    require_ground_truth,
+)
 from ptychodata.torch._dtypes import torch_dtype
+from ptychodata.torch._held_frames import choose_kernel, convert_rows, gather_decode, held_encoding, to_torch
 from ptychodata.torch._patches import PatchExtractor
 
 __all__ = ["DeviceStore"]
 
 _CHUNK_BYTES = 64 << 20  # host memory used at a time while frames are copied to the device
-_GATHER_BYTES = 128 << 20  # batches gathered by one index_select (at least one batch)
+_GATHER_BYTES = 128 << 20  # bytes of batches gathered by one launch (at least one batch)
 
 _SMALL = ("coords_relative", "coords_offsets", "nn_indices", "group_index", "experiment_id")  # per-group fields of a pass
 
@@ -43,18 +53,23 @@ def _dtype(key: str) -> np.dtype:
 class _Pass:
     """What the batches of a pass (or of one batch) are made from, on the device.
 
-    ``rows`` lists, batch after batch, the table rows of each batch's X (its members, B·C
-    rows) followed by those of its probes (2 float32 rows per group): one ``index_select``
-    of any run of consecutive batches lays out [X | probe] of each batch contiguously.
-    The small per-group arrays are split into per-batch views up front (one call each).
+    Pre-scaled float32 frames (``rows`` set): ``rows`` lists, batch after batch, the table
+    rows of each batch's X (its members, B·C rows) followed by those of its probes (2
+    float32 rows per group), so that one ``index_select`` of any run of consecutive batches
+    lays out [X | probe] of each batch contiguously. Other frames (``rows`` None): X is
+    decoded from the members' rows (``members``, group after group) with each group's
+    ``scale``, and the probes are taken by ``experiment``. The small per-group arrays are
+    split into per-batch views up front (one call each).
     """
 
     sizes: list[int]
     starts: list[int]  # first group of each batch
-    rows: torch.Tensor  # (n·(C+2),) int64
-    small: list[tuple[torch.Tensor, ...]]  # per batch: the _SMALL fields, in that order
-    members: tuple[torch.Tensor, ...]  # per batch: (B, C) table rows, for stored patches
+    rows: torch.Tensor | None  # (n·(C+2),) int64: pre-scaled float32 frames only
+    members: torch.Tensor  # (n, C) table rows of each group's members
+    experiment: torch.Tensor  # (n,)
     scale: torch.Tensor | None  # (n,) float32 scale of each group, when frames are not pre-scaled
+    small: list[tuple[torch.Tensor, ...]]  # per batch: the _SMALL fields, in that order
+    batch_members: tuple[torch.Tensor, ...]  # per batch: (B, C) table rows, for stored patches
 
 
 class DeviceStore:
@@ -67,8 +82,11 @@ class DeviceStore:
     In data-parallel training each rank builds its own ``DeviceStore`` on its own device
     and holds every frame of the store: :class:`~ptychodata.torch.GroupSampler` deals a new
     permutation of all groups to the ranks every epoch, so any rank may need any frame.
-    Device memory is about ``M_used · N² · 4`` bytes of frames (twice that again for
-    stored ground-truth patches), plus about ``(3C + 4) · 8`` bytes per group.
+    To hold only a share of the frames on each rank, use ``make_loader(...,
+    resident=True, shard_by="block" or "scan")`` (:mod:`ptychodata.torch._shard`).
+    Device memory is about ``M_used · N² · b`` bytes of frames (``b`` = 4 for float32, 2 for
+    float16, bfloat16 and uint16; twice ``M_used · N² · 4`` more for stored ground-truth
+    patches), plus about ``(3C + 4) · 8`` bytes per group.
 
     Parameters
     ----------
@@ -76,32 +94,51 @@ class DeviceStore:
         An opened store (or a split/subset of one).
     device : torch.device or str
         Where to hold the data, e.g. ``"cuda"``, ``"cuda:1"`` or ``"cpu"``.
+    frames : {None, "float32", "float16", "bfloat16", "uint16"}
+        How the frames are held (:mod:`ptychodata.torch._held_frames`). None (default): a
+        compact store (float16, bfloat16, uint16 counts) as it is stored, at 2 bytes a
+        pixel, decoded in the gather; float32 amplitudes otherwise. ``"uint16"`` holds a
+        store of uint32 or float32 counts as uint16 counts, ``"float16"``/``"bfloat16"``
+        rounds any store's amplitudes as ``prepare(frames_dtype=...)`` would; each frame is
+        checked and :class:`~ptychodata.errors.FramesRangeError` names one that does not fit
+        (nothing is clipped). X is the host's bit for bit for a store of the held encoding;
+        rounded on the device, it is the float32 store's to within the encoding's rounding
+        (a relative 2⁻⁹ for bfloat16, 2⁻¹² for float16's normal numbers) and the ratio of the
+        two stores' x_scale (computed from the rounded amplitudes in a store of that encoding).
     prescale : bool
-        True (default): frames are held as ``amplitude · x_scale`` of their experiment,
-        computed once, so X is one ``index_select``. False: frames are held as unscaled
-        float32 amplitudes and each batch's X is multiplied by its groups' scales after
-        the gather, one more pass over X. Both give the host's X bit for bit; a store of
-        compact frames (float16, bfloat16, counts) is converted to float32 amplitudes on
-        the host as it is copied; materialized stores hold their scaled X as they are
-        either way.
-    gather_bytes : int
-        Consecutive batches of a pass are gathered together by one ``index_select`` of
-        about this many bytes (at least one batch), and handed out as views of it: the
-        launch and Python costs are paid once per run of batches. A batch still held keeps
-        its run's memory (at most about ``gather_bytes``) in use. Default 128 MiB on a GPU
-        (whose caching allocator reuses the buffers); 0, one batch per gather, on the CPU,
-        where fresh large buffers cost page faults.
+        For float32 frames only. True (default): frames are held as ``amplitude · x_scale``
+        of their experiment, computed once, so X is one ``index_select``. False: frames are
+        held as unscaled float32 amplitudes and each batch's X is multiplied by its groups'
+        scales in the gather. Both give the host's X bit for bit; materialized stores hold
+        their scaled X as they are either way. Compact frames are always scaled in the gather.
     with_Y : bool
         Prepare ground truth now (stored patches copied to the device, or a
         :class:`~ptychodata.torch.PatchExtractor` of the objects); otherwise it is prepared
         the first time a batch asks for ``Y``.
+    gather_bytes : int
+        Consecutive batches of a pass are gathered together by one launch writing about
+        this many bytes (at least one batch), and handed out as views of it: the launch and
+        Python costs are paid once per run of batches. A batch still held keeps its run's
+        memory (at most about ``gather_bytes``) in use. Default 128 MiB on a GPU (whose
+        caching allocator reuses the buffers); 0, one batch per gather, on the CPU, where
+        fresh large buffers cost page faults.
     chunk_bytes : int
         Host memory used at a time while frames are copied to the device.
+    kernel : {"auto", "triton", "torch", "numpy"}
+        The gather of frames that are compact or not pre-scaled. ``"triton"``: one fused
+        kernel per run (gather, decode, scale and the probes), CUDA only; ``"torch"``: an
+        ``index_select`` of the held rows, then the decoding in torch; ``"numpy"``: the
+        same with the host's decoding (:func:`~ptychodata.store.decode_into`) on CPU
+        tensors. ``"auto"``: ``"triton"`` on CUDA when Triton is installed, else
+        ``"torch"``; ``"numpy"`` on the CPU. All give the same bits.
 
     Attributes
     ----------
     frames : torch.Tensor
-        (M_used, N, N) float32 on ``device`` (pre-scaled unless ``prescaled`` is False).
+        (M_used, N, N) on ``device``: float32 (pre-scaled unless ``prescaled`` is False),
+        float16, bfloat16, or int16 holding the bits of uint16 counts.
+    encoding : FramesEncoding
+        How ``frames`` holds them (dtype, and amplitude or counts).
     N, C : int
     """
 
@@ -110,10 +147,12 @@ class DeviceStore:
         store: Store | str | Any,
         device: torch.device | str = "cuda",
         *,
+        frames: str | None = None,
         prescale: bool = True,
         with_Y: bool = False,
         gather_bytes: int | None = None,
         chunk_bytes: int = _CHUNK_BYTES,
+        kernel: str = "auto",
     ):
         if isinstance(store, DatasetStore):
             raise ParameterError(
@@ -137,17 +176,22 @@ class DeviceStore:
         if gather_bytes < 0:
             raise ParameterError(f"gather_bytes={gather_bytes}; expected a number of bytes >= 0")
         self.gather_bytes = int(gather_bytes)
-        n_probe_rows = 2 * store.n_experiments  # a complex64 (N, N) probe is two float32 (N, N) rows
+        self.kernel = choose_kernel(kernel, self.device)
+        self.encoding = held_encoding(store.frames_encoding, frames, materialized=store.materialized_X is not None,
+                                      where=str(store.path))
         groups = np.asarray(store.groups, np.int64)
-        table, members = self._upload_frames(groups, bool(prescale), extra_rows=n_probe_rows)
-        # The probes ride along as the table's last rows, so that one index_select gathers
-        # a batch's X and probe (bytes copied as they are: the probe stays bit-exact).
-        self._probe_row0 = len(table) - n_probe_rows
-        self.frames = table[: self._probe_row0]
-        self._table = table
-        self._put_group_tables(groups, members)
         self.probes = self._put(np.stack([np.asarray(store.probe(e), _dtype("probe")) for e in range(store.n_experiments)]))
-        table[self._probe_row0 :].copy_(torch.view_as_real(self.probes).reshape(-1, self.N, self.N))
+        table, members = self._upload_frames(groups, bool(prescale))
+        self._table = table
+        if self.prescaled:
+            # The probes ride along as the table's last rows, so that one index_select gathers
+            # a batch's X and probe (bytes copied as they are: the probe stays bit-exact).
+            self._probe_row0 = len(table) - 2 * store.n_experiments
+            table[self._probe_row0 :].copy_(torch.view_as_real(self.probes).reshape(-1, self.N, self.N))
+            self.frames = table[: self._probe_row0]
+        else:
+            self.frames = table
+        self._put_group_tables(groups, members)
         has_mask = store.mask(0) is not None
         self.masks = self._put(np.stack([store.mask(e) for e in range(store.n_experiments)])) if has_mask else None
         self._patches: torch.Tensor | None = None
@@ -155,37 +199,49 @@ class DeviceStore:
         if with_Y:
             self._load_ground_truth()
 
-    def _upload_frames(self, groups: np.ndarray, prescale: bool, extra_rows: int) -> tuple[torch.Tensor, np.ndarray]:
-        """The frames table on the device (``extra_rows`` more rows left for the probes) and
-        each group's members as rows of it; sets ``materialized``, ``prescaled`` and the
-        patterns used."""
+    def _upload_frames(self, groups: np.ndarray, prescale: bool) -> tuple[torch.Tensor, np.ndarray]:
+        """The frames table on the device (with 2 rows a probe left at its end when the
+        frames are pre-scaled float32) and each group's members as rows of it; sets
+        ``materialized``, ``prescaled`` and the patterns used."""
         store = self.store
         x_scale = np.asarray(store.x_scale, np.float32)
         materialized = store.materialized_X
         self.materialized = materialized is not None
+        probe_rows = 2 * store.n_experiments
         if materialized is not None:
             # X already scaled, one (C, N, N) block per group: the frames are those blocks.
             self._used = None
             self.prescaled = True
             table = self._upload(lambda a, b: materialized[a:b].reshape(-1, self.N, self.N),
-                                 len(groups), self.C, extra_rows=extra_rows)
+                                 len(groups), self.C, extra_rows=probe_rows)
             return table, np.arange(groups.size, dtype=np.int64).reshape(groups.shape)
         used = np.unique(groups)
         self._used = None if len(used) == store.n_patterns else used
         members = groups if self._used is None else np.searchsorted(used, groups)
         pattern_experiment = np.asarray(store.pattern_experiment)
         group_experiment = np.asarray(store.group_experiment)
+        n_frames = store.n_patterns if self._used is None else len(self._used)
+        rows = np.arange(store.n_patterns) if self._used is None else self._used
+        if not self.encoding.is_identity:
+            # Compact: held as stored (or converted and checked), decoded and scaled in the gather.
+            self.prescaled = False
+            stored, held, where = store.frames_encoding, self.encoding, str(store.path)
+            source = store.patterns
+            table = self._upload(
+                lambda a, b: convert_rows(stored, held, np.asarray(source[rows[a:b]]), rows[a:b], where),
+                n_frames, 1, held=held,
+            )
+            return table, members
         # The host scales a group's members by the group's experiment; a frame can be
         # pre-scaled by its own only where the two agree for every member.
         agree = bool(np.all(pattern_experiment[groups] == group_experiment[:, None])) if groups.size else True
         self.prescaled = prescale and agree
         frame_scale = None
         if self.prescaled:
-            rows = np.arange(store.n_patterns) if self._used is None else self._used
             frame_scale = torch.from_numpy(x_scale[pattern_experiment[rows]]).to(self.device)
-        n_frames = store.n_patterns if self._used is None else len(self._used)
         # Float32 amplitudes whatever the stored encoding (converted on the host, as the host gather does).
-        table = self._upload(self._rows_of(store.amplitudes), n_frames, 1, frame_scale, extra_rows=extra_rows)
+        table = self._upload(self._rows_of(store.amplitudes), n_frames, 1, frame_scale,
+                             extra_rows=probe_rows if self.prescaled else 0)
         return table, members
 
     def _put_group_tables(self, groups: np.ndarray, members: np.ndarray) -> None:
@@ -210,19 +266,26 @@ class DeviceStore:
         return lambda a, b: source[used[a:b]]
 
     def _upload(
-        self, rows: Any, n_rows: int, per_row: int, scale: torch.Tensor | None = None, extra_rows: int = 0
+        self,
+        rows: Any,
+        n_rows: int,
+        per_row: int,
+        scale: torch.Tensor | None = None,
+        extra_rows: int = 0,
+        held: FramesEncoding | None = None,
     ) -> torch.Tensor:
         """Rows ``rows(a, b)`` of a source, (n_rows·per_row, N, N), copied to the device in
         chunks of about ``chunk_bytes``; multiplied by ``scale`` (one per output frame) there.
-        ``extra_rows`` more rows are left uninitialised at the end."""
-        first = rows(0, min(1, n_rows))
-        out = torch.empty(
-            (n_rows * per_row + extra_rows, self.N, self.N), dtype=torch_dtype(first.dtype), device=self.device
-        )
-        step = rows_per_chunk(first[:1].nbytes * per_row, self.chunk_bytes)
+        ``extra_rows`` more rows are left uninitialised at the end. ``held``: the rows are in
+        that encoding's storage dtype (held as :func:`to_torch` says); else float32 or complex64."""
+        convert = (lambda array: torch.from_numpy(array)) if held is None else (lambda array: to_torch(held, array))
+        first = convert(np.array(rows(0, min(1, n_rows)), copy=True))
+        dtype = first.dtype if held is not None else torch_dtype(np.dtype(str(first.dtype).removeprefix("torch.")))
+        out = torch.empty((n_rows * per_row + extra_rows, self.N, self.N), dtype=dtype, device=self.device)
+        step = rows_per_chunk(max(1, first[:1].numel() * first.element_size()) * per_row, self.chunk_bytes)
         for a in range(0, n_rows, step):
             b = min(a + step, n_rows)
-            host = torch.from_numpy(np.array(rows(a, b), copy=True)).reshape(-1, self.N, self.N)
+            host = convert(np.array(rows(a, b), copy=True)).reshape(-1, self.N, self.N)
             part = out[a * per_row : b * per_row]
             part.copy_(host)
             if scale is not None:
@@ -255,6 +318,8 @@ class DeviceStore:
             tensors.append(self._members)
         if self._patches is not None:
             tensors.append(self._patches)
+        if self.masks is not None:
+            tensors.append(self.masks)
         return sum(t.numel() * t.element_size() for t in tensors)
 
     def batch_layout(self, batch_size: int, *, with_Y: bool = False) -> dict[str, tuple[tuple[int, ...], Any]]:
@@ -303,34 +368,50 @@ class DeviceStore:
             return torch.where(index < 0, index + n, index)
         return check_batch_indices(indices, n)
 
+    def _to_device(self, host: np.ndarray) -> torch.Tensor:
+        """A small int64 host array on the device, staged in page-locked memory on CUDA so
+        the copy is queued behind the device's work instead of waiting for it."""
+        if self.device.type != "cuda":
+            return torch.from_numpy(np.ascontiguousarray(host))
+        staging = torch.empty(host.shape, dtype=torch.int64, pin_memory=True)
+        staging.numpy()[...] = host
+        return staging.to(self.device, non_blocking=True)
+
     def plan(self, positions: np.ndarray | torch.Tensor, sizes: list[int]) -> _Pass:
         """The batches of groups ``positions`` ((n,) int64, checked), cut into consecutive
         batches of ``sizes`` groups: per-group arrays gathered and laid out at once."""
         C = self.C
         n = int(sum(sizes))
         starts = np.cumsum([0, *sizes[:-1]]).astype(np.int64) if sizes else np.zeros(0, np.int64)
-        counts = np.asarray(sizes, np.int64)
-        batch_start, batch_size = np.repeat(starts, counts), np.repeat(counts, counts)
+        interleave = self.prescaled
+        first = size = None
         if isinstance(positions, torch.Tensor):
             positions = positions.to(self.device)
-            host = torch.from_numpy(np.stack([batch_start, batch_size])).to(self.device)
+        elif interleave:
+            counts = np.asarray(sizes, np.int64)
+            host = self._to_device(np.stack([np.asarray(positions, np.int64), np.repeat(starts, counts),
+                                             np.repeat(counts, counts)]))
+            positions, first, size = host[0], host[1], host[2]
         else:
-            host = torch.from_numpy(np.stack([np.asarray(positions, np.int64), batch_start, batch_size])).to(self.device)
-            positions = host[0]
-            host = host[1:]
+            positions = self._to_device(np.asarray(positions, np.int64))
         nn = self._groups.index_select(0, positions)
         members = nn if self._members is self._groups else self._members.index_select(0, positions)
         experiment = self._experiment.index_select(0, positions)
-        # Where each member's and each probe's row goes in the batch-after-batch layout.
-        first, size = host[0], host[1]
-        within = torch.arange(n, device=self.device) - first
-        base = first * (C + 2)
-        member_slot = (base + within * C)[:, None] + torch.arange(C, device=self.device)
-        probe_slot = (base + size * C + within * 2)[:, None] + torch.arange(2, device=self.device)
-        rows = torch.empty(n * (C + 2), dtype=torch.int64, device=self.device)
-        rows[member_slot.reshape(-1)] = members.reshape(-1)
-        rows[probe_slot.reshape(-1)] = ((experiment * 2 + self._probe_row0)[:, None]
-                                        + torch.arange(2, device=self.device)).reshape(-1)
+        rows = None
+        if interleave:
+            if first is None:
+                counts = np.asarray(sizes, np.int64)
+                host = self._to_device(np.stack([np.repeat(starts, counts), np.repeat(counts, counts)]))
+                first, size = host[0], host[1]
+            # Where each member's and each probe's row goes in the batch-after-batch layout.
+            within = torch.arange(n, device=self.device) - first
+            base = first * (C + 2)
+            member_slot = (base + within * C)[:, None] + torch.arange(C, device=self.device)
+            probe_slot = (base + size * C + within * 2)[:, None] + torch.arange(2, device=self.device)
+            rows = torch.empty(n * (C + 2), dtype=torch.int64, device=self.device)
+            rows[member_slot.reshape(-1)] = members.reshape(-1)
+            rows[probe_slot.reshape(-1)] = ((experiment * 2 + self._probe_row0)[:, None]
+                                            + torch.arange(2, device=self.device)).reshape(-1)
         small = [
             self._relative.index_select(0, positions).split(sizes),
             self._offsets.index_select(0, positions).split(sizes),
@@ -342,38 +423,44 @@ class DeviceStore:
             sizes=list(sizes),
             starts=starts.tolist(),
             rows=rows,
-            small=list(zip(*small)),
-            members=members.split(sizes),
+            members=members,
+            experiment=experiment,
             scale=None if self.prescaled else self._x_scale.index_select(0, experiment),
+            small=list(zip(*small)),
+            batch_members=members.split(sizes),
         )
 
     def batches_per_gather(self, batch_size: int) -> int:
-        """How many batches of ``batch_size`` one ``index_select`` gathers (``gather_bytes``)."""
+        """How many batches of ``batch_size`` one gather writes (``gather_bytes``)."""
         return max(1, self.gather_bytes // max(1, batch_size * (self.C + 2) * self.N * self.N * 4))
 
     def _gather_run(self, plan: _Pass, first: int, k: int, with_Y: bool) -> list[dict[str, torch.Tensor]]:
         """Batches ``first`` to ``first + k - 1`` of ``plan``, all of one size B.
 
-        One ``index_select`` gathers the X rows and the probe rows of the k batches into one
-        buffer laid out batch after batch ([X of batch 1 | probe of batch 1 | X of batch 2
-        ...]), so each batch's X and probe are contiguous views of it: launches and Python
-        work are paid per run, not per batch. A batch held keeps its run's buffer alive.
-        Keys in the order of :meth:`ptychodata.store.Store.batch`.
+        Pre-scaled float32 frames: one ``index_select`` gathers the X rows and the probe
+        rows of the k batches into one buffer laid out batch after batch ([X of batch 1 |
+        probe of batch 1 | X of batch 2 ...]), so each batch's X and probe are contiguous
+        views of it. Other frames: one fused gather (:func:`gather_decode`) writes the k
+        batches' X, decoded and scaled, and their probes. Launches and Python work are paid
+        per run, not per batch; a batch held keeps its run's buffers alive. Keys in the
+        order of :meth:`ptychodata.store.Store.batch`.
         """
         C, N = self.C, self.N
         B = plan.sizes[first]
         start = plan.starts[first]
         stop = start + k * B
-        rows = plan.rows[start * (C + 2) : stop * (C + 2)]
-        buffer = self._table.index_select(0, rows).view(k, B * (C + 2), N, N)
-        X = buffer[:, : B * C].view(k, B, C, N, N)
-        if plan.scale is not None:
-            # The decode step, here a multiplication by each group's scale (after a no-op
-            # conversion of float32). A compact frame dtype converts (and takes the square
-            # root of counts) at this one place, where a fused kernel can later do gather,
-            # convert, sqrt and scale in one pass.
-            X = X.to(torch.float32).mul_(plan.scale[start:stop].view(k, B, 1, 1, 1))
-        probe = buffer[:, B * C :].view(torch.complex64).view(k, B, N, N)
+        if plan.rows is not None:
+            buffer = self._table.index_select(0, plan.rows[start * (C + 2) : stop * (C + 2)]).view(k, B * (C + 2), N, N)
+            X = buffer[:, : B * C].view(k, B, C, N, N)
+            probe = buffer[:, B * C :].view(torch.complex64).view(k, B, N, N)
+        else:
+            X = torch.empty((k, B, C, N, N), dtype=torch.float32, device=self.device)
+            probe = torch.empty((k, B, N, N), dtype=torch.complex64, device=self.device)
+            gather_decode(
+                self.kernel, self.encoding, self._table, plan.members[start:stop].reshape(-1),
+                None if plan.scale is None else plan.scale[start:stop], C, X.view(-1, N, N),
+                self.probes, plan.experiment[start:stop], probe.view(-1, N, N),
+            )
         keys = DEFAULT_SCHEMA.keys(with_Y=with_Y, probe=True, mask=self.masks is not None)
         batches = []
         for number, (x, small, p) in enumerate(zip(X.unbind(0), plan.small[first : first + k], probe.unbind(0)), first):
@@ -381,7 +468,7 @@ class DeviceStore:
             if self.masks is not None:
                 fields["mask"] = self.masks.index_select(0, fields["experiment_id"])
             if with_Y:
-                fields["Y"] = self._ground_truth(fields["nn_indices"], plan.members[number])
+                fields["Y"] = self._ground_truth(fields["nn_indices"], plan.batch_members[number])
             batches.append({key: fields[key] for key in keys})  # the schema's keys, in its order
         return batches
 

@@ -6,7 +6,10 @@ Modules, by job:
 - ``_prepare``: :func:`prepare` (what is reused, what is built); ``_build_options`` and
   ``_sources``: its arguments and its source scans; ``_frames_build`` and
   ``_grouping_build``: the two kinds of build; ``_frames``: how patterns are stored;
-  ``_hashing``, ``_manifest``, ``_files``: identities, records and files of a build.
+  ``_hashing``, ``_manifest``, ``_files``: identities, records and files of a build;
+  ``_ids`` and ``_schema``: what an id, a file name and each manifest field may be (anything
+  read from a store is checked before it is used); ``_source_file``: a source held open and
+  checked while a build reads it.
 - ``_cache_paths``: the cache's directory structure and locks; ``_cache``: listing,
   verifying, pruning and removing stores.
 - ``_open_store``: :func:`open_store`; ``_open_build``: a build's files mapped and locked;
@@ -31,6 +34,7 @@ from ptychodata.store._cache import CachedStore, list_stores, prune_cache, remov
 from ptychodata.store._cache_paths import write_pins
 from ptychodata.store._files import file_digest
 from ptychodata.store._frames import FramesEncoding, canonical_frames_dtype, decode_into
+from ptychodata.store._ids import check_build_id, check_key, is_build_id, is_key
 from ptychodata.store._open_store import open_store
 from ptychodata.store._prepare import default_cache_dir, prepare
 from ptychodata.store._ptycho_torch import PtychoTorchConstants
@@ -51,9 +55,13 @@ __all__ = [
     "batch_schema",
     "canonical_frames_dtype",
     "check_batch_indices",
+    "check_build_id",
+    "check_key",
     "decode_into",
     "default_cache_dir",
     "file_digest",
+    "is_build_id",
+    "is_key",
     "list_stores",
     "open_store",
     "prepare",

@@ -11,11 +11,12 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ptychodata.errors import StoreError
+from ptychodata.errors import StoreCorruptError, StoreError
 from ptychodata.store._cache_paths import (
     MANIFEST,
     TRASH_PREFIX,
@@ -24,8 +25,9 @@ from ptychodata.store._cache_paths import (
     file_lock,
     pinned_builds,
 )
-from ptychodata.store._files import file_digest
+from ptychodata.store._files import check_npy, file_digest
 from ptychodata.store._manifest import FrameManifest, GroupingManifest, check_files, read_manifest
+from ptychodata.store._open_build import OpenBuild
 
 __all__ = ["CachedStore", "list_stores", "prune_cache", "remove_store", "verify_store"]
 
@@ -57,10 +59,10 @@ def list_stores(cache_dir: Path) -> list[CachedStore]:
 
 
 def _live(slot: BuildSlot, kind: type) -> tuple[FrameManifest | GroupingManifest | None, str | None]:
-    build_id = slot.current_id()
-    if build_id is None:
-        return None, f"{slot.path}: no live build (not a store of this ptychodata version, or never completed)"
     try:
+        build_id = slot.current_id()
+        if build_id is None:
+            return None, f"{slot.path}: no live build (not a store of this ptychodata version, or never completed)"
         return read_manifest(slot.build_dir(build_id), kind), None
     except StoreError as exc:
         return None, str(exc)
@@ -69,28 +71,42 @@ def _live(slot: BuildSlot, kind: type) -> tuple[FrameManifest | GroupingManifest
 def _describe(slot: BuildSlot) -> CachedStore:
     manifest, problem = _live(slot, FrameManifest)
     groupings = [(grouping, _live(grouping, GroupingManifest)[0]) for grouping in slot.groupings()]
-    size = sum(f.stat().st_size for f in slot.path.rglob("*") if f.is_file())
-    return CachedStore(slot, manifest, slot.build_ids(), groupings, size, problem)
+    return CachedStore(slot, manifest, slot.build_ids(), groupings, _bytes_under(slot.path), problem)
+
+
+def _bytes_under(root: Path) -> int:
+    """Bytes of the regular files under ``root`` (symbolic links not followed; files removed meanwhile skipped)."""
+    total = 0
+    for directory, _, names in os.walk(root):
+        for name in names:
+            with contextlib.suppress(OSError):
+                info = os.lstat(os.path.join(directory, name))
+                if stat.S_ISREG(info.st_mode):
+                    total += info.st_size
+    return total
 
 
 def verify_store(path: Path, *, content: bool = True) -> list[str]:
     """Problems of a frames slot's live build and its groupings' live builds; an empty
     list means all is well.
 
-    Checks manifests and file sizes, that each grouping's frames build exists, that each
-    source file is unchanged (size and modification time) and, with ``content=True``,
-    that its content hash still matches (zero-copy builds prepared without ``verify=True``
-    record no hash: their sources are checked by size and modification time only).
+    Checks the manifests (every field, and that they agree with each other), each file's
+    size and ``.npy`` header, the index tables (every group member and experiment in
+    range), that each grouping's frames build exists, and that each source file is
+    unchanged (size and modification time). With ``content=True`` it also re-hashes every
+    file of the live builds against the SHA-256 recorded when it was written (a build of
+    an older version records none: that is reported, never passed as verified) and each
+    source against its content hash (zero-copy builds prepared without ``verify=True``
+    record none: their sources are checked by size and modification time only).
     """
     slot = _frames_slot(Path(path))
     manifest, problem = _live(slot, FrameManifest)
     if manifest is None:
         return [problem]
-    try:
-        check_files(slot.build_dir(manifest.build_id), manifest.files)
-    except StoreError as exc:
-        return [str(exc)]
-    problems = []
+    frames_dir = slot.build_dir(manifest.build_id)
+    problems = _file_problems(frames_dir, manifest, content)
+    if problems:
+        return problems
     for experiment in manifest.experiments:
         source = experiment.source
         changed = source.changed()
@@ -108,14 +124,44 @@ def verify_store(path: Path, *, content: bool = True) -> list[str]:
         if grouping_manifest is None:
             problems.append(problem)
             continue
-        try:
-            check_files(grouping.build_dir(grouping_manifest.build_id), grouping_manifest.files)
-        except StoreError as exc:
-            problems.append(str(exc))
+        grouping_dir = grouping.build_dir(grouping_manifest.build_id)
+        found = _file_problems(grouping_dir, grouping_manifest, content)
+        problems += found
         if not slot.build_dir(grouping_manifest.frames_build_id).is_dir():
             problems.append(f"{grouping.path}: its frames build {grouping_manifest.frames_build_id} is gone")
-        elif grouping_manifest.frames_build_id != manifest.build_id:
+            continue
+        if not found:
+            try:  # the two manifests together, and the index tables
+                OpenBuild(grouping.path, grouping_manifest.build_id).close()
+            except StoreError as exc:
+                problems.append(str(exc))
+        if grouping_manifest.frames_build_id != manifest.build_id:
             problems.append(f"{grouping.path}: made from an older frames build (prepare rebuilds it)")
+    return problems
+
+
+def _file_problems(directory: Path, manifest: FrameManifest | GroupingManifest, content: bool) -> list[str]:
+    """What is wrong with a build's files: the first missing, resized or re-headed one and,
+    with ``content``, each whose bytes no longer hash to the SHA-256 recorded for it."""
+    try:
+        for name, entry in manifest.files.items():
+            check_npy(directory / name, entry)
+    except StoreError as exc:
+        return [str(exc)]
+    if not content:
+        return []
+    if any(entry.sha256 is None for entry in manifest.files.values()):
+        return [
+            f"{directory}: no content hashes recorded (built by an older ptychodata), so its files' content is "
+            "NOT verified; remove the store ('ptychodata cache remove KEY') and prepare it again to record them"
+        ]
+    problems = []
+    for name, entry in sorted(manifest.files.items()):
+        if file_digest(directory / name) != entry.sha256:
+            problems.append(
+                f"{directory / name}: its content differs from the SHA-256 recorded when it was written (damaged "
+                "or edited); remove the store ('ptychodata cache remove KEY') and prepare it again"
+            )
     return problems
 
 
@@ -184,23 +230,25 @@ def prune_cache(cache_dir: Path, *, older_than_s: float | None = None) -> int:
             with file_lock(grouping.lock):
                 before = len(grouping.build_ids())
                 removed += grouping.remove_temporaries()
-                collect_builds(grouping, keep={grouping.current_id()}, older_than_s=older_than_s)
+                with contextlib.suppress(StoreCorruptError):  # a damaged pointer: which build is live is unknown
+                    collect_builds(grouping, keep={grouping.current_id()}, older_than_s=older_than_s)
                 removed += before - len(grouping.build_ids())
         with file_lock(slot.lock):
             before = len(slot.build_ids())
             removed += slot.remove_temporaries()
-            collect_frames(slot, older_than_s=older_than_s)
+            with contextlib.suppress(StoreCorruptError):
+                collect_frames(slot, older_than_s=older_than_s)
             removed += before - len(slot.build_ids())
     return removed
 
 
 def live_manifest(slot: BuildSlot, kind: type) -> FrameManifest | GroupingManifest | None:
     """The manifest of the slot's live build when it is complete, else None."""
-    build_id = slot.current_id()
-    if build_id is None:
-        return None
-    directory = slot.build_dir(build_id)
     try:
+        build_id = slot.current_id()
+        if build_id is None:
+            return None
+        directory = slot.build_dir(build_id)
         manifest = read_manifest(directory, kind)
         check_files(directory, manifest.files)
     except StoreError:
@@ -231,6 +279,10 @@ def collect_frames(slot: BuildSlot, *, older_than_s: float | None = None) -> Non
     Hold the frames slot's lock."""
     keep = {slot.current_id()}
     for grouping in slot.groupings():
+        try:
+            grouping.current_id()
+        except StoreCorruptError:
+            return  # which frames build that grouping was made from is unknown: keep them all
         manifest = live_manifest(grouping, GroupingManifest)
         if manifest is not None:
             keep.add(manifest.frames_build_id)

@@ -36,7 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from ptychodata._runtime import __version__, canonical_json, write_text_atomic
-from ptychodata.errors import StoreError, StoreNotFoundError
+from ptychodata.errors import DiskFullError, StoreError, StoreNotFoundError
+from ptychodata.store._ids import check_build_id, is_build_id, is_key
 
 __all__ = [
     "BuildSlot",
@@ -125,13 +126,19 @@ NETWORK_FILE_SYSTEMS = ("nfs", "nfs4", "lustre", "gpfs", "beegfs", "cifs", "smb3
 
 def file_system_type(path: Path, *, mountinfo: str = "/proc/self/mountinfo") -> str | None:
     """The type of the file system holding ``path`` (the longest mount point above it), or None."""
+    return mount_of(path, mountinfo=mountinfo)[1]
+
+
+def mount_of(path: Path, *, mountinfo: str = "/proc/self/mountinfo") -> tuple[str, str | None]:
+    """The mount point holding ``path`` (the longest one above it) and its file system type;
+    ``("", None)`` where the mount table cannot be read."""
     target = str(Path(path).resolve())
     best, kind = "", None
     try:
         with open(mountinfo) as handle:
             lines = handle.read().splitlines()
     except OSError:
-        return None
+        return best, kind
     for line in lines:
         fields = line.split()
         if "-" not in fields:
@@ -141,7 +148,7 @@ def file_system_type(path: Path, *, mountinfo: str = "/proc/self/mountinfo") -> 
         inside = target == mount_point or target.startswith(mount_point.rstrip("/") + "/")
         if inside and len(mount_point) >= len(best):
             best, kind = mount_point, fstype
-    return kind
+    return best, kind
 
 
 def collects_implicitly(root: Path) -> bool:
@@ -207,7 +214,11 @@ class CachePaths:
         """Every frames slot of the cache (directories named ``frames-*``)."""
         if not self.root.is_dir():
             return []
-        return [self.frames_slot(path.name[len(FRAMES_PREFIX) :]) for path in sorted(self.root.glob(f"{FRAMES_PREFIX}*")) if path.is_dir()]
+        return [
+            self.frames_slot(path.name[len(FRAMES_PREFIX) :])
+            for path in sorted(self.root.glob(f"{FRAMES_PREFIX}*"))
+            if is_key(path.name[len(FRAMES_PREFIX) :]) and path.is_dir()
+        ]
 
 
 @dataclass(frozen=True)
@@ -238,7 +249,9 @@ class BuildSlot:
         return self.path.parent if self.path.parent.name != GROUPINGS else self.path.parent.parent.parent
 
     def build_dir(self, build_id: str) -> Path:
-        return self.path / BUILDS / build_id
+        """The directory of build ``build_id``; ``StoreCorruptError`` for anything but a build id
+        (an id read from a file never leads outside ``builds/``)."""
+        return self.path / BUILDS / check_build_id(build_id, f"{self.path}: build")
 
     def groupings(self) -> list[BuildSlot]:
         """Grouping slots inside a frames slot."""
@@ -249,25 +262,31 @@ class BuildSlot:
         return [
             BuildSlot(path, self.lock.parent / f"{FRAMES_PREFIX}{frames_key}.{path.name}.lock")
             for path in sorted(root.iterdir())
-            if path.is_dir() and not path.name.startswith((TEMP_PREFIX, TRASH_PREFIX))
+            if is_key(path.name) and path.is_dir()
         ]
 
     def current_id(self) -> str | None:
-        """The live build's id, or None when the slot has none (yet)."""
+        """The live build's id, or None when the slot has none (yet); ``StoreCorruptError`` when
+        ``current`` holds anything but one build id."""
+        path = self.path / CURRENT
         try:
-            text = (self.path / CURRENT).read_text().strip()
+            with open(path, "rb") as handle:
+                data = handle.read(_POINTER_BYTES + 1)
         except FileNotFoundError:
             return None
         except OSError as exc:
-            raise StoreError(f"{self.path / CURRENT}: unreadable ({exc.strerror})") from exc
-        return text or None
+            raise StoreError(f"{path}: unreadable ({exc.strerror})") from exc
+        text = data.decode("ascii", errors="replace").strip()
+        if not text:
+            return None
+        return check_build_id(text if len(data) <= _POINTER_BYTES else text[:_POINTER_BYTES] + "...", str(path))
 
     def build_ids(self) -> list[str]:
-        """Ids of the complete builds present (temporaries and trash excluded)."""
+        """Ids of the builds present (temporaries, trash and names that are no build id excluded)."""
         root = self.path / BUILDS
         if not root.is_dir():
             return []
-        return sorted(p.name for p in root.iterdir() if not p.name.startswith((TEMP_PREFIX, TRASH_PREFIX)))
+        return sorted(p.name for p in root.iterdir() if is_build_id(p.name))
 
     def temporaries(self) -> list[Path]:
         root = self.path / BUILDS
@@ -280,7 +299,9 @@ class BuildSlot:
         return (self.build_dir(build_id) / MANIFEST).is_file()
 
     @contextlib.contextmanager
-    def new_build(self, identity: Any, *, sound: Callable[[Path], bool]) -> Iterator[tuple[str, Path]]:
+    def new_build(
+        self, identity: Any, *, sound: Callable[[Path], bool], needs: int = 0
+    ) -> Iterator[tuple[str, Path]]:
         """A temporary directory for the build of ``identity``; on success it is renamed to
         ``builds/<id>`` (not yet current: call :meth:`publish`). Removed if the block raises.
 
@@ -288,10 +309,18 @@ class BuildSlot:
         finished the same build first and ``sound(directory)`` says its files are whole, its
         directory stays and this one's temporary is discarded: both then name the same build.
         An earlier build of the id that is not sound (damaged, of an older schema) is retired
-        and replaced."""
+        and replaced.
+
+        ``needs``: the bytes the build will write, where known: ``DiskFullError`` before
+        anything is written when the file system has less free; a disk that fills during the
+        build (``ENOSPC``, ``EDQUOT``) is the same error, its temporary removed."""
         build_id = build_id_of(self.key, identity)
+        check_free_space(self.path, needs)
         temporary = self.path / BUILDS / _temporary_name(build_id)
-        temporary.mkdir(parents=True)
+        try:
+            temporary.mkdir(parents=True)
+        except OSError as exc:
+            raise _disk_full(exc, self.path, needs) or exc
         try:
             yield build_id, temporary
             fsync_directory(temporary)
@@ -301,6 +330,9 @@ class BuildSlot:
             shutil.rmtree(temporary, ignore_errors=True)
             if not temporary.parent.is_dir():
                 raise StoreNotFoundError(f"{self.path}: the store was removed during the build") from exc
+            full = _disk_full(exc, self.path, needs)
+            if full is not None:
+                raise full from exc
             raise
         except BaseException:
             shutil.rmtree(temporary, ignore_errors=True)
@@ -352,6 +384,12 @@ class BuildSlot:
             fsync_directory(self.path)
         except FileNotFoundError as exc:
             raise StoreNotFoundError(f"{self.path}: the store was removed before its build was published") from exc
+        except OSError as exc:
+            temporary.unlink(missing_ok=True)
+            full = _disk_full(exc, self.path, len(build_id) + 1)
+            if full is not None:
+                raise full from exc
+            raise
 
     def remove_temporaries(self) -> int:
         """Delete leftovers of builds whose process died: temporaries of this host's dead
@@ -394,6 +432,62 @@ class BuildSlot:
             return True
 
 
+# A pointer holds one build id and a newline; more than this is not a pointer.
+_POINTER_BYTES = 64
+# Free space kept beyond a build's own bytes (its directory entries, the manifest, other writers).
+SPACE_MARGIN = 16 << 20
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def check_free_space(path: Path, needs: int) -> None:
+    """``DiskFullError`` naming ``path`` and the bytes needed and free when the file system
+    holding ``path`` (or its nearest existing parent) has less than ``needs`` plus a margin
+    free; nothing when ``needs`` is 0 or the free space cannot be read."""
+    if needs <= 0:
+        return
+    probe = Path(path)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        free = shutil.disk_usage(probe).free
+    except OSError:
+        return
+    if free < needs + SPACE_MARGIN:
+        raise _full_error(
+            errno.ENOSPC,
+            f"{path}: the build needs about {_size(needs)} ({needs} bytes) but only {_size(free)} is free there; "
+            "free some space ('ptychodata cache prune' deletes unused builds) or pass cache_dir=... on another disk",
+        )
+
+
+def _disk_full(exc: OSError, path: Path, needs: int) -> DiskFullError | None:
+    """The ``DiskFullError`` of an ``ENOSPC``/``EDQUOT`` raised while building under ``path``, else None."""
+    if exc.errno not in _FULL:
+        return None
+    what = f"about {_size(needs)} ({needs} bytes)" if needs > 0 else "more space than was free"
+    written = f" writing {exc.filename}" if exc.filename else ""
+    return _full_error(
+        exc.errno,
+        f"{path}: the disk filled{written} ({exc.strerror}); the build needs {what}. The partial build was "
+        "removed and earlier builds are unchanged; free some space or pass cache_dir=... on another disk",
+    )
+
+
+def _full_error(code: int, message: str) -> DiskFullError:
+    error = DiskFullError(message)
+    error.errno = code  # the message stays the text (setting strerror too would replace it)
+    return error
+
+
+def _size(nbytes: int) -> str:
+    value = float(nbytes)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{nbytes} B"
+
+
 def _abandoned(path: Path) -> bool:
     """Whether a temporary (``.tmp-<id>-<host>-<pid>-<tag>``) or a trash directory is a leftover:
     trash always is; a temporary when its process on this host is gone, or when it is older than
@@ -428,6 +522,9 @@ def locks_enabled() -> bool:
 
 
 _NO_LOCKS = (errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOLCK, errno.EINVAL)
+# Mount points this process has warned about: one warning per file system, not one per lock
+# (warnings' own once-per-location memory is reset by every catch_warnings). Only messages depend on it.
+_WARNED_NO_LOCKS: set[str] = set()
 
 
 def _flock(fd: int, operation: int, path: Path) -> bool:
@@ -443,8 +540,12 @@ def _flock(fd: int, operation: int, path: Path) -> bool:
     except OSError as exc:
         if exc.errno not in _NO_LOCKS:
             raise
+        mount = mount_of(path)[0] or str(path.parent)
+        if mount in _WARNED_NO_LOCKS:
+            return False
+        _WARNED_NO_LOCKS.add(mount)
         warnings.warn(
-            f"{path.parent}: the file system refuses flock ({exc.strerror}); going on without locks: builds "
+            f"{mount}: the file system refuses flock ({exc.strerror}); going on without locks: builds "
             "stay correct (immutable, renamed into place), but unused builds are then never collected "
             "implicitly (use 'ptychodata cache prune'). Set PTYCHODATA_LOCKS=off to skip the attempt.",
             RuntimeWarning,

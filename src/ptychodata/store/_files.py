@@ -9,10 +9,13 @@ import ctypes
 import errno
 import fcntl
 import hashlib
+import io
 import math
 import mmap
 import os
+import stat
 import sys
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,7 +23,7 @@ import numpy as np
 from numpy.lib import format as npy_format
 
 from ptychodata._runtime import iter_rows, rows_per_chunk
-from ptychodata.errors import StoreError
+from ptychodata.errors import StoreCorruptError, StoreError
 
 if TYPE_CHECKING:
     from ptychodata.store._manifest import FileEntry
@@ -29,6 +32,7 @@ __all__ = [
     "STREAM_CHUNK_BYTES",
     "NpyWriter",
     "available_memory",
+    "check_npy",
     "ensure_writable_directory",
     "file_digest",
     "map_npy",
@@ -78,20 +82,46 @@ class NpyWriter:
     ``direct_io`` tells which way the bytes went.
     """
 
-    def __init__(self, path: Path, shape: tuple[int, ...], dtype: np.dtype | type, *, direct: bool = False):
+    def __init__(
+        self,
+        path: Path,
+        shape: tuple[int, ...],
+        dtype: np.dtype | type,
+        *,
+        direct: bool = False,
+        digests: dict[str, str] | None = None,
+    ):
         self.path = Path(path)
         self.shape = tuple(int(n) for n in shape)
         if not self.shape:
             raise ValueError(f"{self.path.name}: a store file holds rows; got shape () (a 0-d array)")
         self.dtype = np.dtype(dtype)
         self.rows_written = 0
+        self._digests = digests
+        self._hasher = _StreamHasher()
         header = {"descr": npy_format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": self.shape}
         self._sink = _DirectSink.open(self.path) if direct else None
         if self._sink is None:
             self._sink = _BufferedSink(self.path)
-            npy_format.write_array_header_2_0(self._sink.handle, header)
+            text = io.BytesIO()
+            npy_format.write_array_header_2_0(text, header)
+            self._put(memoryview(text.getvalue()))
         else:
-            self._sink.write(_block_header(header))
+            self._put(_block_header(header))
+
+    @property
+    def sha256(self) -> str:
+        """The SHA-256 of the file's bytes, once it is closed (what ``sha256sum`` prints)."""
+        return self._hasher.hexdigest()
+
+    def _put(self, data: memoryview) -> None:
+        """Write ``data`` and hash it, the hash on a thread of its own while the bytes are written
+        (both done when this returns, so the caller may reuse the buffer)."""
+        hashing = self._hasher.start(data)
+        try:
+            self._sink.write(data)
+        finally:
+            self._hasher.finish(hashing)
 
     @property
     def direct_io(self) -> bool:
@@ -102,7 +132,7 @@ class NpyWriter:
         rows = np.ascontiguousarray(rows, dtype=self.dtype)
         if rows.shape[1:] != self.shape[1:] or self.rows_written + len(rows) > self.shape[0]:
             raise ValueError(f"{self.path.name}: rows of shape {rows.shape} do not fit {self.shape}")
-        self._sink.write(memoryview(rows).cast("B"))
+        self._put(memoryview(rows).cast("B"))
         self.rows_written += len(rows)
 
     def close(self) -> None:
@@ -110,9 +140,18 @@ class NpyWriter:
             return
         expected = self.shape[0]
         if self.rows_written != expected:
-            self._sink.abandon()
+            self._abandon()
             raise ValueError(f"{self.path.name}: wrote {self.rows_written} of {expected} rows")
-        self._sink.finish()
+        try:
+            self._sink.finish()
+        finally:
+            self._hasher.close()
+        if self._digests is not None:
+            self._digests[self.path.name] = self.sha256
+
+    def _abandon(self) -> None:
+        self._hasher.close()
+        self._sink.abandon()
 
     def __enter__(self) -> NpyWriter:  # noqa: PYI034 - Self needs Python 3.11
         return self
@@ -121,7 +160,42 @@ class NpyWriter:
         if kind is None:
             self.close()
         else:
-            self._sink.abandon()
+            self._abandon()
+
+
+# Writes at least this large are hashed on a thread of their own, beside the write.
+_HASH_ASIDE_BYTES = 1 << 20
+
+
+class _StreamHasher:
+    """SHA-256 of the bytes of a file as they are written: large pieces hashed by one thread
+    of its own while the writing thread writes them (hashlib releases the GIL), small ones
+    in line."""
+
+    def __init__(self):
+        self._hasher = hashlib.sha256()
+        self._thread: ThreadPoolExecutor | None = None
+
+    def start(self, data: memoryview) -> Future | None:
+        if len(data) < _HASH_ASIDE_BYTES:
+            self._hasher.update(data)
+            return None
+        if self._thread is None:
+            self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ptychodata-file-hash")
+        return self._thread.submit(self._hasher.update, data)
+
+    @staticmethod
+    def finish(hashing: Future | None) -> None:
+        if hashing is not None:
+            hashing.result()
+
+    def hexdigest(self) -> str:
+        return self._hasher.hexdigest()
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._thread.shutdown(wait=True)
+            self._thread = None
 
 
 class _BufferedSink:
@@ -274,12 +348,13 @@ def _block_header(header: dict) -> memoryview:
 _WRITE_CHUNK_BYTES = 32 << 20
 
 
-def write_npy(path: Path, array: np.ndarray) -> None:
+def write_npy(path: Path, array: np.ndarray, *, digests: dict[str, str] | None = None) -> None:
     """Write a whole array as ``.npy`` and fsync it; large arrays row chunk by row chunk
     (a memmap's pages are released as they go, so e.g. a multi-GB object read from a
-    source does not stay in this process's resident memory)."""
+    source does not stay in this process's resident memory). ``digests``: where the file's
+    SHA-256 is recorded under its name."""
     array = np.asarray(array)
-    with NpyWriter(path, array.shape, array.dtype) as writer:
+    with NpyWriter(path, array.shape, array.dtype, digests=digests) as writer:
         if array.nbytes <= _WRITE_CHUNK_BYTES:
             writer.write(array)
         else:
@@ -287,40 +362,105 @@ def write_npy(path: Path, array: np.ndarray) -> None:
                 writer.write(chunk)
 
 
-_NPY_MAGIC = b"\x93NUMPY"
-
-
 def map_npy(path: Path, entry: FileEntry) -> np.ndarray:
     """Memory-map a store's ``.npy`` read-only as the manifest describes it (shape, dtype,
-    size), checking the size and the format's magic: one open, one ``mmap``, no header
-    parsing (the data are the file's last bytes; store files are C-ordered).
+    size), after checking the file against it: its size, and its header (read with NumPy's
+    literal parser, never unpickled) for the same shape and dtype in C order, the data
+    filling the file exactly after it. A symbolic link is refused: a store's files are its own.
 
-    Raises ``StoreError`` naming the file when it is missing, of another size (truncated
-    or replaced) or not an ``.npy``.
+    Raises ``StoreError`` naming the file when it is missing or unreadable, and
+    ``StoreCorruptError`` when it is of another size (truncated or replaced), not an
+    ``.npy``, or of another shape or dtype than its manifest says.
     """
     dtype, shape = np.dtype(entry.dtype), tuple(entry.shape)
     nbytes = math.prod(shape) * dtype.itemsize
+    fd = _open_store_file(path)
     try:
-        with open(path, "rb") as handle:
-            size = os.fstat(handle.fileno()).st_size
-            magic = handle.read(len(_NPY_MAGIC))
-            if size != entry.bytes:
-                raise StoreError(
-                    f"{path}: {size} bytes on disk but the manifest says {entry.bytes} (shape {entry.shape}, "
-                    f"dtype {entry.dtype}); the file is truncated or was replaced. Prepare the store again."
-                )
-            if magic != _NPY_MAGIC or nbytes > size:
-                raise StoreError(f"{path}: not the .npy file the manifest lists; prepare the store again")
+        with os.fdopen(fd, "rb") as handle:
+            size = _checked_npy(path, handle, entry)
             if nbytes == 0:
                 return np.empty(shape, dtype)
             mapping = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
     except StoreError:
         raise
-    except FileNotFoundError:
-        raise StoreError(f"{path}: missing from the store (listed in its manifest)") from None
     except OSError as exc:
         raise StoreError(f"{path}: unreadable store file ({exc.strerror or exc})") from exc
     return np.frombuffer(mapping, dtype=dtype, count=math.prod(shape), offset=size - nbytes).reshape(shape)
+
+
+def check_npy(path: Path, entry: FileEntry) -> None:
+    """What :func:`map_npy` checks of a store file (its size and header against ``entry``),
+    without mapping it; the same errors."""
+    fd = _open_store_file(path)
+    with os.fdopen(fd, "rb") as handle:
+        _checked_npy(path, handle, entry)
+
+
+def _open_store_file(path: Path) -> int:
+    """A descriptor of store file ``path`` opened for reading, never through a symbolic link."""
+    try:
+        return os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise StoreError(f"{path}: missing from the store (listed in its manifest)") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _corrupt(path, "a symbolic link where a store file should be") from None
+        raise StoreError(f"{path}: unreadable store file ({exc.strerror or exc})") from exc
+
+
+def _checked_npy(path: Path, handle, entry: FileEntry) -> int:
+    """The size of the open store file ``handle``, checked to be a regular file of
+    ``entry``'s size whose header says ``entry``'s shape and dtype."""
+    info = os.fstat(handle.fileno())
+    if not stat.S_ISREG(info.st_mode):
+        raise _corrupt(path, "not a regular file")
+    if info.st_size != entry.bytes:
+        raise _corrupt(
+            path,
+            f"{info.st_size} bytes on disk but the manifest says {entry.bytes} (shape {entry.shape}, dtype "
+            f"{entry.dtype}): the file is truncated or was replaced",
+        )
+    _check_header(path, handle, entry, info.st_size - entry.data_bytes)
+    return info.st_size
+
+
+def _corrupt(path: Path, message: str) -> StoreCorruptError:
+    return StoreCorruptError(
+        f"{path}: {message}; the store was edited or damaged: run 'ptychodata cache verify', or prepare it again"
+    )
+
+
+_MAX_HEADER_BYTES = 1 << 16
+
+
+def _check_header(path: Path, handle, entry: FileEntry, data_offset: int) -> None:
+    """``StoreCorruptError`` unless ``handle`` starts with an ``.npy`` header of ``entry``'s
+    shape and dtype in C order whose data begin at ``data_offset``."""
+    try:
+        start = handle.read(12)
+        if len(start) == 12 and start[6:7] in (b"\x02", b"\x03"):  # a 4-byte header length: bound it
+            length = int.from_bytes(start[8:12], "little")
+            if length > _MAX_HEADER_BYTES:
+                raise ValueError(f"a header of {length} bytes; a store file's is at most {_MAX_HEADER_BYTES}")
+        handle.seek(0)
+        version = npy_format.read_magic(handle)
+        if version == (1, 0):
+            shape, fortran, dtype = npy_format.read_array_header_1_0(handle)
+        elif version in ((2, 0), (3, 0)):
+            shape, fortran, dtype = npy_format.read_array_header_2_0(handle)
+        else:
+            raise ValueError(f"unknown .npy version {version}")
+    except (ValueError, OSError, SyntaxError, TypeError) as exc:
+        raise _corrupt(path, f"not an .npy file ({' '.join(str(exc).split())[:160]})") from None
+    if list(shape) != list(entry.shape) or dtype.str != entry.dtype or fortran:
+        order = ", Fortran order" if fortran else ""
+        raise _corrupt(
+            path,
+            f"holds shape {list(shape)}, dtype {dtype.str}{order}; the manifest says shape {entry.shape}, "
+            f"dtype {entry.dtype}",
+        )
+    if handle.tell() != data_offset:
+        raise _corrupt(path, f"its data start at byte {handle.tell()}, not {data_offset} as its size says")
 
 
 def ensure_writable_directory(path: Path) -> Path:

@@ -59,16 +59,21 @@ def build_grouping(
         local_groups = experiment_groups(positions, names, config)
     energies = np.load(frames_dir / npy_name(FrameFile.ENERGIES), mmap_mode="r")
     groups, group_experiment, scales, photon_scales = _scaled_groups(frames, local_groups, names, energies, config)
-    with slot.new_build({"frames_build": frames_id}, sound=_sound_grouping) as (build_id, directory):
-        write_npy(directory / npy_name(GroupingFile.GROUPS), groups)
-        write_npy(directory / npy_name(GroupingFile.GROUP_EXPERIMENT), group_experiment)
-        _write_coordinates(directory, frames_dir, (x, y), groups)
+    B, C = groups.shape
+    needs = B * C * 8 * 3 + B * 8 * 5 + (B * C * frames.N * frames.N * 4 if options.materialize else 0)
+    digests: dict[str, str] = {}
+    with slot.new_build({"frames_build": frames_id}, sound=_sound_grouping, needs=needs) as (build_id, directory):
+        write_npy(directory / npy_name(GroupingFile.GROUPS), groups, digests=digests)
+        write_npy(directory / npy_name(GroupingFile.GROUP_EXPERIMENT), group_experiment, digests=digests)
+        _write_coordinates(directory, frames_dir, (x, y), groups, digests)
         if options.materialize:
             scale = np.asarray(scales)[group_experiment]
-            _materialize_X(directory, frames_dir, frames, groups, scale, options.progress, options.direct_io)
+            _materialize_X(directory, frames_dir, frames, groups, scale, options.progress is True, options.direct_io,
+                           digests)
         write_manifest_last(
             directory,
             GroupingManifest,
+            digests=digests,
             key=slot.key,
             build_id=build_id,
             frames_key=frames.key,
@@ -110,7 +115,11 @@ def _scaled_groups(
 
 
 def _write_coordinates(
-    directory: Path, frames_dir: Path, positions: tuple[np.ndarray, np.ndarray], groups: np.ndarray
+    directory: Path,
+    frames_dir: Path,
+    positions: tuple[np.ndarray, np.ndarray],
+    groups: np.ndarray,
+    digests: dict[str, str],
 ) -> None:
     """Each group's centre and its members' relative coordinates (§3), from the positions
     (x, y) and from the nominal positions."""
@@ -121,8 +130,9 @@ def _write_coordinates(
         ((x_start, y_start), (GroupingFile.COORDS_START_OFFSETS, GroupingFile.COORDS_START_RELATIVE)),
     ):
         coords = group_coords(xs, ys, groups)  # (B, 1, 2, C) layout of §3
-        write_npy(directory / npy_name(offsets_stem), coords.offsets[:, 0, :, 0])  # (B, 2)
-        write_npy(directory / npy_name(relative_stem), coords.relative[:, 0].transpose(0, 2, 1))  # (B, C, 2)
+        write_npy(directory / npy_name(offsets_stem), coords.offsets[:, 0, :, 0], digests=digests)  # (B, 2)
+        relative = coords.relative[:, 0].transpose(0, 2, 1)  # (B, C, 2)
+        write_npy(directory / npy_name(relative_stem), relative, digests=digests)
 
 
 def _materialize_X(
@@ -133,6 +143,7 @@ def _materialize_X(
     scale: np.ndarray,
     progress: bool,
     direct_io: bool | None,
+    digests: dict[str, str],
 ):
     patterns = map_patterns(frames_dir, frames.patterns)
     encoding = FramesEncoding.of(frames.patterns)
@@ -140,7 +151,8 @@ def _materialize_X(
     N = patterns.shape[-1]
     step = rows_per_chunk(4 * C * N * N, STREAM_CHUNK_BYTES)
     direct = use_direct_io(direct_io, n_groups * C * N * N * 4)
-    with NpyWriter(directory / npy_name(GroupingFile.X), (n_groups, C, N, N), np.float32, direct=direct) as writer:
+    with NpyWriter(directory / npy_name(GroupingFile.X), (n_groups, C, N, N), np.float32, direct=direct,
+                   digests=digests) as writer:
         for start in tqdm(range(0, n_groups, step), disable=not progress, desc="materializing X", unit="chunk"):
             if encoding.is_identity:
                 block = patterns[groups[start : start + step].ravel()].reshape(-1, C, N, N)

@@ -8,20 +8,26 @@ from pathlib import Path
 
 import numpy as np
 
-from ptychodata.errors import StoreError, StoreNotFoundError
+from ptychodata._runtime import rows_per_chunk
+from ptychodata.errors import ParameterError, StoreError, StoreNotFoundError
 from ptychodata.store._batch import BatchSources
 from ptychodata.store._cache_paths import (
+    FRAMES_PREFIX,
+    MANIFEST,
     BuildSlot,
     FrameFile,
     GroupingFile,
     ReaderLock,
+    npy_name,
     npy_stem,
     object_stem,
     open_current,
 )
 from ptychodata.store._files import map_npy
 from ptychodata.store._frames import FramesEncoding, map_patterns
+from ptychodata.store._ids import inside
 from ptychodata.store._manifest import FrameManifest, GroupingManifest, read_manifest
+from ptychodata.store._schema import corrupt
 
 __all__ = ["OpenBuild"]
 
@@ -53,17 +59,60 @@ class OpenBuild:
         self.locks = [grouping_lock]
         try:
             self.grouping_dir = slot.build_dir(build_id)
+            inside(self.grouping_dir, grouping_path, f"{grouping_path}: build {build_id}")
             self.grouping: GroupingManifest = read_manifest(self.grouping_dir, GroupingManifest)
             self.frames_dir = BuildSlot(grouping_path.parent.parent, grouping_path).build_dir(
                 self.grouping.frames_build_id
             )
+            inside(self.frames_dir, grouping_path.parent.parent, f"{grouping_path}: frames build")
             self.frames: FrameManifest = self._lock_frames()
+            self._check_pair()
             self.frame_arrays = _map_files(self.frames_dir, self.frames)
             self.group_arrays = _map_files(self.grouping_dir, self.grouping)
             self._map_patterns()
+            self._check_indices()
         except BaseException:
             self.close()
             raise
+
+    def _check_pair(self) -> None:
+        """``StoreCorruptError`` unless the grouping build belongs to this frames build: its
+        frames key, one scale per experiment, and X of the frames' N."""
+        where = str(self.grouping_dir / MANIFEST)
+        frames, grouping = self.frames, self.grouping
+        if grouping.frames_key != frames.key or self.frames_dir.parent.parent.name != f"{FRAMES_PREFIX}{frames.key}":
+            raise corrupt(where, f"frames_key {grouping.frames_key}, but the frames build {self.frames_dir} has key "
+                                 f"{frames.key}")
+        E = len(frames.experiments)
+        if len(grouping.x_scale) != E:
+            raise corrupt(where, f"{len(grouping.x_scale)} x_scale values for a frames build of {E} experiment(s)")
+        X = grouping.files.get(npy_name(GroupingFile.X))
+        if X is not None and X.shape[2:] != [frames.N, frames.N]:
+            raise corrupt(where, f"files.X.npy has shape {X.shape}; the frames are {frames.N}×{frames.N}")
+        try:
+            encoding = FramesEncoding.of(frames.patterns)
+        except ParameterError as exc:
+            raise corrupt(str(self.frames_dir / MANIFEST), f"patterns: {exc}") from None
+        if encoding.storage.str != frames.patterns.storage:
+            raise corrupt(str(self.frames_dir / MANIFEST), f"patterns.storage {frames.patterns.storage!r}; "
+                                                            f"{encoding.dtype} {encoding.values} is stored as "
+                                                            f"{encoding.storage.str!r}")
+
+    def _check_indices(self) -> None:
+        """``StoreCorruptError`` unless every index a batch follows stays in its table: group
+        members in [0, M), experiments of groups and of patterns in [0, E) (one pass over the
+        index tables, not over the patterns)."""
+        M, E = self.frames.n_patterns, len(self.frames.experiments)
+        for directory, arrays, stem, limit, what in (
+            (self.grouping_dir, self.group_arrays, GroupingFile.GROUPS, M, "pattern"),
+            (self.grouping_dir, self.group_arrays, GroupingFile.GROUP_EXPERIMENT, E, "experiment"),
+            (self.frames_dir, self.frame_arrays, FrameFile.EXPERIMENT_ID, E, "experiment"),
+        ):
+            table = arrays[stem]
+            low, high = _range(table)
+            if table.size and (low < 0 or high >= limit):
+                raise corrupt(str(directory / npy_name(stem)),
+                              f"holds {what} indices in [{low}, {high}]; the build has {limit} {what}s (0..{limit - 1})")
 
     def _lock_frames(self) -> FrameManifest:
         """Hold the frames build this grouping was made from, and read its manifest."""
@@ -116,6 +165,21 @@ class OpenBuild:
             lock.close()
         self.locks = []
         self.frame_arrays, self.group_arrays = {}, {}
+
+
+def _range(table: np.ndarray) -> tuple[int, int]:
+    """(min, max) of an index table, in row chunks (its pages released as it goes)."""
+    if not table.size:
+        return 0, 0
+    flat = table.reshape(len(table), -1)
+    rows = rows_per_chunk(max(1, flat[:1].nbytes), 16 << 20)
+    low, high = None, None
+    for start in range(0, len(flat), rows):
+        chunk = flat[start : start + rows]
+        chunk_low, chunk_high = int(chunk.min()), int(chunk.max())
+        low = chunk_low if low is None else min(low, chunk_low)
+        high = chunk_high if high is None else max(high, chunk_high)
+    return low, high
 
 
 def _map_files(directory: Path, manifest: FrameManifest | GroupingManifest) -> dict[str, np.ndarray]:

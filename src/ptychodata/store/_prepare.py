@@ -29,7 +29,7 @@ from ptychodata.store._cache import collect_builds, collect_frames, live_manifes
 from ptychodata.store._cache_paths import BuildSlot, CachePaths, collects_implicitly, file_lock, open_current
 from ptychodata.store._files import ensure_writable_directory, file_digest
 from ptychodata.store._frames import FramesEncoding, canonical_frames_dtype
-from ptychodata.store._frames_build import build_frames
+from ptychodata.store._frames_build import build_frames, frames_bytes
 from ptychodata.store._grouping_build import GroupsAhead, build_grouping
 from ptychodata.store._manifest import SCHEMA_VERSION, FrameManifest, GroupingManifest, is_sound, stable_key
 from ptychodata.store._sources import Source, open_sources
@@ -203,7 +203,8 @@ def _ensure_frames(
         positions = [np.stack([handle.scan.xcoords, handle.scan.ycoords], axis=1) for handle in handles]
         ahead = GroupsAhead.start(grouping_pool, positions, [handle.name for handle in handles], config)
         identity = [handle.state(digest=options.verify) for handle in handles]
-        with slot.new_build(identity, sound=_sound_frames) as (build_id, directory):
+        needs = frames_bytes(handles, options)
+        with slot.new_build(identity, sound=_sound_frames, needs=needs) as (build_id, directory):
             build_frames(directory, slot.frames_key, build_id, handles, options)
         slot.publish(build_id)
         if collects_implicitly(slot.cache_root):

@@ -13,6 +13,7 @@ from ptychodata.errors import ParameterError, ScanFileNotFoundError
 from ptychodata.scan import ScanData
 from ptychodata.store._files import file_digest
 from ptychodata.store._hashing import content_hash
+from ptychodata.store._source_file import FileState
 
 __all__ = ["Source", "open_sources"]
 
@@ -80,6 +81,8 @@ class Source:
         counts_stored: bool = False,
     ):
         self.path, self.size, self.mtime_ns = path, size, mtime_ns
+        self.file_state: FileState | None = None  # the file as first seen: a build checks it is unchanged
+        self.sha256: str | None = None  # the file's SHA-256 before the build, when one was computed
         self.intensity = intensity
         self.options = options or {}
         # The stream takes the square root itself: an in-memory scan of counts, or a file
@@ -94,9 +97,11 @@ class Source:
             return cls(None, None, None, source, intensity=intensity)
         path = Path(source).expanduser().resolve()
         stat = _stat_source(path)
-        return cls(
+        handle = cls(
             str(path), stat.st_size, stat.st_mtime_ns, intensity=intensity, options=options, counts_stored=counts_stored
         )
+        handle.file_state = FileState.of(stat)
+        return handle
 
     @property
     def scan(self) -> ScanData:
@@ -117,7 +122,7 @@ class Source:
             return {"content_hash": self.known_hash}
         state: dict[str, Any] = {"path": self.path, "size": self.size, "mtime_ns": self.mtime_ns}
         if digest:
-            state["sha256"] = file_digest(self.path)
+            self.sha256 = state["sha256"] = file_digest(self.path)
         return state
 
     def identity(self) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from typing import Any
 from ptychodata._runtime import create_exclusive
 from ptychodata.dataset._manifest import DatasetPaths, write_json_atomic
 from ptychodata.dataset._scan_build import ScanBuild
+from ptychodata.dataset._validate import check_claim, check_scan_build
 from ptychodata.errors import ParameterError
 
 __all__ = ["ARRAY_INDEX_VARIABLES", "array_index", "claim", "read_list", "read_record", "write_record"]
@@ -71,7 +72,7 @@ def read_record(paths: DatasetPaths, path: str) -> ScanBuild | None:
     """The recorded build of ``path``, if there is one and the file is unchanged since."""
     try:
         values = json.loads((paths.root / "built" / f"{_key(path)}.json").read_text())
-        build = ScanBuild.from_dict(values)
+        build = ScanBuild.from_dict(check_scan_build(values))
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return build if build.source.path == path and build.source.unchanged() else None
@@ -96,7 +97,7 @@ def claim(paths: DatasetPaths, path: str, *, expiry_s: float = CLAIM_EXPIRY_S) -
 
 def _stale(target: Path) -> bool:
     try:
-        held: dict[str, Any] = json.loads(target.read_text())
+        held: dict[str, Any] = check_claim(json.loads(target.read_text()))
         if time.time() > float(held["expires"]):
             return True
         if held["host"] == socket.gethostname() and int(held["pid"]) != os.getpid():

@@ -24,6 +24,7 @@ from typing import Any
 
 from ptychodata._runtime import canonical_json, create_exclusive, write_text_atomic
 from ptychodata.dataset._scan_build import ScanBuild
+from ptychodata.dataset._validate import check_scan_build
 from ptychodata.errors import ParameterError, StoreError, StoreNotFoundError
 
 __all__ = ["DatasetManifest", "DatasetPaths", "ScanEntry", "check_name"]
@@ -61,7 +62,7 @@ class ScanEntry:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> ScanEntry:
-        return cls(ScanBuild.from_dict(values["build"]), {str(k): str(v) for k, v in values["tags"].items()})
+        return cls(ScanBuild.from_dict(check_scan_build(values["build"])), {str(k): str(v) for k, v in values["tags"].items()})
 
 
 @dataclass(frozen=True)

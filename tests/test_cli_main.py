@@ -14,7 +14,8 @@ from ptychodata.errors import ScanDataError
         (MemoryError(), "out of memory"),
         (MemoryError("Unable to allocate\n 8.00 GiB"), "out of memory: Unable to allocate 8.00 GiB"),
         (ScanDataError("crop=300 exceeds the frame 256×256"), "--crop 300 exceeds the frame 256×256"),
-        (PermissionError(13, "Permission denied", "/x.npz"), "[Errno 13] Permission denied: '/x.npz'"),
+        (PermissionError(13, "Permission denied", "/x.npz"), "/x.npz: Permission denied [Errno 13]"),
+        (OSError(28, "No space left on device"), "No space left on device [Errno 28]"),
     ],
 )
 def test_errors_print_one_line_and_exit_2(monkeypatch, capsys, error, line):

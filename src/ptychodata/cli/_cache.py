@@ -17,8 +17,9 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
     cache = commands.add_parser(
         "cache",
         help="list, verify, prune or remove cached stores",
-        description="list: every store with its builds and groupings; verify: files, sources and hashes of "
-        "the live builds; prune: delete builds that are not live and that no reader holds, and leftovers of "
+        description="list: every store with its builds and groupings; verify: the live builds' manifests, "
+        "files (sizes, headers, SHA-256 of their bytes against those recorded when written), index tables and "
+        "sources (exit status 1 on a problem); prune: delete builds that are not live and that no reader holds, and leftovers of "
         "builds that died; remove: delete whole stores (refused while a reader holds one, unless --force).",
     )
     cache.add_argument("action", choices=("list", "verify", "prune", "remove"))
@@ -31,7 +32,10 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
     add_cache_dir(cache)
     cache.add_argument("--all", action="store_true", help="with remove: every store")
     cache.add_argument("--force", action="store_true", help="with remove: also stores a reader holds open")
-    cache.add_argument("--quick", action="store_true", help="with verify: skip re-hashing the sources")
+    cache.add_argument(
+        "--quick", action="store_true",
+        help="with verify: check manifests, sizes, headers and indices but re-hash neither the files nor the sources",
+    )
     cache.add_argument(
         "--older-than", type=positive_float, metavar="DAYS",
         help="with prune: only builds made more than DAYS ago (on shared file systems, e.g. 14)",
@@ -50,6 +54,8 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "list":
         return _list(stores, cache_dir)
     if args.action == "verify":
+        if not stores:
+            print(f"{cache_dir}: no store to verify")
         return _verify(stores, quick=args.quick)
     if not args.stores and not args.all:
         raise ParameterError("cache remove needs store keys, or --all")

@@ -1,6 +1,7 @@
-"""``ptychodata dataset create|add|remove|info``."""
+"""``ptychodata dataset create|add|remove|weights|info|export|import``."""
 
 import json
+import re
 
 import pytest
 
@@ -98,3 +99,56 @@ def test_workers_sharing_a_list_build_each_scan_once(tmp_path, capsys):
     assert [worker.returncode for worker in workers] == [0] * 4, [err for _, err in outputs]
     built = [line.split(" ", 1)[1] for out, _ in outputs for line in out.splitlines()]
     assert sorted(built) == sorted(map(str, paths))  # each scan exactly once
+
+
+def test_weights_info_export_and_import(tmp_path, files, capsys):
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    assert main(["dataset", "create", "mix", "--gridsize", "2", "--neighbors", "5", "--seed", "3", *cache]) == 0
+    assert main(["dataset", "add", "mix", str(files[0]), str(files[1]), "--tag", "kind=sim", "--quiet", *cache]) == 0
+    assert main(["dataset", "add", "mix", str(files[2]), "--tag", "kind=real", "--quiet", *cache]) == 0
+    plain = capsys.readouterr().out.strip().splitlines()[-1]
+    assert main(["dataset", "weights", "mix", "--tag", "kind=real", "0.5", "--scan", "s1.npz", "2",
+                 "--batching", "stratified", *cache]) == 0
+    weighted = capsys.readouterr().out.strip()
+    assert weighted != plain
+    assert main(["dataset", "weights", "mix", *cache]) == 0
+    shown = capsys.readouterr().out
+    assert "repeat: scan s1.npz=2, kind=real=0.5 (resample epoch, stratified batches)" in shown
+    assert main(["dataset", "info", "mix", "--json", *cache]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["build_id"] == weighted and info["weights"]["batching"] == "stratified"
+    assert {scan["name"]: scan["epoch_groups"] for scan in info["scans"]} == {"s1.npz": 60, "s2.npz": 30, "s3.npz": 15}
+    assert main(["dataset", "info", "mix", *cache]) == 0
+    assert "60 an epoch (scan " in capsys.readouterr().out
+    assert main(["dataset", "export", "mix", str(tmp_path / "moved"), "--quiet", *cache]) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "moved")
+    other = ["--cache-dir", str(tmp_path / "other")]
+    assert main(["dataset", "import", str(tmp_path / "moved"), "--quiet", *other]) == 0
+    assert capsys.readouterr().out.strip() == weighted
+    assert main(["dataset", "weights", "mix", "--clear", *cache]) == 0
+    assert capsys.readouterr().out.strip() == plain
+
+
+def test_bad_weights_and_imports_are_one_error_line_and_exit_2(tmp_path, files, capsys):
+    cache = ["--cache-dir", str(tmp_path)]
+    assert main(["dataset", "create", "bad", *cache]) == 0
+    assert main(["dataset", "add", "bad", str(files[0]), "--quiet", *cache]) == 0
+    capsys.readouterr()
+    for argv, message in [
+        (["--tag", "oops", "2"], "--tag 'oops': expected KEY=VALUE"),
+        (["--scan", "nosuch.npz", "2"], "weight of 'nosuch.npz': no scan of dataset 'bad'"),
+        (["--scan", "s1.npz", "two"], "weight of 's1.npz': 'two'; expected a number"),
+        (["--scan", "s1.npz", "-1"], "weight of scan .*: -1.0; expected a finite number >= 0"),
+        (["--tag", "kind=x", "0.7", "--tag", "kind=y", "0.7", "--mode", "proportion"], "proportion weights sum to 1.4"),
+        (["--clear", "--scan", "s1.npz", "2"], "--clear with --scan or --tag"),
+    ]:
+        assert main(["dataset", "weights", "bad", *argv, *cache]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("error: ")
+        assert re.search(message, err), err
+    assert main(["dataset", "import", str(tmp_path), *cache]) == 2
+    assert "no ptychodata-export.json" in capsys.readouterr().err
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("x")
+    assert main(["dataset", "export", "bad", str(tmp_path / "full"), *cache]) == 2
+    assert "exists and is not an empty directory" in capsys.readouterr().err

@@ -124,3 +124,126 @@ def test_plain_stores_keep_their_order():
     plain = GroupSampler(30, 4, seed=9)
     plain.set_epoch(2)
     np.testing.assert_array_equal(plain.global_order(), np.random.default_rng([9, 2]).permutation(30))
+
+
+# ---------------------------------------------------------------- weighted epochs
+from collections import Counter  # noqa: E402
+
+from ptychodata.dataset import WeightRule, Weights  # noqa: E402
+
+TAGS = {"aa": {"kind": "sim"}, "bb": {"kind": "real"}, "cc": {"kind": "sim"}, "ab": {"kind": "real"}}
+MIXED = Weights("repeat", (WeightRule(1.5, tag=("kind", "sim")), WeightRule(0.6, tag=("kind", "real"))))
+
+
+def _weighted(sizes, weights, fingerprint):
+    uids = sorted(sizes)
+    scan = np.concatenate([np.full(sizes[u], k) for k, u in enumerate(uids)])
+    local = np.concatenate([np.arange(sizes[u]) for u in uids])
+    mixing = weights.plan(uids, [TAGS[u] for u in uids], [sizes[u] for u in uids]).check()
+    return GroupKeys.of(uids, scan, local, fingerprint, mixing=mixing)
+
+
+def _steps(samplers):
+    """The global steps of one pass: rank 0's batch, rank 1's, ... for each step."""
+    per_rank = [[b.tolist() for b in sampler.iter_arrays()] for sampler in samplers]
+    return [sum((batches[t] for batches in per_rank), []) for t in range(len(per_rank[0]))]
+
+
+@pytest.mark.parametrize("batching", ["random", "stratified"])
+def test_a_weighted_sampler_serves_the_epoch_counts(batching):
+    sizes = {"aa": 40, "bb": 25, "cc": 10}
+    weights = Weights("repeat", MIXED.rules, batching=batching)
+    keys = _weighted(sizes, weights, "f1")
+    sampler = GroupSampler(75, 8, seed=2, keys=keys)
+    for epoch in (0, 1):
+        sampler.set_epoch(epoch)
+        served = np.concatenate(list(sampler.iter_arrays()))
+        assert np.bincount(keys.scan[served], minlength=3).tolist() == [60, 15, 15]
+    assert sampler.state_dict()["epoch_length"] == 90
+
+
+def test_stratified_global_batches_hold_each_stratum_within_one_of_its_quota():
+    sizes = {"aa": 40, "bb": 25, "cc": 10}
+    keys = _weighted(sizes, Weights("repeat", MIXED.rules, batching="stratified"), "f1")
+    strata = keys.mixing.strata[keys.scan]  # kind=sim (aa, cc: 75 items), kind=real (bb: 15)
+    samplers = [GroupSampler(75, 7, seed=4, keys=keys, num_replicas=2, rank=r) for r in range(2)]
+    steps = _steps(samplers)
+    totals = np.bincount(np.concatenate([strata[s] for s in steps]), minlength=2)
+    assert totals.tolist() == [15, 75] or totals.tolist() == [75, 15]
+    for step in steps:
+        counts = np.bincount(strata[step], minlength=2)
+        quota = len(step) * totals / totals.sum()
+        assert np.all(np.abs(counts - quota) <= 1), (counts, quota)
+
+
+@pytest.mark.parametrize("batching", ["random", "stratified"])
+def test_a_weighted_run_resumed_mid_epoch_serves_exactly_the_rest(batching):
+    keys = _weighted({"aa": 40, "bb": 25, "cc": 10}, Weights("repeat", MIXED.rules, batching=batching), "f1")
+    whole = [GroupSampler(75, 5, seed=8, keys=keys, num_replicas=2, rank=r) for r in range(2)]
+    for sampler in whole:
+        sampler.set_epoch(3)
+    expected = [[b.tolist() for b in s.iter_arrays()] for s in whole]
+    first = [GroupSampler(75, 5, seed=8, keys=keys, num_replicas=2, rank=r) for r in range(2)]
+    for sampler in first:
+        sampler.set_epoch(3)
+        for _ in zip(range(4), sampler.iter_arrays()):
+            pass
+    state = first[0].state_dict(batches_done=4)
+    for r in range(2):
+        resumed = GroupSampler(75, 5, seed=0, keys=keys, num_replicas=2, rank=r)
+        resumed.load_state_dict(state)
+        resumed.set_epoch(3)
+        assert [b.tolist() for b in resumed.iter_arrays()] == expected[r][4:]
+
+
+def test_a_stratified_run_resumed_on_three_ranks_deals_what_remained():
+    keys = _weighted({"aa": 40, "bb": 25, "cc": 10}, Weights("repeat", MIXED.rules, batching="stratified"), "f1")
+    strata = keys.mixing.strata[keys.scan]
+    first = [GroupSampler(75, 4, seed=5, keys=keys, num_replicas=2, rank=r) for r in range(2)]
+    served = Counter()
+    for sampler in first:
+        for batch, _ in zip(sampler.iter_arrays(), range(3)):
+            served.update(batch.tolist())
+    state = first[0].state_dict(batches_done=3)
+    later = [GroupSampler(75, 4, seed=5, keys=keys, num_replicas=3, rank=r) for r in range(3)]
+    for sampler in later:
+        sampler.load_state_dict(state)
+    steps = _steps(later)
+    rest = Counter(g for step in steps for g in step)
+    assert served + rest == Counter(keys.epoch(5, 0).groups.tolist())
+    remaining = np.bincount(np.concatenate([strata[s] for s in steps]), minlength=2)
+    for step in steps:
+        quota = len(step) * remaining / remaining.sum()
+        assert np.all(np.abs(np.bincount(strata[step], minlength=2) - quota) <= 1)
+
+
+@pytest.mark.parametrize("batching", ["random", "stratified"])
+def test_continue_on_a_weighted_dataset_serves_each_later_item_once(batching):
+    weights = Weights("repeat", MIXED.rules, batching=batching)
+    small, large = {"aa": 40, "bb": 25}, {"aa": 40, "bb": 25, "ab": 30}
+    before, after = _weighted(small, weights, "f1"), _weighted(large, weights, "f2")
+    sampler = GroupSampler(65, 6, seed=3, keys=before)
+    sampler.set_epoch(1)
+    names_before = [(u, i) for u in sorted(small) for i in range(small[u])]
+    consumed = Counter()
+    for batch, _ in zip(sampler.iter_arrays(), range(5)):
+        consumed.update(names_before[g] for g in batch)
+    state = sampler.state_dict(batches_done=5)
+    resumed = GroupSampler(95, 6, seed=0, keys=after)
+    resumed.load_state_dict(state, on_dataset_change="continue")
+    names_after = [(u, i) for u in sorted(large) for i in range(large[u])]
+    rest = Counter(names_after[g] for batch in resumed.iter_arrays() for g in batch)
+    items = after.epoch(3, 1)
+    item_keys = after.item_keys(3, 1, items.groups, items.copies)
+    if batching == "random":
+        later = item_keys > np.uint64(state["last_key"])
+    else:
+        stratum = after.mixing.strata[after.scan[items.groups]]
+        names = after.mixing.strata_names
+        bounds = np.array([state["strata_last"].get(names[s]) or 0 for s in stratum], np.uint64)
+        later = item_keys > bounds
+    assert rest == Counter(names_after[g] for g in items.groups[later])
+    # what was consumed is not served again: per group, consumed + rest copies <= copies in the new epoch
+    total = Counter(names_after[g] for g in items.groups)
+    assert all(consumed[n] + rest[n] <= total[n] for n in total)
+    assert any(name[0] == "ab" for name in rest)

@@ -20,6 +20,7 @@ from typing import Any
 from tqdm import tqdm
 
 from ptychodata._runtime import check_int
+from ptychodata.dataset._export import export_dataset, import_export
 from ptychodata.dataset._jobs import claim, read_record, write_record
 from ptychodata.dataset._manifest import (
     DatasetManifest,
@@ -36,7 +37,7 @@ from ptychodata.errors import ParameterError, PtychodataError, StoreError, Store
 from ptychodata.grouping import GroupingConfig
 from ptychodata.store import default_cache_dir, write_pins
 
-__all__ = ["Dataset", "DatasetChange", "open_dataset"]
+__all__ = ["Dataset", "DatasetChange", "import_dataset", "open_dataset"]
 
 _PUBLISH_ATTEMPTS = 20
 
@@ -108,6 +109,11 @@ class Dataset:
         if spec.load_options.mask is not None:
             raise ParameterError("a dataset's load_options cannot hold a mask array; give it to each file's reader")
         cache = Path(cache_dir if cache_dir is not None else default_cache_dir()).expanduser().resolve()
+        return cls._with_spec(name, spec, cache)
+
+    @classmethod
+    def _with_spec(cls, name: str, spec: DatasetSpec, cache: Path) -> Dataset:
+        """The dataset ``name`` of ``cache`` with ``spec``: created, or opened if it has that spec."""
         paths = DatasetPaths(cache, name)
         if paths.spec.is_file():
             existing = cls(name, cache)
@@ -307,9 +313,7 @@ class Dataset:
         builds = []
         for path in sorted((self.paths.root / "builds").glob("*.json")):
             for entry in self.paths.read(path.stem).scans:
-                slot = self.cache_dir / entry.build.grouping_path
-                builds.append(slot / "builds" / entry.build.grouping_build_id)
-                builds.append(slot.parent.parent / "builds" / entry.build.frames_build_id)
+                builds += [self.cache_dir / build for build in entry.build.build_dirs()]
         write_pins(self.cache_dir, f"dataset-{self.name}", builds)
 
     def _prepare_all(
@@ -385,6 +389,35 @@ class Dataset:
             return tuple(keep.values()), change
 
         return self._publish(without)
+
+    # ------------------------------------------------------------------ moving
+    def export(
+        self,
+        directory: str | os.PathLike,
+        *,
+        build_id: str | None = None,
+        link: bool = True,
+        progress: bool = False,
+    ) -> Path:
+        """Write build ``build_id`` (default the live one) to ``directory``, self-contained.
+
+        The directory (new, or empty) holds ``ptychodata-export.json`` (the build's manifest,
+        the spec and every file with its size and SHA-256, written last) and ``cache/``, a
+        cache with only this build and its scans' builds: ``open_dataset(name,
+        cache_dir=directory / "cache")`` reads it where it is. Paths inside are relative; files
+        are hard links to the cache's where the file system allows (``link=False``: copies),
+        each hashed on the way and checked against the hash its build recorded. Move it with
+        ``rsync -aH`` or Globus, then :func:`import_dataset`.
+
+        Returns
+        -------
+        Path
+            The export directory.
+        """
+        manifest = self.manifest(build_id)
+        if not manifest.scans:
+            raise ParameterError(f"dataset {self.name!r} holds no scan yet; nothing to export")
+        return export_dataset(manifest, self.spec, self.cache_dir, directory, link=link, progress=progress)
 
     # ------------------------------------------------------------------ weights
     @property
@@ -497,6 +530,46 @@ def open_dataset(
     if build_id is None:
         raise StoreError(f"dataset {name!r} holds no scan yet; add scans with Dataset.add")
     return DatasetStore(dataset.manifest(build_id), dataset.cache_dir)
+
+
+def import_dataset(
+    directory: str | os.PathLike,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    name: str | None = None,
+    link: bool = True,
+    progress: bool = False,
+) -> DatasetChange:
+    """Import what :meth:`Dataset.export` wrote into ``cache_dir`` and publish it there.
+
+    Every file's size and SHA-256 is checked against the export's record first; a damaged or
+    incomplete export raises (``StoreCorruptError``, ``StoreNotFoundError``) naming the file,
+    and nothing is published. Builds the cache lacks are hard-linked from the export where
+    the file system allows (``link=False``: copied); those it has are used as they are. The
+    dataset (``name``, default the exported one's) is created with the exported spec, or must
+    have that spec already; the exported composition and weights become its live build (an
+    earlier build stays listed, so ``diff`` shows what the import changed).
+
+    Returns
+    -------
+    DatasetChange
+        ``added`` and ``removed``: the scans' source paths as recorded where they were built.
+    """
+    cache = Path(cache_dir if cache_dir is not None else default_cache_dir()).expanduser().resolve()
+    name, export = import_export(directory, cache, name=name, link=link, progress=progress)
+    dataset = Dataset._with_spec(name, export.spec, cache)
+    scans = export.manifest.scans
+
+    def imported(base: DatasetManifest) -> tuple[tuple[ScanEntry, ...], _Plan]:
+        before, after = set(base.uids()), {entry.uid for entry in scans}
+        return scans, _Plan(
+            added=[e.build.source.path for e in scans if e.uid not in before],
+            removed=[e.build.source.path for e in base.scans if e.uid not in after],
+            unchanged=[e.build.source.path for e in scans if e.uid in before],
+            weights=export.manifest.weights,
+        )
+
+    return dataset._publish(imported)
 
 
 def _publish_change(name, cache_dir, listed, built, tags, keep_going) -> DatasetChange:

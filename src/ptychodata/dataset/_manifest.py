@@ -7,8 +7,9 @@
       builds/<id>.json     one immutable manifest per composition of scans (never modified)
       current              the live build's id (replaced atomically)
 
-A manifest lists its scans sorted by uid; its id is a hash of that canonical list and the
-spec, so one composition reached in any order has one id: the dataset's fingerprint.
+A manifest lists its scans sorted by uid, and the mixing weights where some are set; its id
+is a hash of those and the spec, so one composition reached in any order has one id: the
+dataset's fingerprint.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 from ptychodata._runtime import canonical_json, create_exclusive, write_text_atomic
 from ptychodata.dataset._scan_build import ScanBuild
 from ptychodata.dataset._validate import check_scan_build
+from ptychodata.dataset._weights import Weights
 from ptychodata.errors import ParameterError, StoreError, StoreNotFoundError
 
 __all__ = ["DatasetManifest", "DatasetPaths", "ScanEntry", "check_name"]
@@ -67,12 +69,13 @@ class ScanEntry:
 
 @dataclass(frozen=True)
 class DatasetManifest:
-    """One composition of a dataset's scans, sorted by uid."""
+    """One composition of a dataset's scans, sorted by uid, and its mixing weights."""
 
     name: str
     spec: dict[str, Any]
     scans: tuple[ScanEntry, ...]
     created: str = ""
+    weights: Weights | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "scans", tuple(sorted(self.scans, key=lambda entry: entry.uid)))
@@ -82,19 +85,22 @@ class DatasetManifest:
 
     @property
     def build_id(self) -> str:
-        """The fingerprint: a hash of the spec and the scans (not of the name or the time)."""
+        """The fingerprint: a hash of the spec, the scans and the weights (not of the name or the time)."""
         scans = [
             {**entry.to_dict(), "build": {k: v for k, v in entry.build.to_dict().items() if k not in _NOT_IDENTITY}}
             for entry in self.scans
         ]
-        text = canonical_json({"format": FORMAT, "version": VERSION, "spec": self.spec, "scans": scans})
+        identity = {"format": FORMAT, "version": VERSION, "spec": self.spec, "scans": scans}
+        if self.weights is not None:  # a dataset without weights keeps the id it had before they existed
+            identity["weights"] = self.weights.to_dict()
+        text = canonical_json(identity)
         return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
     def uids(self) -> list[str]:
         return [entry.uid for entry in self.scans]
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        values = {
             "format": FORMAT,
             "version": VERSION,
             "name": self.name,
@@ -103,6 +109,15 @@ class DatasetManifest:
             "spec": self.spec,
             "scans": [entry.to_dict() for entry in self.scans],
         }
+        if self.weights is not None:
+            values["weights"] = self.weights.to_dict()
+        return values
+
+    def with_weights(self, weights: Weights | None) -> DatasetManifest:
+        """This composition with other weights (those of scans it lacks dropped)."""
+        if weights is not None:
+            weights = weights.keeping(set(self.uids()))
+        return DatasetManifest(self.name, self.spec, self.scans, self.created, weights)
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], *, where: str) -> DatasetManifest:
@@ -117,6 +132,7 @@ class DatasetManifest:
                 dict(values["spec"]),
                 tuple(ScanEntry.from_dict(entry) for entry in values["scans"]),
                 str(values.get("created", "")),
+                Weights.from_dict(values["weights"], where=f"{where}: weights") if values.get("weights") else None,
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise StoreError(f"{where}: malformed dataset manifest ({type(exc).__name__}: {exc})") from None
@@ -179,7 +195,7 @@ class DatasetPaths:
         build_id = manifest.build_id
         path = self.build(build_id)
         if not path.is_file():
-            stamped = DatasetManifest(manifest.name, manifest.spec, manifest.scans, _now())
+            stamped = DatasetManifest(manifest.name, manifest.spec, manifest.scans, _now(), manifest.weights)
             write_json_atomic(path, stamped.to_dict())
         generation = base[1]
         claim = self.root / "successors" / str(generation)

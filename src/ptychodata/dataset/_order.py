@@ -4,6 +4,12 @@ Each group of a dataset has an identity made of its scan's uid and its index in 
 an epoch's order sorts the groups by a 64-bit key mixed from (seed, epoch, identity). Adding
 a scan inserts its groups among the others without moving them relative to each other, and a
 run resumed after a change can tell, by key, which groups it has served.
+
+With mixing weights (:class:`Mixing`) an epoch holds ``counts[k]`` groups of scan ``k``: each
+of its groups ``q`` times and, for the remainder ``r``, one more copy of the ``r`` groups with
+the smallest *choice keys* (mixed from the seed, the epoch or not, and the identity). Copy
+``c`` of a group has its own key, mixed from (seed, epoch, identity, c); copy 0's is the
+unweighted key. :func:`stratified_steps` deals the strata over global batches.
 """
 
 from __future__ import annotations
@@ -13,11 +19,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["GroupKeys", "mix64"]
+from ptychodata.errors import ParameterError
+
+__all__ = ["EpochItems", "GroupKeys", "Mixing", "key_order", "mix64", "stratified_steps"]
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
+_COPY = np.uint64(0xD6E8FEB86659FD93)  # copy c's salt differs from copy 0's by c times this
+_CHOICE = np.uint64(0xA0761D6478BD642F)  # choice keys are salted apart from order keys
+_FIXED = 2**64 - 1  # the "epoch" of choice keys that stay the same every epoch
+_CHUNK = 1 << 16  # keys are computed this many at a time: small temporaries
 
 
 def mix64(values: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
@@ -36,13 +48,183 @@ def mix64(values: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
     return np.bitwise_xor(z, shifted, out=z)
 
 
+def _scalar(value: int) -> np.uint64:
+    return mix64(np.array([int(value) & (2**64 - 1)], np.uint64))[0]
+
+
+def _salt(seed: int, epoch: int) -> np.uint64:
+    """The salt of copy 0 in epoch ``epoch`` of a run seeded ``seed``."""
+    return _scalar(int(np.uint64(int(seed) & (2**64 - 1)) ^ _scalar(epoch)))
+
+
 def _uid64(uid: str) -> np.uint64:
     return np.uint64(int.from_bytes(hashlib.blake2b(uid.encode(), digest_size=8).digest(), "little"))
 
 
+class _Keys:
+    """The key of each item of an epoch, computed a chunk at a time: item ``i`` is copy
+    ``copies[i]`` of group ``groups[i]`` (or copy 0 of group ``i`` when ``groups`` is None)."""
+
+    def __init__(self, identities: np.ndarray, salt: np.uint64, groups=None, copies=None):
+        self.identities, self.salt, self.groups, self.copies = identities, salt, groups, copies
+        self.size = len(identities) if groups is None else len(groups)
+
+    def at(self, start: int, stop: int, select: np.ndarray | None = None) -> np.ndarray:
+        """(n,) uint64: keys of items ``start:stop`` (of ``start + select`` where given); a new array."""
+        where = slice(start, stop) if select is None else select + start
+        groups = where if self.groups is None else self.groups[where]
+        keys = self.identities[groups]
+        if keys.base is self.identities:  # a slice: a view
+            keys = keys.copy()
+        if self.copies is None:
+            np.bitwise_xor(keys, self.salt, out=keys)
+        else:
+            salts = np.multiply(self.copies[where].astype(np.uint64), _COPY)
+            np.bitwise_xor(salts, self.salt, out=salts)
+            np.bitwise_xor(keys, mix64(salts, out=salts), out=keys)
+        return mix64(keys, out=keys)
+
+    def of(self, items: np.ndarray) -> np.ndarray:
+        """Keys of the items at positions ``items`` (any order)."""
+        return self.at(0, self.size, np.asarray(items, np.int64))
+
+
+def key_order(keys: _Keys) -> np.ndarray:
+    """Positions ``0..n-1`` sorted by key, ties by position: ``np.argsort(keys, kind="stable")``
+    without holding every key at once.
+
+    The keys are split in up to 4 buckets by their top bits; each bucket's keys, truncated,
+    are packed with their positions into one uint64 each and sorted in place; rare equal
+    truncated keys are sorted again by their whole keys. The result is int32 below 2**31
+    positions; the work takes a byte a position (bucket labels) and a bucket's packed keys
+    (about 2 bytes a position), so about 7 bytes a position in all, against the 16 of
+    ``np.argsort`` over the keys, and a sort in place instead of an indirect one.
+    """
+    n = keys.size
+    order = np.empty(n, np.int32 if n <= 2**31 else np.int64)
+    if n == 0:
+        return order
+    index_bits = max(1, (n - 1).bit_length())
+    bucket_bits = min(2, max(0, (n >> 20).bit_length()), 60 - index_bits) if n > 1 else 0
+    kept = 64 - bucket_bits - index_bits  # key bits packed above the position
+    labels = None
+    counts = np.array([n], np.int64)
+    if bucket_bits:
+        labels = np.empty(n, np.uint8)
+        counts = np.zeros(1 << bucket_bits, np.int64)
+        for start in range(0, n, _CHUNK):
+            top = np.right_shift(keys.at(start, min(n, start + _CHUNK)), np.uint64(64 - bucket_bits))
+            labels[start : start + len(top)] = top
+            counts += np.bincount(labels[start : start + len(top)], minlength=len(counts))
+    mask = np.uint64((1 << index_bits) - 1)
+    filled = 0
+    for bucket, count in enumerate(counts.tolist()):
+        if not count:
+            continue
+        packed = np.empty(count, np.uint64)
+        at = 0
+        for start in range(0, n, _CHUNK):
+            stop = min(n, start + _CHUNK)
+            if labels is None:
+                chunk, positions = keys.at(start, stop), np.arange(start, stop, dtype=np.uint64)
+            else:
+                select = np.flatnonzero(labels[start:stop] == bucket)
+                if not len(select):
+                    continue
+                chunk, positions = keys.at(start, stop, select), (select + start).astype(np.uint64)
+            np.left_shift(chunk, np.uint64(bucket_bits), out=chunk)
+            np.right_shift(chunk, np.uint64(64 - kept), out=chunk)
+            np.left_shift(chunk, np.uint64(index_bits), out=chunk)
+            np.bitwise_or(chunk, positions, out=chunk)
+            packed[at : at + len(chunk)] = chunk
+            at += len(chunk)
+        packed.sort()
+        _sort_ties(packed, keys, index_bits, mask)
+        np.bitwise_and(packed, mask, out=packed)
+        order[filled : filled + count] = packed
+        filled += count
+        del packed
+    return order
+
+
+def _sort_ties(packed: np.ndarray, keys: _Keys, index_bits: int, mask: np.uint64) -> None:
+    """Put runs of equal truncated keys of sorted ``packed`` in the order of their whole keys."""
+    shift = np.uint64(index_bits)
+    ties = []
+    for start in range(0, len(packed) - 1, _CHUNK):
+        high = np.right_shift(packed[start : start + _CHUNK + 1], shift)
+        ties.append(np.flatnonzero(high[1:] == high[:-1]) + start)
+    ties = np.concatenate(ties) if ties else np.zeros(0, np.int64)
+    if not len(ties):
+        return
+    breaks = np.flatnonzero(np.diff(ties) != 1) + 1
+    for run in np.split(ties, breaks):
+        first, last = int(run[0]), int(run[-1]) + 2
+        positions = (packed[first:last] & mask).astype(np.int64)
+        whole = keys.of(positions)
+        packed[first:last] = packed[first:last][np.lexsort((positions, whole))]
+
+
+@dataclass(frozen=True, eq=False)
+class Mixing:
+    """How many groups of each scan an epoch holds, and how batches deal them.
+
+    Attributes
+    ----------
+    counts : ndarray of shape (S,), int64
+        Groups of scan ``k`` per epoch (copies counted).
+    strata : ndarray of shape (S,), int64
+        The stratum of each scan (an index into ``strata_names``).
+    strata_names : tuple of str
+    resample : {"epoch", "fixed"}
+        Whether the groups that make up fractional parts are drawn anew each epoch.
+    batching : {"random", "stratified"}
+    description : str
+        The weights, in words, for messages.
+    """
+
+    counts: np.ndarray
+    strata: np.ndarray
+    strata_names: tuple[str, ...]
+    resample: str = "epoch"
+    batching: str = "random"
+    description: str = ""
+
+    def check(self) -> Mixing:
+        """``self`` if an epoch holds some group; else a ``ParameterError`` naming the weights."""
+        if not int(self.counts.sum()):
+            raise ParameterError(
+                f"the weights ({self.description}) leave no group in an epoch of these {len(self.counts)} scan(s); "
+                "give a scan that has groups here a weight above 0"
+            )
+        return self
+
+
+@dataclass(frozen=True, eq=False)
+class EpochItems:
+    """The items of one epoch in their order: copy ``copies[i]`` of group ``groups[i]``.
+
+    Attributes
+    ----------
+    groups : ndarray of shape (E,), int32 (int64 from 2**31 items)
+        Positions of the groups (in the view that made the keys).
+    copies : ndarray of shape (E,), uint32, or None
+        Which copy of its group each item is; None when every item is copy 0.
+    strata : ndarray of shape (E,), int16, or None
+        The stratum of each item, for stratified batches; None otherwise.
+    """
+
+    groups: np.ndarray
+    copies: np.ndarray | None = None
+    strata: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+
 @dataclass(frozen=True, eq=False)
 class GroupKeys:
-    """The identities of a dataset's groups (in its order) and what it is.
+    """The identities of a dataset's groups (in its order), what it is and how it is mixed.
 
     Attributes
     ----------
@@ -52,25 +234,143 @@ class GroupKeys:
         The dataset build's id.
     uids : tuple of str
         The dataset's scans.
+    mixing : Mixing or None
+        Weights: groups per scan and epoch, strata, resampling and batching.
+    scan : ndarray of shape (B,), int32, or None
+        Each group's scan (an index into ``uids``), kept with ``mixing``.
     """
 
     identities: np.ndarray = field(repr=False)
     fingerprint: str
     uids: tuple[str, ...]
+    mixing: Mixing | None = None
+    scan: np.ndarray | None = field(default=None, repr=False)
 
     @classmethod
-    def of(cls, uids: list[str], scan: np.ndarray, local: np.ndarray, fingerprint: str) -> GroupKeys:
+    def of(
+        cls, uids: list[str], scan: np.ndarray, local: np.ndarray, fingerprint: str, *, mixing: Mixing | None = None
+    ) -> GroupKeys:
         """Keys of the groups ``local[i]`` of scans ``uids[scan[i]]``."""
         uid64 = np.array([_uid64(uid) for uid in uids], np.uint64)
-        identities = mix64(np.asarray(local, np.int64).astype(np.uint64) ^ uid64[np.asarray(scan, np.int64)])
-        return cls(identities, fingerprint, tuple(uids))
+        scan = np.asarray(scan, np.int64)
+        identities = np.asarray(local, np.int64).astype(np.uint64)
+        np.bitwise_xor(identities, uid64[scan], out=identities)
+        identities = mix64(identities, out=identities)
+        kept = scan.astype(np.int32) if mixing is not None else None
+        return cls(identities, fingerprint, tuple(uids), mixing, kept)
 
     def keys(self, seed: int, epoch: int) -> np.ndarray:
-        """(B,) uint64: each group's place in epoch ``epoch`` of a run seeded ``seed``."""
-        salt = mix64(np.array([int(seed) & (2**64 - 1)], np.uint64) ^ mix64(np.array([int(epoch)], np.uint64)))
-        keys = np.bitwise_xor(self.identities, salt[0])
+        """(B,) uint64: each group's key (its copy 0's) in epoch ``epoch`` of a run seeded ``seed``."""
+        keys = np.bitwise_xor(self.identities, _salt(seed, epoch))
         return mix64(keys, out=keys)
 
+    def item_keys(self, seed: int, epoch: int, groups: np.ndarray, copies: np.ndarray | None = None) -> np.ndarray:
+        """(n,) uint64: the keys of copies ``copies`` (default 0) of groups ``groups``."""
+        groups = np.asarray(groups, np.int64)
+        copies = None if copies is None else np.asarray(copies, np.uint32)
+        return _Keys(self.identities, _salt(seed, epoch), groups, copies).at(0, len(groups))
+
     def order(self, seed: int, epoch: int) -> np.ndarray:
-        """(B,) int64: the groups in key order (keys of distinct identities differ: the mix is a bijection)."""
-        return np.argsort(self.keys(seed, epoch))
+        """The epoch's groups in key order (ties, which need equal 64-bit keys, by position):
+        a permutation of the positions without weights, copies included with them.
+
+        int32 below 2**31 groups, else int64 (see :func:`key_order` for its cost).
+        """
+        return self.epoch(seed, epoch).groups
+
+    def epoch(self, seed: int, epoch: int, *, shuffle: bool = True) -> EpochItems:
+        """The items of epoch ``epoch`` in key order (``shuffle``) or in position order."""
+        if self.mixing is None:
+            if not shuffle:
+                return EpochItems(np.arange(len(self.identities), dtype=np.int64))
+            return EpochItems(key_order(_Keys(self.identities, _salt(seed, epoch))))
+        groups, copies = self._weighted_items(seed, epoch)
+        if shuffle:
+            order = key_order(_Keys(self.identities, _salt(seed, epoch), groups, copies))
+            groups, copies = groups[order], copies[order]
+            del order
+        strata = None
+        if self.mixing.batching == "stratified":
+            strata = self.mixing.strata.astype(np.int16)[self.scan[groups]]
+        return EpochItems(groups, copies, strata)
+
+    def copies_per_group(self, seed: int, epoch: int) -> np.ndarray:
+        """(B,) int64: how many copies of each group epoch ``epoch`` holds (all 1 without weights)."""
+        if self.mixing is None:
+            return np.ones(len(self.identities), np.int64)
+        mixing, scan = self.mixing, self.scan
+        sizes = np.bincount(scan, minlength=len(self.uids))
+        whole, extra = np.divmod(mixing.counts, np.maximum(sizes, 1))
+        copies = whole[scan]
+        fractional = np.flatnonzero(extra > 0)
+        if len(fractional):
+            choice_epoch = _FIXED if mixing.resample == "fixed" else epoch
+            salt = np.uint64(int(_salt(seed, choice_epoch)) ^ int(_CHOICE))
+            by_scan = np.argsort(scan, kind="stable")
+            bounds = np.concatenate([[0], np.cumsum(sizes)])
+            for k in fractional.tolist():
+                members = by_scan[bounds[k] : bounds[k + 1]]
+                choice = _Keys(self.identities, salt).of(members)
+                chosen = members[np.lexsort((members, choice))[: extra[k]]]
+                copies[chosen] += 1
+        return copies
+
+    def _weighted_items(self, seed: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """(groups, copies) of every item of a weighted epoch, in position order."""
+        per_group = self.copies_per_group(seed, epoch)
+        total = int(per_group.sum())
+        index = np.int32 if len(per_group) <= 2**31 and total <= 2**31 else np.int64
+        groups = np.repeat(np.arange(len(per_group), dtype=index), per_group)
+        starts = np.repeat(np.cumsum(per_group) - per_group, per_group)
+        copies = (np.arange(total, dtype=np.int64) - starts).astype(np.uint32)
+        return groups, copies
+
+    def count_upto(self, seed: int, epoch: int, items: EpochItems, last: int, where: np.ndarray | None = None) -> int:
+        """How many of ``items`` (those at positions ``where``, if given) have keys at or below ``last``."""
+        source = _Keys(self.identities, _salt(seed, epoch), items.groups, items.copies)
+        positions = np.arange(len(items), dtype=np.int64) if where is None else np.asarray(where, np.int64)
+        bound, total = np.uint64(last), 0
+        for start in range(0, len(positions), _CHUNK):
+            total += int(np.count_nonzero(source.of(positions[start : start + _CHUNK]) <= bound))
+        return total
+
+
+def stratified_steps(counts: list[int] | np.ndarray, step: int) -> np.ndarray:
+    """How many items of each stratum each global batch of ``step`` items holds.
+
+    Parameters
+    ----------
+    counts : sequence of int, length S
+        Items of each stratum in the epoch (``n`` in all).
+    step : int
+        Items per global batch; the last batch holds what is left.
+
+    Returns
+    -------
+    ndarray of shape (T, S), int64
+        Batch ``t`` holds ``result[t, s]`` items of stratum ``s``: within one of its quota
+        ``size_t * counts[s] / n`` (``size_t`` the batch's size), and each stratum's column
+        sums to its count. Each batch takes the quotas' whole parts, and the rest one item
+        each from the strata furthest behind their share of everything dealt so far.
+    """
+    counts = [int(c) for c in counts]
+    n, S = sum(counts), len(counts)
+    steps = -(-n // step) if n else 0
+    table = np.zeros((steps, S), np.int64)
+    dealt = [0] * S
+    for t in range(steps):
+        size = min(step, n - t * step)
+        reach = t * step + size  # items dealt once this batch is
+        take = [min(size * c // n, c - d) for c, d in zip(counts, dealt)]
+        extra = size - sum(take)
+        if extra:
+            # n x (target share after this batch - what it would hold): integers, no rounding
+            behind = sorted(
+                (-(reach * counts[s] - n * (dealt[s] + take[s])), s) for s in range(S) if dealt[s] + take[s] < counts[s]
+            )
+            for _, s in behind[:extra]:
+                take[s] += 1
+        for s in range(S):
+            dealt[s] += take[s]
+        table[t] = take
+    return table

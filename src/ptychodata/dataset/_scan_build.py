@@ -11,7 +11,7 @@ import os
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ptychodata.dataset._spec import DatasetSpec
@@ -127,13 +127,14 @@ class ScanBuild:
         values["source"] = SourceIdentity(**values["source"])
         return cls(**values)
 
+    def build_dirs(self) -> tuple[PurePosixPath, PurePosixPath]:
+        """The directories of its grouping build and its frames build, relative to the cache."""
+        slot = PurePosixPath(self.grouping_path)
+        return slot / "builds" / self.grouping_build_id, slot.parent.parent / "builds" / self.frames_build_id
+
     def present(self, cache_dir: str | os.PathLike) -> bool:
         """Whether both builds this record names are still complete in ``cache_dir`` (a few stats)."""
-        root = Path(cache_dir)
-        slot = root / self.grouping_path
-        grouping = slot / "builds" / self.grouping_build_id
-        frames = slot.parent.parent / "builds" / self.frames_build_id
-        return (grouping / "manifest.json").is_file() and (frames / "manifest.json").is_file()
+        return all((Path(cache_dir) / build / "manifest.json").is_file() for build in self.build_dirs())
 
     def open(self, cache_dir: str | os.PathLike, **options: Any) -> Store:
         """Open this scan's grouping build (the exact build recorded, not the slot's live one)."""

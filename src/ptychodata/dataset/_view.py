@@ -16,6 +16,7 @@ import numpy as np
 from ptychodata.dataset._manifest import DatasetManifest
 from ptychodata.dataset._order import GroupKeys
 from ptychodata.dataset._spec import scan_seed
+from ptychodata.dataset._weights import Weights
 from ptychodata.errors import ParameterError, StoreError
 from ptychodata.grouped import PtychoDataContainer
 from ptychodata.store import (
@@ -35,8 +36,10 @@ class DatasetStore:
 
     Group ``i`` of the dataset is group ``i - offset[k]`` of scan ``k``; a batch's
     ``experiment_id`` is ``k``, its ``nn_indices`` count patterns across the dataset, and its
-    ``group_index`` counts groups across the dataset. Each scan's store is the exact build the
-    manifest names, held open (so it is not collected) until :meth:`close`.
+    ``group_index`` counts groups across the dataset. Tensors hold no strings: the scan of
+    row ``b`` is ``uids[experiment_id[b]]`` (:attr:`uids`, the same table in every view of one
+    build). Each scan's store is the exact build the manifest names, held open (so it is not
+    collected) until :meth:`close`.
 
     Parameters
     ----------
@@ -44,13 +47,18 @@ class DatasetStore:
     cache_dir : path
     selection : ndarray of shape (B,), optional
         Dataset group indices served (a subset or split); default all.
+    weighted : bool
+        Whether the epochs of loaders over this view follow the build's mixing weights.
     """
 
-    def __init__(self, manifest: DatasetManifest, cache_dir: str | os.PathLike, *, selection: Any = None):
+    def __init__(
+        self, manifest: DatasetManifest, cache_dir: str | os.PathLike, *, selection: Any = None, weighted: bool = True
+    ):
         if not manifest.scans:
             raise StoreError(f"dataset {manifest.name!r} build {manifest.build_id} holds no scan; add scans first")
         self.manifest = manifest
         self.cache_dir = Path(cache_dir)
+        self.weighted = bool(weighted)
         self.stores: list[Store] = []
         try:
             for entry in manifest.scans:
@@ -111,7 +119,17 @@ class DatasetStore:
 
     @property
     def uids(self) -> list[str]:
+        """The scans' uids in dataset order: ``uids[k]`` is the scan of ``experiment_id == k``."""
         return self.manifest.uids()
+
+    @property
+    def weights(self) -> Weights | None:
+        """The mixing weights loaders over this view follow (None: every group once an epoch)."""
+        return self.manifest.weights if self.weighted else None
+
+    def without_weights(self) -> DatasetStore:
+        """This view with every group once an epoch (for validation, say); it opens the builds again."""
+        return DatasetStore(self.manifest, self.cache_dir, selection=self._selection, weighted=False)
 
     @property
     def has_probe(self) -> bool:
@@ -136,11 +154,16 @@ class DatasetStore:
 
     def group_keys(self) -> GroupKeys:
         """The identities of the groups this view serves, in its order, for epoch orders that
-        stay put when scans are added or removed."""
+        stay put when scans are added or removed, with the groups of each scan an epoch under
+        the build's weights (counted over the groups this view serves)."""
         total = int(self._group_offsets[-1])
         served = np.arange(total, dtype=np.int64) if self._selection is None else self._selection
         scan = np.searchsorted(self._group_offsets, served, side="right") - 1
-        return GroupKeys.of(self.uids, scan, served - self._group_offsets[scan], self.fingerprint)
+        mixing = None
+        if self.weights is not None:
+            sizes = np.bincount(scan, minlength=self.n_experiments)
+            mixing = self.weights.plan(self.uids, [e.tags for e in self.manifest.scans], sizes).check()
+        return GroupKeys.of(self.uids, scan, served - self._group_offsets[scan], self.fingerprint, mixing=mixing)
 
     def probe(self, experiment: int = 0) -> np.ndarray | None:
         return self.stores[self._experiment(experiment)].probe(0)
@@ -269,7 +292,7 @@ class DatasetStore:
     # ------------------------------------------------------------------ subsets and splits
     def subset(self, indices: Any) -> DatasetStore:
         """A dataset view serving these groups (positions in this view); it opens the builds again."""
-        return DatasetStore(self.manifest, self.cache_dir, selection=self._positions(indices))
+        return DatasetStore(self.manifest, self.cache_dir, selection=self._positions(indices), weighted=self.weighted)
 
     def split(
         self, val_fraction: float, *, by: str = "region", seed: int = 0, tiles: int = 4
@@ -312,7 +335,7 @@ class DatasetStore:
         chosen = np.concatenate(parts) if parts else np.zeros(0, np.int64)
         if self._selection is not None:
             chosen = chosen[np.isin(chosen, self._selection)]
-        return DatasetStore(self.manifest, self.cache_dir, selection=np.sort(chosen))
+        return DatasetStore(self.manifest, self.cache_dir, selection=np.sort(chosen), weighted=self.weighted)
 
     # ------------------------------------------------------------------ whole-scan views
     def grouped_data(self, experiment: int | None = None) -> dict[str, Any]:
@@ -343,10 +366,12 @@ class DatasetStore:
         self.close()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"manifest": self.manifest, "cache_dir": self.cache_dir, "selection": self._selection}
+        return {"manifest": self.manifest, "cache_dir": self.cache_dir, "selection": self._selection,
+                "weighted": self.weighted}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["manifest"], state["cache_dir"], selection=state["selection"])
+        self.__init__(state["manifest"], state["cache_dir"], selection=state["selection"],
+                      weighted=state.get("weighted", True))
 
     def __repr__(self) -> str:
         return (

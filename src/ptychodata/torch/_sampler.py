@@ -9,11 +9,18 @@ also with a different number of ranks, who then share exactly what remained.
 Equal shards: with ``drop_last=False`` the remaining order is padded, by repeating its
 first indices, to a multiple of W (each rank gets the same number of batches; the last
 ones may be short); with ``drop_last=True`` it is cut to whole steps of W·batch_size.
+
+Datasets with mixing weights (:meth:`~ptychodata.dataset.Dataset.set_weights`): an epoch is
+their items (copies of groups, some groups left out) in key order; with stratified batching
+each step of W·batch_size items holds each stratum within one of its quota, the steps dealt
+by :func:`~ptychodata.dataset.stratified_steps`. Progress is then also counted per stratum,
+so a run resumed with another number of ranks or batch size deals what remained anew.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,7 +28,7 @@ import torch
 import torch.distributed as dist
 
 from ptychodata._runtime import check_int
-from ptychodata.dataset import GroupKeys
+from ptychodata.dataset import EpochItems, GroupKeys, stratified_steps
 from ptychodata.errors import DatasetChangedError, ParameterError
 
 __all__ = ["GroupSampler"]
@@ -47,7 +54,9 @@ class GroupSampler(torch.utils.data.Sampler):
         The groups' identities (a dataset's :meth:`~ptychodata.dataset.DatasetStore.group_keys`):
         a shuffled epoch is then ordered by keys mixed from (seed, epoch, identity), so it
         stays put when scans are added or removed, and a saved state can resume on a changed
-        dataset (see :meth:`load_state_dict`).
+        dataset (see :meth:`load_state_dict`). With its ``mixing`` (a dataset's weights) an
+        epoch holds the weighted copies of groups, ``len(global_order())`` of them, and with
+        stratified batching each step holds each stratum within one of its quota.
     """
 
     def __init__(
@@ -81,6 +90,11 @@ class GroupSampler(torch.utils.data.Sampler):
         self._yielded = 0  # batches this rank has yielded in the current pass
         self._pass_complete = False
         self._resume_pending = False  # a loaded state not yet iterated
+        # stratified: items of each stratum consumed before the current plan (None: none); the
+        # plan deals the rest, so a resume with another step size starts a plan of its own
+        self._base: tuple[int, ...] | None = None
+        self._cached: tuple[tuple, _Plan] | None = None
+        self._tables: dict[tuple, np.ndarray] = {}
 
     # ------------------------------------------------------------------ epochs
     def set_epoch(self, epoch: int) -> None:
@@ -89,20 +103,68 @@ class GroupSampler(torch.utils.data.Sampler):
         epoch = check_int("epoch", epoch, minimum=0)
         if not (self._resume_pending and epoch == self.epoch):
             self._start, self._yielded, self._pass_complete, self._resume_pending = 0, 0, False, False
+            self._base = None
         self.epoch = epoch
 
     def global_order(self, epoch: int | None = None) -> np.ndarray:
-        """The epoch's permutation of all group indices, identical on every rank."""
-        epoch = self.epoch if epoch is None else epoch
-        if not self.shuffle:
-            return np.arange(self.n_groups, dtype=np.int64)
-        if self.keys is not None:
-            return self.keys.order(self.seed, epoch)
-        return np.random.default_rng([self.seed, epoch]).permutation(self.n_groups).astype(np.int64)
+        """The epoch's group indices in order, identical on every rank: a permutation of all
+        groups, or with a dataset's weights its items (a group once per copy).
+
+        For the current epoch after a stratified resume with another step size: the plan
+        that deals what remained.
+        """
+        return self._plan(epoch).order
 
     def remaining(self) -> np.ndarray:
         """Global indices not yet consumed in this epoch, in order (before padding)."""
         return self.global_order()[self._start :]
+
+    @property
+    def _mixing(self) -> Any:
+        return None if self.keys is None else self.keys.mixing
+
+    @property
+    def _stratified(self) -> bool:
+        return self._mixing is not None and self._mixing.batching == "stratified"
+
+    def _items(self, epoch: int) -> EpochItems:
+        return self.keys.epoch(self.seed, epoch, shuffle=self.shuffle)
+
+    def _plan(self, epoch: int | None = None) -> _Plan:
+        """The order of epoch ``epoch`` (default the current one, from its plan's base)."""
+        current = epoch is None or epoch == self.epoch
+        epoch = self.epoch if epoch is None else epoch
+        base = self._base if current and self._stratified else None
+        step = self.num_replicas * self.batch_size if self._stratified else None
+        key = (epoch, self.seed, self.shuffle, step, base)
+        if self._cached is not None and self._cached[0] == key:
+            return self._cached[1]
+        if self.keys is None:
+            order = (np.random.default_rng([self.seed, epoch]).permutation(self.n_groups) if self.shuffle
+                     else np.arange(self.n_groups))
+            plan = _Plan(order.astype(np.int64))
+        else:
+            items = self._items(epoch)
+            positions = self._arrange(items, step, base) if self._stratified else None
+            plan = _Plan(items.groups if positions is None else items.groups[positions], items, positions)
+        self._cached = (key, plan)
+        return plan
+
+    def _arrange(self, items: EpochItems, step: int, base: tuple[int, ...] | None) -> np.ndarray:
+        """Positions of ``items`` in stratified order: the items of each stratum (less the first
+        ``base[s]``) in their order, dealt over steps of ``step`` by :func:`stratified_steps`."""
+        n_strata = len(self._mixing.strata_names)
+        members = [np.flatnonzero(items.strata == s)[(base[s] if base else 0) :] for s in range(n_strata)]
+        counts = tuple(len(m) for m in members)
+        if (counts, step) not in self._tables:
+            self._tables = {(counts, step): stratified_steps(counts, step)}  # counts are the same each epoch
+        table = self._tables[(counts, step)]
+        steps = np.arange(len(table), dtype=np.uint64)
+        packed = np.concatenate(
+            [(np.repeat(steps, table[:, s]) << np.uint64(32)) | m.astype(np.uint64) for s, m in enumerate(members)]
+        )
+        packed.sort()  # by step, then by position in the items' order
+        return (packed & np.uint64(0xFFFFFFFF)).astype(np.int64)
 
     # ------------------------------------------------------------------ this rank's batches
     def _schedule(self) -> list[np.ndarray]:
@@ -117,7 +179,7 @@ class GroupSampler(torch.utils.data.Sampler):
         for step_start in range(0, len(remaining), W * bs):
             step = remaining[step_start : step_start + W * bs]
             per_rank = len(step) // W
-            batches.append(step[self.rank * per_rank : (self.rank + 1) * per_rank])
+            batches.append(step[self.rank * per_rank : (self.rank + 1) * per_rank].astype(np.int64, copy=False))
         return batches
 
     def __iter__(self) -> Iterator[list[int]]:
@@ -141,7 +203,7 @@ class GroupSampler(torch.utils.data.Sampler):
     def begin_pass(self) -> list[np.ndarray]:
         """Start a pass, as iterating does, and return all of its batches for this rank."""
         if self._pass_complete:  # iterating again without set_epoch: the whole epoch again
-            self._start, self._pass_complete = 0, False
+            self._start, self._pass_complete, self._base = 0, False, None
         self._yielded, self._resume_pending = 0, False
         return self._schedule()
 
@@ -152,7 +214,7 @@ class GroupSampler(torch.utils.data.Sampler):
     def consumed_after(self, batches: int) -> int:
         """Global positions consumed once every rank has taken ``batches`` batches of this pass."""
         W, bs = self.num_replicas, self.batch_size
-        return min(self.n_groups, self._start + batches * W * bs)
+        return min(len(self.global_order()), self._start + batches * W * bs)
 
     def state_dict(self, batches_done: int | None = None) -> dict[str, Any]:
         """Where the run stands: epoch, seed and global positions consumed.
@@ -170,12 +232,38 @@ class GroupSampler(torch.utils.data.Sampler):
             "n_groups": self.n_groups,
             "consumed": consumed,
         }
-        if self.keys is not None:
-            last = None
-            if self.shuffle and consumed:
-                last = int(self.keys.keys(self.seed, self.epoch)[self.global_order()[consumed - 1]])
-            state.update(fingerprint=self.keys.fingerprint, uids=list(self.keys.uids), last_key=last)
+        if self.keys is None:
+            return state
+        plan = self._plan()
+        state.update(fingerprint=self.keys.fingerprint, uids=list(self.keys.uids), last_key=None)
+        if self._mixing is not None:
+            state["epoch_length"] = len(plan.order)
+        if self._stratified:
+            state.update(self._strata_state(plan, consumed))
+        elif self.shuffle and consumed:
+            state["last_key"] = int(plan.keys_at(self.keys, self.seed, self.epoch, [consumed - 1])[0])
         return state
+
+    def _strata_state(self, plan: _Plan, consumed: int) -> dict[str, Any]:
+        """Per stratum: items consumed this epoch, and the key of its last one (shuffled)."""
+        names = self._mixing.strata_names
+        items = plan.items
+        done = np.bincount(items.strata[plan.positions[:consumed]], minlength=len(names))
+        if self._base is not None:
+            done += np.array(self._base)
+        last = {}
+        for s, name in enumerate(names):
+            last[name] = None
+            if self.shuffle and done[s]:  # a stratum's items are consumed in its items' order
+                position = np.flatnonzero(items.strata == s)[done[s] - 1]
+                last[name] = int(self.keys.item_keys(self.seed, self.epoch, items.groups[[position]],
+                                                     None if items.copies is None else items.copies[[position]])[0])
+        return {
+            "step": self.num_replicas * self.batch_size,
+            "base": None if self._base is None else list(self._base),
+            "strata": {name: int(count) for name, count in zip(names, done)},
+            "strata_last": last,
+        }
 
     def load_state_dict(self, state: dict[str, Any], on_dataset_change: str = "strict") -> None:
         """Resume: the next iteration yields this rank's share of what remained.
@@ -206,8 +294,17 @@ class GroupSampler(torch.utils.data.Sampler):
         if state["n_groups"] != self.n_groups:
             raise ParameterError(f"state is for {state['n_groups']} groups, this sampler has {self.n_groups}")
         self.seed, self.shuffle, self.epoch = int(state["seed"]), bool(state["shuffle"]), int(state["epoch"])
-        self._start = int(state["consumed"])
+        self._start, self._base = int(state["consumed"]), None
+        if self._stratified and isinstance(state.get("strata"), dict):
+            if state.get("step") == self.num_replicas * self.batch_size:  # the same plan: on where it stopped
+                self._base = None if state.get("base") is None else tuple(int(c) for c in state["base"])
+            else:  # another step size: what remained of each stratum, dealt anew
+                self._base = tuple(int(state["strata"].get(name, 0)) for name in self._mixing.strata_names)
+                self._start = 0
         self._yielded, self._pass_complete, self._resume_pending = 0, False, True
+        if self._start > len(self.global_order()):
+            raise ParameterError(f"state['consumed']={self._start} exceeds this epoch's {len(self.global_order())} "
+                                 "items; the state is of another sampler")
 
     def _resume_changed(self, state: dict[str, Any], mode: str) -> None:
         added = sorted(set(self.keys.uids) - set(state.get("uids", ())))
@@ -219,16 +316,35 @@ class GroupSampler(torch.utils.data.Sampler):
                 "pass on_dataset_change='continue' or 'next_epoch' to resume anyway"
             )
         self.seed, self.shuffle = int(state["seed"]), bool(state["shuffle"])
+        self._base = None
         if mode == "next_epoch":
             self.epoch, self._start = int(state["epoch"]) + 1, 0
         else:
             if not self.shuffle:
                 raise ParameterError("on_dataset_change='continue' needs a shuffled (keyed) order")
-            self.epoch = int(state["epoch"])
-            last = state.get("last_key")
-            keys = np.sort(self.keys.keys(self.seed, self.epoch))
-            self._start = 0 if last is None else int(np.searchsorted(keys, np.uint64(last), side="right"))
+            self.epoch, self._start = int(state["epoch"]), 0
+            self._continue_after(state)
         self._yielded, self._pass_complete, self._resume_pending = 0, False, True
+
+    def _continue_after(self, state: dict[str, Any]) -> None:
+        """Skip, in this epoch of the changed dataset, every item whose key is at or before the
+        saved run's last one (per stratum where either run is stratified)."""
+        last, strata_last = state.get("last_key"), state.get("strata_last")
+        items = self._items(self.epoch)
+        if not self._stratified:
+            if strata_last is not None:
+                raise ParameterError(
+                    "the state was saved with stratified batches and the dataset now has random ones; resume with "
+                    "on_dataset_change='next_epoch'"
+                )
+            self._start = 0 if last is None else self.keys.count_upto(self.seed, self.epoch, items, last)
+            return
+        base = []
+        for s, name in enumerate(self._mixing.strata_names):
+            bound = strata_last.get(name) if isinstance(strata_last, dict) else last
+            where = np.flatnonzero(items.strata == s)
+            base.append(0 if bound is None else self.keys.count_upto(self.seed, self.epoch, items, bound, where))
+        self._base = tuple(base)
 
 
 def _checked_state(state: Any) -> dict[str, Any]:
@@ -241,8 +357,27 @@ def _checked_state(state: Any) -> dict[str, Any]:
     check_int("state['epoch']", state["epoch"], minimum=0)
     check_int("state['n_groups']", state["n_groups"], minimum=0)
     check_int("state['consumed']", state["consumed"], minimum=0)
-    if state["consumed"] > state["n_groups"]:
-        raise ParameterError(f"state['consumed']={state['consumed']} exceeds state['n_groups']={state['n_groups']}")
+    length = state.get("epoch_length", state["n_groups"])
+    check_int("state['epoch_length']", length, minimum=0)
+    if state["consumed"] > length:
+        where = "epoch_length" if "epoch_length" in state else "n_groups"
+        raise ParameterError(f"state['consumed']={state['consumed']} exceeds state['{where}']={length}")
     if isinstance(state["seed"], bool) or not isinstance(state["seed"], (int, np.integer)):
         raise ParameterError(f"state['seed']={state['seed']!r}; expected an integer")
     return state
+
+
+@dataclass(frozen=True, eq=False)
+class _Plan:
+    """An epoch's order: ``order[i]`` is the group served at position ``i``; with keys, it is
+    item ``positions[i]`` (default ``i``) of ``items``."""
+
+    order: np.ndarray
+    items: EpochItems | None = None
+    positions: np.ndarray | None = None
+
+    def keys_at(self, keys: GroupKeys, seed: int, epoch: int, at: list[int]) -> np.ndarray:
+        """The keys of the items served at positions ``at``."""
+        index = np.asarray(at, np.int64) if self.positions is None else self.positions[at]
+        copies = None if self.items.copies is None else self.items.copies[index]
+        return keys.item_keys(seed, epoch, self.items.groups[index], copies)

@@ -5,9 +5,11 @@ Importing this module imports torch; ``import ptychodata`` does not.
 Modules, by job: ``_dataset`` (:class:`GroupedDataset`), ``_shared_batch`` (a batch in one
 buffer), ``_sampler`` (:class:`GroupSampler`), ``_loader`` (:func:`make_loader`,
 :class:`GroupLoader`), ``_background`` (a loader iterated ahead in a thread), ``_to_device``
-(:func:`to_device`), ``_resident`` (:class:`DeviceStore`) and ``_resident_batches`` (its
-batches in a sampler's order), ``_patches`` (:class:`PatchExtractor`), ``_ptycho_torch``
-(ptycho_torch's batch tuple); ``_checks``, ``_dtypes`` and ``_tensordict`` are what these share.
+(:func:`to_device`), ``_resident`` (:class:`DeviceStore`), ``_held_frames`` (how it holds
+frames: float32 or compact, decoded in the gather), ``_resident_batches`` (its batches in a
+sampler's order), ``_shard`` (:class:`ShardSampler`: a share of the frames per rank),
+``_patches`` (:class:`PatchExtractor`), ``_ptycho_torch`` (ptycho_torch's batch tuple);
+``_checks``, ``_dtypes`` and ``_tensordict`` are what these share.
 """
 
 from ptychodata._runtime import optional_import
@@ -20,6 +22,7 @@ from ptychodata.torch._patches import PatchExtractor  # noqa: E402
 from ptychodata.torch._ptycho_torch import ptycho_torch_batch  # noqa: E402
 from ptychodata.torch._resident import DeviceStore  # noqa: E402
 from ptychodata.torch._sampler import GroupSampler  # noqa: E402
+from ptychodata.torch._shard import ShardSampler  # noqa: E402
 from ptychodata.torch._shared_batch import SharedBatch  # noqa: E402
 from ptychodata.torch._to_device import to_device  # noqa: E402
 
@@ -29,6 +32,7 @@ __all__ = [
     "GroupSampler",
     "GroupedDataset",
     "PatchExtractor",
+    "ShardSampler",
     "SharedBatch",
     "collate_batch",
     "make_loader",

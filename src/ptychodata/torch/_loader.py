@@ -16,6 +16,7 @@ from ptychodata.torch._dataset import GroupedDataset, collate_batch
 from ptychodata.torch._resident import DeviceStore
 from ptychodata.torch._resident_batches import ResidentBatches
 from ptychodata.torch._sampler import GroupSampler
+from ptychodata.torch._shard import sharded_resident
 
 __all__ = ["GroupLoader", "make_loader"]
 
@@ -90,6 +91,8 @@ def make_loader(
     probe_scale: float = 4.0,
     resident: bool = False,
     device: torch.device | str | None = None,
+    frames: str | None = None,
+    shard_by: str | None = None,
 ) -> GroupLoader:
     """A loader of §7 batches from a store (or a :class:`GroupedDataset`).
 
@@ -127,14 +130,18 @@ def make_loader(
     ``torch.distributed`` each rank holds every frame of the store on its own device
     (pass ``device=f"cuda:{local_rank}"`` or set the current device first): the sampler
     deals all groups anew every epoch. Workers, pinning, the shared ring and the
-    background thread have no part in it and are refused.
+    background thread have no part in it and are refused. ``frames`` is how the device
+    holds the frames (:class:`~ptychodata.torch.DeviceStore`: None keeps a compact store
+    compact; ``"float32"``, ``"float16"``, ``"bfloat16"``, ``"uint16"``). ``shard_by="block"``
+    or ``"scan"`` gives each rank only a share of the frames and serves its batches from it
+    (every group once per epoch across the ranks; :mod:`ptychodata.torch._shard`).
     """
     if resident:
         if layout != "default":
             raise ParameterError(f"layout={layout!r} with resident=True; the resident loader serves the default layout")
         return _resident_loader(
             store, batch_size, device=device, shuffle=shuffle, seed=seed, drop_last=drop_last,
-            distributed=distributed, with_Y=with_Y, as_tensordict=as_tensordict,
+            distributed=distributed, with_Y=with_Y, as_tensordict=as_tensordict, frames=frames, shard_by=shard_by,
             host_only={"num_workers": (num_workers, (None, 0)), "pin_memory": (pin_memory, (None, False)),
                        "prefetch_factor": (prefetch_factor, (None,)), "shared_ring": (shared_ring, (None, 0)),
                        "background": (background, (None, 0))},
@@ -144,6 +151,9 @@ def make_loader(
             f"device={str(device)!r} without resident=True; host batches are moved with to_device(batch, device), "
             "or pass resident=True to gather them on the device"
         )
+    for name, value in (("frames", frames), ("shard_by", shard_by)):
+        if value is not None:
+            raise ParameterError(f"{name}={value!r} without resident=True; it says how a device holds the frames")
     return _host_loader(
         store, batch_size, shuffle=shuffle, seed=seed, num_workers=num_workers, pin_memory=pin_memory,
         drop_last=drop_last, distributed=distributed, with_Y=with_Y, as_tensordict=as_tensordict,
@@ -233,6 +243,8 @@ def _resident_loader(
     with_Y: bool | str,
     as_tensordict: bool,
     host_only: dict[str, tuple[Any, tuple[Any, ...]]],
+    frames: str | None = None,
+    shard_by: str | None = None,
 ) -> GroupLoader:
     """:func:`make_loader` gathering on the device: the batches of a :class:`DeviceStore`."""
     for name, (value, allowed) in host_only.items():
@@ -243,12 +255,24 @@ def _resident_loader(
     check_with_Y(with_Y)
     if isinstance(store, GroupedDataset):
         store = store.store
+    shard = None
     if isinstance(store, DeviceStore):
         if device is not None and torch.device(device) != store.device:
             raise ParameterError(f"device={str(device)!r}, but the DeviceStore given is on {store.device}")
+        if frames is not None or shard_by is not None:
+            raise ParameterError("frames= and shard_by= say how to build a DeviceStore; pass the store instead")
         dataset = store
     else:
-        dataset = DeviceStore(store, device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
-    sampler = _sampler(len(dataset), batch_size, shuffle, seed, drop_last, distributed)
-    batches = ResidentBatches(dataset, sampler, with_Y=with_Y is True, as_tensordict=as_tensordict)
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if shard_by is not None:
+            dataset, sampler = sharded_resident(store, batch_size, shard_by=shard_by, device=device, frames=frames,
+                                                shuffle=shuffle, seed=seed, drop_last=drop_last,
+                                                distributed=distributed)
+            shard = sampler.shard
+        else:
+            dataset = DeviceStore(store, device, frames=frames)
+    if shard is None:
+        sampler = _sampler(len(dataset), batch_size, shuffle, seed, drop_last, distributed)
+    batches = ResidentBatches(dataset, sampler, with_Y=with_Y is True, as_tensordict=as_tensordict, shard=shard)
     return GroupLoader(batches, sampler, background=0)

@@ -19,13 +19,24 @@ class ResidentBatches:
     :class:`~ptychodata.torch.GroupLoader` iterates for ``make_loader(..., resident=True)``.
 
     At the start of a pass the whole pass's group positions go to the device in one copy
-    and the per-group arrays of the pass are gathered at once; each batch is then two
-    gathers (X and probe) and slices, with no host→device copy and no synchronisation.
+    and the per-group arrays of the pass are gathered at once; each run of batches is then
+    one gather and views of it, with no host→device copy and no synchronisation.
+    ``shard``: the sorted positions, in the whole store, of the groups ``dataset`` holds (a
+    :class:`~ptychodata.torch._shard.ShardSampler` deals positions in the whole store).
     """
 
-    def __init__(self, dataset: DeviceStore, sampler: Any, *, with_Y: bool = False, as_tensordict: bool = False):
+    def __init__(
+        self,
+        dataset: DeviceStore,
+        sampler: Any,
+        *,
+        with_Y: bool = False,
+        as_tensordict: bool = False,
+        shard: np.ndarray | None = None,
+    ):
         self.dataset = dataset
         self.sampler = sampler
+        self.shard = shard  # sorted positions in the whole store of the groups ``dataset`` holds
         self.with_Y = with_Y
         self.as_tensordict = as_tensordict
         if with_Y:
@@ -41,6 +52,8 @@ class ResidentBatches:
         schedule = self.sampler.begin_pass()
         sizes = [len(batch) for batch in schedule]
         positions = np.concatenate(schedule) if schedule else np.zeros(0, np.int64)
+        if self.shard is not None:  # the sampler deals positions in the whole store
+            positions = np.searchsorted(self.shard, positions)
         plan = dataset.plan(positions, sizes)
         runs = _runs(sizes, dataset.batches_per_gather)
         ready: list[dict[str, torch.Tensor]] = []

@@ -6,13 +6,14 @@ and against copying the same files with as many parallel ``cp``.
 
 Each run prepares every scan into an empty cache with ``Dataset.add(executor=...)`` on a
 spawned process pool of W workers (hash, read, copy and group each file; publish one manifest),
-from the time ``add`` is called until it returns, pool start-up included. The copy bound is W
-``cp`` processes copying the same files at once (``xargs -P W``). The sources are written just
-before, so both read them from the page cache where memory allows: the figures compare the
-work, not the disk.
+from the time ``add`` is called until it returns, pool start-up included. A build's files are
+fsync-ed before it is published, so the copy bound is W ``cp`` processes copying the same files at
+once (``xargs -P W``), each copy then fsync-ed (``sync FILE``); plain ``cp`` (into the page cache)
+is printed beside it. The sources are written just before, so every run reads them from the page
+cache where memory allows.
 
 Targets, each printed beside its figure from the same run:
-  throughput with W workers   >= 0.8 x W x one worker's, or >= 0.8 x W parallel cp of the files
+  throughput with W workers   >= 0.8 x W x one worker's, or >= 0.8 x W parallel cp + sync of the files
   each worker's peak RSS      <= 1.1 x a lone worker's
 """
 
@@ -95,14 +96,16 @@ def prepare_with(workers: int, paths: list[Path], workdir: Path) -> tuple[float,
     return seconds, peaks
 
 
-def copy_with(workers: int, paths: list[Path], workdir: Path) -> float:
-    """Seconds for ``workers`` parallel cp processes to copy every file."""
+def copy_with(workers: int, paths: list[Path], workdir: Path, *, durable: bool) -> float:
+    """Seconds for ``workers`` parallel cp processes to copy every file; with ``durable``, each
+    copy is also fsync-ed (``sync FILE``), as a build's files are."""
     target = workdir / f"copy-{workers}"
     target.mkdir()
     listing = "\n".join(map(str, paths)) + "\n"
+    copy = 'cp "$0" "$1" && sync "$1/$(basename "$0")"' if durable else 'cp "$0" "$1"'
     start = time.perf_counter()
-    subprocess.run(["xargs", "-P", str(workers), "-I", "{}", "cp", "{}", str(target)], input=listing.encode(),
-                   check=True)
+    subprocess.run(["xargs", "-P", str(workers), "-I", "{}", "sh", "-c", copy, "{}", str(target)],
+                   input=listing.encode(), check=True)
     seconds = time.perf_counter() - start
     shutil.rmtree(target)
     return seconds
@@ -128,22 +131,22 @@ def main() -> None:
             sizes = list(pool.map(write_scan, paths, [points] * len(paths), [args.N] * len(paths), range(len(paths))))
         total = sum(sizes) / 2**30
         print(f"{args.scans} scans x {points} patterns of {args.N}x{args.N} float32: {total:.2f} GiB in all")
-        print(f"{'workers':>7} {'prepare GiB/s':>14} {'W x one':>9} {'cp GiB/s':>9} {'vs bound':>9} "
+        print(f"{'workers':>7} {'prepare GiB/s':>14} {'W x one':>9} {'cp+sync GiB/s':>14} {'cp GiB/s':>9} "
               f"{'peak RSS MiB':>13} {'<= 1.1 x lone':>14}")
         one, lone_rss = None, None
         for count in workers:
             seconds, peaks = prepare_with(count, paths, workdir)
-            copy_seconds = copy_with(count, paths, workdir)
-            rate, copy_rate = total / seconds, total / copy_seconds
+            durable = total / copy_with(count, paths, workdir, durable=True)
+            cached = total / copy_with(count, paths, workdir, durable=False)
+            rate = total / seconds
             if one is None:
                 one, lone_rss = rate / count, max(peaks)
             scaled = count * one
-            met = "met" if rate >= 0.8 * scaled or rate >= 0.8 * copy_rate else "NOT met"
+            met = "met" if rate >= 0.8 * scaled or rate >= 0.8 * durable else "NOT met"
             rss_met = "met" if max(peaks) <= 1.1 * lone_rss else "NOT met"
-            print(f"{count:>7} {rate:>14.2f} {scaled:>9.2f} {copy_rate:>9.2f} "
-                  f"{f'{rate / max(scaled, 1e-12):.2f}x/{rate / copy_rate:.2f}x':>9} "
-                  f"{max(peaks):>13.0f} {f'{lone_rss * 1.1:.0f} {rss_met}':>14}  target >= 0.8 x either: {met}")
-
+            print(f"{count:>7} {rate:>14.2f} {scaled:>9.2f} {durable:>14.2f} {cached:>9.2f} "
+                  f"{max(peaks):>13.0f} {f'{lone_rss * 1.1:.0f} {rss_met}':>14}  "
+                  f"{rate / scaled:.2f} x W x one, {rate / durable:.2f} x cp+sync; target >= 0.8 x either: {met}")
 
 if __name__ == "__main__":
     main()

@@ -28,6 +28,7 @@ def test_a_file_system_without_flock_gives_one_warning_and_a_correct_store(tmp_p
         raise OSError(errno.ENOLCK, "No locks available")
 
     monkeypatch.setattr(_cache_paths.fcntl, "flock", refuse)
+    monkeypatch.setattr(_cache_paths, "_WARNED_NO_LOCKS", set())  # as in a fresh process
     with pytest.warns(RuntimeWarning, match="refuses flock .*going on without locks"):
         store = prepare(scan_file, CONFIG, cache_dir=tmp_path, progress=False)
     with store, open_store(store.path) as again:

@@ -372,12 +372,17 @@ def _parse_diffraction(values: Any, n_points: int, where: str) -> np.ndarray:
 
 
 def _check_not_metres(xcoords: np.ndarray, ycoords: np.ndarray, where: str) -> None:
-    """Refuse positions spanning < 1 px or with a median step < 0.01 px: metres passed as pixels."""
+    """Refuse positions spanning < 1 px (all identical, or metres passed as pixels) or with a median
+    step < 0.01 px (metres passed as pixels)."""
     if len(xcoords) < 2:
         return
     span = max(float(np.ptp(xcoords)), float(np.ptp(ycoords)))
     if span == 0:
-        return  # every point at one position (a stationary series): no unit to judge
+        raise ScanDataError(
+            f"{where}xcoords/ycoords: all {len(xcoords)} positions are identical (x = {xcoords[0]:.6g}, "
+            f"y = {ycoords[0]:.6g}); expected a scan of positions spanning at least {_MIN_SPAN_PX:g} px (the "
+            "positions were not recorded, or a stationary series is not a ptychography scan)"
+        )
     hint = (
         "positions look like metres (or another physical unit), not object pixels; convert them with the "
         "object pixel size (ScanData.load(..., pixel_size=...), or energy/distance/detector pixel for the "

@@ -18,6 +18,7 @@ from ptychodata.io._detector import DetectorSteps
 from ptychodata.io._geometry import NEAR_FIELD_STEP, median_neighbour_step
 from ptychodata.io._hdf5 import filters_of, require_h5py
 from ptychodata.io._lazy import LazyPatterns
+from ptychodata.io._limits import available_memory, check_fits, memory_budget, regular_file
 from ptychodata.io._metadata import metadata_nphotons, parse_metadata
 from ptychodata.io._npz import read_npz, write_npz
 from ptychodata.io._options import Flag, LoadOptions, load_option_flags
@@ -38,11 +39,14 @@ __all__ = [
     "DetectorSteps",
     "RawScan",
     "assemble",
+    "available_memory",
+    "check_fits",
     "check_amplitudes",
     "counts_to_amplitude",
     "filters_of",
     "invalid_patterns",
     "load_option_flags",
+    "memory_budget",
     "median_neighbour_step",
     "metadata_nphotons",
     "open_container",
@@ -52,6 +56,7 @@ __all__ = [
     "read_raw",
     "read_scan_fields",
     "recognise",
+    "regular_file",
     "require_h5py",
     "sniff",
     "write_npz",

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ptychodata.errors import ScanDataError
+from ptychodata.errors import ScanDataError, ScanTooLargeError
 from ptychodata.io._detector import DetectorSteps
 from ptychodata.io._geometry import object_pixel_positions
 from ptychodata.io._hdf5 import H5Dataset
@@ -31,12 +31,13 @@ from ptychodata.io._lazy import LazyPatterns
 from ptychodata.io._metadata import metadata_nphotons, parse_metadata
 from ptychodata.io._options import LoadOptions
 from ptychodata.io._plan import Plan, plan
-from ptychodata.io._raw import RawScan
+from ptychodata.io._raw import RawScan, real_numbers
 from ptychodata.io._registry import read_raw
 
 __all__ = ["assemble", "read_scan_fields"]
 
 _EAGER_BYTES = 256 << 20
+_START_KEYS = ("xcoords_start", "ycoords_start")
 
 
 def assemble(raw: RawScan, options: LoadOptions, *, decided: Plan | None = None) -> dict[str, Any]:
@@ -76,8 +77,11 @@ def assemble(raw: RawScan, options: LoadOptions, *, decided: Plan | None = None)
 
     # positions
     x, y, x_start, y_start = (
-        None if v is None else np.asarray(v, np.float64).reshape(-1)
-        for v in (raw.x, raw.y, raw.x_start, raw.y_start)
+        None if v is None else real_numbers(v, f"{raw.where}key {key!r}").reshape(-1)
+        for v, key in zip((raw.x, raw.y, raw.x_start, raw.y_start), raw.positions_keys + _START_KEYS)
+    )
+    x, y = (  # the start positions are checked by ScanData, naming their keys
+        _finite(values, raw, key, name) for values, key, name in zip((x, y), raw.positions_keys, ("x", "y"))
     )
     x, y, x_start, y_start, conversion = object_pixel_positions(
         raw, options, prep, (x, y, x_start, y_start), metadata
@@ -113,6 +117,18 @@ def assemble(raw: RawScan, options: LoadOptions, *, decided: Plan | None = None)
         extras=extras,
         source=str(raw.path),
     )
+
+
+def _finite(values: np.ndarray, raw: RawScan, key: str, name: str) -> np.ndarray:
+    """``values`` when every one is finite, else ``ScanDataError`` naming the key and the first bad index."""
+    bad = ~np.isfinite(values)
+    if bad.any():
+        index = int(np.flatnonzero(bad)[0])
+        raise ScanDataError(
+            f"{raw.where}key {key!r}: {int(bad.sum())} NaN/Inf value(s) in the {name} positions, first at index {index} "
+            f"({values[index]}); expected finite positions"
+        )
+    return values
 
 
 def _geometric(detector: DetectorSteps) -> DetectorSteps:
@@ -182,4 +198,10 @@ def _probe(raw, options, N, window, Wo, Ho, extras, decided) -> np.ndarray | Non
 def read_scan_fields(path: str | Path, **options: Any) -> dict[str, Any]:
     """The contract fields of any recognised scan file, read with ``options`` (:class:`LoadOptions`)."""
     load_options = LoadOptions(**options)
-    return assemble(read_raw(Path(path), load_options), load_options)
+    raw = read_raw(Path(path), load_options)
+    try:
+        return assemble(raw, load_options)
+    except MemoryError as exc:
+        if isinstance(exc, ScanTooLargeError):
+            raise
+        raise ScanTooLargeError(f"{raw.where}ran out of memory while preparing the patterns ({exc or 'no detail'})") from exc

@@ -14,13 +14,16 @@ import bz2
 import gzip
 import io
 import os
+import stat
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ptychodata.errors import ScanFormatError
+from ptychodata.errors import PtychodataError, ScanDataError, ScanFormatError, ScanTooLargeError
+from ptychodata.io._limits import describe_bytes, memory_budget, regular_file
+from ptychodata.io._raw import real_numbers
 
 __all__ = ["Container", "open_container", "sniff"]
 
@@ -29,6 +32,23 @@ _ZIP_MAGIC = b"PK\x03\x04"
 _BZ2_MAGIC = b"BZh"
 _GZIP_MAGIC = b"\x1f\x8b"
 _NPY_MAGIC = b"\x93NUMPY"
+_EXPECTED = "a scan file (.npz, .h5, .cxi, .npz.bz2)"
+_INFLATE_BLOCK = 1 << 20
+
+
+def _open_regular(path: Path):
+    """``path`` opened for reading without blocking (a FIFO swapped in after the check would block
+    ``open``), refused unless it is still a regular file."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ScanDataError(f"{path}: is not a regular file (it changed after it was checked); expected {_EXPECTED}")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def sniff(path: str | os.PathLike) -> str:
@@ -38,11 +58,15 @@ def sniff(path: str | os.PathLike) -> str:
     -------
     {"hdf5", "zip", "bz2", "gzip", "npy", "unknown"}
     """
-    from ptychodata.io._npz import existing_file
-
-    path = existing_file(path, "a scan file (.npz, .h5, .cxi, .npz.bz2)")
+    path = regular_file(path, _EXPECTED)
     size = path.stat().st_size
-    with open(path, "rb") as handle:
+    if size == 0:
+        raise ScanFormatError(f"{path}: the file is empty (0 bytes); expected {_EXPECTED}")
+    try:
+        handle = _open_regular(path)
+    except OSError as exc:
+        raise ScanDataError(f"{path}: cannot be read ({exc.strerror or exc}); expected {_EXPECTED}") from exc
+    with handle:
         head = handle.read(8)
         if head == _HDF5_MAGIC:
             return "hdf5"
@@ -131,6 +155,11 @@ class Container:
 
         return read_dataset(value, where=f"{self.path}: dataset {key!r}")
 
+    def numbers(self, key: str) -> np.ndarray:
+        """The member as a float64 array, or ``ScanFormatError`` naming it when it holds text, objects
+        or complex values instead of real numbers (numeric text is not parsed: its meaning is unknown)."""
+        return real_numbers(self.read(key), f"{self.path}: {'dataset' if self.kind == 'hdf5' else 'key'} {key!r}")
+
     def get(self, key: str, default: Any = None) -> np.ndarray | None:
         return self.read(key) if key in self else default
 
@@ -190,14 +219,7 @@ def open_container(path: str | os.PathLike) -> Container:
     if kind == "zip":
         return Container(path, "npz", members=read_npz(path))
     if kind in ("bz2", "gzip"):
-        opener = bz2.open if kind == "bz2" else gzip.open
-        try:
-            with opener(path, "rb") as handle:
-                blob = handle.read()
-        except (OSError, EOFError, ValueError) as exc:
-            raise ScanFormatError(
-                f"{path}: {kind} stream could not be decompressed ({exc}); truncated?"
-            ) from exc
+        blob = _inflate(path, kind)
         return Container(path, "npz", members=_npz_from_bytes(path, blob, kind), compression=kind)
     if kind == "npy":
         raise ScanFormatError(
@@ -210,24 +232,57 @@ def open_container(path: str | os.PathLike) -> Container:
     )
 
 
+def _inflate(path: Path, kind: str) -> bytes:
+    """The decompressed bytes of a bz2 or gzip file holding an ``.npz``, streamed: refused as soon
+    as they do not start as a zip archive (``ScanFormatError``) or grow past half the memory
+    budget (``ScanTooLargeError``: the archive's arrays are read from them next)."""
+    opener = bz2.open if kind == "bz2" else gzip.open
+    budget = memory_budget()
+    cap = None if budget is None else budget // 2
+    blocks: list[bytes] = []
+    total, checked = 0, False
+    try:
+        with opener(path, "rb") as handle:
+            while block := handle.read(_INFLATE_BLOCK):
+                blocks.append(block)
+                total += len(block)
+                if not checked and total >= 4:
+                    checked, head = True, b"".join(blocks)[:4]
+                    if not head.startswith((_ZIP_MAGIC, b"PK\x05\x06")):
+                        raise ScanFormatError(
+                            f"{path}: the {kind} stream does not hold an .npz archive (it starts with {head!r}, "
+                            "not a zip header)"
+                        )
+                if cap is not None and total > cap:
+                    raise ScanTooLargeError(
+                        f"{path}: the {kind} stream inflates to more than {describe_bytes(cap)}, more than this "
+                        f"process can hold with its arrays (half its memory budget); decompress it on disk "
+                        f"(`{'bunzip2' if kind == 'bz2' else 'gunzip'} -k`) and read the .npz, whose members are "
+                        "then memory-mapped"
+                    )
+    except PtychodataError:
+        raise
+    except (OSError, EOFError, ValueError) as exc:
+        raise ScanFormatError(f"{path}: {kind} stream could not be decompressed ({exc}); truncated?") from exc
+    except MemoryError as exc:
+        raise ScanTooLargeError(f"{path}: ran out of memory decompressing the {kind} stream ({exc})") from exc
+    if total < 4:
+        raise ScanFormatError(f"{path}: the {kind} stream holds {total} bytes, not an .npz archive")
+    return b"".join(blocks)
+
+
 def _npz_from_bytes(path: Path, blob: bytes, kind: str) -> dict[str, np.ndarray]:
+    from ptychodata.io._npz import read_archive
+
     try:
         with zipfile.ZipFile(io.BytesIO(blob)) as archive:
-            members = {}
-            for info in archive.infolist():
-                if not info.filename.endswith(".npy"):
-                    continue
-                with archive.open(info) as member:
-                    members[info.filename[: -len(".npy")]] = np.lib.format.read_array(
-                        member, allow_pickle=False
-                    )
-            return members
+            return read_archive(path, archive, None, len(blob))
     except zipfile.BadZipFile as exc:
         raise ScanFormatError(f"{path}: the {kind} stream does not hold an .npz archive ({exc})") from exc
-    except ValueError as exc:
-        raise ScanFormatError(f"{path}: a member of the compressed .npz could not be read ({exc})") from exc
+    except (EOFError, OSError, zipfile.LargeZipFile) as exc:
+        raise ScanFormatError(f"{path}: the .npz in the {kind} stream could not be read ({exc})") from exc
 
 
 def _first_bytes(path: Path) -> bytes:
-    with open(path, "rb") as handle:
+    with _open_regular(path) as handle:
         return handle.read(8)

@@ -23,7 +23,7 @@ import numpy as np
 from ptychodata.errors import ScanFormatError
 from ptychodata.io._hdf5 import H5Dataset
 from ptychodata.io._product import Product
-from ptychodata.io._raw import RawScan
+from ptychodata.io._raw import RawScan, squeeze_frames
 from ptychodata.io._units import J_PER_EV
 
 NAME = "CXI 1.6"
@@ -54,7 +54,7 @@ def is_product(container: Any) -> bool:
 def read_product(container: Any, options: Any) -> Product:
     """Positions +translation (x, y) metres, probe ``image_1``, object ``image_2``, geometry from the extras."""
     translation_key = next(key for key in _TRANSLATION if key in container)
-    translation = np.asarray(container.read(translation_key), np.float64)
+    translation = container.numbers(translation_key)
     probe = np.asarray(container.read("/entry_1/image_1/data"))
     obj = container.get("/entry_1/image_2/data")
     pixel = (
@@ -87,6 +87,7 @@ def read(container: Any, options: Any) -> RawScan:
     patterns = H5Dataset(path, data_key)
     if patterns.ndim != 3:
         raise ScanFormatError(f"{path}: dataset {data_key!r} has shape {patterns.shape}; expected (M, H, W)")
+    patterns = squeeze_frames(patterns, data_key, path, pattern_axis=options.pattern_axis)
     translation_key = next((key for key in _TRANSLATION if key in container), None)
     if translation_key is None and getattr(options, "patterns_only", False):
         translation = np.zeros((0, 3))
@@ -96,7 +97,7 @@ def read(container: Any, options: Any) -> RawScan:
             "pass keys={'positions': '/path/to/dataset'} with position_unit='m' or 'px'"
         )
     else:
-        translation = np.asarray(container.read(translation_key), np.float64)
+        translation = container.numbers(translation_key)
     if translation.ndim != 2 or translation.shape[1] < 2:
         raise ScanFormatError(
             f"{path}: dataset {translation_key!r} has shape {translation.shape}; expected (M, 3) (x, y, z) in metres"
@@ -127,6 +128,7 @@ def read(container: Any, options: Any) -> RawScan:
         path=path,
         patterns=patterns,
         patterns_key=data_key,
+        positions_keys=(translation_key or "positions",) * 2,
         x=translation[:, 0].copy(),
         y=translation[:, 1].copy(),
         position_unit="m",
@@ -138,6 +140,12 @@ def read(container: Any, options: Any) -> RawScan:
         wavelength_m=container.scalar(f"{_SOURCE}/wavelength"),
         distance_m=container.scalar(f"{_DETECTOR}/distance"),
         detector_pixel_m=detector_pixel,
+        geometry_keys={
+            "energy_eV": f"{_SOURCE}/energy",
+            "wavelength_m": f"{_SOURCE}/wavelength",
+            "distance_m": f"{_DETECTOR}/distance",
+            "detector_pixel_m": f"{_DETECTOR}/x_pixel_size, y_pixel_size",
+        },
         metadata=metadata,
         notes=["positions = +translation (x, y), as ptychodus 1.7 reads CXI"],
     )

@@ -183,7 +183,36 @@ def _record_pixel_geometry(
         ]
 
 
+# The file's geometry fields, what they are, and the load option that replaces each.
+_FILE_GEOMETRY = (
+    ("energy_eV", "photon energy (eV)", "energy_eV"),
+    ("wavelength_m", "wavelength (m)", "wavelength_m"),
+    ("distance_m", "detector distance (m)", "distance_m"),
+    ("detector_pixel_m", "detector pixel size (m)", "detector_pixel_m"),
+    ("object_pixel_m", "object pixel size (m)", "pixel_size"),
+)
+
+
+def _check_file_geometry(raw: RawScan, options: LoadOptions) -> None:
+    """Refuse a geometry value of the file (one its load option does not replace) that is not a finite
+    number > 0: a zero distance or a negative pixel would make every position wrong, silently."""
+    for name, what, option in _FILE_GEOMETRY:
+        value = getattr(raw, name)
+        if value is None or getattr(options, option) is not None:
+            continue
+        values = value if isinstance(value, tuple) else (value,)
+        if all(np.isfinite(v) and v > 0 for v in values):
+            continue
+        key = raw.geometry_keys.get(name) or name
+        shown = values[0] if len(set(map(repr, values))) == 1 else values
+        raise ScanDataError(
+            f"{raw.where}{key}: the {what} is {shown!r}; expected a finite number > 0; pass {option}=... to "
+            "give the right value"
+        )
+
+
 def _geometry(raw: RawScan, options: LoadOptions, metadata: dict[str, Any]) -> dict[str, Any]:
+    _check_file_geometry(raw, options)
     energy = options.energy_eV if options.energy_eV is not None else raw.energy_eV
     wavelength = options.wavelength_m if options.wavelength_m is not None else raw.wavelength_m
     if wavelength is None and energy is not None and energy > 0:

@@ -7,6 +7,7 @@ reported by the filter's name before any read, with the package that provides it
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -14,11 +15,13 @@ from typing import Any
 import numpy as np
 
 from ptychodata._runtime import is_installed, optional_import
-from ptychodata.errors import ScanFormatError
+from ptychodata.errors import ScanDataError, ScanFormatError, ScanTooLargeError
+from ptychodata.io._limits import check_fits
 
 __all__ = [
     "H5Dataset",
     "check_filters",
+    "check_patterns_dataset",
     "dataset_paths",
     "get_dataset",
     "open_h5",
@@ -36,6 +39,10 @@ _BUILTIN_FILTERS = {
     6: "scaleoffset",
     32000: "lzf",
 }
+# A compressed patterns dataset storing less than 1/_MAX_RATIO of its bytes has its chunks counted:
+# real detector data do not compress that well, unwritten chunks (fill values) take nothing.
+_MAX_RATIO = 64
+
 # Registered HDF5 filter ids that hdf5plugin provides, for error messages.
 _PLUGIN_FILTERS = {
     307: "bzip2",
@@ -123,12 +130,57 @@ def check_filters(dataset: Any, where: str) -> None:
 
 
 def read_dataset(dataset: Any, where: str, selection: Any = ()) -> np.ndarray:
-    """``dataset[selection]`` as an ndarray; an unavailable filter or a read failure names ``where``."""
+    """``dataset[selection]`` as an ndarray; an unavailable filter or a read failure names ``where``.
+
+    A whole dataset (``selection=()``) is read only when it fits in memory (``ScanTooLargeError``
+    naming its shape otherwise); a selection is the caller's to size.
+    """
     check_filters(dataset, where)
+    if isinstance(selection, tuple) and selection == ():
+        shape = tuple(int(n) for n in dataset.shape or ())
+        check_fits(math.prod(shape) * dataset.dtype.itemsize, f"{where}: ", f"shape {shape} {dataset.dtype}")
     try:
         return np.asarray(dataset[selection])
     except OSError as exc:
         raise ScanFormatError(f"{where}: could not be read ({exc})") from exc
+    except MemoryError as exc:
+        raise ScanTooLargeError(f"{where}: ran out of memory reading {selection!r} ({exc})") from exc
+
+
+def check_patterns_dataset(dataset: Any, where: str) -> None:
+    """Refuse a patterns dataset that cannot be read as numbers, whose chunks would not fit in memory
+    (every read inflates whole chunks), or that declares far more data than the file stores (a shape
+    of 10⁹ patterns over unwritten chunks reads as zeros)."""
+    dtype = np.dtype(dataset.dtype)
+    if dtype.kind not in "biuf":
+        kind = {"S": "text", "U": "text", "O": "Python objects or text", "c": "complex numbers"}.get(dtype.kind, "data")
+        error = ScanDataError if dtype.kind == "c" else ScanFormatError
+        raise error(f"{where}: holds {kind} (dtype {dtype}, shape {dataset.shape}); expected real detector values")
+    shape = tuple(int(n) for n in dataset.shape)
+    if dataset.chunks is not None:
+        chunk = tuple(int(n) for n in dataset.chunks)
+        check_fits(math.prod(chunk) * dtype.itemsize, f"{where}: ", f"one chunk {chunk} {dtype} (read whole)")
+    nbytes = math.prod(shape) * dtype.itemsize
+    plist = dataset.id.get_create_plist()
+    h5py = require_h5py()
+    layout = plist.get_layout()
+    if nbytes == 0 or layout == getattr(h5py.h5d, "VIRTUAL", -1) or plist.get_external_count() > 0:
+        return
+    stored = dataset.id.get_storage_size()
+    if layout == h5py.h5d.CONTIGUOUS and stored < nbytes:
+        _refuse_unstored(where, shape, dtype, f"{stored} of its {nbytes} bytes are stored")
+    if layout == h5py.h5d.CHUNKED and stored * _MAX_RATIO < nbytes:
+        expected = math.prod(-(-n // c) for n, c in zip(shape, dataset.chunks))
+        written = dataset.id.get_num_chunks()
+        if written < expected:
+            _refuse_unstored(where, shape, dtype, f"{written} of its {expected} chunks are stored")
+
+
+def _refuse_unstored(where: str, shape, dtype, found: str) -> None:
+    raise ScanDataError(
+        f"{where}: declares shape {shape} {dtype} but only {found}; the rest would read as fill values. "
+        "The file is incomplete (still being written, or damaged) or forged"
+    )
 
 
 class H5Dataset:
@@ -148,6 +200,7 @@ class H5Dataset:
         self.chunks = None if dataset.chunks is None else tuple(int(n) for n in dataset.chunks)
         self.filters = [name for _, name in filters_of(dataset)]
         check_filters(dataset, f"{self.path}: dataset {key!r}")
+        check_patterns_dataset(dataset, f"{self.path}: dataset {key!r}")
 
     @property
     def dataset(self) -> Any:

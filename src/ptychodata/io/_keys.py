@@ -72,14 +72,14 @@ def read(container: Any, options: Any) -> RawScan:
             container.read(keys["positions"]), options.position_columns or "xy", keys["positions"], path
         )
     elif "xcoords" in keys and "ycoords" in keys:
-        x = np.asarray(container.read(keys["xcoords"]), np.float64).reshape(-1)
-        y = np.asarray(container.read(keys["ycoords"]), np.float64).reshape(-1)
+        x = container.numbers(keys["xcoords"]).reshape(-1)
+        y = container.numbers(keys["ycoords"]).reshape(-1)
     else:
         raise ScanFormatError(
             f"{path}: keys= needs the positions: 'xcoords' and 'ycoords' (two (M,) arrays) or 'positions' "
             "(one (M, 2) array, with position_columns='xy' or 'yx')"
         )
-    patterns = squeeze_frames(patterns, key, path, len(x))
+    patterns = squeeze_frames(patterns, key, path, len(x), pattern_axis=options.pattern_axis)
 
     def scalar(name: str) -> float | None:
         return container.scalar(keys[name]) if name in keys else None
@@ -89,7 +89,7 @@ def read(container: Any, options: Any) -> RawScan:
         energy = scalar("energy_J") / J_PER_EV
     pixel = None
     if "detector_pixel_m" in keys:
-        value = np.asarray(container.read(keys["detector_pixel_m"]), np.float64).reshape(-1)
+        value = container.numbers(keys["detector_pixel_m"]).reshape(-1)
         pixel = (float(value[0]), float(value[-1])) if value.size in (1, 2) else None
         if pixel is None:
             raise ScanFormatError(
@@ -104,6 +104,7 @@ def read(container: Any, options: Any) -> RawScan:
         path=path,
         patterns=patterns,
         patterns_key=key,
+        positions_keys=(keys["positions"],) * 2 if "positions" in keys else (keys["xcoords"], keys["ycoords"]),
         x=x,
         y=y,
         position_unit=options.position_unit or "px",
@@ -115,5 +116,7 @@ def read(container: Any, options: Any) -> RawScan:
         wavelength_m=scalar("wavelength_m"),
         distance_m=scalar("distance_m"),
         detector_pixel_m=pixel,
+        geometry_keys={name: keys[name] for name in ("wavelength_m", "distance_m", "detector_pixel_m") if name in keys}
+        | {"energy_eV": keys.get("energy_eV", keys.get("energy_J", ""))},
         metadata={"keys": keys},
     )

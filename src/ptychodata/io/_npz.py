@@ -13,6 +13,7 @@ and nothing else, so no code named by the file can run.
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import struct
@@ -20,14 +21,16 @@ import tempfile
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.lib import format as npy_format
 
 from ptychodata._runtime import iter_rows, rows_per_chunk
-from ptychodata.errors import ScanDataError, ScanFileNotFoundError
+from ptychodata.errors import ScanDataError, ScanTooLargeError
+from ptychodata.io._limits import check_fits, regular_file
 
-__all__ = ["read_npz", "write_npz"]
+__all__ = ["declared_bytes", "read_archive", "read_npz", "write_npz"]
 
 _LOCAL_HEADER = struct.Struct("<4s5H3L2H")  # zip local file header, 30 bytes
 _LOCAL_MAGIC = b"PK\x03\x04"
@@ -51,32 +54,24 @@ _MALFORMED_PICKLE = (
 
 
 def existing_file(path: str | os.PathLike, expected: str) -> Path:
-    """``path`` as a Path, or ``ScanFileNotFoundError`` / ``ScanDataError`` (a directory)
-    naming it and ``expected``."""
-    path = Path(path)
-    if not path.exists():
-        raise ScanFileNotFoundError(f"{path}: no such file")
-    if path.is_dir():
-        raise ScanDataError(f"{path}: is a directory, expected {expected}")
-    return path
+    """``path`` as a Path when it is a regular file; ``ScanFileNotFoundError`` when nothing is there,
+    ``ScanDataError`` for a directory, FIFO, socket, device or symlink loop (see :func:`regular_file`)."""
+    return regular_file(path, expected)
 
 
 def read_npz(path: str | os.PathLike, *, mmap: bool = True) -> dict[str, np.ndarray]:
     """Read every member of an ``.npz``; uncompressed members are read-only memmaps.
 
     Raises ``ScanDataError`` naming the file for anything that is not a readable
-    archive of ``.npy`` members (missing, truncated, not a zip, pickled objects).
+    archive of ``.npy`` members (missing, truncated, not a zip, pickled objects, a header that
+    declares more data than its member holds), and ``ScanTooLargeError`` for a compressed member
+    that would not fit in the memory available.
     """
     path = existing_file(path, "an .npz file")
     file_size = path.stat().st_size
     try:
-        with zipfile.ZipFile(path) as archive:
-            members = [info for info in archive.infolist() if info.filename.endswith(".npy")]
-            with open(path, "rb") as raw:
-                return {
-                    info.filename[: -len(".npy")]: _read_member(path, raw, archive, info, file_size, mmap)
-                    for info in members
-                }
+        with zipfile.ZipFile(path) as archive, open(path, "rb") as raw:
+            return read_archive(path, archive, raw if mmap else None, file_size)
     except zipfile.BadZipFile as exc:
         raise ScanDataError(
             f"{path}: not a readable .npz archive ({exc}); the file may be truncated or of another format"
@@ -85,25 +80,82 @@ def read_npz(path: str | os.PathLike, *, mmap: bool = True) -> dict[str, np.ndar
         raise ScanDataError(f"{path}: could not read the archive ({exc})") from exc
 
 
-def _read_member(path, raw, archive, info, file_size, mmap) -> np.ndarray:
+def read_archive(path: Path, archive: zipfile.ZipFile, raw: Any, file_size: int) -> dict[str, np.ndarray]:
+    """The ``.npy`` members of an open zip ``archive`` of ``path``: stored members memory-mapped from
+    ``raw`` (the file opened for reading, or None to read every member into memory)."""
+    members = [info for info in archive.infolist() if info.filename.endswith(".npy")]
+    return {
+        info.filename[: -len(".npy")]: _read_member(path, raw, archive, info, file_size) for info in members
+    }
+
+
+def _read_member(path, raw, archive, info, file_size) -> np.ndarray:
     key = info.filename[: -len(".npy")]
-    if info.compress_type == zipfile.ZIP_STORED and mmap:
+    where = f"{path}: key {key!r}: "
+    if info.compress_type == zipfile.ZIP_STORED and raw is not None:
         mapped = _memmap_member(path, raw, info, file_size, key)
         if mapped is not None:
             return mapped
     try:
         with archive.open(info) as member:
-            shape, _, dtype = _read_header(member)
+            shape, fortran_order, dtype = _read_header(member)
             if dtype.hasobject:
                 return _read_string_object(member, path, key, shape, dtype)
-        with archive.open(info) as member:
-            return npy_format.read_array(member, allow_pickle=False)
+            nbytes = declared_bytes(shape, dtype, where)
+            _check_member_size(where, shape, dtype, nbytes, info.file_size - member.tell())
+            check_fits(nbytes, where, f"shape {shape} {dtype}")
+            return _read_data(member, shape, fortran_order, dtype, nbytes, where)
     except ScanDataError:
         raise
     except ValueError as exc:
         raise ScanDataError(f"{path}: key {key!r} could not be read ({exc})") from exc
     except (EOFError, zipfile.BadZipFile) as exc:
         raise ScanDataError(f"{path}: key {key!r} is truncated or corrupt ({exc})") from exc
+    except MemoryError as exc:
+        raise ScanTooLargeError(f"{where}ran out of memory while reading it ({exc})") from exc
+
+
+def declared_bytes(shape: tuple[int, ...], dtype: np.dtype, where: str) -> int:
+    """Bytes an array of ``shape`` and ``dtype`` (from a file's header) holds, in exact integers;
+    ``ScanDataError`` for a shape or dtype that no array can have."""
+    if any(not isinstance(n, int) or n < 0 for n in shape):
+        raise ScanDataError(f"{where}header declares shape {shape}; expected non-negative integers")
+    if dtype.itemsize == 0:
+        raise ScanDataError(f"{where}header declares dtype {dtype.str!r} of 0 bytes per element")
+    if math.prod(n for n in shape if n) * dtype.itemsize >= 1 << 62:
+        raise ScanDataError(
+            f"{where}header declares shape {shape} of {dtype}, more bytes than any array can hold; the file is "
+            "damaged or forged"
+        )
+    return math.prod(shape) * dtype.itemsize
+
+
+def _check_member_size(where: str, shape, dtype, nbytes: int, held: int) -> None:
+    """The data a header declares must be exactly what the zip entry holds after the header."""
+    name = where.rstrip(": ")
+    if nbytes > held:
+        raise ScanDataError(
+            f"{name} is truncated or forged: its header declares shape {shape} {dtype}, {nbytes} bytes, but the "
+            f"archive entry holds {max(held, 0)} bytes of data"
+        )
+    if nbytes < held:
+        raise ScanDataError(
+            f"{name} is damaged or forged: its header declares shape {shape} {dtype}, {nbytes} bytes, but the "
+            f"archive entry holds {held} bytes of data, {held - nbytes} more than the array"
+        )
+
+
+def _read_data(stream, shape, fortran_order, dtype, nbytes, where) -> np.ndarray:
+    """``nbytes`` from ``stream`` as an array, read into one buffer block by block."""
+    buffer = np.empty(nbytes, np.uint8)
+    view, done = memoryview(buffer), 0
+    while done < nbytes:
+        block = stream.read(min(_STREAM_BYTES, nbytes - done))
+        if not block:
+            raise ScanDataError(f"{where}truncated: {done} of the {nbytes} bytes its header declares")
+        view[done : done + len(block)] = block
+        done += len(block)
+    return buffer.view(dtype).reshape(shape, order="F" if fortran_order else "C")
 
 
 def _read_header(stream) -> tuple[tuple[int, ...], bool, np.dtype]:
@@ -163,6 +215,7 @@ def _read_string_object(stream, path, key, shape, dtype) -> np.ndarray:
 
 
 def _memmap_member(path, raw, info, file_size, key) -> np.ndarray | None:
+    where = f"{path}: key {key!r}: "
     raw.seek(info.header_offset)
     header = raw.read(_LOCAL_HEADER.size)
     if len(header) < _LOCAL_HEADER.size or header[:4] != _LOCAL_MAGIC:
@@ -176,7 +229,9 @@ def _memmap_member(path, raw, info, file_size, key) -> np.ndarray | None:
     if dtype.hasobject:
         return None  # read from the archive by the restricted unpickler instead
     offset = raw.tell()
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    nbytes = declared_bytes(shape, dtype, where)
+    data_start = info.header_offset + _LOCAL_HEADER.size + name_length + extra_length
+    _check_member_size(where, shape, dtype, nbytes, info.file_size - (offset - data_start))
     if offset + nbytes > file_size:
         raise ScanDataError(
             f"{path}: key {key!r} is truncated: shape {shape} {dtype} needs {nbytes} bytes at offset "

@@ -63,11 +63,15 @@ def read_ptychopinn(container: Any, options: Any) -> RawScan:
         raise ScanFormatError(
             f"{path}: missing required key(s) {', '.join(missing)}; keys present: {sorted(container.keys())}"
         )
-    x = container.get("xcoords", container.get("xcoords_start"))
-    y = container.get("ycoords", container.get("ycoords_start"))
+    x_key = "xcoords" if "xcoords" in container else "xcoords_start"
+    y_key = "ycoords" if "ycoords" in container else "ycoords_start"
+    x, y = container.numbers(x_key), container.numbers(y_key)
     x = np.asarray(x).reshape(-1) if np.ndim(x) == 2 and 1 in np.shape(x) else x
     n_points = int(np.shape(x)[0]) if np.ndim(x) >= 1 else None
-    patterns = squeeze_frames(container.raw(key), key, path, n_points)
+    axis = options.pattern_axis
+    if axis is None and key == "diff3d":  # written (M, N, N) by PtychoPINN, ptychodus and ptychodata alike
+        axis = "first" if container.shape(key) == (n_points,) * 3 else None
+    patterns = squeeze_frames(container.raw(key), key, path, n_points, pattern_axis=axis)
     export = key == "diff3d" and "bad_pixels" in container
     slac = key == "diffraction" and "xcoords" not in container
     raw = RawScan(
@@ -75,6 +79,7 @@ def read_ptychopinn(container: Any, options: Any) -> RawScan:
         path=path,
         patterns=patterns,
         patterns_key=key,
+        positions_keys=(x_key, y_key),
         x=x,
         y=y,
         x_start=container.get("xcoords_start") if "xcoords" in container else None,
@@ -101,6 +106,11 @@ def read_ptychopinn(container: Any, options: Any) -> RawScan:
             raw.energy_eV = container.scalar("photon_energy_eV") or container.scalar("probe_energy_ev")
             pixel = container.scalar("detector_pixel_size_m")
             raw.detector_pixel_m = None if pixel is None else (pixel, pixel)
+            raw.geometry_keys = {
+                "distance_m": "detector_distance_m",
+                "energy_eV": "photon_energy_eV" if "photon_energy_eV" in container else "probe_energy_ev",
+                "detector_pixel_m": "detector_pixel_size_m",
+            }
             raw.notes.append(
                 f"positions: metres (every |value| ≤ {_SLAC_METRES_BELOW:g}, ptychodus' SLAC rule)"
             )
@@ -109,7 +119,7 @@ def read_ptychopinn(container: Any, options: Any) -> RawScan:
 
 def read_ptychonn(container: Any, options: Any) -> RawScan:
     path = container.path
-    patterns = squeeze_frames(container.raw("reciprocal"), "reciprocal", path)
+    patterns = squeeze_frames(container.raw("reciprocal"), "reciprocal", path, pattern_axis=options.pattern_axis)
     x, y = positions_from_columns(container.read("position"), "yx", "position", path)
     real = container.get("real")
     Y = (
@@ -122,6 +132,7 @@ def read_ptychonn(container: Any, options: Any) -> RawScan:
         path=path,
         patterns=patterns,
         patterns_key="reciprocal",
+        positions_keys=("position", "position"),
         x=x,
         y=y,
         position_unit=options.position_unit or "m",

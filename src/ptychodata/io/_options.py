@@ -119,6 +119,10 @@ class LoadOptions:
         "--estimate-probe", "switch", "without a probe in the file, use the flagged estimate IFFT(sqrt(mean I))"))
     near_field: bool = _option(False, Flag(
         "--near-field", "switch", "accept near-field data (needs --pixel-size)"))
+    pattern_axis: str | None = _option(None, Flag(
+        "--pattern-axis", help="where a 3-d stack of patterns has its pattern index: first (M, N, N) or last "
+        "(a legacy N, N, M stack); default from the number of positions, needed when M = N",
+        choices=("first", "last")))
     patterns_only: bool = _option(False, None)
 
     def __post_init__(self) -> None:
@@ -131,6 +135,7 @@ class LoadOptions:
             ("position_columns", ("xy", "yx")),
             ("position_origin", ("centre", "corner")),
             ("probe_modes", ("first", "all")),
+            ("pattern_axis", ("first", "last")),
         ):
             value = getattr(self, name)
             if value is not None and value not in allowed:

@@ -75,6 +75,7 @@ class Product:
             path=self.path,
             patterns=patterns,
             patterns_key=f"{diffraction.path}: {diffraction.patterns_key}",
+            positions_keys=("probe_position_x_m", "probe_position_y_m"),
             x=self.x_m,
             y=self.y_m,
             position_unit="m",

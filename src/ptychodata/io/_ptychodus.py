@@ -25,7 +25,7 @@ import numpy as np
 from ptychodata.errors import ScanFormatError
 from ptychodata.io._hdf5 import H5Dataset
 from ptychodata.io._product import Product
-from ptychodata.io._raw import RawScan
+from ptychodata.io._raw import RawScan, squeeze_frames
 
 TRAINING = "ptychodus training data"
 PRODUCT = "ptychodus product"
@@ -47,6 +47,7 @@ def read_training(container: Any, options: Any) -> RawScan:
     patterns = H5Dataset(path, "/patterns")
     if patterns.ndim != 3:
         raise ScanFormatError(f"{path}: dataset '/patterns' has shape {patterns.shape}; expected (M, H, W)")
+    patterns = squeeze_frames(patterns, "/patterns", path, pattern_axis=options.pattern_axis)
     object_array = container.get("/object")
     pixel = (container.scalar("/object_pixel_height_m"), container.scalar("/object_pixel_width_m"))
     return RawScan(
@@ -54,8 +55,9 @@ def read_training(container: Any, options: Any) -> RawScan:
         path=path,
         patterns=patterns,
         patterns_key="/patterns",
-        x=np.asarray(container.read("/probe_position_x_px"), np.float64).reshape(-1),
-        y=np.asarray(container.read("/probe_position_y_px"), np.float64).reshape(-1),
+        positions_keys=("/probe_position_x_px", "/probe_position_y_px"),
+        x=container.numbers("/probe_position_x_px").reshape(-1),
+        y=container.numbers("/probe_position_y_px").reshape(-1),
         position_unit="px",
         probe=container.get("/probe"),
         object=None if object_array is None else np.asarray(object_array).reshape(object_array.shape[-2:]),
@@ -65,6 +67,11 @@ def read_training(container: Any, options: Any) -> RawScan:
         energy_eV=container.scalar("/photon_energy_eV"),
         distance_m=container.scalar("/detector_object_distance_m"),
         object_pixel_m=None if None in pixel else pixel,
+        geometry_keys={
+            "energy_eV": "/photon_energy_eV",
+            "distance_m": "/detector_object_distance_m",
+            "object_pixel_m": "/object_pixel_height_m, /object_pixel_width_m",
+        },
         notes=["positions: probe_position_x_px/_y_px used unchanged (object-array pixels)"],
     )
 
@@ -72,8 +79,8 @@ def read_training(container: Any, options: Any) -> RawScan:
 def read_product(container: Any, options: Any) -> Product:
     """A product file's positions, probe and object; the patterns come from ``options.diffraction``."""
     prefix = "/" if container.kind == "hdf5" else ""
-    x_m = np.asarray(container.read(f"{prefix}probe_position_x_m"), np.float64).reshape(-1)
-    y_m = np.asarray(container.read(f"{prefix}probe_position_y_m"), np.float64).reshape(-1)
+    x_m = container.numbers(f"{prefix}probe_position_x_m").reshape(-1)
+    y_m = container.numbers(f"{prefix}probe_position_y_m").reshape(-1)
     object_array = container.get(f"{prefix}object")
     if container.kind == "hdf5":  # save_product: geometry in attributes of /object and of the file
         pixel = (container.attr("/object", "pixel_height_m"), container.attr("/object", "pixel_width_m"))

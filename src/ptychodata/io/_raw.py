@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from ptychodata.errors import ScanFormatError
+from ptychodata.errors import ScanDataError, ScanFormatError
 
-__all__ = ["RawScan", "positions_from_columns", "squeeze_frames"]
+__all__ = ["RawScan", "positions_from_columns", "real_numbers", "squeeze_frames"]
 
 
 @dataclass
@@ -71,6 +71,8 @@ class RawScan:
     object_pixel_m: tuple[float, float] | None = None  # (y, x)
     object_origin: tuple[float, float, float, float] | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    geometry_keys: dict[str, str] = field(default_factory=dict)  # field name -> the file's key, for messages
+    positions_keys: tuple[str, str] = ("positions", "positions")  # where x and y came from, for messages
     extras: dict[str, np.ndarray] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     square_required: bool = False  # the contract npz: non-square patterns are an error, not cropped
@@ -80,8 +82,43 @@ class RawScan:
         return f"{self.path}: "
 
 
-def squeeze_frames(array: Any, key: str, path: Path, n_points: int | None = None) -> Any:
-    """Frames (M, H, W) from (M, H, W), (M, H, W, 1), (1, M, H, W), or a legacy (N, N, M) stack."""
+def real_numbers(values: Any, where: str) -> np.ndarray:
+    """``values`` as float64, or ``ScanFormatError`` naming ``where`` for text, objects or complex
+    values (numeric text is not parsed: what its numbers mean is unknown)."""
+    array = np.asarray(values)
+    if array.dtype.kind not in "biuf":
+        shown = repr(array.reshape(-1)[0].item())[:40] if array.size else "nothing"
+        kind = {"S": "text", "U": "text", "O": "Python objects", "c": "complex numbers"}.get(array.dtype.kind, "data")
+        error = ScanDataError if array.dtype.kind == "c" else ScanFormatError  # complex: readable, but not positions
+        raise error(
+            f"{where} holds {kind} (dtype {array.dtype}, shape {array.shape}, first value {shown}); "
+            "expected real numbers"
+        )
+    return array.astype(np.float64, copy=False)
+
+
+def squeeze_frames(
+    array: Any,
+    key: str,
+    path: Path,
+    n_points: int | None = None,
+    *,
+    pattern_axis: str | None = None,
+) -> Any:
+    """Frames (M, H, W) from (M, H, W), (M, H, W, 1), (1, M, H, W), or a legacy (N, N, M) stack.
+
+    Given ``n_points``, a legacy stack is recognised by its last axis matching it; ``pattern_axis``
+    ("first" or "last") says where the pattern index is instead, and must for an in-memory cube
+    (M = N: both readings fit the positions). A lazily read (HDF5) stack is (M, H, W).
+    """
+    dtype = np.dtype(array.dtype)
+    if dtype.kind not in "biuf":
+        kind = {"S": "text", "U": "text", "O": "Python objects", "c": "complex numbers"}.get(dtype.kind, "data")
+        error = ScanDataError if dtype.kind == "c" else ScanFormatError
+        raise error(
+            f"{path}: {key!r} holds {kind} (dtype {dtype}, shape {tuple(array.shape)}); expected real detector "
+            "values (amplitudes or counts)"
+        )
     shape = tuple(array.shape)
     if len(shape) == 4 and shape[-1] == 1:
         array, shape = _index(array, (..., 0), key, path), shape[:-1]
@@ -89,7 +126,7 @@ def squeeze_frames(array: Any, key: str, path: Path, n_points: int | None = None
         array, shape = _index(array, 0, key, path), shape[1:]
     if len(shape) != 3:
         raise ScanFormatError(f"{path}: {key!r} has shape {shape}; expected a stack of patterns (M, H, W)")
-    if n_points is not None and shape[0] != n_points and shape[2] == n_points and shape[0] == shape[1]:
+    if _pattern_index_last(shape, key, path, n_points, pattern_axis, isinstance(array, np.ndarray)):
         if not isinstance(array, np.ndarray):
             raise ScanFormatError(
                 f"{path}: {key!r} has shape {shape}, a (N, N, M) stack; only (M, N, N) can be read lazily "
@@ -97,6 +134,31 @@ def squeeze_frames(array: Any, key: str, path: Path, n_points: int | None = None
             )
         array = np.moveaxis(array, 2, 0)  # legacy (N, N, M) stack
     return array
+
+
+def _pattern_index_last(shape, key, path, n_points, pattern_axis, in_memory) -> bool:
+    """Whether a 3-d stack holds its pattern index last (a legacy (N, N, M) stack)."""
+    if pattern_axis == "first":
+        return False
+    if pattern_axis == "last":
+        if shape[0] != shape[1] or (n_points is not None and shape[2] != n_points):
+            expected = "(N, N, M)" if n_points is None else f"(N, N, {n_points})"
+            raise ScanDataError(
+                f"{path}: {key!r} has shape {shape}; pattern_axis='last' expects {expected}: square patterns "
+                "with the pattern index last, one per position"
+            )
+        return True
+    if n_points is None or shape[2] != n_points or shape[0] != shape[1]:
+        return False
+    if shape[0] == n_points:
+        if not in_memory:
+            return False
+        raise ScanDataError(
+            f"{path}: {key!r} has shape {shape} with {n_points} positions: (M, N, N) and a legacy (N, N, M) stack "
+            "both fit, so which axis indexes the patterns is ambiguous; pass pattern_axis='first' (M, N, N) or "
+            "pattern_axis='last' (N, N, M)"
+        )
+    return True
 
 
 def _index(array: Any, index: Any, key: str, path: Path) -> Any:
@@ -112,6 +174,8 @@ def positions_from_columns(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(x, y) from an (M, 2) or (M, ≥2) array whose first two columns are ``columns``: "xy" or "yx"."""
     array = np.asarray(values)
+    if array.dtype.kind not in "biuf":
+        real_numbers(array, f"{path}: {key!r}")
     while array.ndim > 2 and array.shape[0] == 1:
         array = array[0]
     if array.ndim != 2 or array.shape[1] < 2:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ptychodata.errors import ScanFormatError
+from ptychodata.errors import ScanFormatError, ScanTooLargeError
 from ptychodata.io import _cxi, _keys, _npz_layouts, _ptychodus, _tike
 from ptychodata.io._container import Container, open_container
 from ptychodata.io._hdf5 import H5Dataset
@@ -41,7 +41,19 @@ def recognise(container: Container) -> str | None:
 
 
 def read_raw(path: Path, options: Any) -> RawScan:
-    """The raw scan in ``path``, by ``options.keys`` or by recognising the layout."""
+    """The raw scan in ``path``, by ``options.keys`` or by recognising the layout.
+
+    Running out of memory on the way is ``ScanTooLargeError`` naming the file.
+    """
+    try:
+        return _read_raw(path, options)
+    except MemoryError as exc:
+        if isinstance(exc, ScanTooLargeError):
+            raise
+        raise ScanTooLargeError(f"{path}: ran out of memory while reading the file ({exc or 'no detail'})") from exc
+
+
+def _read_raw(path: Path, options: Any) -> RawScan:
     with open_container(path) as container:
         if options.keys:
             return _keys.read(container, options)
@@ -77,20 +89,20 @@ def read_patterns_only(path: Path, options: Any) -> RawScan:
             member = options.keys["diffraction"]
             if member not in container:
                 raise container.missing(member)
-            return _frames_only(container, member, "key map")
+            return _frames_only(container, member, "key map", options)
         if _cxi.can_read(container):
             return _cxi.read(container, options)
         if _ptychodus.is_training(container):
             return _ptychodus.read_training(container, options)
         for key in ("/patterns", "diffraction", "diff3d", "data", "/entry/data/data"):
             if key in container:
-                return _frames_only(container, key, container.kind)
+                return _frames_only(container, key, container.kind, options)
         raise unrecognised(container)
 
 
-def _frames_only(container: Container, key: str, kind: str) -> RawScan:
+def _frames_only(container: Container, key: str, kind: str, options: Any) -> RawScan:
     patterns = H5Dataset(container.path, key) if container.kind == "hdf5" else container.raw(key)
-    patterns = squeeze_frames(patterns, key, container.path)
+    patterns = squeeze_frames(patterns, key, container.path, pattern_axis=options.pattern_axis)
     return RawScan(
         format=f"{kind} patterns",
         path=container.path,

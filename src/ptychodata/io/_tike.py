@@ -21,7 +21,7 @@ def can_read(container: Any) -> bool:
 
 def read(container: Any, options: Any) -> RawScan:
     path = container.path
-    patterns = squeeze_frames(container.raw("data"), "data", path)
+    patterns = squeeze_frames(container.raw("data"), "data", path, pattern_axis=options.pattern_axis)
     x, y = positions_from_columns(container.read("scan"), "yx", "scan", path)
     probe = container.get("probe")
     return RawScan(
@@ -29,6 +29,7 @@ def read(container: Any, options: Any) -> RawScan:
         path=path,
         patterns=patterns,
         patterns_key="data",
+        positions_keys=("scan", "scan"),
         x=x,
         y=y,
         position_unit="px",

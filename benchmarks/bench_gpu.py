@@ -331,25 +331,27 @@ def build_encoded_store(workdir: Path, points: int, encoding: str):
 
 
 def resident_rate(loader, device: torch.device, min_seconds: float) -> tuple[float, float]:
-    """Groups/s of whole epochs of ``loader`` (one warm-up epoch first), at least
-    ``min_seconds`` of them; and the share of that time the host spent issuing them (the
-    loop's time to its last batch, before the final synchronisation: near 1 when the host
-    bounds the rate, lower when the device does)."""
+    """Groups/s of whole epochs of ``loader`` (one warm-up epoch first; each epoch
+    synchronized at its end, as a training loop that validates or logs per epoch), at least
+    ``min_seconds`` of them; and the share of that time the host spent issuing them (each
+    epoch's loop up to its last batch: near 1 when the host bounds the rate)."""
     loader.set_epoch(0)
     for _ in loader:
         pass
     sync(device)
     epochs = groups = 0
+    issued = 0.0
     start = time.perf_counter()
     while True:
         loader.set_epoch(epochs + 1)
+        begin = time.perf_counter()
         for batch in loader:
             groups += batch["X"].shape[0]
+        issued += time.perf_counter() - begin
         epochs += 1
-        issued = time.perf_counter() - start
-        if issued >= min_seconds:
-            sync(device)
-            seconds = time.perf_counter() - start
+        sync(device)
+        seconds = time.perf_counter() - start
+        if seconds >= min_seconds:
             return groups / seconds, issued / seconds
 
 
@@ -423,9 +425,9 @@ def bench_resident(args, workdir: Path) -> None:
                   f"{dtype.itemsize}-byte rows", flush=True)
     print(
         f"groups/s over whole epochs of {len(next(iter(stores.values())))} groups (gridsize 2, N {N}), set_epoch + "
-        "iterate, synchronized at the end, after a warm-up epoch; GB/s = groups/s x "
-        f"{group_bytes} bytes of X (float32) and probe written per group; host = the loop's time to its last "
-        "batch / the whole time (near 100%: the host bounds the rate);"
+        "iterate, each epoch synchronized at its end, after a warm-up epoch; GB/s = groups/s x "
+        f"{group_bytes} bytes of X (float32) and probe written per group; host = the loops' time to their last "
+        "batches / the whole time (near 100%: the host bounds the rate);"
     )
     print(
         "bound = torch.index_select of the same stored bytes per batch (B·C frames + B probes' bytes, as rows of "
@@ -453,6 +455,15 @@ def diagnose_resident(held: dict, args) -> None:
     the same bytes; and a pre-scaled run's index_select with its own rows (the probe rows
     repeat the same few rows) against random rows."""
     print("\n-- resident diagnosis: device time of one gather per run of batches (CUDA events, median of 20) --")
+    first = next(iter(held.values()))
+    if first.prescaled:
+        first._pin_positions = False
+        rate, host = resident_rate(make_loader(first, 64, resident=True, seed=0), first.device, args.min_seconds)
+        first._pin_positions = True
+        again, host_again = resident_rate(make_loader(first, 64, resident=True, seed=0), first.device,
+                                          args.min_seconds)
+        print(f"float32 pre-scaled, batch 64: positions copied from pageable memory {rate:,.0f} groups/s "
+              f"(host {host:.0%}); staged in pinned memory {again:,.0f} groups/s (host {host_again:.0%})")
     print(f"{'frames':<25} {'batch':>5} {'k':>3} | {'gather us/batch':>15} {'random rows us/batch':>20} "
           f"{'ratio':>6}")
     for label, store in held.items():

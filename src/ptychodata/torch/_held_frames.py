@@ -261,11 +261,11 @@ def _kernel() -> Any:
         r = tl.program_id(0).to(tl.int64)
         cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
         if r < n_x:
-            source = table + tl.load(rows + r) * ROW + cols
+            frame = table + tl.load(rows + r) * ROW + cols
             if EVEN:
-                value = tl.load(source)
+                value = tl.load(frame)
             else:
-                value = tl.load(source, mask=cols < ROW, other=0)
+                value = tl.load(frame, mask=cols < ROW, other=0)
             if KIND == 3:  # uint16 counts, held as int16 bits
                 value = tl.sqrt_rn(value.to(tl.uint16, bitcast=True).to(tl.float32))
             else:
@@ -278,10 +278,10 @@ def _kernel() -> Any:
                 tl.store(X + r * ROW + cols, value, mask=cols < ROW)
         else:
             q = r - n_x
-            source = probes + (tl.load(experiment + q // 2) * 2 + q % 2) * ROW + cols
+            probe_row = probes + (tl.load(experiment + q // 2) * 2 + q % 2) * ROW + cols
             if EVEN:
-                tl.store(probe_out + q * ROW + cols, tl.load(source))
+                tl.store(probe_out + q * ROW + cols, tl.load(probe_row))
             else:
-                tl.store(probe_out + q * ROW + cols, tl.load(source, mask=cols < ROW), mask=cols < ROW)
+                tl.store(probe_out + q * ROW + cols, tl.load(probe_row, mask=cols < ROW), mask=cols < ROW)
 
     return gather_decode_kernel

@@ -177,6 +177,7 @@ class DeviceStore:
             raise ParameterError(f"gather_bytes={gather_bytes}; expected a number of bytes >= 0")
         self.gather_bytes = int(gather_bytes)
         self.kernel = choose_kernel(kernel, self.device)
+        self._pin_positions = True  # a pass's positions staged in page-locked memory (CUDA)
         self.encoding = held_encoding(store.frames_encoding, frames, materialized=store.materialized_X is not None,
                                       where=str(store.path))
         groups = np.asarray(store.groups, np.int64)
@@ -371,8 +372,8 @@ class DeviceStore:
     def _to_device(self, host: np.ndarray) -> torch.Tensor:
         """A small int64 host array on the device, staged in page-locked memory on CUDA so
         the copy is queued behind the device's work instead of waiting for it."""
-        if self.device.type != "cuda":
-            return torch.from_numpy(np.ascontiguousarray(host))
+        if self.device.type != "cuda" or not self._pin_positions:
+            return torch.from_numpy(np.ascontiguousarray(host)).to(self.device)
         staging = torch.empty(host.shape, dtype=torch.int64, pin_memory=True)
         staging.numpy()[...] = host
         return staging.to(self.device, non_blocking=True)

@@ -416,8 +416,13 @@ def bench_resident(args, workdir: Path) -> None:
             if (dtype.itemsize, batch_size) not in bounds:
                 bounds[dtype.itemsize, batch_size] = copy_bound(store.frames, batch_size, C, args.min_seconds)
             bound = bounds[dtype.itemsize, batch_size]
-            rate, host = resident_rate(make_loader(store, batch_size, resident=True, seed=0), device,
-                                       args.min_seconds)
+            try:
+                rate, host = resident_rate(make_loader(store, batch_size, resident=True, seed=0), device,
+                                           args.min_seconds)
+            except Exception as error:  # noqa: BLE001 - print it, measure the other variants
+                print(f"{label:<25} {batch_size:>5} FAILED: {type(error).__name__}: {str(error)[:300]}", flush=True)
+                worst[batch_size, label] = 0.0
+                continue
             ratio = rate / bound
             worst[batch_size, label] = ratio
             print(f"{label:<25} {batch_size:>5} {store.batches_per_gather(batch_size):>3} | {rate:>17,.0f} "

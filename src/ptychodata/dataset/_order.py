@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -63,60 +64,107 @@ def _uid64(uid: str) -> np.uint64:
 
 class _Keys:
     """The key of each item of an epoch, computed a chunk at a time: item ``i`` is copy
-    ``copies[i]`` of group ``groups[i]`` (or copy 0 of group ``i`` when ``groups`` is None)."""
+    ``copies[i]`` of group ``groups[i]`` (or copy 0 of group ``i`` when ``groups`` is None).
+
+    Each item also has a *label* that names it in a few bits: its group, shifted left by
+    :attr:`copy_bits`, with its copy in those bits (just the group without copies).
+    """
 
     def __init__(self, identities: np.ndarray, salt: np.uint64, groups=None, copies=None):
         self.identities, self.salt, self.groups, self.copies = identities, salt, groups, copies
         self.size = len(identities) if groups is None else len(groups)
+        self.copy_bits = 0 if copies is None or not len(copies) else int(copies.max()).bit_length()
+        self.label_bits = max(1, (len(identities) - 1).bit_length()) + self.copy_bits
 
     def at(self, start: int, stop: int, select: np.ndarray | None = None) -> np.ndarray:
         """(n,) uint64: keys of items ``start:stop`` (of ``start + select`` where given); a new array."""
         where = slice(start, stop) if select is None else select + start
         groups = where if self.groups is None else self.groups[where]
-        keys = self.identities[groups]
-        if keys.base is self.identities:  # a slice: a view
-            keys = keys.copy()
-        if self.copies is None:
-            np.bitwise_xor(keys, self.salt, out=keys)
-        else:
-            salts = np.multiply(self.copies[where].astype(np.uint64), _COPY)
-            np.bitwise_xor(salts, self.salt, out=salts)
-            np.bitwise_xor(keys, mix64(salts, out=salts), out=keys)
-        return mix64(keys, out=keys)
+        return self._keys(groups, None if self.copies is None else self.copies[where])
+
+    def labels(self, start: int, stop: int, select: np.ndarray | None = None) -> np.ndarray:
+        """(n,) uint64: labels of the same items as :meth:`at`."""
+        where = slice(start, stop) if select is None else select + start
+        if self.groups is None:
+            return np.arange(start, stop, dtype=np.uint64) if select is None else where.astype(np.uint64)
+        labels = self.groups[where].astype(np.uint64)
+        if self.copy_bits:
+            np.left_shift(labels, np.uint64(self.copy_bits), out=labels)
+            np.bitwise_or(labels, self.copies[where].astype(np.uint64), out=labels)
+        return labels
+
+    def of_labels(self, labels: np.ndarray) -> np.ndarray:
+        """Keys of the items labelled ``labels``."""
+        if self.groups is None:
+            return self._keys(labels.astype(np.int64), None)
+        groups = (labels >> np.uint64(self.copy_bits)).astype(np.int64)
+        return self._keys(groups, (labels & np.uint64((1 << self.copy_bits) - 1)).astype(np.uint32))
 
     def of(self, items: np.ndarray) -> np.ndarray:
         """Keys of the items at positions ``items`` (any order)."""
         return self.at(0, self.size, np.asarray(items, np.int64))
 
+    def _keys(self, groups: Any, copies: np.ndarray | None) -> np.ndarray:
+        keys = self.identities[groups]
+        if keys.base is self.identities:  # a slice: a view
+            keys = keys.copy()
+        if copies is None:
+            np.bitwise_xor(keys, self.salt, out=keys)
+        else:
+            salts = np.multiply(copies.astype(np.uint64), _COPY)
+            np.bitwise_xor(salts, self.salt, out=salts)
+            np.bitwise_xor(keys, mix64(salts, out=salts), out=keys)
+        return mix64(keys, out=keys)
 
-def key_order(keys: _Keys) -> np.ndarray:
-    """Positions ``0..n-1`` sorted by key, ties by position: ``np.argsort(keys, kind="stable")``
-    without holding every key at once.
+    def outputs(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """Empty arrays for the items in key order: groups, and copies where there are."""
+        groups = np.empty(self.size, np.int32 if len(self.identities) <= 2**31 else np.int64)
+        copies = None if self.copies is None else np.empty(self.size, self.copies.dtype)
+        return groups, copies
+
+    def emit(self, outputs: tuple[np.ndarray, np.ndarray | None], at: int, labels: np.ndarray) -> None:
+        """Write items labelled ``labels`` to ``outputs`` from position ``at`` (``labels`` is spent)."""
+        groups, copies = outputs
+        if copies is not None:
+            copies[at : at + len(labels)] = labels & np.uint64((1 << self.copy_bits) - 1)
+            np.right_shift(labels, np.uint64(self.copy_bits), out=labels)
+        groups[at : at + len(labels)] = labels
+
+
+def key_order(keys: _Keys) -> tuple[np.ndarray, np.ndarray | None]:
+    """The items sorted by key, ties by label: as ``np.argsort(keys, kind="stable")`` without
+    copies, and without holding every key at once.
 
     The keys are split in up to 4 buckets by their top bits; each bucket's keys, truncated,
-    are packed with their positions into one uint64 each and sorted in place; rare equal
-    truncated keys are sorted again by their whole keys. The result is int32 below 2**31
-    positions; the work takes a byte a position (bucket labels) and a bucket's packed keys
-    (about 2 bytes a position), so about 7 bytes a position in all, against the 16 of
-    ``np.argsort`` over the keys, and a sort in place instead of an indirect one.
+    are packed with their items' labels into one uint64 each and sorted in place; rare equal
+    truncated keys are sorted again by their whole keys. The groups come out int32 below
+    2**31 (copies in the smallest unsigned type that holds them); the work takes a byte an
+    item (bucket labels) and a bucket's packed keys (about 2 bytes an item), so about 7 bytes
+    an item in all without copies, against the 16 of ``np.argsort`` over the keys, and a sort
+    in place instead of an indirect one.
+
+    Returns
+    -------
+    groups : ndarray of shape (E,)
+    copies : ndarray of shape (E,) or None
     """
     n = keys.size
-    order = np.empty(n, np.int32 if n <= 2**31 else np.int64)
+    outputs = keys.outputs()
     if n == 0:
-        return order
-    index_bits = max(1, (n - 1).bit_length())
-    bucket_bits = min(2, max(0, (n >> 20).bit_length()), 60 - index_bits) if n > 1 else 0
-    kept = 64 - bucket_bits - index_bits  # key bits packed above the position
-    labels = None
+        return outputs
+    label_bits = keys.label_bits
+    bucket_bits = min(2, max(0, (n >> 20).bit_length()), 60 - label_bits) if n > 1 else 0
+    kept = 64 - bucket_bits - label_bits  # key bits packed above the label
+    buckets = None
     counts = np.array([n], np.int64)
     if bucket_bits:
-        labels = np.empty(n, np.uint8)
+        buckets = np.empty(n, np.uint8)
         counts = np.zeros(1 << bucket_bits, np.int64)
         for start in range(0, n, _CHUNK):
             top = np.right_shift(keys.at(start, min(n, start + _CHUNK)), np.uint64(64 - bucket_bits))
-            labels[start : start + len(top)] = top
-            counts += np.bincount(labels[start : start + len(top)], minlength=len(counts))
-    mask = np.uint64((1 << index_bits) - 1)
+            buckets[start : start + len(top)] = top
+            counts += np.bincount(buckets[start : start + len(top)], minlength=len(counts))
+    mask = np.uint64((1 << label_bits) - 1)
     filled = 0
     for bucket, count in enumerate(counts.tolist()):
         if not count:
@@ -125,31 +173,30 @@ def key_order(keys: _Keys) -> np.ndarray:
         at = 0
         for start in range(0, n, _CHUNK):
             stop = min(n, start + _CHUNK)
-            if labels is None:
-                chunk, positions = keys.at(start, stop), np.arange(start, stop, dtype=np.uint64)
-            else:
-                select = np.flatnonzero(labels[start:stop] == bucket)
+            select = None
+            if buckets is not None:
+                select = np.flatnonzero(buckets[start:stop] == bucket)
                 if not len(select):
                     continue
-                chunk, positions = keys.at(start, stop, select), (select + start).astype(np.uint64)
+            chunk = keys.at(start, stop, select)
             np.left_shift(chunk, np.uint64(bucket_bits), out=chunk)
             np.right_shift(chunk, np.uint64(64 - kept), out=chunk)
-            np.left_shift(chunk, np.uint64(index_bits), out=chunk)
-            np.bitwise_or(chunk, positions, out=chunk)
+            np.left_shift(chunk, np.uint64(label_bits), out=chunk)
+            np.bitwise_or(chunk, keys.labels(start, stop, select), out=chunk)
             packed[at : at + len(chunk)] = chunk
             at += len(chunk)
         packed.sort()
-        _sort_ties(packed, keys, index_bits, mask)
+        _sort_ties(packed, keys, label_bits, mask)
         np.bitwise_and(packed, mask, out=packed)
-        order[filled : filled + count] = packed
+        keys.emit(outputs, filled, packed)
         filled += count
         del packed
-    return order
+    return outputs
 
 
-def _sort_ties(packed: np.ndarray, keys: _Keys, index_bits: int, mask: np.uint64) -> None:
+def _sort_ties(packed: np.ndarray, keys: _Keys, label_bits: int, mask: np.uint64) -> None:
     """Put runs of equal truncated keys of sorted ``packed`` in the order of their whole keys."""
-    shift = np.uint64(index_bits)
+    shift = np.uint64(label_bits)
     ties = []
     for start in range(0, len(packed) - 1, _CHUNK):
         high = np.right_shift(packed[start : start + _CHUNK + 1], shift)
@@ -157,12 +204,12 @@ def _sort_ties(packed: np.ndarray, keys: _Keys, index_bits: int, mask: np.uint64
     ties = np.concatenate(ties) if ties else np.zeros(0, np.int64)
     if not len(ties):
         return
-    breaks = np.flatnonzero(np.diff(ties) != 1) + 1
-    for run in np.split(ties, breaks):
-        first, last = int(run[0]), int(run[-1]) + 2
-        positions = (packed[first:last] & mask).astype(np.int64)
-        whole = keys.of(positions)
-        packed[first:last] = packed[first:last][np.lexsort((positions, whole))]
+    # every tied pair (i, i + 1): the runs they make, each sorted by (whole key, label) in place
+    tied = np.unique(np.concatenate([ties, ties + 1]))
+    run = np.cumsum(np.concatenate([[0], np.diff(tied) != 1]))
+    labels = packed[tied] & mask
+    order = np.lexsort((labels, keys.of_labels(labels), run))
+    packed[tied] = packed[tied][order]
 
 
 @dataclass(frozen=True, eq=False)
@@ -283,12 +330,10 @@ class GroupKeys:
         if self.mixing is None:
             if not shuffle:
                 return EpochItems(np.arange(len(self.identities), dtype=np.int64))
-            return EpochItems(key_order(_Keys(self.identities, _salt(seed, epoch))))
+            return EpochItems(key_order(_Keys(self.identities, _salt(seed, epoch)))[0])
         groups, copies = self._weighted_items(seed, epoch)
         if shuffle:
-            order = key_order(_Keys(self.identities, _salt(seed, epoch), groups, copies))
-            groups, copies = groups[order], copies[order]
-            del order
+            groups, copies = key_order(_Keys(self.identities, _salt(seed, epoch), groups, copies))
         strata = None
         if self.mixing.batching == "stratified":
             strata = self.mixing.strata.astype(np.int16)[self.scan[groups]]
@@ -298,31 +343,40 @@ class GroupKeys:
         """(B,) int64: how many copies of each group epoch ``epoch`` holds (all 1 without weights)."""
         if self.mixing is None:
             return np.ones(len(self.identities), np.int64)
+        groups, _ = self._weighted_items(seed, epoch)
+        return np.bincount(groups, minlength=len(self.identities))
+
+    def _weighted_items(self, seed: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """(groups, copies) of every item of a weighted epoch, scan by scan: a scan of ``n``
+        groups and count ``q n + r`` gives copies ``0 .. q-1`` of each group in position order,
+        then copy ``q`` of the ``r`` groups with the smallest choice keys (ties by position)."""
         mixing, scan = self.mixing, self.scan
         sizes = np.bincount(scan, minlength=len(self.uids))
         whole, extra = np.divmod(mixing.counts, np.maximum(sizes, 1))
-        copies = whole[scan]
-        fractional = np.flatnonzero(extra > 0)
-        if len(fractional):
-            choice_epoch = _FIXED if mixing.resample == "fixed" else epoch
-            salt = np.uint64(int(_salt(seed, choice_epoch)) ^ int(_CHOICE))
-            by_scan = np.argsort(scan, kind="stable")
-            bounds = np.concatenate([[0], np.cumsum(sizes)])
-            for k in fractional.tolist():
-                members = by_scan[bounds[k] : bounds[k + 1]]
-                choice = _Keys(self.identities, salt).of(members)
-                chosen = members[np.lexsort((members, choice))[: extra[k]]]
-                copies[chosen] += 1
-        return copies
-
-    def _weighted_items(self, seed: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
-        """(groups, copies) of every item of a weighted epoch, in position order."""
-        per_group = self.copies_per_group(seed, epoch)
-        total = int(per_group.sum())
-        index = np.int32 if len(per_group) <= 2**31 and total <= 2**31 else np.int64
-        groups = np.repeat(np.arange(len(per_group), dtype=index), per_group)
-        starts = np.repeat(np.cumsum(per_group) - per_group, per_group)
-        copies = (np.arange(total, dtype=np.int64) - starts).astype(np.uint32)
+        total = int(mixing.counts.sum())
+        index = np.int32 if len(scan) <= 2**31 else np.int64
+        most = int(whole.max(initial=0)) + 1
+        copies_type = np.uint8 if most < 2**8 else np.uint16 if most < 2**16 else np.uint32
+        groups, copies = np.empty(total, index), np.empty(total, copies_type)
+        ordered = len(scan) < 2 or bool(np.all(scan[1:] >= scan[:-1]))  # a view's groups, scan by scan
+        by_scan = None if ordered else np.argsort(scan, kind="stable")
+        bounds = np.concatenate([[0], np.cumsum(sizes)])
+        choice_epoch = _FIXED if mixing.resample == "fixed" else epoch
+        choice_salt = np.uint64(int(_salt(seed, choice_epoch)) ^ int(_CHOICE))
+        at = 0
+        for k in np.flatnonzero(mixing.counts).tolist():
+            first, last = int(bounds[k]), int(bounds[k + 1])
+            members = np.arange(first, last, dtype=index) if by_scan is None else by_scan[first:last].astype(index)
+            n, q, r = last - first, int(whole[k]), int(extra[k])
+            if q:
+                groups[at : at + q * n].reshape(q, n)[:] = members
+                copies[at : at + q * n].reshape(q, n)[:] = np.arange(q, dtype=copies_type)[:, None]
+                at += q * n
+            if r:
+                choice = _Keys(self.identities, choice_salt).of(members)
+                groups[at : at + r] = np.sort(members[np.lexsort((members, choice))[:r]])
+                copies[at : at + r] = q
+                at += r
         return groups, copies
 
     def count_upto(self, seed: int, epoch: int, items: EpochItems, last: int, where: np.ndarray | None = None) -> int:

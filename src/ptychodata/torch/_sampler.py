@@ -159,11 +159,17 @@ class GroupSampler(torch.utils.data.Sampler):
         if (counts, step) not in self._tables:
             self._tables = {(counts, step): stratified_steps(counts, step)}  # counts are the same each epoch
         table = self._tables[(counts, step)]
-        steps = np.arange(len(table), dtype=np.uint64)
-        packed = np.concatenate(
-            [(np.repeat(steps, table[:, s]) << np.uint64(32)) | m.astype(np.uint64) for s, m in enumerate(members)]
-        )
-        packed.sort()  # by step, then by position in the items' order
+        packed = np.empty(sum(counts), np.uint64)  # (step << 32) | position, sorted: by step, then position
+        at = 0
+        for s, positions in enumerate(members):
+            n = len(positions)
+            part = packed[at : at + n]
+            ends = np.cumsum(table[:-1, s])  # the step of a stratum's item: how many steps end at or before it
+            part[:] = np.cumsum(np.bincount(ends, minlength=n + 1)[:n])
+            np.left_shift(part, np.uint64(32), out=part)
+            np.bitwise_or(part, positions.astype(np.uint64), out=part)
+            at += n
+        packed.sort()
         return (packed & np.uint64(0xFFFFFFFF)).astype(np.int64)
 
     # ------------------------------------------------------------------ this rank's batches

@@ -1,6 +1,7 @@
 """Datasets of many scans: the cost of changing one, the loader over one, the epoch order.
 
     python benchmarks/bench_dataset.py [--scans 100] [--points 256] [--N 64] [--workdir DIR]
+                                       [--only {changes,loader,order}]
 
 Targets, each printed beside its figure from the same run:
   add 1 scan to a dataset of --scans   <= 1.1 x prepare_scan of it alone in a fresh process + 0.5 s;
@@ -148,16 +149,20 @@ def main() -> None:
     parser.add_argument("--points", type=int, default=256)
     parser.add_argument("--N", type=int, default=64)
     parser.add_argument("--workdir", type=Path)
+    parser.add_argument("--only", choices=("changes", "loader", "order"), help="run one part (default all)")
     args = parser.parse_args()
     print(f"machine: {machine()}")
-    print(f"dataset of {args.scans} scans x {args.points} patterns, N={args.N}; gridsize 2, K=7\n")
-    with tempfile.TemporaryDirectory(dir=args.workdir) as folder:
-        workdir = Path(folder)
-        (workdir / "scans").mkdir()
-        paths = write_scans(workdir / "scans", args.scans + 1, args.points, args.N)
-        bench_changes(paths[:-1], paths[-1], workdir)
-        bench_loader(paths[:-1], workdir)
-    bench_order()
+    if args.only in (None, "changes", "loader"):
+        print(f"dataset of {args.scans} scans x {args.points} patterns, N={args.N}; gridsize 2, K=7\n")
+        with tempfile.TemporaryDirectory(dir=args.workdir) as folder:
+            workdir = Path(folder)
+            (workdir / "scans").mkdir()
+            paths = write_scans(workdir / "scans", args.scans + 1, args.points, args.N)
+            bench_changes(paths[:-1], paths[-1], workdir)  # the loader reads the dataset made here
+            if args.only != "changes":
+                bench_loader(paths[:-1], workdir)
+    if args.only in (None, "order"):
+        bench_order()
 
 
 if __name__ == "__main__":

@@ -192,3 +192,32 @@ def test_save_without_nphotons_adds_no_physics_parameters(tmp_path, small_scan):
     scan.save(tmp_path / "plain.npz")
     with np.load(tmp_path / "plain.npz") as saved:
         assert json.loads(saved["_metadata"].item()) == {"note": "x"}
+
+
+@pytest.mark.parametrize("mmap", [True, False])
+@pytest.mark.parametrize("save", [np.savez, np.savez_compressed])
+def test_members_read_back_exactly_in_every_order_and_byte_order(tmp_path, save, mmap):
+    rng = np.random.default_rng(3)
+    arrays = {
+        "c_order": rng.normal(size=(5, 4, 3)).astype("<f4"),
+        "fortran": np.asfortranarray(rng.normal(size=(6, 7))),
+        "big_endian": rng.integers(0, 1000, size=(9,)).astype(">u4"),
+        "complex": (rng.normal(size=(3, 3)) + 1j).astype(np.complex64),
+        "scalar": np.array(2.5),
+        "empty": np.zeros((0, 4), np.float32),
+    }
+    save(tmp_path / "a.npz", **arrays)
+    read = read_npz(tmp_path / "a.npz", mmap=mmap)
+    assert sorted(read) == sorted(arrays)
+    for key, value in arrays.items():
+        assert read[key].dtype == value.dtype and read[key].shape == value.shape, key
+        np.testing.assert_array_equal(read[key], value)
+
+
+def test_a_member_longer_than_its_header_declares_is_refused(tmp_path):
+    buffer = BytesIO()
+    np.save(buffer, np.arange(4.0))
+    with zipfile.ZipFile(tmp_path / "a.npz", "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("x.npy", buffer.getvalue() + bytes(100))
+    with pytest.raises(ScanDataError, match=r"key 'x' is damaged or forged: .*shape \(4,\) float64, 32 bytes.*132"):
+        read_npz(tmp_path / "a.npz")

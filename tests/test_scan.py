@@ -182,6 +182,16 @@ def test_non_finite_coordinates(tmp_path, bad):
     expect_error(tmp_path, "'ycoords'.*index 4", **{**data, "ycoords": ycoords})
 
 
+def test_all_identical_positions_are_refused(tmp_path):
+    data = arrays()
+    same = np.full(12, 25.0)
+    expect_error(tmp_path, r"all 12 positions are identical \(x = 25, y = 25\)", **{**data, "xcoords": same, "ycoords": same})
+    with pytest.raises(ScanDataError, match="identical"):
+        ScanData(diffraction=data["diffraction"], xcoords=same, ycoords=same)
+    one = ScanData(diffraction=data["diffraction"][:1], xcoords=same[:1], ycoords=same[:1])  # one point: no scan to judge
+    assert one.n_points == 1
+
+
 @pytest.mark.parametrize("bad, what", [(np.nan, "NaN or Inf"), (np.inf, "NaN or Inf"), (-1.0, "negative")])
 def test_bad_amplitudes(tmp_path, bad, what):
     data = arrays()

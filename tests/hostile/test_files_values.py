@@ -194,3 +194,21 @@ def test_an_object_member_is_refused_and_never_unpickled(container, key, tmp_pat
     outcome = run_case(_files.load, str(path))
     expect_error(outcome, ScanDataError, match=key)
     assert not os.path.exists(marker), "a pickle from the file ran code"
+
+
+def test_nothing_in_the_package_unpickles_freely():
+    """Pickles from data are never loaded: no ``allow_pickle=True``, no ``pickle.load``/``loads``; the one
+    unpickler is the NPZ reader's, which admits only numpy's array reconstruction (a 0-d string array)."""
+    import re
+    from pathlib import Path
+
+    import ptychodata
+
+    root = Path(ptychodata.__file__).parent
+    found = []
+    for source in sorted(root.rglob("*.py")):
+        text = source.read_text()
+        for pattern in (r"allow_pickle\s*=\s*True", r"pickle\.loads?\(", r"\bUnpickler\b", r"torch\.load\("):
+            for match in re.finditer(pattern, text):
+                found.append(f"{source.relative_to(root)}: {match.group(0)}")
+    assert found == ["io/_npz.py: Unpickler"], found

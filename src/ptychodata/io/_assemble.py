@@ -163,7 +163,7 @@ def _probe(raw, options, N, window, Wo, Ho, extras, decided) -> np.ndarray | Non
     probe = np.asarray(raw.probe)
     if probe.ndim >= 3 and probe.shape[-1] == 1 and probe.shape[-2] > 1:  # (N, N, 1)
         probe = probe[..., 0]
-    if probe.ndim < 2:
+    if probe.ndim < 2 or probe.size == 0:
         raise ScanDataError(
             f"{raw.where}probe of shape {probe.shape}; expected (N, N) or a stack of modes (..., N, N)"
         )

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ptychodata._runtime import is_installed, optional_import
-from ptychodata.errors import ScanDataError, ScanFormatError, ScanTooLargeError
+from ptychodata.errors import PtychodataError, ScanDataError, ScanFormatError, ScanTooLargeError
 from ptychodata.io._limits import check_fits
 
 __all__ = [
@@ -141,7 +141,7 @@ def read_dataset(dataset: Any, where: str, selection: Any = ()) -> np.ndarray:
         check_fits(math.prod(shape) * dataset.dtype.itemsize, f"{where}: ", f"shape {shape} {dataset.dtype}")
     try:
         return np.asarray(dataset[selection])
-    except OSError as exc:
+    except (OSError, RuntimeError, KeyError) as exc:
         raise ScanFormatError(f"{where}: could not be read ({exc})") from exc
     except MemoryError as exc:
         raise ScanTooLargeError(f"{where}: ran out of memory reading {selection!r} ({exc})") from exc
@@ -194,13 +194,19 @@ class H5Dataset:
         self.path, self.key = str(Path(path)), key
         self._file: Any = None
         self._dataset: Any = None
-        dataset = self.dataset
-        self.shape = tuple(int(n) for n in dataset.shape)
-        self.dtype = np.dtype(dataset.dtype)
-        self.chunks = None if dataset.chunks is None else tuple(int(n) for n in dataset.chunks)
-        self.filters = [name for _, name in filters_of(dataset)]
-        check_filters(dataset, f"{self.path}: dataset {key!r}")
-        check_patterns_dataset(dataset, f"{self.path}: dataset {key!r}")
+        where = f"{self.path}: dataset {key!r}"
+        try:
+            dataset = self.dataset
+            self.shape = tuple(int(n) for n in dataset.shape)
+            self.dtype = np.dtype(dataset.dtype)
+            self.chunks = None if dataset.chunks is None else tuple(int(n) for n in dataset.chunks)
+            self.filters = [name for _, name in filters_of(dataset)]
+            check_filters(dataset, where)
+            check_patterns_dataset(dataset, where)
+        except PtychodataError:
+            raise
+        except (OSError, RuntimeError, KeyError, ValueError, TypeError) as exc:
+            raise ScanFormatError(f"{where}: its layout could not be read ({exc}); the file is damaged") from exc
 
     @property
     def dataset(self) -> Any:

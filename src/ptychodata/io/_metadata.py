@@ -26,12 +26,16 @@ def parse_metadata(value: np.ndarray | None, where: str) -> dict[str, Any]:
             "a JSON string"
         )
     text = value.item() if isinstance(value, np.ndarray) else value
-    if isinstance(text, bytes):
-        text = text.decode()
     try:
+        if isinstance(text, bytes):
+            text = text.decode()
         metadata = json.loads(str(text))
+    except UnicodeDecodeError as exc:
+        raise ScanDataError(f"{where}key '_metadata': not UTF-8 text ({exc})") from exc
     except json.JSONDecodeError as exc:
         raise ScanDataError(f"{where}key '_metadata': not valid JSON ({exc})") from exc
+    except RecursionError as exc:
+        raise ScanDataError(f"{where}key '_metadata': JSON nested too deeply to read") from exc
     if not isinstance(metadata, dict):
         raise ScanDataError(f"{where}key '_metadata': JSON {type(metadata).__name__}; expected an object")
     return metadata

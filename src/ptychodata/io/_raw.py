@@ -87,7 +87,8 @@ def real_numbers(values: Any, where: str) -> np.ndarray:
     values (numeric text is not parsed: what its numbers mean is unknown)."""
     array = np.asarray(values)
     if array.dtype.kind not in "biuf":
-        shown = repr(array.reshape(-1)[0].item())[:40] if array.size else "nothing"
+        first = array.reshape(-1)[0] if array.size else None
+        shown = repr(first.item() if isinstance(first, np.generic) else first)[:40] if array.size else "nothing"
         kind = {"S": "text", "U": "text", "O": "Python objects", "c": "complex numbers"}.get(array.dtype.kind, "data")
         error = ScanDataError if array.dtype.kind == "c" else ScanFormatError  # complex: readable, but not positions
         raise error(
@@ -133,6 +134,9 @@ def squeeze_frames(
                 "from HDF5: rewrite it with the pattern index first"
             )
         array = np.moveaxis(array, 2, 0)  # legacy (N, N, M) stack
+    if 0 in tuple(array.shape):
+        what = "no patterns" if array.shape[0] == 0 else "patterns without pixels"
+        raise ScanDataError(f"{path}: {key!r} has shape {tuple(array.shape)}, {what}; expected (M, H, W) with M, H, W ≥ 1")
     return array
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ptychodata.errors import ScanFormatError, ScanTooLargeError
+from ptychodata.errors import PtychodataError, ScanFormatError, ScanTooLargeError
 from ptychodata.io import _cxi, _keys, _npz_layouts, _ptychodus, _tike
 from ptychodata.io._container import Container, open_container
 from ptychodata.io._hdf5 import H5Dataset
@@ -43,29 +43,37 @@ def recognise(container: Container) -> str | None:
 def read_raw(path: Path, options: Any) -> RawScan:
     """The raw scan in ``path``, by ``options.keys`` or by recognising the layout.
 
-    Running out of memory on the way is ``ScanTooLargeError`` naming the file.
+    Running out of memory on the way is ``ScanTooLargeError`` naming the file; the errors h5py
+    raises for a file whose structure is damaged (a bad B-tree, a truncated heap: ``OSError``,
+    ``RuntimeError``, ``KeyError``) are ``ScanFormatError`` naming it.
     """
     try:
         return _read_raw(path, options)
+    except PtychodataError:
+        raise
     except MemoryError as exc:
-        if isinstance(exc, ScanTooLargeError):
-            raise
         raise ScanTooLargeError(f"{path}: ran out of memory while reading the file ({exc or 'no detail'})") from exc
+    except (OSError, RuntimeError, KeyError) as exc:
+        raise ScanFormatError(
+            f"{path}: could not be read ({type(exc).__name__}: {exc}); the file is damaged or truncated"
+        ) from exc
 
 
 def _read_raw(path: Path, options: Any) -> RawScan:
     with open_container(path) as container:
-        if options.keys:
-            return _keys.read(container, options)
-        for _name, can_read, read in READERS:
-            if can_read(container):
-                found = read(container, options)
-                break
-        else:
-            raise unrecognised(container)
+        found = _read_layout(container, options)
     if isinstance(found, Product):
         return found.with_patterns(read_patterns_only(found.diffraction_file(options), options))
     return found
+
+
+def _read_layout(container: Container, options: Any) -> RawScan | Product:
+    if options.keys:
+        return _keys.read(container, options)
+    for _name, can_read, read in READERS:
+        if can_read(container):
+            return read(container, options)
+    raise unrecognised(container)
 
 
 def unrecognised(container: Container) -> ScanFormatError:

@@ -227,9 +227,11 @@ def prepare(path, cache_dir, options=None):
     from ptychodata import GroupingConfig
     from ptychodata import prepare as prepare_store
 
+    options = dict(options or {})
+    intensity = options.pop("intensity", None)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with prepare_store(path, GroupingConfig(N=N, gridsize=1, seed=0), cache_dir=cache_dir,
+        with prepare_store(path, GroupingConfig(N=N, gridsize=1, seed=0), cache_dir=cache_dir, intensity=intensity,
                            load_options=options or None, progress=False) as store:
             return len(store)
 
@@ -239,7 +241,9 @@ def prepare_scan(path, cache_dir, options=None):
     from ptychodata import DatasetSpec, GroupingConfig
     from ptychodata import prepare_scan as prepare_one
 
-    spec = DatasetSpec(GroupingConfig(N=N, gridsize=1, seed=0), load_options=options or {})
+    options = dict(options or {})
+    intensity = options.pop("intensity", None)
+    spec = DatasetSpec(GroupingConfig(N=N, gridsize=1, seed=0), load_options=options, intensity=intensity)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return prepare_one(path, spec, cache_dir=cache_dir).n_groups

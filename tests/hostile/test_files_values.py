@@ -212,3 +212,45 @@ def test_nothing_in_the_package_unpickles_freely():
             for match in re.finditer(pattern, text):
                 found.append(f"{source.relative_to(root)}: {match.group(0)}")
     assert found == ["io/_npz.py: Unpickler"], found
+
+
+# ------------------------------------------------------------------ the same files through prepare
+def _hostile_file(kind, directory):
+    x, y = _files.raster()
+    if kind == "identical":
+        return _files.write("cxi", directory, x=np.full(_files.M, 5.0), y=np.full(_files.M, 5.0))
+    if kind == "nan":
+        x = x.copy()
+        x[3] = np.nan
+        return _files.write("ptychodus", directory, x=x)
+    if kind == "zero_distance":
+        return _files.write("cxi", directory, distance=0.0)
+    if kind == "text":
+        return _files.write("keys", directory, x=x.astype("S8"), y=y.astype("S8"))
+    if kind == "cube":
+        return _cube(directory)[0], {}
+    raise ValueError(kind)  # pragma: no cover
+
+
+PREPARED = {"identical": ScanDataError, "nan": ScanDataError, "zero_distance": ScanDataError,
+            "text": ScanFormatError, "cube": ScanDataError}
+
+
+@pytest.fixture(scope="module")
+def cache_with_a_build(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("earlier")
+    path, options = _files.write("npz", directory)
+    cache = directory / "cache"
+    assert expect_ok(run_case(_files.prepare, str(path), str(cache), options)) == _files.M
+    return cache
+
+
+@pytest.mark.parametrize("kind", list(PREPARED))
+def test_prepare_refuses_the_same_values_and_leaves_the_cache_as_it_was(kind, tmp_path, cache_with_a_build):
+    from ._harness import assert_cache_intact, snapshot
+
+    path, options = _hostile_file(kind, tmp_path)
+    before = snapshot(cache_with_a_build)
+    outcome = run_case(_files.prepare, str(path), str(cache_with_a_build), options)
+    expect_error(outcome, PREPARED[kind])
+    assert_cache_intact(before, cache_with_a_build)

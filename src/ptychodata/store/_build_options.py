@@ -3,6 +3,7 @@ small frozen value, shared by the frames and grouping builders."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 __all__ = ["BuildOptions"]
@@ -24,8 +25,9 @@ class BuildOptions:
         Whether large files are written past the page cache (None: by their size).
     materialize : bool
         Also write the grouped, scaled X.
-    progress : bool
-        Show progress bars.
+    progress : bool or callable
+        Show progress bars (True), or call ``progress(done, total)`` after each chunk of
+        patterns a frames build reads.
     verify : bool
         Hash file sources' bytes.
     """
@@ -35,7 +37,7 @@ class BuildOptions:
     frames_dtype: str | None
     direct_io: bool | None
     materialize: bool
-    progress: bool
+    progress: bool | Callable[[int, int], None]
     verify: bool
 
     @property

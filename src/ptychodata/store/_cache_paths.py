@@ -36,8 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from ptychodata._runtime import __version__, canonical_json, write_text_atomic
-from ptychodata.errors import DiskFullError, StoreError, StoreNotFoundError
-from ptychodata.store._ids import check_build_id, is_build_id, is_key
+from ptychodata.errors import DiskFullError, StoreCorruptError, StoreError, StoreNotFoundError
+from ptychodata.store._ids import REPAIR, check_build_id, is_build_id, is_key
 
 __all__ = [
     "BuildSlot",
@@ -564,6 +564,9 @@ def _exclusive(build: Path) -> Iterator[bool | None]:
     except FileNotFoundError:
         yield None
         return
+    except OSError:  # a manifest that is no file (damaged): presume a reader, delete nothing
+        yield False
+        return
     with handle:
         try:
             locked = _flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB, build / MANIFEST)
@@ -586,6 +589,10 @@ class ReaderLock:
             self._handle = open(build / MANIFEST, "rb")  # noqa: SIM115 - closed by close()
         except FileNotFoundError:
             raise StoreNotFoundError(f"{build}: no such store build (removed, or never completed)") from None
+        except IsADirectoryError:
+            raise StoreCorruptError(f"{build / MANIFEST}: a directory where the manifest file should be; {REPAIR}") from None
+        except OSError as exc:
+            raise StoreError(f"{build / MANIFEST}: unreadable ({exc.strerror or exc})") from None
         _flock(self._handle.fileno(), fcntl.LOCK_SH, build / MANIFEST)
         if os.fstat(self._handle.fileno()).st_nlink == 0:  # deleted while we waited for the lock
             self.close()

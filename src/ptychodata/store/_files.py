@@ -24,6 +24,7 @@ from numpy.lib import format as npy_format
 
 from ptychodata._runtime import iter_rows, rows_per_chunk
 from ptychodata.errors import StoreCorruptError, StoreError
+from ptychodata.store._ids import REPAIR
 
 if TYPE_CHECKING:
     from ptychodata.store._manifest import FileEntry
@@ -425,9 +426,7 @@ def _checked_npy(path: Path, handle, entry: FileEntry) -> int:
 
 
 def _corrupt(path: Path, message: str) -> StoreCorruptError:
-    return StoreCorruptError(
-        f"{path}: {message}; the store was edited or damaged: run 'ptychodata cache verify', or prepare it again"
-    )
+    return StoreCorruptError(f"{path}: {message}; {REPAIR}")
 
 
 _MAX_HEADER_BYTES = 1 << 16

@@ -352,11 +352,11 @@ class _RowReader:
         return np.asarray(self.array[start:stop])
 
     def read(self, start: int, out: np.ndarray) -> None:
+        if self.file is not None:
+            self.file.check(f"before pattern {start}")
         if self._preads:
             self.file.read_rows(self.array, start, out)
             return
-        if self.file is not None:
-            self.file.check(f"before pattern {start}")
         np.copyto(out, self.array[start : start + len(out)])
         release_pages(self.array)
 

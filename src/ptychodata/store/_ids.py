@@ -30,7 +30,10 @@ KEY_DIGITS = 20
 _BUILD_ID = re.compile(rf"[0-9a-f]{{{BUILD_ID_DIGITS}}}")
 _KEY = re.compile(rf"[0-9a-f]{{{KEY_DIGITS}}}")
 _FILE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}\.npy")
-REPAIR = "the store was edited or damaged: run 'ptychodata cache verify', or prepare it again"
+REPAIR = (
+    "the store was edited or damaged: 'ptychodata cache verify' lists what is wrong; remove it "
+    "('ptychodata cache remove KEY', KEY the frames-<KEY> directory) and prepare it again"
+)
 
 
 def is_build_id(value: Any) -> bool:

@@ -87,8 +87,11 @@ def prepare(
         another store.
     materialize : bool
         Also write the grouped, scaled (B, C, N, N) X array (for slow random reads).
-    progress : bool
-        Show tqdm progress bars on long steps.
+    progress : bool or callable
+        Show tqdm progress bars on long steps. A callable is called instead as
+        ``progress(done, total)`` on the preparing thread after each chunk of patterns a
+        frames build reads (``done`` of ``total`` patterns), e.g. to report progress
+        elsewhere; an exception it raises ends the build, nothing published.
     verify : bool
         Re-hash file sources and rebuild if their content differs from the store's record.
         With ``copy=False`` the source's hash is computed and recorded only when True.
@@ -119,6 +122,20 @@ def prepare(
     -------
     Store
         Opened on the grouping build this call found or made.
+
+    Raises
+    ------
+    SourceChangedError
+        A source file was rewritten, replaced, truncated or removed while it was read
+        (its identity, size and times are checked before every chunk and after the last
+        read, and it is read with ``pread``, never through a map that a shrinking file
+        would turn into ``SIGBUS``); nothing is published.
+    DiskFullError
+        The cache's file system has less free space than the build needs (checked
+        before it starts), or filled during it; the partial build is removed.
+    StoreCorruptError
+        A store this call must read (the live frames build a grouping is made from) was
+        edited or damaged in a way a rebuild does not repair.
     """
     frames_dtype = canonical_frames_dtype(frames_dtype)
     if copy:

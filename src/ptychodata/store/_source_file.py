@@ -96,12 +96,12 @@ class SourceFile:
     def check(self, when: str) -> None:
         """``SourceChangedError`` unless the open file and the file at the path are both the file
         recorded, unchanged. ``when``: the moment, for the message ("after the last pattern was read")."""
-        problem = self.recorded.change(FileState.of(os.fstat(self._fd)))
+        try:
+            problem = self.recorded.change(FileState.of(os.stat(self.path)))
+        except FileNotFoundError:
+            problem = "it was removed"
         if problem is None:
-            try:
-                problem = self.recorded.change(FileState.of(os.stat(self.path)))
-            except FileNotFoundError:
-                problem = "it was removed"
+            problem = self.recorded.change(FileState.of(os.fstat(self._fd)))
         if problem is not None:
             raise SourceChangedError(f"{self.path}: the source changed while it was prepared ({problem}, seen {when}); {_AGAIN}")
 

@@ -104,9 +104,10 @@ def verify_store(path: Path, *, content: bool = True) -> list[str]:
     if manifest is None:
         return [problem]
     frames_dir = slot.build_dir(manifest.build_id)
-    problems = _file_problems(frames_dir, manifest, content)
-    if problems:
-        return problems
+    broken = _structure_problems(frames_dir, manifest)
+    if broken:
+        return broken
+    problems = _content_problems(frames_dir, manifest) if content else []
     for experiment in manifest.experiments:
         source = experiment.source
         changed = source.changed()
@@ -125,8 +126,8 @@ def verify_store(path: Path, *, content: bool = True) -> list[str]:
             problems.append(problem)
             continue
         grouping_dir = grouping.build_dir(grouping_manifest.build_id)
-        found = _file_problems(grouping_dir, grouping_manifest, content)
-        problems += found
+        found = _structure_problems(grouping_dir, grouping_manifest)
+        problems += found or (_content_problems(grouping_dir, grouping_manifest) if content else [])
         if not slot.build_dir(grouping_manifest.frames_build_id).is_dir():
             problems.append(f"{grouping.path}: its frames build {grouping_manifest.frames_build_id} is gone")
             continue
@@ -140,16 +141,19 @@ def verify_store(path: Path, *, content: bool = True) -> list[str]:
     return problems
 
 
-def _file_problems(directory: Path, manifest: FrameManifest | GroupingManifest, content: bool) -> list[str]:
-    """What is wrong with a build's files: the first missing, resized or re-headed one and,
-    with ``content``, each whose bytes no longer hash to the SHA-256 recorded for it."""
+def _structure_problems(directory: Path, manifest: FrameManifest | GroupingManifest) -> list[str]:
+    """The first file of a build that is missing, of another size or another header, if any."""
     try:
         for name, entry in manifest.files.items():
             check_npy(directory / name, entry)
     except StoreError as exc:
         return [str(exc)]
-    if not content:
-        return []
+    return []
+
+
+def _content_problems(directory: Path, manifest: FrameManifest | GroupingManifest) -> list[str]:
+    """Each file of a build whose bytes no longer hash to the SHA-256 recorded for it (or that
+    the build records no hashes to check against)."""
     if any(entry.sha256 is None for entry in manifest.files.values()):
         return [
             f"{directory}: no content hashes recorded (built by an older ptychodata), so its files' content is "

@@ -246,3 +246,16 @@ def test_object_arrays_are_refused(tmp_path):
     np.savez(path, **arrays(), junk=np.array([{"a": 1}], dtype=object))
     with pytest.raises(ScanDataError, match="'junk'.*objects"):
         ScanData.load(path)
+
+
+def test_check_values_is_the_rule_load_applies():
+    data = arrays()
+    data["diffraction"][7, 1, 1] = np.nan
+    scan = ScanData.from_arrays(diffraction=data["diffraction"], xcoords=data["xcoords"], ycoords=data["ycoords"],
+                                check_values=False)
+    with pytest.raises(ScanDataError, match="NaN or Inf.*pattern 7"):
+        scan.check_values()
+    assert scan.check_values(max_bytes=100) is False  # too large to read whole here: left to the readers
+    clean = arrays()
+    assert ScanData.from_arrays(diffraction=clean["diffraction"], xcoords=clean["xcoords"],
+                                ycoords=clean["ycoords"]).check_values() is True

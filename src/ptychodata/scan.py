@@ -221,13 +221,21 @@ class ScanData:
         """
         fields = read_scan_fields(path, keys=None if keys is None else dict(keys), intensity=intensity, **options)
         scan = cls(**fields)
-        if isinstance(scan.diffraction, LazyPatterns):
-            return scan
         if check_values is None:
-            check_values = scan.diffraction.nbytes <= _EAGER_CHECK_BYTES
-        if check_values:
+            scan.check_values()
+        elif check_values and not isinstance(scan.diffraction, LazyPatterns):
             check_amplitudes(scan.diffraction, where=f"{path}: key 'diffraction': ")
         return scan
+
+    def check_values(self, *, max_bytes: int = _EAGER_CHECK_BYTES) -> bool:
+        """Refuse NaN, Inf and negative amplitudes (``ScanDataError`` naming the pattern), the rule
+        :meth:`load` applies: in-memory or memory-mapped patterns of at most ``max_bytes`` are read
+        whole; lazy ones are checked as they are read. Returns whether the patterns were read."""
+        if isinstance(self.diffraction, LazyPatterns) or self.diffraction.nbytes > max_bytes:
+            return False
+        where = f"{self.source}: key 'diffraction': " if self.source else "key 'diffraction': "
+        check_amplitudes(self.diffraction, where=where)
+        return True
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write an uncompressed ``.npz`` that ptychodata and PtychoPINN's ``RawData.from_file`` read.

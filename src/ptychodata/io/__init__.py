@@ -16,7 +16,7 @@ from ptychodata.io._counts import (
 )
 from ptychodata.io._detector import DetectorSteps
 from ptychodata.io._geometry import NEAR_FIELD_STEP, median_neighbour_step
-from ptychodata.io._hdf5 import filters_of, require_h5py
+from ptychodata.io._hdf5 import check_links, filters_of, require_h5py
 from ptychodata.io._lazy import LazyPatterns
 from ptychodata.io._limits import available_memory, check_fits, memory_budget, regular_file
 from ptychodata.io._metadata import metadata_nphotons, parse_metadata
@@ -41,6 +41,7 @@ __all__ = [
     "assemble",
     "available_memory",
     "check_fits",
+    "check_links",
     "check_amplitudes",
     "counts_to_amplitude",
     "filters_of",

@@ -21,7 +21,9 @@ from ptychodata.io._limits import check_fits
 __all__ = [
     "H5Dataset",
     "check_filters",
+    "check_links",
     "check_patterns_dataset",
+    "check_storage_files",
     "dataset_paths",
     "get_dataset",
     "open_h5",
@@ -75,13 +77,73 @@ def open_h5(path: str | os.PathLike) -> Any:
 
 
 def get_dataset(h5: Any, key: str) -> Any:
-    """The dataset at ``key`` (soft/external links followed), or None if absent or not a dataset."""
+    """The dataset at ``key`` (soft/external links followed), or None if absent or not a dataset.
+
+    An external link is followed only to a regular file (``ScanDataError`` naming the link and its
+    target otherwise: HDF5 would open a FIFO and block, or read a device).
+    """
     h5py = require_h5py()
     try:
+        check_links(h5, key)
         item = h5.get(key)
-    except (KeyError, OSError, RuntimeError):  # broken link, missing external file
+    except (KeyError, OSError, RuntimeError, ValueError) as exc:  # broken link, missing external file
+        if isinstance(exc, PtychodataError):
+            raise
         return None
     return item if isinstance(item, h5py.Dataset) else None
+
+
+def check_links(h5: Any, key: str, depth: int = 0) -> None:
+    """Refuse (``ScanDataError``) an external link on the way to ``key`` whose file exists but is not a
+    regular file, before anything follows it (soft links resolved, at most 32 deep)."""
+    h5py = require_h5py()
+    if depth > 32:
+        raise ScanFormatError(f"{h5.filename}: {key!r}: more than 32 soft links in a row (a loop?)")
+    parts = [part for part in key.split("/") if part]
+    for index in range(len(parts)):
+        prefix = "/" + "/".join(parts[: index + 1])
+        link = h5.get(prefix, getlink=True)
+        if isinstance(link, h5py.SoftLink):
+            target = link.path if link.path.startswith("/") else "/".join(parts[:index] + [link.path])
+            check_links(h5, "/" + "/".join([target.strip("/"), *parts[index + 1 :]]).strip("/"), depth + 1)
+            return
+        if isinstance(link, h5py.ExternalLink):
+            _check_external_file(h5.filename, link.filename, f"{h5.filename}: {prefix!r} (an external link)")
+            return  # what lies beyond is in the other file, checked when it is opened there
+        if link is None:
+            return
+
+
+def _check_external_file(parent: str, name: str, where: str) -> None:
+    """Refuse an external file (link target, raw storage, virtual source) that exists but is not a
+    regular file, wherever HDF5 may look for it: as named, beside the parent file, under HDF5_EXT_PREFIX."""
+    from ptychodata.io._limits import regular_file
+
+    if isinstance(name, bytes):
+        name = name.decode(errors="replace")
+    if name in ("", "."):  # the file itself (virtual datasets name it ".")
+        return
+    candidates = [name] if os.path.isabs(name) else [name, os.path.join(os.path.dirname(parent), name)]
+    for prefix in os.environ.get("HDF5_EXT_PREFIX", "").split(":"):
+        if prefix and not os.path.isabs(name):
+            candidates.append(os.path.join(prefix, name))
+    for candidate in candidates:
+        if os.path.lexists(candidate):
+            try:
+                regular_file(candidate, "an HDF5 file")
+            except ScanDataError as exc:
+                raise ScanDataError(f"{where} points to {exc}") from None
+
+
+def check_storage_files(dataset: Any, where: str) -> None:
+    """Refuse a dataset whose data live in external raw files or virtual sources that are not regular files."""
+    plist = dataset.id.get_create_plist()
+    for index in range(plist.get_external_count()):
+        _check_external_file(dataset.file.filename, plist.get_external(index)[0], f"{where}: external storage")
+    h5py = require_h5py()
+    if plist.get_layout() == getattr(h5py.h5d, "VIRTUAL", -1):
+        for index in range(plist.get_virtual_count()):
+            _check_external_file(dataset.file.filename, plist.get_virtual_filename(index), f"{where}: virtual source")
 
 
 def dataset_paths(h5: Any) -> list[str]:
@@ -94,8 +156,13 @@ def dataset_paths(h5: Any) -> list[str]:
         for name in group:
             path = f"{prefix}/{name}"
             try:
+                link = group.get(name, getlink=True)
+                if isinstance(link, h5py.ExternalLink):
+                    _check_external_file(h5.filename, link.filename, f"{h5.filename}: {path!r} (an external link)")
                 item = group[name]
-            except (KeyError, OSError, RuntimeError):
+            except (KeyError, OSError, RuntimeError, ValueError) as exc:
+                if isinstance(exc, PtychodataError):
+                    raise
                 continue
             if isinstance(item, h5py.Dataset):
                 found.append(path)
@@ -137,6 +204,7 @@ def read_dataset(dataset: Any, where: str, selection: Any = ()) -> np.ndarray:
     """
     check_filters(dataset, where)
     if isinstance(selection, tuple) and selection == ():
+        check_storage_files(dataset, where)
         shape = tuple(int(n) for n in dataset.shape or ())
         check_fits(math.prod(shape) * dataset.dtype.itemsize, f"{where}: ", f"shape {shape} {dataset.dtype}")
     try:
@@ -202,6 +270,7 @@ class H5Dataset:
             self.chunks = None if dataset.chunks is None else tuple(int(n) for n in dataset.chunks)
             self.filters = [name for _, name in filters_of(dataset)]
             check_filters(dataset, where)
+            check_storage_files(dataset, where)
             check_patterns_dataset(dataset, where)
         except PtychodataError:
             raise

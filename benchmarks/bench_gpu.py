@@ -447,6 +447,22 @@ def bench_resident(args, workdir: Path) -> None:
             f"resident: ran on {where}; lowest resident/bound {worst[low]:.0%} ({low[1]}, batch {low[0]}); "
             f"target >= {RESIDENT_TARGET_RATIO:.0%} for every default gather: {'met' if ok else 'NOT met'}"
         )
+    if args.diagnose:
+        # The Python garbage collector's share: the same loops with it paused.
+        import gc
+
+        for label in [v[0] for v in variants if v[0] in ("float32 pre-scaled", "uint16 counts")]:
+            for batch_size in [b for b in args.resident_batches if b <= 256]:
+                gc.collect()
+                gc.disable()
+                try:
+                    rate, host = resident_rate(make_loader(held[label], batch_size, resident=True, seed=0), device,
+                                               args.min_seconds)
+                finally:
+                    gc.enable()
+                print(f"{label}, batch {batch_size}, garbage collector paused: {rate:,.0f} groups/s "
+                      f"({rate / bounds[held[label].frames.element_size(), batch_size]:.0%} of the bound, "
+                      f"host {host:.0%})", flush=True)
     if args.diagnose and cuda:
         diagnose_resident(held, args)
     del held
@@ -460,15 +476,6 @@ def diagnose_resident(held: dict, args) -> None:
     the same bytes; and a pre-scaled run's index_select with its own rows (the probe rows
     repeat the same few rows) against random rows."""
     print("\n-- resident diagnosis: device time of one gather per run of batches (CUDA events, median of 20) --")
-    first = next(iter(held.values()))
-    if first.prescaled:
-        first._pin_positions = False
-        rate, host = resident_rate(make_loader(first, 64, resident=True, seed=0), first.device, args.min_seconds)
-        first._pin_positions = True
-        again, host_again = resident_rate(make_loader(first, 64, resident=True, seed=0), first.device,
-                                          args.min_seconds)
-        print(f"float32 pre-scaled, batch 64: positions copied from pageable memory {rate:,.0f} groups/s "
-              f"(host {host:.0%}); staged in pinned memory {again:,.0f} groups/s (host {host_again:.0%})")
     print(f"{'frames':<25} {'batch':>5} {'k':>3} | {'gather us/batch':>15} {'random rows us/batch':>20} "
           f"{'ratio':>6}")
     for label, store in held.items():

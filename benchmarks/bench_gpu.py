@@ -447,7 +447,7 @@ def bench_resident(args, workdir: Path) -> None:
             f"resident: ran on {where}; lowest resident/bound {worst[low]:.0%} ({low[1]}, batch {low[0]}); "
             f"target >= {RESIDENT_TARGET_RATIO:.0%} for every default gather: {'met' if ok else 'NOT met'}"
         )
-    if args.diagnose:
+    if args.gc_check:
         # The Python garbage collector's share: the same loops with it paused.
         import gc
 
@@ -838,6 +838,10 @@ def main() -> None:
     parser.add_argument(
         "--diagnose", action="store_true",
         help="resident: also time one gather per run of batches alone (CUDA events) against index_select",
+    )
+    parser.add_argument(
+        "--gc-check", action="store_true",
+        help="resident: also time float32 and uint16 at batch 64 and 256 with the garbage collector paused",
     )
     parser.add_argument("--sizes", type=_ints, help="patches: object sides (default 1000,4000)")
     parser.add_argument("--positions", type=_ints, help="patches: positions per call (default 10000,100000)")

@@ -8,6 +8,7 @@ a store file name is a known stem plus ``.npy``.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -20,9 +21,9 @@ __all__ = [
     "check_build_id",
     "check_key",
     "check_store_file_name",
-    "inside",
     "is_build_id",
     "is_key",
+    "not_a_link",
 ]
 
 BUILD_ID_DIGITS = 32
@@ -81,10 +82,12 @@ def check_store_file_name(value: Any, where: str) -> str:
     return value
 
 
-def inside(path: Path, root: Path, where: str) -> Path:
-    """``path`` resolved (symbolic links followed), if that lies under ``root`` resolved;
-    else ``StoreCorruptError``: a link or name that leads out of the store."""
-    resolved, base = Path(path).resolve(), Path(root).resolve()
-    if resolved != base and base not in resolved.parents:
-        raise StoreCorruptError(f"{where}: {path} leads to {resolved}, outside {base}; {REPAIR}")
-    return resolved
+def not_a_link(path: Path, where: str) -> Path:
+    """``path`` if neither it nor its parent is a symbolic link (a build directory and the
+    ``builds`` directory holding it are always real directories in a store), else
+    ``StoreCorruptError``: a link would lead out of the store."""
+    for part in (Path(path), Path(path).parent):
+        if part.is_symlink():
+            raise StoreCorruptError(f"{where}: {part} is a symbolic link (to {os.readlink(part)}); a store's builds "
+                                    f"never are, so it would lead out of the store; {REPAIR}")
+    return Path(path)

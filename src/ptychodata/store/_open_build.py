@@ -25,7 +25,7 @@ from ptychodata.store._cache_paths import (
 )
 from ptychodata.store._files import map_npy
 from ptychodata.store._frames import FramesEncoding, map_patterns
-from ptychodata.store._ids import inside
+from ptychodata.store._ids import not_a_link
 from ptychodata.store._manifest import FrameManifest, GroupingManifest, read_manifest
 from ptychodata.store._schema import corrupt
 
@@ -59,12 +59,12 @@ class OpenBuild:
         self.locks = [grouping_lock]
         try:
             self.grouping_dir = slot.build_dir(build_id)
-            inside(self.grouping_dir, grouping_path, f"{grouping_path}: build {build_id}")
+            not_a_link(self.grouping_dir, f"{grouping_path}: build {build_id}")
             self.grouping: GroupingManifest = read_manifest(self.grouping_dir, GroupingManifest)
             self.frames_dir = BuildSlot(grouping_path.parent.parent, grouping_path).build_dir(
                 self.grouping.frames_build_id
             )
-            inside(self.frames_dir, grouping_path.parent.parent, f"{grouping_path}: frames build")
+            not_a_link(self.frames_dir, f"{grouping_path}: frames build")
             self.frames: FrameManifest = self._lock_frames()
             self._check_pair()
             self.frame_arrays = _map_files(self.frames_dir, self.frames)

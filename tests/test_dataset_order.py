@@ -69,6 +69,14 @@ def test_continue_serves_each_later_group_once_and_none_consumed_before():
     assert any(name[0] == "ab" for name in rest)
 
 
+def test_strict_resume_says_when_only_the_weights_changed():
+    sampler = GroupSampler(65, 8, seed=1, keys=_keys({"aa": 40, "bb": 25}, "f1"))
+    state = sampler.state_dict()
+    weighted = GroupSampler(65, 8, seed=1, keys=_weighted({"aa": 40, "bb": 25}, MIXED, "f2"))
+    with pytest.raises(DatasetChangedError, match=r"removed none \(the same scans: their weights or tags changed\)"):
+        weighted.load_state_dict(state)
+
+
 def test_next_epoch_starts_the_following_epoch():
     sampler = GroupSampler(65, 8, seed=1, keys=_keys({"aa": 40, "bb": 25}, "f1"))
     sampler.set_epoch(4)

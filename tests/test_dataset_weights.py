@@ -215,6 +215,9 @@ def test_weights_are_part_of_the_fingerprint_and_published_like_a_change(tagged)
         assert groups["w3.npz"][2].startswith("scan ")
         again = dataset.set_weights({"kind=sim": 2, paths[2].name: 0.5}, batching="stratified")
         assert again.build_id == change.build_id  # the same weights: the same build
+        changes = dataset.diff(plain)
+        assert changes["added"] == changes["removed"] == [] and changes["weights"]["before"] is None
+        assert changes["weights"]["after"]["batching"] == "stratified"
         with open_dataset("mix", cache_dir=dataset.cache_dir) as data:
             assert data.weights == dataset.weights
             assert data.without_weights().group_keys().mixing is None

@@ -316,9 +316,10 @@ class GroupSampler(torch.utils.data.Sampler):
         added = sorted(set(self.keys.uids) - set(state.get("uids", ())))
         removed = sorted(set(state.get("uids", ())) - set(self.keys.uids))
         if mode == "strict":
+            same = "" if added or removed else " (the same scans: their weights or tags changed)"
             raise DatasetChangedError(
                 f"the dataset changed since the state was saved (build {state['fingerprint'][:12]} -> "
-                f"{self.keys.fingerprint[:12]}): scans added {added or 'none'}, removed {removed or 'none'}; "
+                f"{self.keys.fingerprint[:12]}): scans added {added or 'none'}, removed {removed or 'none'}{same}; "
                 "pass on_dataset_change='continue' or 'next_epoch' to resume anyway"
             )
         self.seed, self.shuffle = int(state["seed"]), bool(state["shuffle"])

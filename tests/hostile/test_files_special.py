@@ -68,11 +68,9 @@ SPECIAL = {
 }
 
 
-# Entry points whose own path handling runs before the reader's rule: prepare resolves symbolic links
-# first (naming the target, and Path.resolve raises RuntimeError on a loop), prepare_scan refuses
-# special files with ParameterError. Both need ptychodata.io.regular_file(path, ...) on the path as given.
+# prepare resolves symbolic links before the reader's rule runs (naming the target, and Path.resolve
+# raises RuntimeError on a loop): it needs ptychodata.io.regular_file(path, ...) on the path as given.
 _RESOLVED_FIRST = {("prepare", kind) for kind in ("dev_zero", "loop", "self_loop", "link_to_fifo", "dangling")}
-_RESOLVED_FIRST |= {("prepare_scan", kind) for kind in SPECIAL if kind != "empty"}
 
 
 @pytest.fixture(scope="module")
@@ -89,8 +87,8 @@ def earlier_build(tmp_path_factory):
 @pytest.mark.parametrize("entry", ["load", "describe", "prepare", "prepare_scan"])
 def test_a_special_file_is_refused_by_name_at_once(entry, kind, tmp_path, earlier_build, request):
     if (entry, kind) in _RESOLVED_FIRST:
-        request.applymarker(pytest.mark.xfail(strict=True, reason="the store and dataset layers check the path "
-                                              "themselves before ptychodata.io.regular_file"))
+        request.applymarker(pytest.mark.xfail(strict=True, reason="prepare resolves the path before "
+                                              "ptychodata.io.regular_file checks it"))
     path = _make(kind, tmp_path)
     error, says = SPECIAL[kind]
     if entry in ("prepare", "prepare_scan"):

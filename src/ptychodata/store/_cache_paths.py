@@ -558,14 +558,15 @@ def _flock(fd: int, operation: int, path: Path) -> bool:
 @contextlib.contextmanager
 def _exclusive(build: Path) -> Iterator[bool | None]:
     """Try the exclusive lock on a build's manifest without waiting: yields True (held
-    for the block), False (a reader holds the build), or None (no manifest)."""
+    for the block), False (a reader holds the build), or None (no manifest, or one that is
+    not a readable file: no reader can have opened the build)."""
     try:
         handle = open(build / MANIFEST, "rb")  # noqa: SIM115 - closed below
     except FileNotFoundError:
         yield None
         return
-    except OSError:  # a manifest that is no file (damaged): presume a reader, delete nothing
-        yield False
+    except OSError:  # a manifest that is no readable file: a damaged build, which no reader can hold
+        yield None
         return
     with handle:
         try:

@@ -29,7 +29,7 @@ from ptychodata.dataset._manifest import (
     check_name,
     write_json_atomic,
 )
-from ptychodata.dataset._scan_build import ScanBuild, prepare_scan
+from ptychodata.dataset._scan_build import ScanBuild, prepare_scan, source_path
 from ptychodata.dataset._spec import DatasetSpec
 from ptychodata.dataset._view import DatasetStore
 from ptychodata.dataset._weights import WeightRule, Weights
@@ -286,7 +286,7 @@ class Dataset:
     def prepare_one(self, source: str | os.PathLike, *, progress: bool = False) -> ScanBuild:
         """Prepare one scan with the dataset's spec and record it for :meth:`add` with
         ``built_only=True``; the dataset itself is not changed (what a job-array task does)."""
-        path = str(Path(source).expanduser().resolve())
+        path = source_path(source)
         recorded = read_record(self.paths, path)
         if recorded is not None and recorded.present(self.cache_dir):
             return recorded  # built before and the file unchanged: a few stats, no hashing
@@ -296,7 +296,7 @@ class Dataset:
 
     def claim(self, source: str | os.PathLike) -> bool:
         """Take ``source`` for this process among several sharing one list (see :func:`claim`)."""
-        return claim(self.paths, str(Path(source).expanduser().resolve()))
+        return claim(self.paths, source_path(source))
 
     def _bytes_held_only_here(self) -> int:
         """Bytes of the builds this dataset's builds list and no other holder pins: what deleting
@@ -645,7 +645,7 @@ def _paths(sources: Any) -> list[str]:
     listed = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
     if not listed:
         raise ParameterError("sources: an empty list; expected scan files to add")
-    paths = [str(Path(source).expanduser().resolve()) for source in listed]
+    paths = [source_path(source) for source in listed]
     seen = set()
     for path in paths:
         if path in seen:
@@ -673,7 +673,7 @@ def _check_compatible(build: ScanBuild, others: list[ScanBuild]) -> None:
 
 
 def _find(entries: Iterable[ScanEntry], name: str) -> ScanEntry | None:
-    resolved = str(Path(name).expanduser().resolve())
+    resolved = source_path(name)
     for entry in entries:
         build = entry.build
         if name in (build.uid, build.name) or resolved == build.source.path:

@@ -18,7 +18,7 @@ from typing import Any
 
 from ptychodata._runtime import create_exclusive
 from ptychodata.dataset._manifest import DatasetPaths, write_json_atomic
-from ptychodata.dataset._scan_build import ScanBuild
+from ptychodata.dataset._scan_build import ScanBuild, source_path
 from ptychodata.dataset._validate import check_claim, check_scan_build
 from ptychodata.errors import ParameterError
 
@@ -37,7 +37,7 @@ def read_list(path: str | os.PathLike) -> list[str]:
     except OSError as exc:
         raise ParameterError(f"{listing}: cannot read the list of scans ({exc.strerror})") from None
     names = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
-    return [str((listing.parent / name).resolve()) for name in names]
+    return [source_path(listing.parent / name) for name in names]
 
 
 def array_index(given: int | None, length: int) -> int:

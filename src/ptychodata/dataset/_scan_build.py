@@ -15,10 +15,11 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ptychodata.dataset._spec import DatasetSpec
-from ptychodata.errors import ParameterError, ScanFileNotFoundError, StoreError
+from ptychodata.errors import StoreError
+from ptychodata.io import regular_file
 from ptychodata.store import Store, default_cache_dir, file_digest, prepare
 
-__all__ = ["ScanBuild", "SourceIdentity", "prepare_scan", "source_identity"]
+__all__ = ["ScanBuild", "SourceIdentity", "prepare_scan", "source_identity", "source_path"]
 
 UID_LENGTH = 20  # hex digits of the SHA-256 that name a scan
 
@@ -45,18 +46,20 @@ class SourceIdentity:
         return stat.st_size == self.size and stat.st_mtime_ns == self.mtime_ns
 
 
+def source_path(source: str | os.PathLike) -> str:
+    """The absolute path, links resolved, by which a dataset knows a source file; never an
+    error (a loop of links or a missing file is reported when the file is read)."""
+    return os.path.realpath(os.path.expanduser(os.fspath(source)))
+
+
 def source_identity(source: str | os.PathLike, *, known: SourceIdentity | None = None) -> SourceIdentity:
     """The identity of file ``source``; its bytes are hashed unless ``known`` is the same file,
     unchanged (same path, size and modification time), whose hash is then reused."""
-    path = Path(source).expanduser().resolve()
+    path = Path(source_path(regular_file(Path(source).expanduser(), "a scan file")))
     try:
         stat = path.stat()
-    except FileNotFoundError:
-        raise ScanFileNotFoundError(f"{path}: no such file") from None
-    except OSError as exc:
+    except OSError as exc:  # gone or changed since regular_file looked
         raise StoreError(f"{path}: cannot read the scan file ({exc.strerror})") from None
-    if not path.is_file():
-        raise ParameterError(f"{path}: not a regular file; expected a scan file")
     if known is not None and (known.path, known.size, known.mtime_ns) == (str(path), stat.st_size, stat.st_mtime_ns):
         return known
     digest = file_digest(path)

@@ -1,8 +1,9 @@
 """Reading scan files: one leaf module per format under a reader registry, then the decisions
 (plan), detector steps, positions geometry and assembly into the contract's fields.
 
-The package's public names (re-exported by :mod:`ptychodata`) are :func:`read_npz` and
-:func:`write_npz`; the rest is what the layers above (scan, store, inspect, CLI) build on.
+Users read files through :meth:`ptychodata.ScanData.load` and :func:`ptychodata.prepare`; the names
+here are what the layers above (scan, store, inspect, CLI) build on, and
+:func:`write_training` writes ptychodus' training-data HDF5.
 """
 
 from ptychodata.io._assemble import assemble, read_scan_fields

@@ -68,9 +68,8 @@ SPECIAL = {
 }
 
 
-# prepare resolves symbolic links before the reader's rule runs (naming the target, and Path.resolve
-# raises RuntimeError on a loop): it needs ptychodata.io.regular_file(path, ...) on the path as given.
-_RESOLVED_FIRST = {("prepare", kind) for kind in ("dev_zero", "loop", "self_loop", "link_to_fifo", "dangling")}
+# Entry points that do not yet apply ptychodata.io.regular_file to the path as given.
+_RESOLVED_FIRST: set[tuple[str, str]] = set()
 
 
 @pytest.fixture(scope="module")

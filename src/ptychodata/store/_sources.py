@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ptychodata.errors import ParameterError, ScanFileNotFoundError
+from ptychodata.io import regular_file
 from ptychodata.scan import ScanData
 from ptychodata.store._files import file_digest
 from ptychodata.store._hashing import content_hash
@@ -95,7 +96,8 @@ class Source:
     def open(cls, source: Any, intensity: bool | None, options: dict[str, Any], *, counts_stored: bool) -> Source:
         if isinstance(source, ScanData):
             return cls(None, None, None, source, intensity=intensity)
-        path = Path(source).expanduser().resolve()
+        given = regular_file(Path(source).expanduser(), "a scan file")  # a FIFO, device, link loop: refused by name
+        path = given.resolve()
         stat = _stat_source(path)
         handle = cls(
             str(path), stat.st_size, stat.st_mtime_ns, intensity=intensity, options=options, counts_stored=counts_stored

@@ -125,12 +125,6 @@ def test_a_special_diffraction_file_of_a_product_is_refused(kind, tmp_path):
     ids=["inspect", "convert", "prepare", "convert-mask"],
 )
 def test_the_command_line_refuses_a_fifo_in_one_line(command, tmp_path, request):
-    if "--mask" in command:
-        if not FULL:
-            pytest.skip("blocks until the CLI applies ptychodata.io.regular_file to --mask (run it with "
-                        "PTYCHODATA_HOSTILE_FULL=1)")
-        request.applymarker(pytest.mark.xfail(strict=True, reason="the CLI reads --mask with np.load, "
-                                              "without ptychodata.io.regular_file"))
     path = _make("fifo", tmp_path)
     good, _ = _files.write("npz", tmp_path)
     cache = tmp_path / "cache"

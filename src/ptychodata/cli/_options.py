@@ -18,7 +18,7 @@ import numpy as np
 
 from ptychodata.cli._arguments import integer, number
 from ptychodata.errors import ParameterError
-from ptychodata.io import Flag, LoadOptions, load_option_flags
+from ptychodata.io import Flag, LoadOptions, load_option_flags, regular_file
 
 _TYPES = {"int": integer, "float": number, "str": str, "path": Path}
 
@@ -101,6 +101,7 @@ def _key_map(flag: Flag, items: list[str] | None) -> dict[str, str] | None:
 def _npy_mask(flag: Flag, path: Path | None) -> np.ndarray | None:
     if path is None:
         return None
+    regular_file(path, f"a NumPy array file (.npy) for {flag.flag}")  # a FIFO would block the read
     try:
         return np.load(path, allow_pickle=False) != 0
     except ValueError as exc:  # not a .npy file, or one holding Python objects

@@ -169,6 +169,24 @@ def test_batches_of_a_dataset_are_its_scans_batches(tmp_path, scan_files):
         clone.close()
 
 
+
+def test_a_batch_shared_among_gather_threads_is_each_scans_own_gather(tmp_path, scan_files, monkeypatch):
+    from ptychodata.store import _threads
+
+    monkeypatch.setattr(_threads, "_MIN_THREAD_BYTES", 1)  # threads even for a small batch
+    dataset = Dataset.create("threads", CONFIG, cache_dir=tmp_path)
+    dataset.add([scan_files["a"], scan_files["b"], scan_files["c"], scan_files["d"]])
+    with open_dataset("threads", cache_dir=tmp_path) as data:
+        offsets = np.cumsum([0] + [len(store) for store in data.stores])
+        picks = np.random.default_rng(3).permutation(len(data))
+        batch = data.batch(picks, threads=3)
+        assert data._threads._executor is not None, "the batch was shared among threads"
+        for row, index in enumerate(picks):
+            k = int(np.searchsorted(offsets, index, side="right") - 1)
+            local = data.stores[k].batch([index - offsets[k]], reuse=False)
+            np.testing.assert_array_equal(batch["X"][row], local["X"][0])
+            np.testing.assert_array_equal(batch["probe"][row], local["probe"][0])
+
 def test_splits_keep_their_groups_when_scans_are_added(tmp_path, scan_files):
     dataset = Dataset.create("splits", CONFIG, cache_dir=tmp_path)
     dataset.add([scan_files["a"], scan_files["b"], scan_files["c"]])

@@ -176,9 +176,9 @@ def test_closed_store_refuses_use(tmp_path, source):
 
 
 def test_gather_threads_survive_callers_with_different_thread_counts(tmp_path, source, monkeypatch):
-    from ptychodata.store import _batch
+    from ptychodata.store import _batch, _threads
 
-    monkeypatch.setattr(_batch, "_MIN_THREAD_BYTES", 1)
+    monkeypatch.setattr(_threads, "_MIN_THREAD_BYTES", 1)
     monkeypatch.setattr(_batch, "_CACHE_BYTES", 4 * 16 * 16 * 4)
     store = prepare(source, CONFIG, cache_dir=tmp_path / "cache", progress=False)
     expected = store.batch(np.arange(40), reuse=False)["X"]
@@ -351,10 +351,10 @@ def test_multi_source_store_keeps_probes_and_scales(tmp_path):
 
 
 def test_threaded_gather_equals_the_direct_formula(tmp_path, monkeypatch):
-    from ptychodata.store import _batch
+    from ptychodata.store import _batch, _threads
 
     monkeypatch.setattr(_batch, "_CACHE_BYTES", 3 * 4 * 16 * 16 * 4)  # runs of 3 groups
-    monkeypatch.setattr(_batch, "_MIN_THREAD_BYTES", 1)  # threads even for tiny batches
+    monkeypatch.setattr(_threads, "_MIN_THREAD_BYTES", 1)  # threads even for tiny batches
     a = simulate(n_points=60, N=16, seed=1)
     b = simulate(n_points=50, N=16, seed=2, probe="gaussian")
     store = open_store(prepare([a, b], CONFIG, cache_dir=tmp_path / "cache", progress=False).path, threads=3)
@@ -367,7 +367,7 @@ def test_threaded_gather_equals_the_direct_formula(tmp_path, monkeypatch):
         threaded = store.batch(index, reuse=False)
         np.testing.assert_array_equal(threaded["X"], expected)
         np.testing.assert_array_equal(store.batch(index, reuse=False, threads=1)["X"], expected)
-    assert store._gatherer._executor is not None  # the batches above did use the gather threads
+    assert store._gatherer._threads._executor is not None  # the batches above did use the gather threads
 
 
 def test_different_pattern_sizes_are_refused(tmp_path):

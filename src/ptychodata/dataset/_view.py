@@ -21,11 +21,13 @@ from ptychodata.errors import ParameterError, StoreError
 from ptychodata.grouped import PtychoDataContainer
 from ptychodata.store import (
     BufferPool,
+    GatherThreads,
     Layout,
     PtychoTorchConstants,
     Store,
     batch_schema,
     check_batch_indices,
+    default_threads,
 )
 
 __all__ = ["DatasetStore"]
@@ -60,6 +62,7 @@ class DatasetStore:
         self.cache_dir = Path(cache_dir)
         self.weighted = bool(weighted)
         self.stores: list[Store] = []
+        self._threads, self._thread_count = GatherThreads(), default_threads()
         try:
             for entry in manifest.scans:
                 self.stores.append(entry.build.open(self.cache_dir))
@@ -199,7 +202,7 @@ class DatasetStore:
         if schema.layout == "ptycho_torch" and constants is None:
             constants = self.ptycho_torch_constants()
         if schema.layout == "default" and not with_Y and self._all_fast:
-            self._gather_joined(groups, arrays)
+            self._gather_joined(groups, arrays, self._thread_count if threads is None else max(1, int(threads)))
             return arrays
         order = np.argsort(scan, kind="stable")
         bounds = np.concatenate([[0], np.cumsum(np.bincount(scan, minlength=self.n_experiments))])
@@ -216,28 +219,29 @@ class DatasetStore:
             arrays["experiment_id"][rows] = k
         return arrays
 
-    def _gather_joined(self, groups: np.ndarray, arrays: dict[str, np.ndarray]) -> None:
+    def _gather_joined(self, groups: np.ndarray, arrays: dict[str, np.ndarray], threads: int) -> None:
         """A default-layout batch of float32-amplitude scans, the tables of every scan joined in
-        memory once: one take per scan for the patterns (grouped by scan), everything else in
-        one step for the whole batch. The same float32 products as each scan's own gather."""
+        memory once. A group's members all belong to its scan, so each group's patterns are one
+        take from that scan's patterns straight into the group's rows of X, scaled there while
+        still in cache; the groups are shared among the gather threads. The same float32
+        products as each scan's own gather."""
         joined = self._joined()
         members = np.take(joined.groups, groups, axis=0, out=arrays["nn_indices"])
         scan = np.take(joined.group_scan, groups, out=arrays["experiment_id"])
         arrays["group_index"][:] = groups
         arrays["coords_relative"][:, :, 0, :] = joined.relative[groups]
         arrays["coords_offsets"][:, 0, 0, :] = joined.centres[groups]
-        flat = members.reshape(-1)
-        owner = np.searchsorted(self._pattern_offsets, flat, side="right") - 1
-        order = np.argsort(owner, kind="stable")
-        bounds = np.concatenate([[0], np.cumsum(np.bincount(owner, minlength=self.n_experiments))])
-        rows = self._pool.take({"rows": ((len(flat), self.N, self.N), np.float32)}, key=("rows", len(flat)))["rows"]
-        for k in np.flatnonzero(np.diff(bounds)):
-            part = order[bounds[k] : bounds[k + 1]]
-            np.take(self._tables[k].patterns, flat[part] - self._pattern_offsets[k], axis=0,
-                    out=rows[bounds[k] : bounds[k + 1]])
-        X = arrays["X"]
-        X.reshape(-1, self.N, self.N)[order] = rows
-        X *= joined.scales[scan][:, None, None, None]
+        local = members - self._pattern_offsets[scan][:, None]
+        patterns = [table.patterns for table in self._tables]
+        scales, X = joined.scales, arrays["X"]
+
+        def fill(first: int, stop: int) -> None:
+            for b in range(first, stop):
+                k = scan[b]
+                np.take(patterns[k], local[b], axis=0, out=X[b])
+                X[b] *= scales[k]
+
+        self._threads.share(fill, len(groups), 1, X.nbytes, threads)
         for key, per_scan in (("probe", joined.probes), ("mask", joined.masks)):
             if key in arrays and per_scan is not None:
                 np.take(per_scan, scan, axis=0, out=arrays[key])
@@ -356,6 +360,7 @@ class DatasetStore:
 
     # ------------------------------------------------------------------ life cycle
     def close(self) -> None:
+        self._threads.close()
         for store in self.stores:
             store.close()
 

@@ -39,6 +39,7 @@ from ptychodata.store._open_store import open_store
 from ptychodata.store._prepare import default_cache_dir, prepare
 from ptychodata.store._ptycho_torch import PtychoTorchConstants
 from ptychodata.store._store import Store, require_ground_truth
+from ptychodata.store._threads import GatherThreads, default_threads
 
 __all__ = [
     "DEFAULT_SCHEMA",
@@ -50,6 +51,7 @@ __all__ = [
     "BufferPool",
     "CachedStore",
     "FramesEncoding",
+    "GatherThreads",
     "PtychoTorchConstants",
     "Store",
     "batch_schema",
@@ -59,6 +61,7 @@ __all__ = [
     "check_key",
     "decode_into",
     "default_cache_dir",
+    "default_threads",
     "file_digest",
     "is_build_id",
     "is_key",

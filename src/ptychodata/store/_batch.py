@@ -2,30 +2,22 @@
 
 from __future__ import annotations
 
-import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from ptychodata._runtime import rows_per_chunk, usable_cores
+from ptychodata._runtime import rows_per_chunk
 from ptychodata.errors import GroupIndexError, ParameterError, StoreError
 from ptychodata.patches import extract_patches
 from ptychodata.store._batch_schema import DEFAULT_SCHEMA, Layout
 from ptychodata.store._buffers import BufferPool
 from ptychodata.store._frames import FramesEncoding, decode_into
+from ptychodata.store._threads import GatherThreads, default_threads
 
-__all__ = ["BatchGatherer", "BatchSources", "check_batch_indices", "check_out", "default_threads"]
+__all__ = ["BatchGatherer", "BatchSources", "check_batch_indices", "check_out"]
 
 _CACHE_BYTES = 512 << 10
-_MIN_THREAD_BYTES = 1 << 20  # less per thread and the hand-off costs what the thread saves
-
-
-def default_threads() -> int:
-    """Usable cores, at most 4."""
-    return max(1, min(4, usable_cores()))
 
 
 def check_batch_indices(indices: Any, n_groups: int) -> np.ndarray:
@@ -93,9 +85,7 @@ class BatchGatherer:
         self.sorted_reads = sorted_reads
         self.threads = default_threads() if threads is None else max(1, int(threads))
         self.pool = BufferPool()
-        self._executor: ThreadPoolExecutor | None = None
-        self._executor_key = (0, 0)  # (process id, threads) it was made for
-        self._executor_lock = threading.Lock()
+        self._threads = GatherThreads()
 
     def layout(self, batch_size: int, *, with_Y: bool = False) -> Layout:
         """Shape and dtype of each array of a §7 batch of ``batch_size`` groups."""
@@ -188,21 +178,7 @@ class BatchGatherer:
                 else:
                     rows *= s.x_scale[experiment[start : start + len(rows)]][:, None, None, None]
 
-        self._share(fill, B, step, out.nbytes, threads)
-
-    def _share(self, fill, B: int, step: int, nbytes: int, threads: int) -> None:
-        """Run ``fill(first, stop)`` over [0, B) in runs of ``step`` groups, split among up
-        to ``threads`` threads when the batch is large enough to pay for the hand-off."""
-        parts = min(threads, -(-B // step), max(1, nbytes // _MIN_THREAD_BYTES))
-        if parts <= 1:
-            fill(0, B)
-            return
-        bounds = [round(B * part / parts / step) * step for part in range(parts)] + [B]
-        executor = self._thread_pool(parts - 1)
-        pending = [executor.submit(fill, bounds[part], bounds[part + 1]) for part in range(1, parts)]
-        fill(bounds[0], bounds[1])
-        for future in pending:
-            future.result()
+        self._threads.share(fill, B, step, out.nbytes, threads)
 
     def _gather_decoded(
         self, members: np.ndarray, experiment: np.ndarray | None, out: np.ndarray, threads: int
@@ -240,26 +216,10 @@ class BatchGatherer:
                     np.take(stored, members[start : start + len(rows) // C].reshape(-1), axis=0, out=raw)
                 decode_into(s.encoding, raw, rows, scale_of(start, len(rows)))
 
-        self._share(fill, B, step, out.nbytes, threads)
-
-    def _thread_pool(self, workers: int) -> ThreadPoolExecutor:
-        """The gather threads, made again in a forked child (threads do not survive fork).
-
-        A pool too small for ``workers`` is replaced, never shut down: another thread may
-        be submitting to it at this moment; its idle threads end when it is collected.
-        """
-        with self._executor_lock:
-            pid, size = self._executor_key
-            if self._executor is None or pid != os.getpid() or size < workers:
-                self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ptychodata-gather")
-                self._executor_key = (os.getpid(), workers)
-            return self._executor
+        self._threads.share(fill, B, step, out.nbytes, threads)
 
     def close(self) -> None:
-        with self._executor_lock:
-            if self._executor is not None and self._executor_key[0] == os.getpid():
-                self._executor.shutdown(wait=True)
-            self._executor = None
+        self._threads.close()
 
     def _take(self, source: np.ndarray, index: np.ndarray, out: np.ndarray) -> None:
         """``out[:] = source[index]`` in one vectorised gather into an existing buffer.

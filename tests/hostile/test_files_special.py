@@ -68,10 +68,6 @@ SPECIAL = {
 }
 
 
-# Entry points that do not yet apply ptychodata.io.regular_file to the path as given.
-_RESOLVED_FIRST: set[tuple[str, str]] = set()
-
-
 @pytest.fixture(scope="module")
 def earlier_build(tmp_path_factory):
     """A cache holding one finished build, which no refused prepare may touch."""
@@ -84,10 +80,7 @@ def earlier_build(tmp_path_factory):
 
 @pytest.mark.parametrize("kind", list(SPECIAL))
 @pytest.mark.parametrize("entry", ["load", "describe", "prepare", "prepare_scan"])
-def test_a_special_file_is_refused_by_name_at_once(entry, kind, tmp_path, earlier_build, request):
-    if (entry, kind) in _RESOLVED_FIRST:
-        request.applymarker(pytest.mark.xfail(strict=True, reason="prepare resolves the path before "
-                                              "ptychodata.io.regular_file checks it"))
+def test_a_special_file_is_refused_by_name_at_once(entry, kind, tmp_path, earlier_build):
     path = _make(kind, tmp_path)
     error, says = SPECIAL[kind]
     if entry in ("prepare", "prepare_scan"):

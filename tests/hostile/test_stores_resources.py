@@ -16,7 +16,7 @@ import pytest
 from ptychodata.errors import DiskFullError
 
 from . import _stores
-from ._harness import assert_cache_intact, expect_error, expect_ok, run_case, snapshot
+from ._harness import FULL, assert_cache_intact, expect_error, expect_ok, run_case, snapshot
 
 TIMEOUT = 30.0
 
@@ -60,8 +60,8 @@ def test_the_disk_filling_during_a_build(cache_with_a_build, fault, options):
         before = {k: v for k, v in before.items() if not (k.count("/") == 1 and k.endswith("/current"))}
     assert_cache_intact(before, cache)
     assert errno.errorcode[getattr(errno, code)] == code
-    # Once there is room again the build completes and serves the new version.
-    assert expect_ok(run_case(_stores.prepare_serving, source, cache, timeout=TIMEOUT, **options))[1:] == (2.0, 2.0)
+    if FULL or fault == "ENOSPC:patterns.npy":  # once there is room again the build completes: the new version
+        assert expect_ok(run_case(_stores.prepare_serving, source, cache, timeout=TIMEOUT, **options))[1:] == (2.0, 2.0)
 
 
 @pytest.mark.parametrize("fault", ["free=1000", "ENOSPC:patterns.npy"])

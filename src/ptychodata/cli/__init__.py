@@ -1,9 +1,9 @@
 """The ``ptychodata`` command: ``simulate``, ``inspect``, ``convert``, ``prepare``, ``cache`` and ``demo``.
 
-Thin by design: parse the arguments, call one library function, print. A
-:class:`~ptychodata.errors.PtychodataError` (or an OS or memory error) becomes a one-line
-``error: ...`` on stderr and exit status 2, without a traceback; success is 0. Messages name
-flags, not Python parameters. The reading flags are generated from
+Thin by design: parse the arguments, call one library function, print. Every error (a usage
+error, a :class:`~ptychodata.errors.PtychodataError`, an OS or memory error, an unexpected
+exception) becomes a one-line ``error: ...`` on stderr and exit status 2, without a traceback
+(``--debug`` prints it); success is 0. Messages name flags, not Python parameters. The reading flags are generated from
 :class:`ptychodata.io.LoadOptions`, the one definition of the load options.
 
 Modules: ``_main`` (entry point, errors, warnings), ``_parser`` (the parser, built from the

@@ -352,25 +352,35 @@ def test_a_publisher_that_died_before_moving_current_is_rolled_forward(tmp_path,
 
 
 DESCRIPTORS = """
-import resource, sys
+import os, resource, sys
+import numpy as np
 from ptychodata import open_dataset
 from ptychodata.errors import StoreError
-resource.setrlimit(resource.RLIMIT_NOFILE, (40, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+n_scans, spare = int(sys.argv[2]), int(sys.argv[3])
+baseline = len(os.listdir("/proc/self/fd"))
+resource.setrlimit(resource.RLIMIT_NOFILE, (baseline + spare, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
 try:
-    open_dataset("fds", cache_dir=sys.argv[1])
+    with open_dataset("fds", cache_dir=sys.argv[1]) as data:
+        batch = data.batch(np.arange(len(data)))
+        print("served", len(batch["X"]), "groups of", data.n_experiments, "scans")
 except StoreError as exc:
     print(exc)
 """
 
 
-def test_running_out_of_descriptors_names_the_limit(tmp_path, scan_files):
+def test_an_open_scan_holds_one_descriptor_and_running_out_names_the_limit(tmp_path):
     import subprocess
     import sys
 
+    n_scans = 40
     dataset = Dataset.create("fds", CONFIG, cache_dir=tmp_path)
-    dataset.add([scan_files[n] for n in "abcd"])
-    out = subprocess.run([sys.executable, "-c", DESCRIPTORS, str(tmp_path)], capture_output=True, text=True)
-    assert "ran out of file descriptors after opening" in out.stdout and "the limit is 40 (ulimit -n" in out.stdout
+    dataset.add([simulate(12, 16, seed=100 + k, progress=False).save(tmp_path / f"s{k}.npz") for k in range(n_scans)])
+    run = [sys.executable, "-c", DESCRIPTORS, str(tmp_path), str(n_scans)]
+    enough = subprocess.run([*run, str(n_scans + 2)], capture_output=True, text=True)
+    assert enough.stdout.startswith("served") and f"of {n_scans} scans" in enough.stdout, enough.stdout + enough.stderr
+    short = subprocess.run([*run, str(n_scans // 2)], capture_output=True, text=True)
+    assert "ran out of file descriptors after opening" in short.stdout, short.stdout + short.stderr
+    assert "(ulimit -n" in short.stdout
 
 
 def test_the_ptycho_torch_layout_of_a_dataset_is_each_scans_own(tmp_path, scan_files):

@@ -65,7 +65,8 @@ class DatasetStore:
         self._threads, self._thread_count = GatherThreads(), default_threads()
         try:
             for entry in manifest.scans:
-                self.stores.append(entry.build.open(self.cache_dir))
+                # the dataset's pins keep its builds (no reader locks); only patterns hold a descriptor
+                self.stores.append(entry.build.open(self.cache_dir, reader_locks=False, tables_in_memory=True))
         except BaseException as exc:
             self.close()
             if _out_of_descriptors(exc):
@@ -119,6 +120,18 @@ class DatasetStore:
     @property
     def n_patterns(self) -> int:
         return int(self._pattern_offsets[-1])
+
+    @property
+    def group_offsets(self) -> np.ndarray:
+        """(S + 1,) int64: scan ``k``'s group ``g`` is the build's group ``group_offsets[k] + g``
+        (what :attr:`group_indices` and a batch's ``group_index`` count)."""
+        return self._group_offsets.copy()
+
+    @property
+    def pattern_offsets(self) -> np.ndarray:
+        """(S + 1,) int64: scan ``k``'s pattern ``p`` is the dataset's pattern
+        ``pattern_offsets[k] + p`` (what a batch's ``nn_indices`` count)."""
+        return self._pattern_offsets.copy()
 
     @property
     def uids(self) -> list[str]:
@@ -455,8 +468,8 @@ def _descriptor_advice(manifest: DatasetManifest, opened: int) -> str:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     return (
         f"dataset {manifest.name!r}: ran out of file descriptors after opening {opened} of its "
-        f"{len(manifest.scans)} scans (each open scan holds one per mapped file, about 20); the limit is "
-        f"{soft} (ulimit -n; at most {hard}): raise it, e.g. ulimit -n {min(hard, max(4096, 24 * len(manifest.scans)))}"
+        f"{len(manifest.scans)} scans (each open scan holds one, for its patterns); the limit is {soft} "
+        f"(ulimit -n; at most {hard}): raise it, e.g. ulimit -n {min(hard, max(4096, 2 * len(manifest.scans)))}"
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,7 +53,7 @@ class BatchSources:
     masks : (E, N, N) bool, or None (no source with a bad-pixel mask)
     X : (B, C, N, N) float32 or None (materialized stores)
     Y : (M, N, N) complex64 or None (stored patches)
-    objects : list of (H, W) complex64 or None, one per experiment
+    objects : sequence of (H, W) complex64 or None, one per experiment
     xcoords, ycoords, experiment_of_pattern : (M,)
     """
 
@@ -66,7 +67,7 @@ class BatchSources:
     probes: np.ndarray | None
     X: np.ndarray | None
     Y: np.ndarray | None
-    objects: list[np.ndarray | None]
+    objects: Sequence[np.ndarray | None]
     xcoords: np.ndarray
     ycoords: np.ndarray
     experiment_of_pattern: np.ndarray

@@ -64,7 +64,7 @@ TRASH_PREFIX = ".trash-"
 TEMPORARY_EXPIRY_S = 24 * 3600
 # Bumped when what a build id is computed from changes meaning.
 BUILD_ID_SCHEMA = 1
-_OBJECT_PREFIX = "object_"
+OBJECT_PREFIX = "object_"
 
 
 class FrameFile:
@@ -98,7 +98,7 @@ class GroupingFile:
 
 def object_stem(experiment: int) -> str:
     """Stem of experiment ``experiment``'s object in a frames build."""
-    return f"{_OBJECT_PREFIX}{int(experiment)}"
+    return f"{OBJECT_PREFIX}{int(experiment)}"
 
 
 _NPY = ".npy"

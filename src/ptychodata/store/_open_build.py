@@ -4,7 +4,10 @@ gathered from."""
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -14,6 +17,7 @@ from ptychodata.store._batch import BatchSources
 from ptychodata.store._cache_paths import (
     FRAMES_PREFIX,
     MANIFEST,
+    OBJECT_PREFIX,
     BuildSlot,
     FrameFile,
     GroupingFile,
@@ -23,7 +27,7 @@ from ptychodata.store._cache_paths import (
     object_stem,
     open_current,
 )
-from ptychodata.store._files import map_npy
+from ptychodata.store._files import check_npy, map_npy
 from ptychodata.store._frames import FramesEncoding, map_patterns
 from ptychodata.store._ids import not_a_link
 from ptychodata.store._manifest import FrameManifest, GroupingManifest, read_manifest
@@ -41,6 +45,11 @@ class OpenBuild:
         The grouping's slot directory.
     build_id : str, optional
         The grouping build to open; default the live one (``current``).
+    reader_locks : bool
+        Hold a reader lock on both builds (so that collection skips them). False where a
+        holder pins them instead (a dataset's builds): no descriptor is held for a lock.
+    tables_in_memory : bool
+        Read the small tables into memory (see :func:`_map_files`).
 
     Raises
     ------
@@ -50,13 +59,17 @@ class OpenBuild:
         A manifest or file does not match what the build records.
     """
 
-    def __init__(self, grouping_path: Path, build_id: str | None):
+    def __init__(self, grouping_path: Path, build_id: str | None, *, reader_locks: bool = True,
+                 tables_in_memory: bool = False):
         slot = BuildSlot(grouping_path, grouping_path)  # lock unused: readers never build
         if build_id is None:
             build_id, grouping_lock = open_current(slot)
+            if not reader_locks:
+                grouping_lock.close()
         else:
-            grouping_lock = ReaderLock(slot.build_dir(build_id))
-        self.locks = [grouping_lock]
+            grouping_lock = ReaderLock(slot.build_dir(build_id)) if reader_locks else None
+        self.reader_locks = reader_locks
+        self.locks = [grouping_lock] if reader_locks else []
         try:
             self.grouping_dir = slot.build_dir(build_id)
             not_a_link(self.grouping_dir, f"{grouping_path}: build {build_id}")
@@ -67,8 +80,8 @@ class OpenBuild:
             not_a_link(self.frames_dir, f"{grouping_path}: frames build")
             self.frames: FrameManifest = self._lock_frames()
             self._check_pair()
-            self.frame_arrays = _map_files(self.frames_dir, self.frames)
-            self.group_arrays = _map_files(self.grouping_dir, self.grouping)
+            self.frame_arrays = _map_files(self.frames_dir, self.frames, tables_in_memory)
+            self.group_arrays = _map_files(self.grouping_dir, self.grouping, tables_in_memory)
             self._map_patterns()
             self._check_indices()
         except BaseException:
@@ -117,7 +130,10 @@ class OpenBuild:
     def _lock_frames(self) -> FrameManifest:
         """Hold the frames build this grouping was made from, and read its manifest."""
         try:
-            self.locks.append(ReaderLock(self.frames_dir))
+            if self.reader_locks:
+                self.locks.append(ReaderLock(self.frames_dir))
+            elif not (self.frames_dir / MANIFEST).is_file():
+                raise StoreNotFoundError(str(self.frames_dir))
         except StoreNotFoundError:
             raise StoreNotFoundError(
                 f"{self.grouping_dir}: its frames build {self.grouping.frames_build_id} was removed; "
@@ -152,7 +168,7 @@ class OpenBuild:
             masks=f.get(FrameFile.MASKS),
             X=g.get(GroupingFile.X),
             Y=f.get(FrameFile.Y),
-            objects=[f.get(object_stem(e)) for e in range(len(self.frames.experiments))],
+            objects=LazyObjects(f, len(self.frames.experiments)),
             xcoords=f[FrameFile.XCOORDS],
             ycoords=f[FrameFile.YCOORDS],
             experiment_of_pattern=f[FrameFile.EXPERIMENT_ID],
@@ -164,7 +180,7 @@ class OpenBuild:
         for lock in self.locks:
             lock.close()
         self.locks = []
-        self.frame_arrays, self.group_arrays = {}, {}
+        self.frame_arrays, self.group_arrays = BuildFiles(), BuildFiles()
 
 
 def _range(table: np.ndarray) -> tuple[int, int]:
@@ -182,7 +198,55 @@ def _range(table: np.ndarray) -> tuple[int, int]:
     return low, high
 
 
-def _map_files(directory: Path, manifest: FrameManifest | GroupingManifest) -> dict[str, np.ndarray]:
-    """Each file of a build mapped as its manifest entry says (its size checked on the way),
-    by stem."""
-    return {npy_stem(name): map_npy(directory / name, entry) for name, entry in manifest.files.items()}
+# Files as large as the patterns, read row by row or in part: always mapped.
+_LARGE = (FrameFile.PATTERNS, FrameFile.Y, GroupingFile.X)
+
+
+class BuildFiles(dict):
+    """A build's arrays by stem; an object entry may be a deferred mapping, made on first use."""
+
+    def __getitem__(self, stem: str) -> np.ndarray:
+        value = super().__getitem__(stem)
+        if callable(value):
+            value = value()
+            self[stem] = value
+        return value
+
+    def get(self, stem: str, default: Any = None) -> Any:
+        return self[stem] if stem in self else default
+
+
+class LazyObjects(Sequence):
+    """Each experiment's object (or None), from a build's files, mapped when first asked for."""
+
+    def __init__(self, files: BuildFiles, n_experiments: int):
+        self._files, self._n = files, n_experiments
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, experiment: int) -> np.ndarray | None:  # type: ignore[override]
+        if not 0 <= int(experiment) < self._n:
+            raise IndexError(experiment)
+        return self._files.get(object_stem(int(experiment)))
+
+
+def _map_files(
+    directory: Path, manifest: FrameManifest | GroupingManifest, tables_in_memory: bool = False
+) -> BuildFiles:
+    """Each file of a build mapped as its manifest entry says (its size and header checked on
+    the way), by stem. ``tables_in_memory``: the tables (positions, groups, scales; about 1 %
+    of the patterns' bytes) are read into memory and their mappings closed, and objects are
+    mapped only when first used, so that the build holds a file descriptor only for the files
+    a batch reads."""
+    arrays = BuildFiles()
+    for name, entry in manifest.files.items():
+        stem, path = npy_stem(name), directory / name
+        if not tables_in_memory or stem in _LARGE:
+            arrays[stem] = map_npy(path, entry)
+        elif stem.startswith(OBJECT_PREFIX):
+            check_npy(path, entry)
+            arrays[stem] = functools.partial(map_npy, path, entry)
+        else:
+            arrays[stem] = np.array(map_npy(path, entry))
+    return arrays

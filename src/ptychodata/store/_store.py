@@ -47,6 +47,14 @@ class Store:
         Indices of the grouping's groups this store serves (default all).
     sorted_reads, threads
         See :func:`open_store`.
+    reader_locks : bool
+        Hold reader locks on the builds (default), so that collection and removal skip them.
+        False where a holder pins the builds instead (a dataset does): no descriptor is then
+        held for locks.
+    tables_in_memory : bool
+        Read the small tables (positions, groups, scales: about 1 % of the patterns' bytes)
+        into memory, so that only the patterns hold a file descriptor (a dataset of a
+        thousand scans then opens under a limit of 1024 descriptors).
     """
 
     def __init__(
@@ -57,9 +65,14 @@ class Store:
         groups: np.ndarray | None = None,
         sorted_reads: bool = False,
         threads: int | None = None,
+        reader_locks: bool = True,
+        tables_in_memory: bool = False,
     ):
         self.path = Path(path).expanduser().resolve()
-        self._build: OpenBuild | None = OpenBuild(self.path, build_id)
+        self._build: OpenBuild | None = OpenBuild(
+            self.path, build_id, reader_locks=reader_locks, tables_in_memory=tables_in_memory
+        )
+        self._held = {"reader_locks": bool(reader_locks), "tables_in_memory": bool(tables_in_memory)}
         build = self._build
         self.build_id = build.grouping.build_id
         self.frames_build_id = build.frames.build_id
@@ -111,6 +124,7 @@ class Store:
             "groups": self._selection,
             "sorted_reads": self.sorted_reads,
             "threads": self.threads,
+            **self._held,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -120,6 +134,8 @@ class Store:
             groups=state["groups"],
             sorted_reads=state["sorted_reads"],
             threads=state["threads"],
+            reader_locks=state.get("reader_locks", True),
+            tables_in_memory=state.get("tables_in_memory", False),
         )
 
     # ------------------------------------------------------------------ sizes
@@ -462,6 +478,7 @@ class Store:
             groups=self.group_indices[index],
             sorted_reads=self.sorted_reads,
             threads=self.threads,
+            **self._held,
         )
 
     def split(

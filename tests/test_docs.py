@@ -91,3 +91,48 @@ def test_blocks_run(page, tmp_path, monkeypatch):
                 status = cli_main(words[1:])
                 assert status == expected, f"{where}: {shlex.join(words)!r} exited with status {status}, " \
                     f"expected {expected}"  # fmt: skip
+
+
+def _hooks():
+    pytest.importorskip("mkdocs")
+    pytest.importorskip("griffe")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("docs_hooks", ROOT / "tools" / "docs_hooks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_api_reference_lists_every_public_name():
+    import ptychodata
+    import ptychodata.dataset
+    import ptychodata.errors
+    import ptychodata.io
+    import ptychodata.store
+
+    hooks = _hooks()
+    pages = hooks._api_pages(hooks._load_package())
+    text = "\n".join(pages.values())
+    modules = [ptychodata, ptychodata.dataset, ptychodata.errors, ptychodata.io, ptychodata.store]
+    try:
+        import ptychodata.torch
+    except ImportError:  # without torch the torch page is still generated (statically); not checked here
+        pass
+    else:
+        modules.append(ptychodata.torch)
+    for module in modules:
+        for name in module.__all__:
+            if name == "__version__" or f"reference/api/{module.__name__}.{name}.md" in pages:
+                continue  # the version is stated; a name that is also a module has its own page
+            assert f"::: {module.__name__}.{name}\n" in text or f"[`{name}`][ptychodata." in text, \
+                f"{module.__name__}.{name} is not in the API reference"  # fmt: skip
+
+
+def test_the_command_line_reference_has_every_command():
+    from ptychodata.cli import build_parser
+
+    page = _hooks()._cli_page()
+    for action in build_parser()._actions:
+        for name in getattr(action, "choices", None) or ():
+            assert f"## `ptychodata {name}`" in page

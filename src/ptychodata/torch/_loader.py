@@ -13,6 +13,7 @@ from ptychodata.errors import ParameterError
 from ptychodata.torch._background import in_background
 from ptychodata.torch._checks import check_with_Y
 from ptychodata.torch._dataset import GroupedDataset, collate_batch
+from ptychodata.torch._joined import JoinedScans
 from ptychodata.torch._resident import DeviceStore
 from ptychodata.torch._resident_batches import ResidentBatches
 from ptychodata.torch._sampler import GroupSampler
@@ -135,6 +136,16 @@ def make_loader(
     compact; ``"float32"``, ``"float16"``, ``"bfloat16"``, ``"uint16"``). ``shard_by="block"``
     or ``"scan"`` gives each rank only a share of the frames and serves its batches from it
     (every group once per epoch across the ranks; :mod:`ptychodata.torch._shard`).
+
+    A dataset (:func:`~ptychodata.open_dataset`, or a split of one) is loaded as a store
+    is, on the host or resident (every scan's frames in one device table; batches those of
+    :meth:`DatasetStore.batch <ptychodata.dataset.DatasetStore.batch>`). Both loaders
+    build one sampler the same way: its epochs follow the dataset's group keys and mixing
+    weights, so the host and the resident loader serve the same groups in the same order
+    epoch after epoch, and their states (with the dataset's fingerprint) resume alike
+    (``load_state_dict(state, on_dataset_change=...)``). ``shard_by`` over a dataset needs
+    one without weights (``"scan"`` deals whole scans); its order is the sharded one, and
+    a state saved on another build of the dataset resumes only at the next epoch.
     """
     if resident:
         if layout != "default":
@@ -196,8 +207,7 @@ def _host_loader(
         layout=layout,
         probe_scale=probe_scale,
     )
-    keys = dataset.store.group_keys() if isinstance(dataset.store, DatasetStore) else None
-    sampler = _sampler(len(dataset), batch_size, shuffle, seed, drop_last, distributed, keys)
+    sampler = _sampler(dataset, batch_size, shuffle, seed, drop_last, distributed)
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_sampler=sampler,
@@ -213,22 +223,36 @@ def _host_loader(
 
 
 def _sampler(
-    n_groups: int,
+    source: Any,
     batch_size: int,
     shuffle: bool,
     seed: int,
     drop_last: bool,
     distributed: bool | None,
-    keys: GroupKeys | None = None,
 ) -> GroupSampler:
-    """The loader's sampler: sharded by the initialised ``torch.distributed`` group when
+    """The loader's sampler over the groups of ``source`` (a :class:`GroupedDataset` or a
+    :class:`DeviceStore`), the same for the host and the resident loader: ordered by the
+    dataset's group keys and weights where the groups are a dataset's
+    (its group keys); sharded by the initialised ``torch.distributed`` group when
     ``distributed`` is True, or None and one is initialised; else one replica."""
     if distributed is None:
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     replicas = {} if distributed else {"num_replicas": 1, "rank": 0}
     return GroupSampler(
-        n_groups, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last, keys=keys, **replicas
+        len(source), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last, keys=_dataset_keys(source),
+        **replicas,
     )
+
+
+def _dataset_keys(source: Any) -> GroupKeys | None:
+    """The group keys (:meth:`DatasetStore.group_keys`: identities and mixing weights) of
+    the dataset whose groups ``source`` serves (a :class:`DatasetStore`, a
+    :class:`GroupedDataset` or a :class:`DeviceStore` of one); None for a store's groups."""
+    if isinstance(source, GroupedDataset):
+        source = source.store
+    if isinstance(source, DeviceStore) and isinstance(source.store, JoinedScans):
+        source = source.store.dataset
+    return source.group_keys() if isinstance(source, DatasetStore) else None
 
 
 def _resident_loader(
@@ -273,6 +297,6 @@ def _resident_loader(
         else:
             dataset = DeviceStore(store, device, frames=frames)
     if shard is None:
-        sampler = _sampler(len(dataset), batch_size, shuffle, seed, drop_last, distributed)
+        sampler = _sampler(dataset, batch_size, shuffle, seed, drop_last, distributed)
     batches = ResidentBatches(dataset, sampler, with_Y=with_Y is True, as_tensordict=as_tensordict, shard=shard)
     return GroupLoader(batches, sampler, background=0)

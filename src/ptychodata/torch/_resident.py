@@ -1,4 +1,5 @@
-"""GPU-resident loading: a store's frames and tables held in device memory, batches gathered there.
+"""GPU-resident loading: a store's (or a dataset's) frames and tables held in device memory,
+batches gathered there.
 
 A :class:`DeviceStore` copies what a §7 batch is made of to a device once (patterns, probes,
 each group's members, experiment, centre and relative coordinates, and the §5 scales), and
@@ -10,7 +11,9 @@ those of :meth:`ptychodata.store.Store.batch`, bit for bit
 from the objects by :class:`~ptychodata.torch.PatchExtractor`, which matches NumPy's patches
 to float32 tolerance. :func:`~ptychodata.torch.make_loader` with ``resident=True`` serves
 them in the order of the same :class:`~ptychodata.torch.GroupSampler` (sharding, resume):
-:mod:`ptychodata.torch._resident_batches`.
+:mod:`ptychodata.torch._resident_batches`. A :class:`~ptychodata.dataset.DatasetStore` is
+held as one store whose experiment ``k`` is scan ``k`` (:mod:`ptychodata.torch._joined`):
+its batches are :meth:`~ptychodata.dataset.DatasetStore.batch`'s, bit for bit.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from ptychodata.store import (
 )
 from ptychodata.torch._dtypes import torch_dtype
 from ptychodata.torch._held_frames import choose_kernel, convert_rows, gather_decode, held_encoding, to_torch
+from ptychodata.torch._joined import JoinedScans
 from ptychodata.torch._patches import PatchExtractor
 
 __all__ = ["DeviceStore"]
@@ -42,10 +46,19 @@ _CHUNK_BYTES = 64 << 20  # host memory used at a time while frames are copied to
 _GATHER_BYTES = 128 << 20  # bytes of batches gathered by one launch (at least one batch)
 
 
-
 def _dtype(key: str) -> np.dtype:
     """The dtype of batch field ``key`` (:data:`~ptychodata.store.DEFAULT_SCHEMA`)."""
     return DEFAULT_SCHEMA.field(key).dtype
+
+
+def _no_probe(store: Store | JoinedScans) -> str:
+    """What a store or dataset without a probe for every experiment (scan) is refused with."""
+    if isinstance(store, JoinedScans):
+        return (f"dataset {store.name!r}: scan(s) {', '.join(store.scans_without_probe)} have no probe; resident "
+                "loading needs one per scan (use the host loader, make_loader(dataset, ...) without resident=True, "
+                "or remove those scans)")
+    return (f"{store.path}: a source of this store has no probe; resident loading needs one per experiment "
+            "(use the host loader, make_loader(store, ...) without resident=True)")
 
 
 @dataclass
@@ -73,11 +86,22 @@ class _Pass:
 
 
 class DeviceStore:
-    """A store's groups with their frames, probes and coordinates resident on one device.
+    """A store's (or a dataset's) groups with their frames, probes and coordinates resident
+    on one device.
 
     Frames are copied once (in chunks of bounded host memory); every batch is then
     gathered on the device. Only the patterns that this store's groups use are held (a
     split's validation store holds its own frames, not the whole scan's).
+
+    A :class:`~ptychodata.dataset.DatasetStore` (a build, split or subset) is held as one
+    table of every scan's frames: a batch's ``nn_indices`` count patterns across the
+    dataset, ``experiment_id`` is the scan's position, each scan's probe, mask and
+    ``x_scale`` apply to its rows, and ``group_index`` counts the dataset's groups, as in
+    :meth:`DatasetStore.batch <ptychodata.dataset.DatasetStore.batch>`, whose batches these
+    are bit for bit (``Y`` as for a store). Every scan needs a probe (a dataset with scans
+    that lack one is refused, naming them); compact frames are held compact as for a store
+    (a dataset's scans share one encoding). Frames are read from each scan's memory map a
+    chunk at a time: no host copy of the whole dataset is made.
 
     In data-parallel training each rank builds its own ``DeviceStore`` on its own device
     and holds every frame of the store: :class:`~ptychodata.torch.GroupSampler` deals a new
@@ -90,8 +114,8 @@ class DeviceStore:
 
     Parameters
     ----------
-    store : Store or path
-        An opened store (or a split/subset of one).
+    store : Store, DatasetStore or path
+        An opened store or dataset (or a split/subset of one).
     device : torch.device or str
         Where to hold the data, e.g. ``"cuda"``, ``"cuda:1"`` or ``"cpu"``.
     frames : {None, "float32", "float16", "bfloat16", "uint16"}
@@ -114,7 +138,8 @@ class DeviceStore:
     with_Y : bool
         Prepare ground truth now (stored patches copied to the device, or a
         :class:`~ptychodata.torch.PatchExtractor` of the objects); otherwise it is prepared
-        the first time a batch asks for ``Y``.
+        the first time a batch asks for ``Y``. A dataset's scans all have stored patches or
+        none has (then Y is cut from every scan's object); a mix is refused, naming the scans.
     gather_bytes : int
         Consecutive batches of a pass are gathered together by one launch writing about
         this many bytes (at least one batch), and handed out as views of it: the launch and
@@ -155,20 +180,14 @@ class DeviceStore:
         kernel: str = "auto",
     ):
         if isinstance(store, DatasetStore):
-            raise ParameterError(
-                f"dataset {store.name!r}: GPU-resident loading serves one store; load a dataset with the host "
-                "loader (make_loader(dataset, ...)), or one scan's store (dataset.stores[k]) resident"
-            )
-        self.store = store if isinstance(store, Store) else open_store(store)
+            store = JoinedScans(store)
+        self.store = store if isinstance(store, (Store, JoinedScans)) else open_store(store)
         store = self.store
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ParameterError(f"device={str(device)!r}: CUDA is not available here; use device='cpu'")
         if not store.has_probe:
-            raise ParameterError(
-                f"{store.path}: a source of this store has no probe; resident loading needs one per experiment "
-                "(use the host loader, make_loader(store, ...) without resident=True)"
-            )
+            raise ParameterError(_no_probe(store))
         self.N, self.C = store.N, store.C
         self.chunk_bytes = int(chunk_bytes)
         if gather_bytes is None:

@@ -21,6 +21,11 @@ of ranks or batch size. It also takes a :class:`~ptychodata.torch.GroupSampler` 
 host loader's, or an unsharded resident loader's): the groups its global order had consumed
 are skipped. A sharded state is for sharded loaders only (a ``GroupSampler`` would read its
 ``consumed`` as a position in its own order).
+
+Datasets (:class:`~ptychodata.dataset.DatasetStore`, without mixing weights): ``"scan"`` deals
+whole scans; the epoch order is the sharded one above, not the dataset's key order, and a
+state carries the dataset's fingerprint: a state of another build of the dataset is refused
+(``"strict"``) or resumed at the next epoch (``"next_epoch"``).
 """
 
 from __future__ import annotations
@@ -34,7 +39,9 @@ import torch
 import torch.distributed as dist
 
 from ptychodata._runtime import check_int
-from ptychodata.errors import ParameterError
+from ptychodata.dataset import DatasetStore, GroupKeys
+from ptychodata.errors import DatasetChangedError, ParameterError
+from ptychodata.torch._joined import JoinedScans
 from ptychodata.torch._resident import DeviceStore
 from ptychodata.torch._sampler import GroupSampler
 
@@ -62,11 +69,14 @@ class Sharding:
 
     @classmethod
     def of_store(cls, store: Any, by: str) -> Sharding:
-        """The sharding of ``store``'s groups (a Store or a subset of one)."""
+        """The sharding of ``store``'s groups (a Store or a DatasetStore, or a subset of one;
+        a dataset's experiments are its scans)."""
         if by not in SHARD_BY:
             raise ParameterError(f"shard_by={by!r}; expected one of {SHARD_BY}")
         if by == "block":
             return cls(by, len(store))
+        if isinstance(store, DatasetStore):
+            store = JoinedScans(store)
         return cls(by, len(store), np.asarray(store.group_experiment, np.int64), _patterns_used(store))
 
     def shards(self, num_replicas: int) -> list[np.ndarray]:
@@ -119,6 +129,10 @@ class ShardSampler(torch.utils.data.Sampler):
     drop_last : bool
     num_replicas, rank : int, optional
         World size and rank; default from ``torch.distributed`` when initialised, else 1 and 0.
+    keys : GroupKeys, optional
+        A dataset's group keys (:meth:`~ptychodata.dataset.DatasetStore.group_keys`, without
+        mixing weights): states then carry the dataset's fingerprint, and a state of another
+        build of it is refused or resumed at the next epoch (:meth:`load_state_dict`).
     """
 
     def __init__(
@@ -131,8 +145,14 @@ class ShardSampler(torch.utils.data.Sampler):
         drop_last: bool = False,
         num_replicas: int | None = None,
         rank: int | None = None,
+        keys: GroupKeys | None = None,
     ):
         check_int("batch_size", batch_size)
+        if keys is not None and keys.mixing is not None:
+            raise ParameterError("keys with mixing weights; a sharded sampler serves every group once an epoch")
+        if keys is not None and len(keys.identities) != sharding.n_groups:
+            raise ParameterError(f"keys for {len(keys.identities)} groups, but the sharding has {sharding.n_groups}")
+        self.keys = keys
         distributed = dist.is_available() and dist.is_initialized()
         self.num_replicas = num_replicas if num_replicas is not None else (dist.get_world_size() if distributed else 1)
         self.rank = rank if rank is not None else (dist.get_rank() if distributed else 0)
@@ -218,7 +238,7 @@ class ShardSampler(torch.utils.data.Sampler):
         for part in self._served_before:
             if "plain" in part:
                 order = GroupSampler(self.n_groups, 1, shuffle=self.shuffle, seed=self.seed, num_replicas=1,
-                                     rank=0).global_order(self.epoch)
+                                     rank=0, keys=self.keys).global_order(self.epoch)
                 served[order[: part["plain"]]] = True
                 continue
             remaining, whole = self._orders(part["num_replicas"], served)
@@ -269,8 +289,11 @@ class ShardSampler(torch.utils.data.Sampler):
             parts.append({"num_replicas": self.num_replicas, "batch_size": self.batch_size,
                           "drop_last": self.drop_last, "steps": steps})
         served = self._count_served(parts)
-        return {"epoch": self.epoch, "seed": self.seed, "shuffle": self.shuffle, "n_groups": self.n_groups,
-                "consumed": served, "shard": {"by": self.sharding.by, "parts": parts}}
+        state = {"epoch": self.epoch, "seed": self.seed, "shuffle": self.shuffle, "n_groups": self.n_groups,
+                 "consumed": served, "shard": {"by": self.sharding.by, "parts": parts}}
+        if self.keys is not None:
+            state.update(fingerprint=self.keys.fingerprint, uids=list(self.keys.uids))
+        return state
 
     def _count_served(self, parts: list[dict[str, Any]]) -> int:
         saved = self._served_before
@@ -283,12 +306,26 @@ class ShardSampler(torch.utils.data.Sampler):
 
     def load_state_dict(self, state: dict[str, Any], on_dataset_change: str = "strict") -> None:
         """Resume from ``state`` (this sampler's, with any number of ranks or batch size, or a
-        :class:`~ptychodata.torch.GroupSampler`'s): the next pass serves what remained."""
+        :class:`~ptychodata.torch.GroupSampler`'s): the next pass serves what remained.
+
+        ``on_dataset_change`` for a dataset's loader whose state was saved on another build
+        of the dataset: ``"strict"`` raises :class:`~ptychodata.errors.DatasetChangedError`
+        naming the scans added and removed; ``"next_epoch"`` starts the epoch after the saved
+        one. ``"continue"`` is refused: a sharded order is dealt per rank, not by the
+        dataset's group keys, so it cannot go on where a changed dataset's order stood.
+        """
+        if on_dataset_change not in ("strict", "continue", "next_epoch"):
+            raise ParameterError(
+                f"on_dataset_change={on_dataset_change!r}; expected one of 'strict', 'continue', 'next_epoch'"
+            )
         if not isinstance(state, dict) or any(key not in state for key in ("epoch", "seed", "shuffle", "n_groups",
                                                                            "consumed")):
             raise ParameterError("state: expected the dict a loader's state_dict() returned")
-        if state.get("fingerprint") is not None:
-            raise ParameterError("state is a dataset's (it has a fingerprint); sharded resident loading serves one store")
+        if self._dataset_changed(state, on_dataset_change):
+            return
+        if "epoch_length" in state:
+            raise ParameterError("state is of a loader that follows mixing weights; a sharded loader serves every "
+                                 "group once an epoch, so it cannot resume it")
         if int(state["n_groups"]) != self.n_groups:
             raise ParameterError(f"state is for {state['n_groups']} groups, this sampler has {self.n_groups}")
         self.epoch = check_int("state['epoch']", state["epoch"], minimum=0)
@@ -311,6 +348,38 @@ class ShardSampler(torch.utils.data.Sampler):
         self._yielded, self._pass_complete, self._resume_pending = 0, False, True
 
 
+    def _dataset_changed(self, state: dict[str, Any], mode: str) -> bool:
+        """Whether ``state`` is of another build of this loader's dataset and was handled (the
+        next epoch started); refuses a store's state for a dataset and the reverse."""
+        saved = state.get("fingerprint")
+        own = None if self.keys is None else self.keys.fingerprint
+        if saved is None and own is None or saved == own:
+            return False
+        if own is None:
+            raise ParameterError("state is a dataset's (it has a fingerprint); this sharded loader serves one store")
+        if saved is None:
+            raise ParameterError(f"state is a store's (it has no fingerprint); this loader serves dataset build "
+                                 f"{own[:12]}")
+        if mode == "strict":
+            added = sorted(set(self.keys.uids) - set(state.get("uids", ())))
+            removed = sorted(set(state.get("uids", ())) - set(self.keys.uids))
+            raise DatasetChangedError(
+                f"the dataset changed since the state was saved (build {str(saved)[:12]} -> {own[:12]}): scans "
+                f"added {added or 'none'}, removed {removed or 'none'}; pass on_dataset_change='next_epoch' to "
+                "resume at the next epoch"
+            )
+        if mode == "continue":
+            raise ParameterError(
+                "on_dataset_change='continue' with shard_by: a sharded order is dealt per rank, not by the dataset's "
+                "group keys, so it cannot continue on a changed dataset; pass on_dataset_change='next_epoch'"
+            )
+        self.seed, self.shuffle = int(state["seed"]), bool(state["shuffle"])
+        self.epoch = check_int("state['epoch']", state["epoch"], minimum=0) + 1
+        self._served_before, self._start_steps = [], 0
+        self._yielded, self._pass_complete, self._resume_pending = 0, False, True
+        return True
+
+
 def sharded_resident(
     store: Any,
     batch_size: int,
@@ -326,12 +395,27 @@ def sharded_resident(
     """This rank's :class:`ShardSampler` and a :class:`~ptychodata.torch.DeviceStore` of its
     shard (``store.subset(shard)``: only the frames its groups use), on ``device``.
 
+    ``store`` may be a :class:`~ptychodata.dataset.DatasetStore` without mixing weights:
+    ``"scan"`` then deals whole scans, balanced by their patterns, and the sampler's states
+    carry the dataset's fingerprint. Its epochs are the sharded order (module docstring),
+    not the dataset's key order of the unsharded loaders. A dataset with weights is refused:
+    a sharded epoch serves every group once.
+
     ``distributed=None`` shards over the initialised ``torch.distributed`` group, if any;
     False holds one shard of everything.
     """
     if distributed is None:
         distributed = dist.is_available() and dist.is_initialized()
     replicas = {} if distributed else {"num_replicas": 1, "rank": 0}
+    keys = None
+    if isinstance(store, DatasetStore):
+        if store.weights is not None:
+            raise ParameterError(
+                f"dataset {store.name!r} has mixing weights, and shard_by={shard_by!r} serves every group once an "
+                "epoch in a sharded order; use make_loader(dataset, ..., resident=True) without shard_by (each rank "
+                "holds every scan), or dataset.without_weights()"
+            )
+        keys = store.group_keys()
     sampler = ShardSampler(Sharding.of_store(store, shard_by), batch_size, shuffle=shuffle, seed=seed,
-                           drop_last=drop_last, **replicas)
+                           drop_last=drop_last, keys=keys, **replicas)
     return DeviceStore(store.subset(sampler.shard), device, frames=frames), sampler

@@ -240,3 +240,37 @@ def test_sharding_by_scan_deals_whole_scans_and_serves_each_group_once(dataset, 
         with open_dataset("sharded", cache_dir=cache) as weighted, \
                 pytest.raises(ParameterError, match="has mixing weights, and shard_by='scan'"):
             make_loader(weighted, 16, resident=True, device="cpu", shard_by="scan")
+
+
+def test_a_materialized_dataset_serves_its_stored_X(files, cache):
+    made = Dataset.create("materialized", CONFIG, cache_dir=cache, materialize=True)
+    made.add(files["plain"][1:3])
+    with open_dataset("materialized", cache_dir=cache) as data:
+        assert all(store.materialized_X is not None for store in data.stores)
+        view = data.subset(np.random.default_rng(4).permutation(len(data))[: len(data) // 2])
+        try:
+            held = DeviceStore(view, "cpu")
+            assert held.materialized and held.frames.shape == (len(view) * data.C, 16, 16)
+            index = np.arange(len(view))[::-1]
+            assert_same_batch(held.batch(index), view.batch(index, reuse=False), "cpu")
+        finally:
+            view.close()
+
+
+def test_joined_rows_read_slices_and_rows_across_parts():
+    from ptychodata.torch._joined import JoinedRows
+
+    parts = [np.arange(n * 2).reshape(n, 2) + 100 * k for k, n in enumerate((3, 0, 4, 2))]
+    whole = np.concatenate(parts)
+    rows = JoinedRows(parts, np.concatenate([[0], np.cumsum([len(p) for p in parts])]))
+    assert rows.shape == whole.shape and len(rows) == 9
+    for chosen in (slice(None), slice(2, 6), slice(5, 5), slice(1, 9, 3)):
+        np.testing.assert_array_equal(rows[chosen], whole[chosen])
+    for index in ([8, 0, 3, 4, 2], [4, 5, 6], []):
+        np.testing.assert_array_equal(rows[np.array(index, np.int64)], whole[np.array(index, np.int64)])
+    with pytest.raises(IndexError, match="row 9 out of range for 9 rows"):
+        rows[np.array([1, 9])]
+    select = np.array([7, 1, 1, 4])
+    picked = JoinedRows(parts, rows.offsets, select=select)
+    np.testing.assert_array_equal(picked[1:4], whole[select[1:4]])
+    np.testing.assert_array_equal(np.asarray(picked), whole[select])

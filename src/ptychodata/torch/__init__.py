@@ -6,8 +6,8 @@ Modules, by job: ``_dataset`` (:class:`GroupedDataset`), ``_shared_batch`` (a ba
 buffer), ``_sampler`` (:class:`GroupSampler`), ``_loader`` (:func:`make_loader`,
 :class:`GroupLoader`), ``_background`` (a loader iterated ahead in a thread), ``_to_device``
 (:func:`to_device`), ``_resident`` (:class:`DeviceStore`), ``_held_frames`` (how it holds
-frames: float32 or compact, decoded in the gather), ``_resident_batches`` (its batches in a
-sampler's order), ``_shard`` (:class:`ShardSampler`: a share of the frames per rank),
+frames: float32 or compact, decoded in the gather), ``_joined`` (a dataset's scans read as one
+store, for it), ``_resident_batches`` (its batches in a sampler's order), ``_shard`` (:class:`ShardSampler`: a share of the frames per rank),
 ``_patches`` (:class:`PatchExtractor`), ``_ptycho_torch`` (ptycho_torch's batch tuple);
 ``_checks``, ``_dtypes`` and ``_tensordict`` are what these share.
 """

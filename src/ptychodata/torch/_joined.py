@@ -57,6 +57,7 @@ class JoinedScans:
             raise ParameterError(f"dataset {dataset.name!r}: scan(s) {', '.join(plain)} are not materialized, the "
                                  "others are; a device holds X materialized for every scan or for none")
         self._materialized = all(materialized)
+        self._any_mask = any(store.mask(0) is not None for store in stores)
         self._group_offsets = dataset.group_offsets
         self._pattern_offsets = dataset.pattern_offsets
         served = dataset.group_indices
@@ -128,7 +129,7 @@ class JoinedScans:
     def mask(self, experiment: int = 0) -> np.ndarray | None:
         """Scan ``experiment``'s mask; every pixel usable for a scan without one where another
         scan has one (as a dataset's batches fill it); None where no scan has a mask."""
-        if all(store.mask(0) is None for store in self.dataset.stores):
+        if not self._any_mask:
             return None
         mask = self.dataset.mask(experiment)
         return np.ones((self.N, self.N), bool) if mask is None else mask

@@ -14,10 +14,12 @@ from typing import Any
 import numpy as np
 
 from ptychodata._runtime import jsonable
+from ptychodata.errors import PtychodataError
 from ptychodata.io import (
     CountsEvidence,
     LoadOptions,
     assemble,
+    check_links,
     filters_of,
     invalid_patterns,
     open_container,
@@ -336,7 +338,6 @@ def describe_file(path: str | Any, *, max_patterns: int = _SAMPLE_PATTERNS, **op
     import warnings
     from pathlib import Path
 
-    from ptychodata.errors import PtychodataError
 
     path = Path(path)
     kind = sniff(path)
@@ -354,6 +355,7 @@ def describe_file(path: str | Any, *, max_patterns: int = _SAMPLE_PATTERNS, **op
             decided = plan(raw, load_options)
             result["evidence"] = _evidence(raw, decided)
             scan = ScanData(**assemble(raw, load_options, decided=decided))
+            scan.check_values()  # what load refuses is the problem here too
         except PtychodataError as exc:
             result["problem"] = str(exc)
             scan = None
@@ -382,7 +384,11 @@ def _tree(container: Any) -> list[dict[str, Any]]:
             link = group.get(name, getlink=True)
             target = link.path if isinstance(link, (h5py.SoftLink, h5py.ExternalLink)) else None
             try:
+                check_links(h5, item_path)  # never follow a link to a FIFO or device
                 item = group[name]
+            except PtychodataError as exc:
+                entries.append({"path": item_path, "link": target, "refused": str(exc)})
+                continue
             except (KeyError, OSError, RuntimeError):
                 entries.append({"path": item_path, "link": target, "broken": True})
                 continue
@@ -434,6 +440,9 @@ def format_description(description: dict[str, Any]) -> str:
                                     "--key xcoords=PATH --key ycoords=PATH (or --key positions=PATH)"))
     lines.append("contents")
     for entry in description["tree"]:
+        if entry.get("refused"):
+            lines.append(f"  {entry['path']:<44} not followed: {entry['refused']}")
+            continue
         if entry.get("broken"):
             lines.append(f"  {entry['path']:<44} broken link -> {entry['link']}")
             continue

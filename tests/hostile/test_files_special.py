@@ -17,7 +17,7 @@ import pytest
 from ptychodata.errors import ScanDataError, ScanFileNotFoundError, ScanFormatError
 
 from . import _files
-from ._harness import FULL, assert_cache_intact, expect_cli_error, expect_error, run_case, run_cli, snapshot
+from ._harness import assert_cache_intact, expect_cli_error, expect_error, run_case, run_cli, snapshot
 
 TIMEOUT = 20.0  # refusing needs no reading at all; a blocked open would hit this
 
@@ -163,12 +163,7 @@ HDF5_ELSEWHERE = {"link-fifo": "FIFO", "link-device": "character device", "stora
 
 @pytest.mark.parametrize("how", list(HDF5_ELSEWHERE))
 @pytest.mark.parametrize("entry", ["load", "describe"])
-def test_hdf5_data_in_a_special_file_is_refused_without_opening_it(entry, how, tmp_path, request):
-    if (entry, how) == ("describe", "link-fifo"):
-        if not FULL:
-            pytest.skip("blocks until the inspect tree checks external links with ptychodata.io.check_links (run it "
-                        "with PTYCHODATA_HOSTILE_FULL=1)")
-        request.applymarker(pytest.mark.xfail(strict=True, reason="summary._tree follows external links unchecked"))
+def test_hdf5_data_in_a_special_file_is_refused_without_opening_it(entry, how, tmp_path):
     path = _cxi_with_patterns_elsewhere(tmp_path, how)
     outcome = run_case(getattr(_files, entry), path, timeout=TIMEOUT)
     if entry == "describe" and outcome.kind == "ok":  # inspect reports it as the problem (exit status 1)

@@ -173,6 +173,19 @@ def test_convert_streams_a_cxi_to_our_npz(tmp_path, capsys):
     assert "--key 'diffraction': expected NAME=PATH" in capsys.readouterr().err
 
 
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -1.0])
+def test_inspect_names_the_values_load_refuses_and_exits_1(tmp_path, capsys, bad):
+    good = simulate(n_points=20, N=16, seed=2, progress=False).save(tmp_path / "good.npz")
+    with np.load(good) as arrays:
+        members = {key: arrays[key] for key in arrays.files}
+    members["diff3d"][4, 3, 3] = bad  # written as a file may be: ScanData itself refuses it
+    path = tmp_path / "bad.npz"
+    np.savez(path, **members)
+    assert main(["inspect", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "PROBLEM" in out and "pattern 4" in out
+
 def test_inspect_missing_file(tmp_path, capsys):
     assert main(["inspect", str(tmp_path / "absent.npz")]) == 2
     assert "no such file" in capsys.readouterr().err

@@ -1,7 +1,7 @@
 """Datasets of many scans: the cost of changing one, the loader over one, the epoch order.
 
     python benchmarks/bench_dataset.py [--scans 100] [--points 256] [--N 64] [--workdir DIR]
-                                       [--only {changes,loader,order}]
+                                       [--only {changes,loader,order,descriptors}]
 
 Targets, each printed beside its figure from the same run:
   add 1 scan to a dataset of --scans   <= 1.1 x prepare_scan of it alone in a fresh process + 0.5 s;
@@ -12,6 +12,7 @@ Targets, each printed beside its figure from the same run:
   host loader over the dataset         >= 0.9 x groups/s of the same patterns as one store
                                        (gridsize 2, batch 64, no workers)
   epoch order of 10^7 groups           <= 1.5 s on one core, <= 80 MB of extra memory
+  a dataset of 1000 small scans        opens and serves every group under ulimit -n 1024
 """
 
 from __future__ import annotations
@@ -127,6 +128,33 @@ def bench_loader(paths: list[Path], workdir: Path) -> None:
     )
 
 
+OPEN_UNDER_LIMIT = """
+import os, resource, sys
+import numpy as np
+from ptychodata import open_dataset
+resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[2]), int(sys.argv[2])))
+with open_dataset("many", cache_dir=sys.argv[1]) as data:
+    served = sum(len(data.batch(part)["X"]) for part in np.array_split(np.arange(len(data)), 64))
+    print(data.n_experiments, served, len(data), len(os.listdir("/proc/self/fd")))
+"""
+
+
+def bench_descriptors(workdir: Path, n_scans: int = 1000, limit: int = 1024) -> None:
+    """Open a dataset of ``n_scans`` small scans in a process whose descriptor limit is ``limit``."""
+    (workdir / "scans").mkdir()
+    paths = write_scans(workdir / "scans", n_scans, 16, 16)
+    dataset = Dataset.create("many", CONFIG, cache_dir=workdir / "cache")
+    start = time.perf_counter()
+    dataset.add(paths)
+    print(f"setup: {n_scans} scans of 16 patterns added in {time.perf_counter() - start:.1f} s")
+    run = subprocess.run([sys.executable, "-c", OPEN_UNDER_LIMIT, str(workdir / "cache"), str(limit)],
+                         capture_output=True, text=True)
+    fields = run.stdout.split()
+    ok = run.returncode == 0 and len(fields) == 4 and fields[0] == str(n_scans) and fields[1] == fields[2]
+    value = f"{fields[1]} groups, {fields[3]} fds" if ok else (run.stderr.strip().splitlines() or ["failed"])[-1][:60]
+    report(f"open {n_scans} scans, serve every group", value, f"ulimit -n {limit}", ok)
+
+
 def bench_order(n_groups: int = 10_000_000, n_scans: int = 1000) -> None:
     uids = [f"{k:020x}" for k in range(n_scans)]
     scan = np.repeat(np.arange(n_scans), n_groups // n_scans)
@@ -149,7 +177,8 @@ def main() -> None:
     parser.add_argument("--points", type=int, default=256)
     parser.add_argument("--N", type=int, default=64)
     parser.add_argument("--workdir", type=Path)
-    parser.add_argument("--only", choices=("changes", "loader", "order"), help="run one part (default all)")
+    parser.add_argument("--only", choices=("changes", "loader", "order", "descriptors"),
+                        help="run one part (default all)")
     args = parser.parse_args()
     print(f"machine: {machine()}")
     if args.only in (None, "changes", "loader"):
@@ -163,6 +192,9 @@ def main() -> None:
                 bench_loader(paths[:-1], workdir)
     if args.only in (None, "order"):
         bench_order()
+    if args.only in (None, "descriptors"):
+        with tempfile.TemporaryDirectory(dir=args.workdir) as folder:
+            bench_descriptors(Path(folder))
 
 
 if __name__ == "__main__":

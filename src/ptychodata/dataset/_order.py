@@ -285,6 +285,8 @@ class GroupKeys:
         Weights: groups per scan and epoch, strata, resampling and batching.
     scan : ndarray of shape (B,), int32, or None
         Each group's scan (an index into ``uids``), kept with ``mixing``.
+    names : tuple of str
+        The scans' file names, as ``uids`` (empty where not known): for messages.
     """
 
     identities: np.ndarray = field(repr=False)
@@ -292,19 +294,26 @@ class GroupKeys:
     uids: tuple[str, ...]
     mixing: Mixing | None = None
     scan: np.ndarray | None = field(default=None, repr=False)
+    names: tuple[str, ...] = ()
 
     @classmethod
     def of(
-        cls, uids: list[str], scan: np.ndarray, local: np.ndarray, fingerprint: str, *, mixing: Mixing | None = None
+        cls, uids: list[str], scan: np.ndarray, local: np.ndarray, fingerprint: str, *, mixing: Mixing | None = None,
+        names: list[str] | tuple[str, ...] = (),
     ) -> GroupKeys:
-        """Keys of the groups ``local[i]`` of scans ``uids[scan[i]]``."""
+        """Keys of the groups ``local[i]`` of scans ``uids[scan[i]]`` (whose file names are ``names``)."""
         uid64 = np.array([_uid64(uid) for uid in uids], np.uint64)
         scan = np.asarray(scan, np.int64)
         identities = np.asarray(local, np.int64).astype(np.uint64)
         np.bitwise_xor(identities, uid64[scan], out=identities)
         identities = mix64(identities, out=identities)
         kept = scan.astype(np.int32) if mixing is not None else None
-        return cls(identities, fingerprint, tuple(uids), mixing, kept)
+        return cls(identities, fingerprint, tuple(uids), mixing, kept, tuple(names))
+
+    def described(self, uids: list[str] | tuple[str, ...], names: dict[str, str] | None = None) -> list[str]:
+        """``uid (file name)`` of each of ``uids``, the names from this dataset or ``names``."""
+        known = {**(names or {}), **dict(zip(self.uids, self.names))}
+        return [f"{uid} ({known[uid]})" if uid in known else uid for uid in uids]
 
     def keys(self, seed: int, epoch: int) -> np.ndarray:
         """(B,) uint64: each group's key (its copy 0's) in epoch ``epoch`` of a run seeded ``seed``."""

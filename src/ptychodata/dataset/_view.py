@@ -179,7 +179,8 @@ class DatasetStore:
         if self.weights is not None:
             sizes = np.bincount(scan, minlength=self.n_experiments)
             mixing = self.weights.plan(self.uids, [e.tags for e in self.manifest.scans], sizes).check()
-        return GroupKeys.of(self.uids, scan, served - self._group_offsets[scan], self.fingerprint, mixing=mixing)
+        return GroupKeys.of(self.uids, scan, served - self._group_offsets[scan], self.fingerprint, mixing=mixing,
+                            names=[entry.build.name for entry in self.manifest.scans])
 
     def probe(self, experiment: int = 0) -> np.ndarray | None:
         return self.stores[self._experiment(experiment)].probe(0)

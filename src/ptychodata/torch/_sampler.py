@@ -242,6 +242,8 @@ class GroupSampler(torch.utils.data.Sampler):
             return state
         plan = self._plan()
         state.update(fingerprint=self.keys.fingerprint, uids=list(self.keys.uids), last_key=None)
+        if self.keys.names:
+            state["names"] = list(self.keys.names)
         if self._mixing is not None:
             state["epoch_length"] = len(plan.order)
         if self._stratified:
@@ -319,7 +321,8 @@ class GroupSampler(torch.utils.data.Sampler):
             same = "" if added or removed else " (the same scans: their weights or tags changed)"
             raise DatasetChangedError(
                 f"the dataset changed since the state was saved (build {state['fingerprint'][:12]} -> "
-                f"{self.keys.fingerprint[:12]}): scans added {added or 'none'}, removed {removed or 'none'}{same}; "
+                f"{self.keys.fingerprint[:12]}): scans added {self._described(added, state)}, removed "
+                f"{self._described(removed, state)}{same}; "
                 "pass on_dataset_change='continue' or 'next_epoch' to resume anyway"
             )
         self.seed, self.shuffle = int(state["seed"]), bool(state["shuffle"])
@@ -332,6 +335,12 @@ class GroupSampler(torch.utils.data.Sampler):
             self.epoch, self._start = int(state["epoch"]), 0
             self._continue_after(state)
         self._yielded, self._pass_complete, self._resume_pending = 0, False, True
+
+    def _described(self, uids: list[str], state: dict[str, Any]) -> str:
+        """The scans ``uids`` as ``uid (file name)``, names from this dataset or the saved state."""
+        saved = state.get("names")
+        names = dict(zip(state.get("uids", ()), saved)) if isinstance(saved, list) else {}
+        return ", ".join(self.keys.described(uids, names)) or "none"
 
     def _continue_after(self, state: dict[str, Any]) -> None:
         """Skip, in this epoch of the changed dataset, every item whose key is at or before the

@@ -181,11 +181,14 @@ class GroupSampler(torch.utils.data.Sampler):
         elif len(remaining) % W:
             pad = W - len(remaining) % W
             remaining = np.concatenate([remaining, np.resize(remaining, pad)]) if len(remaining) else remaining
-        batches = []
-        for step_start in range(0, len(remaining), W * bs):
-            step = remaining[step_start : step_start + W * bs]
-            per_rank = len(step) // W
-            batches.append(step[self.rank * per_rank : (self.rank + 1) * per_rank].astype(np.int64, copy=False))
+        remaining = remaining.astype(np.int64, copy=False)
+        full = len(remaining) // (W * bs)
+        # whole steps in one reshape (rows are views: no Python work per batch), then the last one
+        batches = list(remaining[: full * W * bs].reshape(full, W, bs)[:, self.rank])
+        last = remaining[full * W * bs :]
+        if len(last):
+            per_rank = len(last) // W
+            batches.append(last[self.rank * per_rank : (self.rank + 1) * per_rank])
         return batches
 
     def __iter__(self) -> Iterator[list[int]]:

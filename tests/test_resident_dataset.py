@@ -230,7 +230,8 @@ def test_sharding_by_scan_deals_whole_scans_and_serves_each_group_once(dataset, 
     other.add(files["plain"][:3])
     with open_dataset("sharded", cache_dir=cache) as smaller:
         again = make_loader(smaller, 16, resident=True, device="cpu", shard_by="scan", seed=4)
-        with pytest.raises(DatasetChangedError, match="removed"):
+        removed = next(uid for uid in data.uids if uid not in smaller.uids)
+        with pytest.raises(DatasetChangedError, match=rf"added none, removed {removed} \(scan3.npz\)"):
             again.load_state_dict(state)
         with pytest.raises(ParameterError, match="cannot continue on a changed dataset"):
             again.load_state_dict(state, on_dataset_change="continue")

@@ -293,6 +293,8 @@ class ShardSampler(torch.utils.data.Sampler):
                  "consumed": served, "shard": {"by": self.sharding.by, "parts": parts}}
         if self.keys is not None:
             state.update(fingerprint=self.keys.fingerprint, uids=list(self.keys.uids))
+            if self.keys.names:
+                state["names"] = list(self.keys.names)
         return state
 
     def _count_served(self, parts: list[dict[str, Any]]) -> int:
@@ -361,12 +363,14 @@ class ShardSampler(torch.utils.data.Sampler):
             raise ParameterError(f"state is a store's (it has no fingerprint); this loader serves dataset build "
                                  f"{own[:12]}")
         if mode == "strict":
-            added = sorted(set(self.keys.uids) - set(state.get("uids", ())))
-            removed = sorted(set(state.get("uids", ())) - set(self.keys.uids))
+            uids = state.get("uids", ())
+            names = state.get("names")
+            names = dict(zip(uids, names)) if isinstance(names, list) else {}
+            added = ", ".join(self.keys.described(sorted(set(self.keys.uids) - set(uids)), names)) or "none"
+            removed = ", ".join(self.keys.described(sorted(set(uids) - set(self.keys.uids)), names)) or "none"
             raise DatasetChangedError(
                 f"the dataset changed since the state was saved (build {str(saved)[:12]} -> {own[:12]}): scans "
-                f"added {added or 'none'}, removed {removed or 'none'}; pass on_dataset_change='next_epoch' to "
-                "resume at the next epoch"
+                f"added {added}, removed {removed}; pass on_dataset_change='next_epoch' to resume at the next epoch"
             )
         if mode == "continue":
             raise ParameterError(

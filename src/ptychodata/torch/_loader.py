@@ -232,8 +232,8 @@ def _sampler(
 ) -> GroupSampler:
     """The loader's sampler over the groups of ``source`` (a :class:`GroupedDataset` or a
     :class:`DeviceStore`), the same for the host and the resident loader: ordered by the
-    dataset's group keys and weights where the groups are a dataset's
-    (its group keys); sharded by the initialised ``torch.distributed`` group when
+    dataset's group keys and weights where the groups are a dataset's; sharded by the
+    initialised ``torch.distributed`` group when
     ``distributed`` is True, or None and one is initialised; else one replica."""
     if distributed is None:
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()

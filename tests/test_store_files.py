@@ -164,12 +164,15 @@ def test_default_writes_past_the_cache_only_what_it_could_not_keep(monkeypatch):
         ("MemAvailable: 4 kB\n", {"/sys/fs/cgroup/memory/memory.limit_in_bytes": "9223372036854771712"}, 4096),  # v1
         (None, {"/sys/fs/cgroup/memory/memory.limit_in_bytes": "1048576"}, 1 << 20),
         (None, {}, None),
+        ("MemAvailable: 64 kB\n", {"/sys/fs/cgroup/memory.max": "8192\n", "/sys/fs/cgroup/memory.current": "1024"},
+         7168),  # v2 limit less what the container uses
     ],
 )
 def test_available_memory_is_capped_by_the_container_limit(monkeypatch, meminfo, limits, expected):
     import io
 
-    from ptychodata.store._files import available_memory, use_direct_io
+    from ptychodata._runtime import available_memory
+    from ptychodata.store._files import use_direct_io
 
     files = dict(limits)
     if meminfo is not None:

@@ -6,6 +6,7 @@ from ptychodata._runtime._checks import check_int
 from ptychodata._runtime._files import create_exclusive, write_text_atomic
 from ptychodata._runtime._json import canonical_json, jsonable
 from ptychodata._runtime._memory import (
+    available_memory,
     cgroup_cpu_quota,
     is_memory_mapped,
     iter_rows,
@@ -18,6 +19,7 @@ from ptychodata._runtime._version import __version__
 
 __all__ = [
     "__version__",
+    "available_memory",
     "canonical_json",
     "cgroup_cpu_quota",
     "check_int",

@@ -6,11 +6,62 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
+import resource
 from collections.abc import Iterator
 
 import numpy as np
 
-__all__ = ["cgroup_cpu_quota", "is_memory_mapped", "iter_rows", "release_pages", "rows_per_chunk", "usable_cores"]
+__all__ = [
+    "available_memory",
+    "cgroup_cpu_quota", "is_memory_mapped", "iter_rows", "release_pages", "rows_per_chunk",
+    "usable_cores",
+]
+
+
+# A container's "no limit" in cgroup v1 is a huge number; anything above this is no limit.
+_NO_LIMIT = 1 << 60
+
+_CGROUP_FILES = (
+    ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+    ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+)
+
+def available_memory() -> int | None:
+    """Bytes this process could allocate now, or None where nothing is known.
+
+    The smallest of: ``MemAvailable`` (``/proc/meminfo``), its cgroup's limit less its usage,
+    and its address-space limit (``RLIMIT_AS``, as ``ulimit -v`` sets it) less its current size.
+    """
+    found = []
+    with contextlib.suppress(OSError, StopIteration, ValueError, IndexError):
+        with open("/proc/meminfo") as meminfo:
+            found.append(next(int(line.split()[1]) for line in meminfo if line.startswith("MemAvailable:")) * 1024)
+    for limit_file, usage_file in _CGROUP_FILES:
+        try:
+            with open(limit_file) as handle:
+                limit = handle.read().strip()
+        except OSError:
+            continue
+        usage = 0  # where the usage cannot be read, the limit alone
+        with contextlib.suppress(OSError, ValueError):
+            with open(usage_file) as handle:
+                usage = int(handle.read().strip())
+        if limit.isdigit() and int(limit) < _NO_LIMIT:
+            found.append(max(0, int(limit) - usage))
+        break
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft != resource.RLIM_INFINITY:
+        found.append(max(0, soft - _address_space()))
+    return min(found) if found else None
+
+
+def _address_space() -> int:
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmSize:"):
+                    return int(line.split()[1]) * 1024
+    return 0
 
 
 def usable_cores(*, cgroup_root: str = "/sys/fs/cgroup") -> int:

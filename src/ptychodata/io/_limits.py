@@ -11,13 +11,12 @@ from ``stat`` alone.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
-import resource
 import stat
 from pathlib import Path
 
+from ptychodata._runtime import available_memory
 from ptychodata.errors import ScanDataError, ScanFileNotFoundError, ScanTooLargeError
 
 __all__ = ["available_memory", "check_fits", "describe_bytes", "memory_budget", "regular_file"]
@@ -26,14 +25,6 @@ __all__ = ["available_memory", "check_fits", "describe_bytes", "memory_budget", 
 # the copies that preparing it makes (counts to float32 amplitudes, crop, bin).
 BUDGET_FRACTION = 0.5
 
-# A container's "no limit" in cgroup v1 is a huge number; anything above this is no limit.
-_NO_LIMIT = 1 << 60
-
-_CGROUP_FILES = (
-    ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-    ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
-)
-
 _KINDS = (
     (stat.S_ISDIR, "a directory"),
     (stat.S_ISFIFO, "a FIFO (named pipe)"),
@@ -41,42 +32,6 @@ _KINDS = (
     (stat.S_ISCHR, "a character device"),
     (stat.S_ISBLK, "a block device"),
 )
-
-
-def available_memory() -> int | None:
-    """Bytes this process could allocate now, or None where nothing is known.
-
-    The smallest of: ``MemAvailable`` (``/proc/meminfo``), its cgroup's limit less its usage,
-    and its address-space limit (``RLIMIT_AS``, as ``ulimit -v`` sets it) less its current size.
-    """
-    found = []
-    with contextlib.suppress(OSError, StopIteration, ValueError, IndexError):
-        with open("/proc/meminfo") as meminfo:
-            found.append(next(int(line.split()[1]) for line in meminfo if line.startswith("MemAvailable:")) * 1024)
-    for limit_file, usage_file in _CGROUP_FILES:
-        try:
-            with open(limit_file) as handle:
-                limit = handle.read().strip()
-            with open(usage_file) as handle:
-                usage = int(handle.read().strip())
-        except (OSError, ValueError):
-            continue
-        if limit.isdigit() and int(limit) < _NO_LIMIT:
-            found.append(max(0, int(limit) - usage))
-        break
-    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
-    if soft != resource.RLIM_INFINITY:
-        found.append(max(0, soft - _address_space()))
-    return min(found) if found else None
-
-
-def _address_space() -> int:
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmSize:"):
-                    return int(line.split()[1]) * 1024
-    return 0
 
 
 def memory_budget() -> int | None:

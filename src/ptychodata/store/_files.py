@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numpy.lib import format as npy_format
 
-from ptychodata._runtime import iter_rows, rows_per_chunk
+from ptychodata._runtime import available_memory, iter_rows, rows_per_chunk
 from ptychodata.errors import StoreCorruptError, StoreError
 from ptychodata.store._ids import REPAIR
 
@@ -32,7 +32,6 @@ if TYPE_CHECKING:
 __all__ = [
     "STREAM_CHUNK_BYTES",
     "NpyWriter",
-    "available_memory",
     "check_npy",
     "ensure_writable_directory",
     "file_digest",
@@ -512,28 +511,3 @@ def use_direct_io(requested: bool | None, nbytes: int) -> bool:
     return available is not None and nbytes > available // 2
 
 
-# Where a container's memory limit is read: cgroup v2, then v1 (a v1 "no limit" is a huge number).
-_CGROUP_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
-
-
-def available_memory() -> int | None:
-    """Bytes of memory this process could use now: ``MemAvailable`` of ``/proc/meminfo``,
-    capped by the memory limit of its container (cgroup) where there is one; None where
-    neither is known. The page cache counts against a container's limit."""
-    available = None
-    try:
-        with open("/proc/meminfo") as meminfo:
-            kib = next(int(line.split()[1]) for line in meminfo if line.startswith("MemAvailable:"))
-        available = kib * 1024
-    except (OSError, StopIteration, ValueError, IndexError):
-        pass
-    for path in _CGROUP_LIMITS:
-        try:
-            with open(path) as limit_file:
-                text = limit_file.read().strip()
-        except OSError:
-            continue
-        if text.isdigit() and int(text) < 1 << 60:
-            available = int(text) if available is None else min(available, int(text))
-        break
-    return available

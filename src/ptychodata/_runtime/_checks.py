@@ -8,7 +8,7 @@ from typing import Any
 from ptychodata.errors import ParameterError
 
 
-def check_int(name: str, value: Any, *, minimum: int = 1) -> int:
+def check_int(name: str, value: Any, *, minimum: int = 1, maximum: int | None = None) -> int:
     """``value`` as an ``int`` if it is a whole number ``>= minimum``, else ``ParameterError``.
 
     Parameters
@@ -19,6 +19,8 @@ def check_int(name: str, value: Any, *, minimum: int = 1) -> int:
         An ``int`` or NumPy integer; a ``bool``, a float (even ``2.0``) or a string is refused.
     minimum : int, default 1
         The smallest value accepted; 1 makes it the positive-integer check.
+    maximum : int, optional
+        The largest value accepted.
 
     Returns
     -------
@@ -28,6 +30,8 @@ def check_int(name: str, value: Any, *, minimum: int = 1) -> int:
         raise ParameterError(f"{name}={value!r}; expected {_expected(minimum)}")
     if value < minimum:
         raise ParameterError(f"{name}={value!r}; expected {_expected(minimum)}")
+    if maximum is not None and value > maximum:
+        raise ParameterError(f"{name}={value!r}; expected {_expected(minimum)} <= {maximum}")
     return int(value)
 
 

@@ -72,6 +72,10 @@ class GroupSampler(torch.utils.data.Sampler):
         keys: GroupKeys | None = None,
     ):
         check_int("batch_size", batch_size)
+        check_int("n_groups", n_groups, minimum=0)
+        _check_bool("shuffle", shuffle)
+        _check_bool("drop_last", drop_last)
+        _check_seed("seed", seed)
         if keys is not None and len(keys.identities) != int(n_groups):
             raise ParameterError(f"keys for {len(keys.identities)} groups, but n_groups={n_groups}")
         self.keys = keys
@@ -100,7 +104,7 @@ class GroupSampler(torch.utils.data.Sampler):
     def set_epoch(self, epoch: int) -> None:
         """Start epoch ``epoch`` from its beginning on the next iteration, or, right after
         :meth:`load_state_dict` for that same epoch, from where the saved run stopped."""
-        epoch = check_int("epoch", epoch, minimum=0)
+        epoch = check_int("epoch", epoch, minimum=0, maximum=_MAX_EPOCH)
         if not (self._resume_pending and epoch == self.epoch):
             self._start, self._yielded, self._pass_complete, self._resume_pending = 0, 0, False, False
             self._base = None
@@ -373,7 +377,7 @@ def _checked_state(state: Any) -> dict[str, Any]:
     missing = [key for key in ("epoch", "seed", "shuffle", "n_groups", "consumed") if key not in state]
     if missing:
         raise ParameterError(f"state lacks {', '.join(missing)}; expected the dict state_dict() returned")
-    check_int("state['epoch']", state["epoch"], minimum=0)
+    check_int("state['epoch']", state["epoch"], minimum=0, maximum=_MAX_EPOCH)
     check_int("state['n_groups']", state["n_groups"], minimum=0)
     check_int("state['consumed']", state["consumed"], minimum=0)
     length = state.get("epoch_length", state["n_groups"])
@@ -381,9 +385,29 @@ def _checked_state(state: Any) -> dict[str, Any]:
     if state["consumed"] > length:
         where = "epoch_length" if "epoch_length" in state else "n_groups"
         raise ParameterError(f"state['consumed']={state['consumed']} exceeds state['{where}']={length}")
-    if isinstance(state["seed"], bool) or not isinstance(state["seed"], (int, np.integer)):
-        raise ParameterError(f"state['seed']={state['seed']!r}; expected an integer")
+    _check_seed("state['seed']", state["seed"])
+    _check_bool("state['shuffle']", state["shuffle"])
+    last = state.get("last_key")
+    if last is not None:
+        check_int("state['last_key']", last, minimum=0, maximum=2**64 - 1)
+    for key in ("uids", "names"):
+        if key in state and not (isinstance(state[key], list) and all(isinstance(u, str) for u in state[key])):
+            raise ParameterError(f"state[{key!r}]={state[key]!r:.80}; expected a list of strings")
     return state
+
+
+# Epochs are counted in int64 where the order is mixed and where torch holds them.
+_MAX_EPOCH = 2**63 - 1
+
+
+def _check_seed(name: str, seed: Any) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise ParameterError(f"{name}={seed!r}; expected an integer")
+
+
+def _check_bool(name: str, value: Any) -> None:
+    if not isinstance(value, (bool, np.bool_)):
+        raise ParameterError(f"{name}={value!r}; expected True or False")
 
 
 @dataclass(frozen=True, eq=False)

@@ -3,7 +3,8 @@
 Importing this module imports torch; ``import ptychodata`` does not.
 
 Modules, by job: ``_dataset`` (:class:`GroupedDataset`), ``_shared_batch`` (a batch in one
-buffer), ``_sampler`` (:class:`GroupSampler`), ``_loader`` (:func:`make_loader`,
+buffer), ``_sampler`` (:class:`GroupSampler`), ``_block_order`` (:func:`block_order`, an epoch order
+for stores larger than the page cache), ``_loader`` (:func:`make_loader`,
 :class:`GroupLoader`), ``_background`` (a loader iterated ahead in a thread), ``_to_device``
 (:func:`to_device`), ``_resident`` (:class:`DeviceStore`), ``_held_frames`` (how it holds
 frames: float32 or compact, decoded in the gather), ``_joined`` (a dataset's scans read as one
@@ -16,6 +17,7 @@ from ptychodata._runtime import optional_import
 
 optional_import("torch", purpose="ptychodata.torch")  # before the submodules, which import torch
 
+from ptychodata.torch._block_order import block_order  # noqa: E402
 from ptychodata.torch._dataset import GroupedDataset, collate_batch  # noqa: E402
 from ptychodata.torch._loader import GroupLoader, make_loader  # noqa: E402
 from ptychodata.torch._patches import PatchExtractor  # noqa: E402
@@ -34,6 +36,7 @@ __all__ = [
     "PatchExtractor",
     "ShardSampler",
     "SharedBatch",
+    "block_order",
     "collate_batch",
     "make_loader",
     "ptycho_torch_batch",

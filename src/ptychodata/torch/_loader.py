@@ -94,8 +94,14 @@ def make_loader(
     device: torch.device | str | None = None,
     frames: str | None = None,
     shard_by: str | None = None,
+    block: int | None = None,
 ) -> GroupLoader:
     """A loader of §7 batches from a store (or a :class:`GroupedDataset`).
+
+    ``block``: for a store larger than the page cache, a shuffled epoch in block order
+    (:func:`~ptychodata.torch.block_order`: blocks of ``block`` neighbouring groups in a
+    random order, the groups of each run of 16 blocks shuffled together), so that the disk
+    reads long runs; host loader only.
 
     ``layout="ptycho_torch"`` yields ptycho_torch's batch tuple ``(fields, probe,
     probe_scaling)`` instead, which its ``PtychoPINN_Lightning`` trains on as it is (keys
@@ -148,6 +154,9 @@ def make_loader(
     a state saved on another build of the dataset resumes only at the next epoch.
     """
     if resident:
+        if block is not None:
+            raise ParameterError(f"block={block} with resident=True; block order is for the host loader reading "
+                                 "a store from disk (the resident frames are in device memory)")
         if layout != "default":
             raise ParameterError(f"layout={layout!r} with resident=True; the resident loader serves the default layout")
         return _resident_loader(
@@ -169,7 +178,7 @@ def make_loader(
         store, batch_size, shuffle=shuffle, seed=seed, num_workers=num_workers, pin_memory=pin_memory,
         drop_last=drop_last, distributed=distributed, with_Y=with_Y, as_tensordict=as_tensordict,
         prefetch_factor=prefetch_factor, shared_ring=shared_ring, background=background, layout=layout,
-        probe_scale=probe_scale,
+        probe_scale=probe_scale, block=block,
     )
 
 
@@ -190,6 +199,7 @@ def _host_loader(
     background: int | None,
     layout: str,
     probe_scale: float,
+    block: int | None = None,
 ) -> GroupLoader:
     """:func:`make_loader` gathering on the host: a DataLoader over a :class:`GroupedDataset`."""
     if num_workers is None:
@@ -207,7 +217,7 @@ def _host_loader(
         layout=layout,
         probe_scale=probe_scale,
     )
-    sampler = _sampler(dataset, batch_size, shuffle, seed, drop_last, distributed)
+    sampler = _sampler(dataset, batch_size, shuffle, seed, drop_last, distributed, block=block)
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_sampler=sampler,
@@ -229,6 +239,8 @@ def _sampler(
     seed: int,
     drop_last: bool,
     distributed: bool | None,
+    *,
+    block: int | None = None,
 ) -> GroupSampler:
     """The loader's sampler over the groups of ``source`` (a :class:`GroupedDataset` or a
     :class:`DeviceStore`), the same for the host and the resident loader: ordered by the
@@ -240,7 +252,7 @@ def _sampler(
     replicas = {} if distributed else {"num_replicas": 1, "rank": 0}
     return GroupSampler(
         len(source), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last, keys=_dataset_keys(source),
-        **replicas,
+        block=block, **replicas,
     )
 
 

@@ -30,6 +30,7 @@ import torch.distributed as dist
 from ptychodata._runtime import check_int
 from ptychodata.dataset import EpochItems, GroupKeys, stratified_steps
 from ptychodata.errors import DatasetChangedError, ParameterError
+from ptychodata.torch._block_order import block_order
 
 __all__ = ["GroupSampler"]
 
@@ -57,6 +58,12 @@ class GroupSampler(torch.utils.data.Sampler):
         dataset (see :meth:`load_state_dict`). With its ``mixing`` (a dataset's weights) an
         epoch holds the weighted copies of groups, ``len(global_order())`` of them, and with
         stratified batching each step holds each stratum within one of its quota.
+    block, window : int, optional
+        Block order, for a store larger than the page cache: a shuffled epoch takes blocks of
+        ``block`` consecutive groups (whose patterns lie together on disk) in a random order and
+        shuffles the groups of each run of ``window`` blocks among themselves
+        (:func:`~ptychodata.torch.block_order`), so the disk reads long runs. Default: one
+        permutation of all groups. Not with ``keys``.
     """
 
     def __init__(
@@ -70,8 +77,19 @@ class GroupSampler(torch.utils.data.Sampler):
         num_replicas: int | None = None,
         rank: int | None = None,
         keys: GroupKeys | None = None,
+        block: int | None = None,
+        window: int = 16,
     ):
         check_int("batch_size", batch_size)
+        if block is not None:
+            check_int("block", block)
+            check_int("window", window)
+            if keys is not None:
+                raise ParameterError(
+                    f"block={block} with a dataset's keys: a dataset's epoch is ordered by its groups' keys (stable "
+                    "when scans are added); block order serves one store's groups"
+                )
+        self.block, self.window = block, int(window)
         check_int("n_groups", n_groups, minimum=0)
         _check_bool("shuffle", shuffle)
         _check_bool("drop_last", drop_last)
@@ -144,8 +162,12 @@ class GroupSampler(torch.utils.data.Sampler):
         if self._cached is not None and self._cached[0] == key:
             return self._cached[1]
         if self.keys is None:
-            order = (np.random.default_rng([self.seed, epoch]).permutation(self.n_groups) if self.shuffle
-                     else np.arange(self.n_groups))
+            if not self.shuffle:
+                order = np.arange(self.n_groups)
+            elif self.block is not None:
+                order = block_order(self.n_groups, self.seed, epoch, block=self.block, window=self.window)
+            else:
+                order = np.random.default_rng([self.seed, epoch]).permutation(self.n_groups)
             plan = _Plan(order.astype(np.int64))
         else:
             items = self._items(epoch)
@@ -245,6 +267,8 @@ class GroupSampler(torch.utils.data.Sampler):
             "n_groups": self.n_groups,
             "consumed": consumed,
         }
+        if self.block is not None:
+            state["block"] = [self.block, self.window]
         if self.keys is None:
             return state
         plan = self._plan()
@@ -309,6 +333,7 @@ class GroupSampler(torch.utils.data.Sampler):
         if state["n_groups"] != self.n_groups:
             raise ParameterError(f"state is for {state['n_groups']} groups, this sampler has {self.n_groups}")
         self.seed, self.shuffle, self.epoch = int(state["seed"]), bool(state["shuffle"]), int(state["epoch"])
+        self.block, self.window = state.get("block", (None, self.window))  # the saved run's order
         self._start, self._base = int(state["consumed"]), None
         if self._stratified and isinstance(state.get("strata"), dict):
             if state.get("step") == self.num_replicas * self.batch_size:  # the same plan: on where it stopped
@@ -390,6 +415,12 @@ def _checked_state(state: Any) -> dict[str, Any]:
     last = state.get("last_key")
     if last is not None:
         check_int("state['last_key']", last, minimum=0, maximum=2**64 - 1)
+    block = state.get("block")
+    if block is not None:
+        if not (isinstance(block, (list, tuple)) and len(block) == 2):
+            raise ParameterError(f"state['block']={block!r:.80}; expected [block, window]")
+        check_int("state['block'][0]", block[0])
+        check_int("state['block'][1]", block[1])
     for key in ("uids", "names"):
         if key in state and not (isinstance(state[key], list) and all(isinstance(u, str) for u in state[key])):
             raise ParameterError(f"state[{key!r}]={state[key]!r:.80}; expected a list of strings")

@@ -1,0 +1,73 @@
+"""Block order, for stores larger than the page cache: every group once an epoch, read in long
+runs of neighbouring groups, resumable like the full permutation."""
+
+import numpy as np
+import pytest
+
+from ptychodata.errors import ParameterError
+
+torch = pytest.importorskip("torch")
+from ptychodata.torch import GroupSampler, block_order, make_loader  # noqa: E402
+
+
+@pytest.mark.parametrize(("n", "block", "window"), [(1000, 64, 4), (1001, 64, 4), (10, 64, 16), (0, 8, 2), (97, 1, 1)])
+def test_every_group_once_an_epoch(n, block, window):
+    order = block_order(n, 3, 1, block=block, window=window)
+    assert order.dtype == np.int64 and np.array_equal(np.sort(order), np.arange(n))
+
+
+def test_a_window_of_the_order_holds_whole_blocks_and_is_shuffled():
+    block, window = 50, 4
+    order = block_order(10_000, 7, 0, block=block, window=window)
+    for begin in range(0, 10_000, block * window):
+        run = order[begin : begin + block * window]
+        blocks = np.unique(run // block)
+        assert len(blocks) == window and len(run) == block * window  # whole blocks, nothing else
+        assert not np.all(np.diff(run) > 0), "the groups of a window are shuffled"
+    jumps = np.count_nonzero(np.abs(np.diff(np.sort(order[: block * window]))) > 1)
+    assert jumps <= window, "a window reads at most `window` runs of the file"
+
+
+def test_the_order_depends_on_seed_and_epoch_only():
+    a = block_order(500, 1, 2, block=20, window=3)
+    assert np.array_equal(a, block_order(500, 1, 2, block=20, window=3))
+    assert not np.array_equal(a, block_order(500, 1, 3, block=20, window=3))
+    assert not np.array_equal(a, block_order(500, 2, 2, block=20, window=3))
+
+
+@pytest.mark.parametrize(("before", "after"), [(2, 3), (1, 2)])
+def test_a_block_ordered_run_resumes_with_exactly_the_rest(before, after):
+    n = 203
+    first = [GroupSampler(n, 4, seed=5, block=16, window=2, num_replicas=before, rank=r) for r in range(before)]
+    used = set()
+    for sampler in first:
+        for batch, _ in zip(sampler, range(5)):
+            used.update(batch)
+    state = first[0].state_dict(batches_done=5)
+    assert state["block"] == [16, 2]
+    resumed = [GroupSampler(n, 8, seed=0, num_replicas=after, rank=r) for r in range(after)]  # no block given
+    rest = []
+    for sampler in resumed:
+        sampler.load_state_dict(state)
+        rest += [i for batch in sampler for i in batch]
+    assert set(rest) == set(range(n)) - used and not set(rest) & used
+    assert np.array_equal(resumed[0].global_order(), block_order(n, 5, 0, block=16, window=2))
+
+
+def test_block_order_is_refused_where_it_has_no_meaning(tmp_path):
+    from ptychodata import GroupingConfig, prepare, simulate
+    from ptychodata.dataset import GroupKeys
+
+    keys = GroupKeys.of(["aa"], np.zeros(10, np.int64), np.arange(10), "f")
+    with pytest.raises(ParameterError, match="block=8 with a dataset's keys"):
+        GroupSampler(10, 2, keys=keys, block=8)
+    with pytest.raises(ParameterError, match="block=0"):
+        GroupSampler(10, 2, block=0)
+    store = prepare(simulate(30, 16, seed=1, progress=False), GroupingConfig(gridsize=1, seed=0),
+                    cache_dir=tmp_path, progress=False)
+    with store:
+        with pytest.raises(ParameterError, match="block=8 with resident=True"):
+            make_loader(store, 4, resident=True, device="cpu", block=8)
+        loader = make_loader(store, 4, block=8, background=0)
+        served = [i for batch in loader for i in batch["group_index"].tolist()]
+        assert sorted(served) == list(range(len(store)))

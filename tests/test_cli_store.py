@@ -122,3 +122,26 @@ def test_warnings_print_as_one_line(monkeypatch, capsys):
     monkeypatch.setattr(_demo, "run", warn)
     assert main(["demo"]) == 0
     assert capsys.readouterr().err == "warning: first part second part\n"
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("14d", 14 * 86400), ("36h", 36 * 3600), ("90m", 5400), ("30s", 30),
+                                               ("14", 14 * 86400), ("0.5d", 43200)])
+def test_prune_ages_read_with_units(text, seconds):
+    from ptychodata.cli._arguments import age
+
+    assert age(text) == seconds
+
+
+def test_prune_unreferenced_older_than_an_age_keeps_recent_builds(tmp_path, capsys):
+    from ptychodata import GroupingConfig, prepare, simulate
+
+    source = simulate(30, 16, seed=1, progress=False).save(tmp_path / "scan.npz")
+    prepare(source, GroupingConfig(gridsize=1, seed=0), cache_dir=tmp_path / "cache", progress=False).close()
+    simulate(30, 16, seed=2, progress=False).save(source)  # a new build; the first one is unused now
+    prepare(source, GroupingConfig(gridsize=1, seed=0), cache_dir=tmp_path / "cache", progress=False).close()
+    builds = sorted(p.name for p in (tmp_path / "cache").rglob("builds/*") if p.is_dir())
+    argv = ["cache", "prune", "--unreferenced", "--older-than", "14d", "--cache-dir", str(tmp_path / "cache")]
+    assert main(argv) == 0 and "removed 0 unused" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "cache").rglob("builds/*") if p.is_dir()) == builds
+    assert main([*argv[:3], "--older-than", "2w", *argv[5:]]) == 2
+    assert "expected an age such as 14d" in capsys.readouterr().err

@@ -59,6 +59,20 @@ def positive_float(text: str) -> float:
     return value
 
 
+_SECONDS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
+
+
+def age(text: str) -> float:
+    """An age in seconds, from ``14d``, ``36h``, ``90m``, ``30s`` or a plain number of days."""
+    unit = text.strip()[-1:].lower()
+    scale = _SECONDS.get(unit)
+    try:
+        value = positive_float(text.strip()[:-1] if scale else text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"{text}: expected an age such as 14d, 36h, 90m or 14 (days)") from None
+    return value * (scale or _SECONDS["d"])
+
+
 def fraction(text: str) -> float:
     """A float in [0, 1)."""
     value = number(text)

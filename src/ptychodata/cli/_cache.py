@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ptychodata.cli._arguments import add_cache_dir, positive_float
+from ptychodata.cli._arguments import add_cache_dir, age
 from ptychodata.errors import ParameterError, StoreNotFoundError
 from ptychodata.store import default_cache_dir, list_stores, prune_cache, remove_store, verify_store
 from ptychodata.summary import human_size
@@ -37,8 +37,13 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="with verify: check manifests, sizes, headers and indices but re-hash neither the files nor the sources",
     )
     cache.add_argument(
-        "--older-than", type=positive_float, metavar="DAYS",
-        help="with prune: only builds made more than DAYS ago (on shared file systems, e.g. 14)",
+        "--older-than", type=age, metavar="AGE",
+        help="with prune: only builds made longer ago than AGE (14d, 36h, 90m, or days; on shared file systems)",
+    )
+    cache.add_argument(
+        "--unreferenced", action="store_true",
+        help="with prune: say so explicitly; prune only ever deletes builds that are not live, that no dataset "
+             "lists and that no reader on this host holds",
     )
     return cache
 
@@ -48,8 +53,7 @@ def run(args: argparse.Namespace) -> int:
     cache_dir = args.cache_dir or default_cache_dir()
     stores = _named(list_stores(cache_dir), args.stores, cache_dir)
     if args.action == "prune":
-        older = None if args.older_than is None else args.older_than * 86400.0
-        print(f"removed {prune_cache(cache_dir, older_than_s=older)} unused build(s) and leftover(s)")
+        print(f"removed {prune_cache(cache_dir, older_than_s=args.older_than)} unused build(s) and leftover(s)")
         return 0
     if args.action == "list":
         return _list(stores, cache_dir)

@@ -31,12 +31,17 @@ What it does
 
 Run
 ---
-    python examples/train_minimal.py                      # about a minute on 2 CPU cores
+    python examples/train_minimal.py                      # about a minute on 2 CPU cores (below)
     python examples/train_minimal.py --epochs 2 --points 200 --N 16 --out /tmp/quick.png
     python examples/train_minimal.py --device cuda --N 64 --points 4096 --epochs 30
 
 The store is built in a temporary directory unless ``--cache-dir`` is given (then a second
 run reuses it in milliseconds).
+
+Time with the defaults (2048 points, N 32, 4 epochs), measured: 51 s on a quiet 2-core AMD EPYC
+VM (epochs of 9 s), 43 s on 2 cores of a Xeon host (``taskset -c 0,1``, ``OMP_NUM_THREADS=2``).
+Where other jobs share the cores it takes several times longer (one epoch took 131 s at a load
+average of 5). Training loss 0.048 -> 0.022; relative error in the scanned area 0.31.
 """
 
 from __future__ import annotations

@@ -42,11 +42,11 @@ Default input: ``tests/data/tike_siemens_star/siemens-star-small.npz.bz2``, 516 
 far-field patterns of a Siemens star (APS Velociprobe, from tike's test data), 128×128 counts
 with a probe, read with ``--bin 2`` (the example's default) to N = 64.
 
-Time with the defaults (10 epochs), measured: 55 s on 2 dedicated cores of a Xeon host
-(``taskset -c 0,1``, ``OMP_NUM_THREADS=2``), epochs of 3-5 s; 22 s on one H200 with
-``--device cuda`` (100 epochs there: 53 s). Training loss 37.9 -> 24.3 over the 10 epochs on the
-CPU. On a machine whose cores are shared with other jobs it takes longer: see
-``docs/examples.md``.
+Time with the defaults (10 epochs), measured: 75 s on a quiet 2-core AMD EPYC VM (epochs of
+6 s), 55 s on 2 cores of a Xeon host (``taskset -c 0,1``, ``OMP_NUM_THREADS=2``; epochs of 3-5 s),
+22 s on one H200 with ``--device cuda`` (100 epochs there: 53 s). The training loss falls from
+38 to 24 over the 10 epochs. Where other jobs share the cores it takes longer (163 s on the same VM
+at a load average of 2 to 4): see ``docs/examples.md``.
 """
 
 from __future__ import annotations

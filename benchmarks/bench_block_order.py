@@ -1,0 +1,91 @@
+"""The host loader over a store read from disk (not from the page cache): block order against
+the fully random order, beside the disk's sequential read rate.
+
+    sudo python benchmarks/bench_block_order.py [--gib 4] [--N 64] [--batch 256] [--block 4096]
+                                                [--seconds 60] [--workdir DIR]
+
+A store of --gib GiB of random patterns (gridsize 1: a group reads one pattern) is prepared,
+then, each time after dropping the page cache (root: ``/proc/sys/vm/drop_caches``):
+  sequential   the patterns file read start to end in 8 MiB reads: the disk's rate
+  block        ``make_loader(store, batch, block=...)`` (windows of 16 blocks), one epoch (or --seconds)
+  random       ``make_loader(store, batch)``, the full permutation, one epoch (or --seconds)
+The loaders' rates count pattern bytes delivered. Target: block >= 0.8 x sequential.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from _common import machine
+from bench_store import random_source
+
+from ptychodata import GroupingConfig, prepare
+from ptychodata.torch import make_loader
+
+CONFIG = GroupingConfig(gridsize=1, neighbor_count=4, seed=0)
+
+
+def drop_page_cache() -> None:
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as handle:
+        handle.write("1\n")
+
+
+def sequential_rate(path: Path) -> float:
+    drop_page_cache()
+    start, done = time.perf_counter(), 0
+    with open(path, "rb", buffering=0) as handle:
+        while chunk := handle.read(8 << 20):
+            done += len(chunk)
+    return done / (time.perf_counter() - start)
+
+
+def loader_rate(store, batch: int, seconds: float, **order) -> tuple[float, float]:
+    """Pattern bytes per second over one epoch (or ``seconds``), and the share of the epoch done."""
+    loader = make_loader(store, batch, num_workers=0, background=2, **order)
+    drop_page_cache()
+    start, groups = time.perf_counter(), 0
+    for batch_arrays in loader:
+        groups += len(batch_arrays["X"])
+        if time.perf_counter() - start > seconds:
+            break
+    elapsed = time.perf_counter() - start
+    return groups * store.N * store.N * 4 / elapsed, groups / len(store)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--gib", type=float, default=4.0)
+    parser.add_argument("--N", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--block", type=int, default=4096)
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--workdir", type=Path)
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("bench_block_order needs root: it drops the page cache before each run")
+    print(f"machine: {machine()}")
+    points = int(args.gib * 2**30 / (4 * args.N * args.N))
+    with tempfile.TemporaryDirectory(dir=args.workdir) as folder:
+        source = random_source(Path(folder) / "source.npz", points, args.N)
+        with prepare(source, CONFIG, cache_dir=Path(folder) / "cache", progress=False) as store:
+            patterns = next(Path(folder, "cache").rglob("patterns.npy"))
+            print(f"store: {points} patterns of {args.N}x{args.N} float32 ({patterns.stat().st_size / 2**30:.2f} GiB), "
+                  f"batch {args.batch}, block {args.block} groups, windows of 16 blocks\n")
+            disk = sequential_rate(patterns)
+            print(f"{'sequential read of patterns.npy':<40} {disk / 2**20:>8.0f} MiB/s")
+            block, done = loader_rate(store, args.batch, args.seconds, block=args.block)
+            verdict = "ok" if block >= 0.8 * disk else "NOT met"
+            print(f"{'loader, block order':<40} {block / 2**20:>8.0f} MiB/s   ({done:.0%} of an epoch)   "
+                  f"bound 0.8 x sequential = {0.8 * disk / 2**20:.0f}  {verdict}")
+            randomly, done = loader_rate(store, args.batch, args.seconds)
+            print(f"{'loader, random order':<40} {randomly / 2**20:>8.0f} MiB/s   ({done:.0%} of an epoch)   "
+                  f"{randomly / disk:.2f} x sequential")
+
+
+if __name__ == "__main__":
+    main()

@@ -18,8 +18,10 @@ def block_order(n_groups: int, seed: int, epoch: int, *, block: int, window: int
     The groups are cut into blocks of ``block`` consecutive indices (neighbouring groups, whose
     patterns lie together in the store's file); the blocks are taken in a random order, and the
     groups of each run of ``window`` blocks are shuffled among themselves. Every group comes once.
-    A batch then draws from at most ``window`` places of the file, so reads are long runs that
-    the disk serves at its sequential rate, while batches still mix ``window · block`` groups.
+    A batch then draws from at most ``window`` places of the file, and a window's reads stay in a
+    region of ``window · block`` groups that the page cache can hold while batches still mix
+    them. (The rows are read as batches ask for them, not streamed ahead: measured on a cold
+    cache this has not yet reached the disk's sequential rate; see ``benchmarks/results``.)
 
     Parameters
     ----------

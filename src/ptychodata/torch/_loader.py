@@ -100,8 +100,8 @@ def make_loader(
 
     ``block``: for a store larger than the page cache, a shuffled epoch in block order
     (:func:`~ptychodata.torch.block_order`: blocks of ``block`` neighbouring groups in a
-    random order, the groups of each run of 16 blocks shuffled together), so that the disk
-    reads long runs; host loader only.
+    random order, the groups of each run of 16 blocks shuffled together), so that a window's
+    reads stay in one region of the file; host loader only.
 
     ``layout="ptycho_torch"`` yields ptycho_torch's batch tuple ``(fields, probe,
     probe_scaling)`` instead, which its ``PtychoPINN_Lightning`` trains on as it is (keys

@@ -62,8 +62,8 @@ class GroupSampler(torch.utils.data.Sampler):
         Block order, for a store larger than the page cache: a shuffled epoch takes blocks of
         ``block`` consecutive groups (whose patterns lie together on disk) in a random order and
         shuffles the groups of each run of ``window`` blocks among themselves
-        (:func:`~ptychodata.torch.block_order`), so the disk reads long runs. Default: one
-        permutation of all groups. Not with ``keys``.
+        (:func:`~ptychodata.torch.block_order`), so that a window's reads stay in one region of
+        the file. Default: one permutation of all groups. Not with ``keys``.
     """
 
     def __init__(

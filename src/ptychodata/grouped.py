@@ -260,4 +260,7 @@ def _tensor_converter(backend: str):
     if backend == "auto" and not is_installed("torch"):
         return lambda value: value
     torch = optional_import("torch", purpose="backend='torch'")
-    return lambda value: None if value is None else torch.from_numpy(np.ascontiguousarray(value))
+    # a read-only (memory-mapped) array is copied: torch tensors are writable
+    return lambda value: None if value is None else torch.from_numpy(
+        np.ascontiguousarray(value) if np.asarray(value).flags.writeable else np.array(value)
+    )

@@ -392,9 +392,9 @@ def _check_not_metres(xcoords: np.ndarray, ycoords: np.ndarray, where: str) -> N
             "positions were not recorded, or a stationary series is not a ptychography scan)"
         )
     hint = (
-        "positions look like metres (or another physical unit), not object pixels; convert them with the "
-        "object pixel size (ScanData.load(..., pixel_size=...), or energy/distance/detector pixel for the "
-        "far-field pixel λz/(N·p))"
+        "positions look like metres (or another physical unit), not object pixels; load them with "
+        "position_unit='m' and pixel_size=<object pixel in m> (or energy_eV=, distance_m= and detector_pixel_m= "
+        "for the far-field pixel λz/(N·p))"
     )
     if span < _MIN_SPAN_PX:
         raise ScanDataError(

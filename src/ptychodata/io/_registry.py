@@ -83,7 +83,7 @@ def unrecognised(container: Container) -> ScanFormatError:
         f"{container.path}: {container.kind} file of no layout ptychodata recognises "
         f"(CXI, ptychodus training data or product, tike, PtychoNN, PtychoPINN/SLAC npz); it holds: "
         f"{shown or 'nothing'}. Name the datasets with keys={{'diffraction': ..., 'xcoords': ..., "
-        "'ycoords': ...}} (CLI: --key diffraction=/path ...), or run `ptychodata inspect` on it"
+        "'ycoords': ...} (CLI: --key diffraction=/path ...), or run `ptychodata inspect` on it"
     )
 
 

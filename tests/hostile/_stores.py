@@ -317,3 +317,17 @@ def forge_dataset_scan(cache, name: str, key: str, value) -> None:
     forged = DatasetManifest(values["name"], values["spec"], tuple(entries), values["created"])
     (root / "builds" / f"{forged.build_id}.json").write_text(json.dumps(forged.to_dict()))
     (root / "current").write_text(f"{forged.build_id} {int(count) + 1}\n")
+
+
+def pristine_cache(root: Path, *, materialize: bool = False, dataset: bool = False) -> tuple[Path, Path]:
+    """A cache under ``root`` with one prepared store of the source ``root/scan.npz`` (version 1),
+    and with ``dataset`` a dataset ``d`` of it: (root, the store's grouping path in the cache)."""
+    from ptychodata import Dataset, prepare
+
+    source, cache = root / "scan.npz", root / "cache"
+    write_source(source, 1.0)
+    with prepare(source, CONFIG, cache_dir=cache, progress=False, materialize=materialize) as store:
+        grouping = store.path.relative_to(cache)
+    if dataset:
+        Dataset.create("d", CONFIG, cache_dir=cache).add([source])
+    return root, grouping

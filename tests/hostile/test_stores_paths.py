@@ -24,15 +24,7 @@ TIMEOUT = 30.0
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory):
     """A cache with one prepared store (version 1) and a dataset of it, made once per module."""
-    from ptychodata import Dataset, prepare
-
-    root = tmp_path_factory.mktemp("pristine")
-    source, cache = root / "scan.npz", root / "cache"
-    _stores.write_source(source, 1.0)
-    with prepare(source, _stores.CONFIG, cache_dir=cache, progress=False) as store:
-        grouping = store.path.relative_to(cache)
-    Dataset.create("d", _stores.CONFIG, cache_dir=cache).add([source])
-    return root, grouping
+    return _stores.pristine_cache(tmp_path_factory.mktemp("pristine"), dataset=True)
 
 
 @pytest.fixture

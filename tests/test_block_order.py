@@ -4,7 +4,7 @@ runs of neighbouring groups, resumable like the full permutation."""
 import numpy as np
 import pytest
 
-from ptychodata.errors import ParameterError
+from ptychodata.errors import GroupIndexError, ParameterError
 
 torch = pytest.importorskip("torch")
 from ptychodata.torch import GroupSampler, block_order, make_loader  # noqa: E402
@@ -71,3 +71,28 @@ def test_block_order_is_refused_where_it_has_no_meaning(tmp_path):
         loader = make_loader(store, 4, block=8, background=0)
         served = [i for batch in loader for i in batch["group_index"].tolist()]
         assert sorted(served) == list(range(len(store)))
+
+
+def test_each_window_is_read_ahead_once_before_it_is_served():
+    n, block, window = 1000, 25, 2
+    sampler = GroupSampler(n, 10, seed=2, block=block, window=window, num_replicas=1, rank=0)
+    calls = []
+    sampler.read_ahead = lambda groups: calls.append((len(served), groups.copy()))
+    served = []
+    for batch in sampler:
+        served.extend(batch)
+    run = block * window
+    assert [start for start, _ in calls] == [0] + [w * run for w in range(n // run - 1)]  # one window ahead
+    for w, (_, groups) in enumerate(calls):
+        np.testing.assert_array_equal(groups, sampler.global_order()[w * run : (w + 1) * run])
+
+
+def test_a_store_reads_the_patterns_of_groups_ahead(tmp_path):
+    from ptychodata import GroupingConfig, prepare, simulate
+
+    with prepare(simulate(40, 16, seed=3, progress=False), GroupingConfig(gridsize=2, seed=0), cache_dir=tmp_path,
+                 progress=False) as store:
+        store.read_ahead(np.arange(len(store)))  # asks the OS; nothing to see but no error
+        store.read_ahead([])
+        with pytest.raises(GroupIndexError, match=f"group index {len(store)} out of range"):
+            store.read_ahead([len(store)])

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from ptychodata._runtime import read_ahead
 from ptychodata.errors import GroupIndexError, ParameterError, StoreClosedError, StoreError
 from ptychodata.grouped import PtychoDataContainer, grouped_dict
 from ptychodata.store._batch import BatchGatherer, check_batch_indices
@@ -27,6 +28,9 @@ from ptychodata.store._ptycho_torch import PtychoTorchConstants, gather_ptycho_t
 from ptychodata.store._split import split_groups
 
 __all__ = ["Store", "require_ground_truth"]
+
+# Rows apart that still read as one run ahead: a few unused rows cost less than another request.
+_READ_AHEAD_GAP = 64
 
 
 class Store:
@@ -419,6 +423,17 @@ class Store:
 
     def _check_indices(self, indices: Any) -> np.ndarray:
         return check_batch_indices(indices, len(self))
+
+    def read_ahead(self, indices: Any) -> None:
+        """Ask the OS to read the patterns of groups ``indices`` (positions in this store) into
+        the page cache now, as the runs of consecutive rows they span; returns at once. For an
+        order that visits a region of the file at a time (``make_loader(..., block=...)``)."""
+        rows = np.unique(self.groups[self._check_indices(indices)])
+        if not len(rows):
+            return
+        breaks = np.flatnonzero(np.diff(rows) > _READ_AHEAD_GAP) + 1
+        for run in np.split(rows, breaks):
+            read_ahead(self.patterns, int(run[0]), int(run[-1]) + 1)
 
     # ------------------------------------------------------------------ whole-store views
     def grouped_data(self, experiment: int | None = None) -> dict[str, Any]:

@@ -218,6 +218,8 @@ def _host_loader(
         probe_scale=probe_scale,
     )
     sampler = _sampler(dataset, batch_size, shuffle, seed, drop_last, distributed, block=block)
+    if block is not None and hasattr(dataset.store, "read_ahead"):
+        sampler.read_ahead = dataset.store.read_ahead  # each window read in long runs before it is served
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_sampler=sampler,

@@ -19,7 +19,7 @@ so a run resumed with another number of ranks or batch size deals what remained 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,6 +90,9 @@ class GroupSampler(torch.utils.data.Sampler):
                     "when scans are added); block order serves one store's groups"
                 )
         self.block, self.window = block, int(window)
+        # With block order: called with the groups of each window shortly before it is served
+        # (make_loader sets the store's read_ahead), so the disk reads a window in long runs.
+        self.read_ahead: Callable[[np.ndarray], None] | None = None
         check_int("n_groups", n_groups, minimum=0)
         _check_bool("shuffle", shuffle)
         _check_bool("drop_last", drop_last)
@@ -230,10 +233,31 @@ class GroupSampler(torch.utils.data.Sampler):
         """
         if schedule is None:
             schedule = self.begin_pass()
-        for batch in schedule:
+        ahead = self._windows_ahead()
+        for step, batch in enumerate(schedule):
+            if ahead is not None:
+                ahead(step)
             self._yielded += 1
             yield batch
         self._pass_complete = True
+
+    def _windows_ahead(self) -> Callable[[int], None] | None:
+        """With block order and :attr:`read_ahead` set: a function of the pass's step that hands
+        ``read_ahead`` the groups of the current window and of the next one, each once, as the
+        pass reaches them (the disk then reads a window while the one before is served)."""
+        if self.read_ahead is None or self.block is None or not self.shuffle:
+            return None
+        order, start, run = self.global_order(), self._start, self.block * self.window
+        step_size, issued = self.num_replicas * self.batch_size, set()
+
+        def ahead(step: int) -> None:
+            window = (start + step * step_size) // run
+            for w in (window, window + 1):
+                if w not in issued and w * run < len(order):
+                    issued.add(w)
+                    self.read_ahead(order[w * run : (w + 1) * run])
+
+        return ahead
 
     def begin_pass(self) -> list[np.ndarray]:
         """Start a pass, as iterating does, and return all of its batches for this rank."""

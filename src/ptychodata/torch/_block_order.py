@@ -20,8 +20,8 @@ def block_order(n_groups: int, seed: int, epoch: int, *, block: int, window: int
     groups of each run of ``window`` blocks are shuffled among themselves. Every group comes once.
     A batch then draws from at most ``window`` places of the file, and a window's reads stay in a
     region of ``window · block`` groups that the page cache can hold while batches still mix
-    them. (The rows are read as batches ask for them, not streamed ahead: measured on a cold
-    cache this has not yet reached the disk's sequential rate; see ``benchmarks/results``.)
+    them; a loader reads each window ahead (:meth:`Store.read_ahead
+    <ptychodata.store.Store.read_ahead>`) while the one before is served.
 
     Parameters
     ----------

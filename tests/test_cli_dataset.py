@@ -86,7 +86,7 @@ def test_workers_sharing_a_list_build_each_scan_once(tmp_path, capsys):
 
     from ptychodata import Dataset, GroupingConfig
 
-    paths = [simulate(20, 16, seed=s, progress=False).save(tmp_path / f"c{s}.npz") for s in range(8)]
+    paths = [simulate(20, 16, seed=s, progress=False).save(tmp_path / f"c{s}.npz") for s in range(16)]
     listing = tmp_path / "scans.txt"
     listing.write_text("\n".join(map(str, paths)) + "\n")
     Dataset.create("claims", GroupingConfig(gridsize=1, neighbor_count=4, seed=1), cache_dir=tmp_path / "cache")

@@ -24,6 +24,7 @@ from ptychodata.errors import ScanDataError
 from ptychodata.io import (
     LazyPatterns,
     check_amplitudes,
+    check_finite_positions,
     counts_to_amplitude,
     median_neighbour_step,
     metadata_nphotons,
@@ -316,15 +317,7 @@ def _parse_coords(values: Any, key: str, where: str) -> np.ndarray:
         raise ScanDataError(f"{where}key {key!r}: shape {array.shape}; expected (M,)")
     if np.iscomplexobj(array) or not np.issubdtype(array.dtype, np.number):
         raise ScanDataError(f"{where}key {key!r}: dtype {array.dtype}; expected real numbers")
-    array = np.ascontiguousarray(array, dtype=np.float64)
-    bad = ~np.isfinite(array)
-    if bad.any():
-        index = int(np.flatnonzero(bad)[0])
-        raise ScanDataError(
-            f"{where}key {key!r}: {int(bad.sum())} NaN/Inf value(s), first at index {index} "
-            f"({array[index]}); expected finite positions in object pixels"
-        )
-    return array
+    return check_finite_positions(np.ascontiguousarray(array, dtype=np.float64), where, key)
 
 
 def _check_same_length(arrays: Mapping[str, np.ndarray], where: str) -> int:

@@ -6,7 +6,7 @@ here are what the layers above (scan, store, inspect, CLI) build on, and
 :func:`write_training` writes ptychodus' training-data HDF5.
 """
 
-from ptychodata.io._assemble import assemble, read_scan_fields
+from ptychodata.io._assemble import assemble, check_finite_positions, read_scan_fields
 from ptychodata.io._container import open_container, sniff
 from ptychodata.io._counts import (
     COUNTS_TOTAL_FACTOR,
@@ -44,6 +44,7 @@ __all__ = [
     "check_fits",
     "check_links",
     "check_amplitudes",
+    "check_finite_positions",
     "counts_to_amplitude",
     "filters_of",
     "invalid_patterns",

@@ -34,7 +34,7 @@ from ptychodata.io._plan import Plan, plan
 from ptychodata.io._raw import RawScan, real_numbers
 from ptychodata.io._registry import read_raw
 
-__all__ = ["assemble", "read_scan_fields"]
+__all__ = ["assemble", "check_finite_positions", "read_scan_fields"]
 
 _EAGER_BYTES = 256 << 20
 _START_KEYS = ("xcoords_start", "ycoords_start")
@@ -81,7 +81,7 @@ def assemble(raw: RawScan, options: LoadOptions, *, decided: Plan | None = None)
         for v, key in zip((raw.x, raw.y, raw.x_start, raw.y_start), raw.positions_keys + _START_KEYS)
     )
     x, y = (  # the start positions are checked by ScanData, naming their keys
-        _finite(values, raw, key, name) for values, key, name in zip((x, y), raw.positions_keys, ("x", "y"))
+        check_finite_positions(values, raw.where, key) for values, key in zip((x, y), raw.positions_keys)
     )
     x, y, x_start, y_start, conversion = object_pixel_positions(
         raw, options, prep, (x, y, x_start, y_start), metadata
@@ -119,14 +119,15 @@ def assemble(raw: RawScan, options: LoadOptions, *, decided: Plan | None = None)
     )
 
 
-def _finite(values: np.ndarray, raw: RawScan, key: str, name: str) -> np.ndarray:
-    """``values`` when every one is finite, else ``ScanDataError`` naming the key and the first bad index."""
+def check_finite_positions(values: np.ndarray, where: str, key: str) -> np.ndarray:
+    """``values`` when every one is finite, else ``ScanDataError`` naming the key, how many are
+    NaN or Inf and the first (the one rule for positions, in readers and in ScanData)."""
     bad = ~np.isfinite(values)
     if bad.any():
         index = int(np.flatnonzero(bad)[0])
         raise ScanDataError(
-            f"{raw.where}key {key!r}: {int(bad.sum())} NaN/Inf value(s) in the {name} positions, first at index {index} "
-            f"({values[index]}); expected finite positions"
+            f"{where}key {key!r}: {int(bad.sum())} NaN/Inf value(s), first at index {index} ({values[index]}); "
+            "expected finite positions"
         )
     return values
 

@@ -18,6 +18,7 @@ import pytest
 from ptychodata import Dataset, GroupingConfig, ScanData, open_store, simulate
 from ptychodata.dataset import _scan_build, prepare_scan
 from ptychodata.errors import StoreError
+from ptychodata.store import _frames_build, _prepare
 
 CONFIG = GroupingConfig(gridsize=2, neighbor_count=5, seed=7)
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -101,6 +102,23 @@ class Recording(Executor):
         return self.pool.submit(fn, *args, **kwargs)
 
 
+def test_a_scan_file_is_hashed_once_while_its_patterns_are_copied(tmp_path, scans, monkeypatch):
+    paths, _ = scans
+    hashed = []
+    digest = _frames_build.file_digest
+
+    def counting(path, *args, **kwargs):
+        hashed.append(Path(path).name)
+        return digest(path, *args, **kwargs)
+
+    for module in (_scan_build, _frames_build, _prepare):
+        monkeypatch.setattr(module, "file_digest", counting)
+    build = Dataset.create("once", CONFIG, cache_dir=tmp_path).prepare_one(paths[0])
+    assert hashed == [paths[0].name]
+    assert build.source.sha256 == hashlib.sha256(paths[0].read_bytes()).hexdigest()
+    assert build.uid == build.source.sha256[:20]
+
+
 def test_the_publish_step_runs_on_the_executor(tmp_path, scans):
     paths, _ = scans
     dataset = Dataset.create("remote", CONFIG, cache_dir=tmp_path)
@@ -119,7 +137,8 @@ def test_prepare_scan_again_finds_its_record_without_reading_the_file(tmp_path, 
     def no_hashing(path, *args, **kwargs):
         raise AssertionError(f"{path} was hashed again")
 
-    monkeypatch.setattr(_scan_build, "file_digest", no_hashing)
+    for module in (_scan_build, _frames_build, _prepare):
+        monkeypatch.setattr(module, "file_digest", no_hashing)
     assert dataset.prepare_one(paths[0]) == first
     assert dataset.add(paths[0], built_only=True).added == [str(paths[0].resolve())]
     os.utime(paths[0], ns=(time.time_ns(), time.time_ns()))  # touched: the record no longer holds

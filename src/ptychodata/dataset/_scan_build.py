@@ -16,6 +16,7 @@ from typing import Any
 
 from ptychodata.dataset._spec import DatasetSpec
 from ptychodata.errors import StoreError
+from ptychodata.grouping import GroupingConfig
 from ptychodata.io import regular_file
 from ptychodata.store import Store, default_cache_dir, file_digest, prepare
 
@@ -55,18 +56,27 @@ def source_path(source: str | os.PathLike) -> str:
 def source_identity(source: str | os.PathLike, *, known: SourceIdentity | None = None) -> SourceIdentity:
     """The identity of file ``source``; its bytes are hashed unless ``known`` is the same file,
     unchanged (same path, size and modification time), whose hash is then reused."""
-    path = Path(source_path(regular_file(Path(source).expanduser(), "a scan file")))
-    try:
-        stat = path.stat()
-    except OSError as exc:  # gone or changed since regular_file looked
-        raise StoreError(f"{path}: cannot read the scan file ({exc.strerror})") from None
-    if known is not None and (known.path, known.size, known.mtime_ns) == (str(path), stat.st_size, stat.st_mtime_ns):
+    path, stat = _stat_scan_file(source)
+    if _is_known(known, path, stat):
         return known
     digest = file_digest(path)
-    after = path.stat()
+    after = os.stat(path)
     if (after.st_size, after.st_mtime_ns) != (stat.st_size, stat.st_mtime_ns):
         raise StoreError(f"{path}: the file changed while it was hashed; try again once it is written")
-    return SourceIdentity(str(path), stat.st_size, stat.st_mtime_ns, digest)
+    return SourceIdentity(path, stat.st_size, stat.st_mtime_ns, digest)
+
+
+def _stat_scan_file(source: str | os.PathLike) -> tuple[str, os.stat_result]:
+    """The absolute path of regular file ``source`` (:func:`source_path`) and its stat."""
+    path = source_path(regular_file(Path(source).expanduser(), "a scan file"))
+    try:
+        return path, os.stat(path)
+    except OSError as exc:  # gone or changed since regular_file looked
+        raise StoreError(f"{path}: cannot read the scan file ({exc.strerror})") from None
+
+
+def _is_known(known: SourceIdentity | None, path: str, stat: os.stat_result) -> bool:
+    return known is not None and (known.path, known.size, known.mtime_ns) == (path, stat.st_size, stat.st_mtime_ns)
 
 
 @dataclass(frozen=True)
@@ -176,13 +186,33 @@ def prepare_scan(
     ScanBuild
     """
     started = time.perf_counter()
-    identity = source_identity(source, known=known)
+    path, stat = _stat_scan_file(source)
     cache = Path(cache_dir if cache_dir is not None else default_cache_dir()).expanduser().resolve()
-    seed_config = spec.config_for(identity.uid)
-    with prepare(identity.path, seed_config, cache_dir=cache, progress=progress, **spec.prepare_kwargs()) as store:
-        if not identity.unchanged():
-            raise StoreError(f"{identity.path}: the file changed while it was prepared; prepare it again")
-        return _record(identity, store, cache, seed_config.seed, time.perf_counter() - started)
+    # Seeded by the SHA-256 that the frames build computes while it copies the file, or (the
+    # file hashed before and unchanged since) by the known hash, grouped while the frames stream.
+    by_content = _GroupingByContent(spec)
+    grouping = spec.config_for(known.uid) if _is_known(known, path, stat) else by_content
+    with prepare(path, grouping, cache_dir=cache, progress=progress, **spec.prepare_kwargs()) as store:
+        sha256 = by_content.sha256 if grouping is by_content else known.sha256
+        identity = SourceIdentity(path, stat.st_size, stat.st_mtime_ns, sha256)
+        recorded = store.frames.experiments[0].source
+        if (recorded.size, recorded.mtime_ns) != (stat.st_size, stat.st_mtime_ns) or not identity.unchanged():
+            raise StoreError(f"{path}: the file changed while it was prepared; prepare it again")
+        seed = spec.config_for(identity.uid).seed
+        return _record(identity, store, cache, seed, time.perf_counter() - started)
+
+
+class _GroupingByContent:
+    """A dataset's grouping of a scan from the SHA-256 of its file, as :func:`prepare` hands it
+    over once the frames build has hashed the file (so the file is hashed once); the last hash
+    given is kept for the scan's record."""
+
+    def __init__(self, spec: DatasetSpec):
+        self.spec, self.sha256 = spec, ""
+
+    def __call__(self, sha256: str) -> GroupingConfig:
+        self.sha256 = sha256
+        return self.spec.config_for(sha256[:UID_LENGTH])
 
 
 def _record(identity: SourceIdentity, store: Store, cache: Path, seed: int, seconds: float) -> ScanBuild:

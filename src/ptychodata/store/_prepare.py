@@ -13,7 +13,7 @@ live when ``current`` is replaced (directories: :mod:`ptychodata.store._cache_pa
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -50,7 +50,7 @@ def default_cache_dir() -> Path:
 
 def prepare(
     sources: str | os.PathLike | ScanData | Sequence[str | os.PathLike | ScanData],
-    config: GroupingConfig,
+    config: GroupingConfig | Callable[[str], GroupingConfig],
     *,
     cache_dir: str | os.PathLike | None = None,
     intensity: bool | None = None,
@@ -74,7 +74,12 @@ def prepare(
     ----------
     sources : path, ScanData, or a list of them
         Each source is one experiment; grouping never crosses experiments.
-    config : GroupingConfig
+    config : GroupingConfig or callable
+        The grouping; or, for one file source, a function of the SHA-256 (hex) of the file's
+        bytes that returns it, so that a grouping can depend on what a scan is (as a
+        dataset's seeds do). The hash is the one the frames build computes while it copies
+        the patterns (a build found current gives the hash it recorded), so the file is not
+        read an extra time.
     cache_dir : path, optional
         Where stores live; default :func:`default_cache_dir`.
     intensity : bool, optional
@@ -154,11 +159,12 @@ def prepare(
         "frames", SCHEMA_VERSION, intensity, parsed.identity(), storing,
         [handle.identity() for handle in handles],
     )
+    if callable(config) and (len(handles) != 1 or handles[0].path is None):
+        raise ParameterError("a grouping given as a function of the file's SHA-256 needs exactly one file source")
     frames_slot = paths.frames_slot(frames_key)
-    grouping_slot = paths.grouping_slot(frames_key, stable_key("grouping", config.to_dict(), materialize))
     for attempt in range(_ATTEMPTS):
         try:
-            return _prepare_once(frames_slot, grouping_slot, handles, config, options)
+            return _prepare_once(paths, frames_slot, handles, config, options)
         except StoreNotFoundError:  # removed (e.g. 'ptychodata cache remove') while being prepared: again
             if attempt == _ATTEMPTS - 1:
                 raise
@@ -166,12 +172,39 @@ def prepare(
 
 
 def _prepare_once(
-    frames_slot: BuildSlot, grouping_slot: BuildSlot, handles: list[Source], config: GroupingConfig,
-    options: BuildOptions,
+    paths: CachePaths, frames_slot: BuildSlot, handles: list[Source],
+    config: GroupingConfig | Callable[[str], GroupingConfig], options: BuildOptions,
 ) -> Store:
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ptychodata-grouping") as grouping_pool:
-        ahead = _ensure_frames(frames_slot, handles, options, grouping_pool, config)
-        return _group_frames(frames_slot, grouping_slot, config, options, ahead)
+        hashed = None
+        if callable(config):  # known once the frames build has hashed the file: grouped after it
+            _ensure_frames(frames_slot, handles, options, grouping_pool, None)
+            hashed, digest = _file_sha256(frames_slot)
+            config, ahead = config(digest), None
+        else:
+            ahead = _ensure_frames(frames_slot, handles, options, grouping_pool, config)
+        grouping_key = stable_key("grouping", config.to_dict(), options.materialize)
+        grouping_slot = paths.grouping_slot(frames_slot.frames_key, grouping_key)
+        store = _group_frames(frames_slot, grouping_slot, config, options, ahead)
+    if hashed is not None and store.frames_build_id != hashed:  # replaced meanwhile (a changed source)
+        store.close()
+        raise StoreNotFoundError(f"{frames_slot.path}: the live build changed while it was grouped")
+    return store
+
+
+def _file_sha256(slot: BuildSlot) -> tuple[str, str]:
+    """(build id, SHA-256 of its one file source) of the slot's live frames build: the hash the
+    build recorded, or (a zero-copy build made without ``verify``) one computed here."""
+    manifest = live_manifest(slot, FrameManifest)
+    if manifest is None:
+        raise StoreNotFoundError(f"{slot.path}: no live frames build to group")
+    entry = manifest.experiments[0].source
+    if entry.content_hash is not None:
+        return manifest.build_id, entry.content_hash
+    digest = file_digest(entry.path)
+    if entry.changed() is not None:  # rewritten while hashed: the next attempt rebuilds
+        raise StoreNotFoundError(f"{entry.path}: changed while it was hashed")
+    return manifest.build_id, digest
 
 
 def _group_frames(
@@ -207,18 +240,22 @@ def _group_frames(
 
 
 def _ensure_frames(
-    slot: BuildSlot, handles: list[Source], options: BuildOptions, grouping_pool: Executor, config: GroupingConfig
+    slot: BuildSlot, handles: list[Source], options: BuildOptions, grouping_pool: Executor,
+    config: GroupingConfig | None,
 ) -> GroupsAhead | None:
     """Make the frames slot's live build match ``handles``, building a new one if needed.
 
-    A new build's groups are computed on ``grouping_pool`` while its patterns are
-    streamed; they are returned (None when the live build was current)."""
+    With a ``config``, a new build's groups are computed on ``grouping_pool`` while its
+    patterns are streamed; they are returned (None when the live build was current or
+    ``config`` is None)."""
     with file_lock(slot.lock):
         slot.remove_temporaries()
         if _frames_current(live_manifest(slot, FrameManifest), handles, options.verify):
             return None
-        positions = [np.stack([handle.scan.xcoords, handle.scan.ycoords], axis=1) for handle in handles]
-        ahead = GroupsAhead.start(grouping_pool, positions, [handle.name for handle in handles], config)
+        ahead = None
+        if config is not None:
+            positions = [np.stack([handle.scan.xcoords, handle.scan.ycoords], axis=1) for handle in handles]
+            ahead = GroupsAhead.start(grouping_pool, positions, [handle.name for handle in handles], config)
         identity = [handle.state(digest=options.verify) for handle in handles]
         needs = frames_bytes(handles, options)
         with slot.new_build(identity, sound=_sound_frames, needs=needs) as (build_id, directory):

@@ -2,7 +2,7 @@
 the fully random order, beside the disk's sequential read rate.
 
     sudo python benchmarks/bench_block_order.py [--gib 4] [--N 64] [--batch 256] [--block 4096]
-                                                [--seconds 60] [--workdir DIR]
+                                                [--seconds 60] [--workdir DIR] [--memory-gib G]
 
 A store of --gib GiB of random patterns (gridsize 1: a group reads one pattern) is prepared,
 then, each time after dropping the page cache (root: ``/proc/sys/vm/drop_caches``):
@@ -10,6 +10,10 @@ then, each time after dropping the page cache (root: ``/proc/sys/vm/drop_caches`
   block        ``make_loader(store, batch, block=...)`` (windows of 16 blocks), one epoch (or --seconds)
   random       ``make_loader(store, batch)``, the full permutation, one epoch (or --seconds)
 The loaders' rates count pattern bytes delivered. Target: block >= 0.8 x sequential.
+
+With --memory-gib, the process first moves itself into a new cgroup (v2) whose ``memory.max`` is
+G GiB, page cache included: a store larger than that cannot stay cached, as on a machine whose
+memory is smaller than its data.
 """
 
 from __future__ import annotations
@@ -27,6 +31,20 @@ from ptychodata import GroupingConfig, prepare
 from ptychodata.torch import make_loader
 
 CONFIG = GroupingConfig(gridsize=1, neighbor_count=4, seed=0)
+
+
+def limit_memory(gib: float) -> str:
+    """Move this process into a new child cgroup with ``memory.max`` = ``gib`` GiB; its path."""
+    root = Path("/sys/fs/cgroup")
+    if "memory" not in (root / "cgroup.controllers").read_text().split():
+        raise SystemExit(f"{root}: no cgroup v2 memory controller here; run without --memory-gib")
+    if "memory" not in (root / "cgroup.subtree_control").read_text().split():
+        (root / "cgroup.subtree_control").write_text("+memory\n")
+    group = root / f"bench-block-order-{os.getpid()}"
+    group.mkdir()
+    (group / "memory.max").write_text(f"{int(gib * 2**30)}\n")
+    (group / "cgroup.procs").write_text(f"{os.getpid()}\n")
+    return str(group)
 
 
 def drop_page_cache() -> None:
@@ -65,10 +83,13 @@ def main() -> None:
     parser.add_argument("--block", type=int, default=4096)
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--workdir", type=Path)
+    parser.add_argument("--memory-gib", type=float, help="run in a cgroup with this memory.max (page cache included)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("bench_block_order needs root: it drops the page cache before each run")
     print(f"machine: {machine()}")
+    if args.memory_gib is not None:
+        print(f"memory: cgroup {limit_memory(args.memory_gib)}, memory.max {args.memory_gib:g} GiB (page cache included)")
     points = int(args.gib * 2**30 / (4 * args.N * args.N))
     with tempfile.TemporaryDirectory(dir=args.workdir) as folder:
         source = random_source(Path(folder) / "source.npz", points, args.N)

@@ -96,3 +96,34 @@ def test_a_store_reads_the_patterns_of_groups_ahead(tmp_path):
         store.read_ahead([])
         with pytest.raises(GroupIndexError, match=f"group index {len(store)} out of range"):
             store.read_ahead([len(store)])
+
+
+def test_reading_ahead_never_holds_up_the_caller_and_goes_in_order_in_pieces(tmp_path, monkeypatch):
+    import threading
+    import time
+
+    from ptychodata import GroupingConfig, prepare, simulate
+    from ptychodata.store import _threads
+
+    release, calls = threading.Event(), []
+
+    def slow_read_ahead(array, start, stop):  # a kernel that takes its time queuing the reads
+        calls.append((threading.current_thread().name, start, stop))
+        release.wait(10)
+
+    monkeypatch.setattr(_threads, "read_ahead", slow_read_ahead)
+    monkeypatch.setattr(_threads, "_READ_AHEAD_PIECE", 16 * 16 * 4 * 5)  # five patterns a piece
+    with prepare(simulate(40, 16, seed=3, progress=False), GroupingConfig(gridsize=1, seed=0), cache_dir=tmp_path,
+                 progress=False) as store:
+        rows = store.groups[:, 0]
+        order = np.argsort(rows)
+        store.read_ahead(order[:12])  # rows 0..11: one run, three pieces
+        assert len(calls) <= 1  # returned while the first piece is still being read
+        release.set()
+        deadline = time.monotonic() + 10
+        while len(calls) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert [call[1:] for call in calls] == [(0, 5), (5, 10), (10, 12)]
+    store._reading_ahead.submit(np.zeros((4, 2)), [(0, 4)])  # closed with the store: reads nothing
+    assert len(calls) == 3 and store._reading_ahead._executor is None
+    assert {call[0] for call in calls} != {threading.current_thread().name}

@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 
-from ptychodata._runtime import read_ahead
 from ptychodata.errors import GroupIndexError, ParameterError, StoreClosedError, StoreError
 from ptychodata.grouped import PtychoDataContainer, grouped_dict
 from ptychodata.store._batch import BatchGatherer, check_batch_indices
@@ -26,6 +25,7 @@ from ptychodata.store._manifest import FrameManifest, GroupingManifest
 from ptychodata.store._open_build import OpenBuild
 from ptychodata.store._ptycho_torch import PtychoTorchConstants, gather_ptycho_torch, ptycho_torch_constants
 from ptychodata.store._split import split_groups
+from ptychodata.store._threads import ReadAheadThread
 
 __all__ = ["Store", "require_ground_truth"]
 
@@ -89,6 +89,7 @@ class Store:
             self._build = None
             raise
         self._gatherer = BatchGatherer(build.batch_sources(), sorted_reads=sorted_reads, threads=threads)
+        self._reading_ahead = ReadAheadThread()
         self.sorted_reads = sorted_reads
         self.threads = self._gatherer.threads
 
@@ -101,6 +102,7 @@ class Store:
     def close(self) -> None:
         """Release the build (memory maps, reader locks, gather threads). Idempotent."""
         if self._build is not None:
+            self._reading_ahead.close()
             self._gatherer.close()
             self._build.close()
             self._build = None
@@ -432,8 +434,8 @@ class Store:
         if not len(rows):
             return
         breaks = np.flatnonzero(np.diff(rows) > _READ_AHEAD_GAP) + 1
-        for run in np.split(rows, breaks):
-            read_ahead(self.patterns, int(run[0]), int(run[-1]) + 1)
+        runs = [(int(run[0]), int(run[-1]) + 1) for run in np.split(rows, breaks)]
+        self._reading_ahead.submit(self.patterns, runs)
 
     # ------------------------------------------------------------------ whole-store views
     def grouped_data(self, experiment: int | None = None) -> dict[str, Any]:

@@ -93,3 +93,31 @@ def test_a_build_without_hashes_is_reported_not_verified(small_scan, tmp_path):
     problems = verify_store(slot)
     assert len(problems) == 2 and all("NOT verified" in problem for problem in problems)
     assert verify_store(slot, content=False) == []
+
+
+@pytest.mark.parametrize("copy", [True, False])
+def test_a_grouping_can_be_a_function_of_the_files_sha256(scan_file, tmp_path, copy):
+    seen = []
+
+    def grouping(digest):
+        seen.append(digest)
+        return GroupingConfig(gridsize=2, neighbor_count=6, seed=int(digest[:8], 16))
+
+    expected = sha256(scan_file)
+    with prepare(scan_file, grouping, cache_dir=tmp_path, progress=False, copy=copy) as store:
+        assert seen == [expected]
+        groups = store.groups.copy()
+    seed = int(expected[:8], 16)
+    plain_config = GroupingConfig(gridsize=2, neighbor_count=6, seed=seed)
+    with prepare(scan_file, plain_config, cache_dir=tmp_path / "plain", progress=False, copy=copy) as plain:
+        np.testing.assert_array_equal(plain.groups, groups)
+    with prepare(scan_file, grouping, cache_dir=tmp_path, progress=False, copy=copy) as again:  # found: same hash
+        assert seen == [expected, expected] and again.build_id == store.build_id
+
+
+def test_a_grouping_by_sha256_needs_exactly_one_file(scan_file, small_scan, tmp_path):
+    from ptychodata.errors import ParameterError
+
+    for sources in ([scan_file, scan_file], small_scan):
+        with pytest.raises(ParameterError, match="needs exactly one file source"):
+            prepare(sources, lambda digest: CONFIG, cache_dir=tmp_path, progress=False)

@@ -323,7 +323,7 @@ class BuildSlot:
             raise _disk_full(exc, self.path, needs) or exc
         try:
             yield build_id, temporary
-            fsync_directory(temporary)
+            fsync_build(temporary)
             self._rename_unless_built(temporary, build_id, sound)
             fsync_directory(self.path / BUILDS)
         except OSError as exc:
@@ -615,6 +615,19 @@ def open_current(slot: BuildSlot, attempts: int = 5) -> tuple[str, ReaderLock]:
         except StoreNotFoundError:
             continue
     raise StoreNotFoundError(f"{slot.path}: not a prepared store (no live build); run prepare")
+
+
+def fsync_build(directory: Path) -> None:
+    """Make a finished build's files and names durable: each file, then the directory. One pass
+    at the end, not one per file as it is closed: the first fsync commits the file system's
+    journal for all of them, and the data of each was sent to the disk while it was written."""
+    for path in sorted(directory.iterdir()):
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    fsync_directory(directory)
 
 
 def fsync_directory(path: Path) -> None:

@@ -1,4 +1,6 @@
-"""File plumbing for the store: streamed, fsync-ed ``.npy`` writing and bounded-RSS reading.
+"""File plumbing for the store: streamed ``.npy`` writing and bounded-RSS reading (a build's files
+are made durable together before it is renamed into place: :meth:`BuildSlot.new_build
+<ptychodata.store._cache_paths.BuildSlot.new_build>`).
 
 Where builds go and how they become live is :mod:`ptychodata.store._cache_paths`'s job.
 """
@@ -199,12 +201,12 @@ class _StreamHasher:
 
 
 class _BufferedSink:
-    """Bytes to a file through the page cache, in 1 MiB writes, fsync-ed on finish.
+    """Bytes to a file through the page cache, in 1 MiB writes.
 
     On Linux, writeback of what was written is started every ``_WRITEBACK_BYTES``
     (``sync_file_range(SYNC_FILE_RANGE_WRITE)``: asynchronous, the pages stay cached), so
-    the disk writes while later chunks are produced and the final fsync waits for the
-    last piece only.
+    the disk writes while later chunks are produced and the build's final fsync waits for
+    the last piece only.
     """
 
     def __init__(self, path: Path):
@@ -228,7 +230,8 @@ class _BufferedSink:
 
     def finish(self) -> None:
         self.handle.flush()
-        os.fsync(self.handle.fileno())
+        if _start_writeback is not None and self.handle.tell() > self._flushed:
+            _start_writeback(self.handle.fileno(), self._flushed, self.handle.tell() - self._flushed)
         self.handle.close()
 
     def abandon(self) -> None:
@@ -321,7 +324,6 @@ class _DirectSink:
                 self._view[self._fill : padded] = bytes(padded - self._fill)
                 self._write_out(padded)
                 os.ftruncate(self.fd, self.size)
-            os.fsync(self.fd)
         finally:
             self.abandon()
 
@@ -349,7 +351,7 @@ _WRITE_CHUNK_BYTES = 32 << 20
 
 
 def write_npy(path: Path, array: np.ndarray, *, digests: dict[str, str] | None = None) -> None:
-    """Write a whole array as ``.npy`` and fsync it; large arrays row chunk by row chunk
+    """Write a whole array as ``.npy``; large arrays row chunk by row chunk
     (a memmap's pages are released as they go, so e.g. a multi-GB object read from a
     source does not stay in this process's resident memory). ``digests``: where the file's
     SHA-256 is recorded under its name."""

@@ -410,12 +410,10 @@ class GroupingManifest(_Manifest):
 
 
 def write_manifest(directory: Path, manifest: FrameManifest | GroupingManifest) -> None:
-    """Write ``manifest.json`` (last, fsync-ed): its presence marks a complete directory."""
+    """Write ``manifest.json`` (last): its presence marks a complete directory."""
     path = Path(directory) / MANIFEST
     with open(path, "w") as handle:
         json.dump(manifest.to_dict(), handle, indent=1)
-        handle.flush()
-        os.fsync(handle.fileno())
 
 
 def read_manifest(directory: Path, kind: type[FrameManifest | GroupingManifest]):

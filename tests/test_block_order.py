@@ -98,32 +98,69 @@ def test_a_store_reads_the_patterns_of_groups_ahead(tmp_path):
             store.read_ahead([len(store)])
 
 
-def test_reading_ahead_never_holds_up_the_caller_and_goes_in_order_in_pieces(tmp_path, monkeypatch):
+def test_a_store_reads_rows_ahead_on_its_own_thread_in_order_in_pieces(tmp_path, monkeypatch):
+    import os
     import threading
-    import time
 
     from ptychodata import GroupingConfig, prepare, simulate
     from ptychodata.store import _threads
 
-    release, calls = threading.Event(), []
-
-    def slow_read_ahead(array, start, stop):  # a kernel that takes its time queuing the reads
-        calls.append((threading.current_thread().name, start, stop))
-        release.wait(10)
-
-    monkeypatch.setattr(_threads, "read_ahead", slow_read_ahead)
-    monkeypatch.setattr(_threads, "_READ_AHEAD_PIECE", 16 * 16 * 4 * 5)  # five patterns a piece
     with prepare(simulate(40, 16, seed=3, progress=False), GroupingConfig(gridsize=1, seed=0), cache_dir=tmp_path,
                  progress=False) as store:
-        rows = store.groups[:, 0]
-        order = np.argsort(rows)
-        store.read_ahead(order[:12])  # rows 0..11: one run, three pieces
-        assert len(calls) <= 1  # returned while the first piece is still being read
+        row = store.patterns[:1].nbytes
+        path = next(tmp_path.rglob("patterns.npy"))
+        offset = path.stat().st_size - store.patterns.nbytes
+        release, calls, pread = threading.Event(), [], os.preadv
+
+        def slow_pread(fd, buffers, at):  # a disk that takes its time
+            calls.append((threading.current_thread().name, at, sum(len(b) for b in buffers)))
+            release.wait(10)
+            return pread(fd, buffers, at)
+
+        monkeypatch.setattr(_threads.os, "preadv", slow_pread)
+        monkeypatch.setattr(_threads, "_READ_AHEAD_PIECE", 5 * row)
+        first_rows = np.argsort(store.groups[:, 0])[:12]  # the groups of rows 0..11: one run
+        reading = store.read_ahead(first_rows)
+        assert not reading.done()  # returned while the first piece is still being read
         release.set()
+        reading.result(timeout=10)
+        monkeypatch.undo()
+        assert [call[1:] for call in calls] == [(offset, 5 * row), (offset + 5 * row, 5 * row),
+                                                (offset + 10 * row, 2 * row)]
+        assert all(name.startswith("ptychodata-read-ahead") for name, *_ in calls)
+    assert store.read_ahead.__self__._reading_ahead.submit(path, [(0, row)]).done()  # closed: reads nothing
+
+
+def test_a_window_is_served_only_once_it_is_read():
+    import threading
+    import time
+    from concurrent.futures import Future
+
+    sampler = GroupSampler(100, 10, seed=2, block=10, window=2, num_replicas=1, rank=0)
+    reads: list[Future] = []
+
+    def read_ahead(groups):
+        reads.append(Future())
+        return reads[-1]
+
+    sampler.read_ahead = read_ahead
+    served: list[list[int]] = []
+    thread = threading.Thread(target=lambda: [served.append(batch) for batch in sampler], daemon=True)
+
+    def settled(batches: int, asked: int) -> bool:  # the thread got that far (and no further, briefly)
         deadline = time.monotonic() + 10
-        while len(calls) < 3 and time.monotonic() < deadline:
+        while (len(served), len(reads)) != (batches, asked) and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert [call[1:] for call in calls] == [(0, 5), (5, 10), (10, 12)]
-    store._reading_ahead.submit(np.zeros((4, 2)), [(0, 4)])  # closed with the store: reads nothing
-    assert len(calls) == 3 and store._reading_ahead._executor is None
-    assert {call[0] for call in calls} != {threading.current_thread().name}
+        time.sleep(0.05)
+        return (len(served), len(reads)) == (batches, asked)
+
+    thread.start()
+    assert settled(0, 2)  # waits for window 0 while window 1 is being read
+    reads[0].set_result(None)
+    assert settled(2, 3)  # window 0 served; waits for window 1, window 2 asked for
+    for w in range(1, 5):
+        reads[w].set_result(None)
+        assert settled(2 * (w + 1), min(w + 3, 5))
+    thread.join(10)
+    assert not thread.is_alive()
+    assert sorted(i for batch in served for i in batch) == list(range(100))

@@ -131,7 +131,7 @@ def test_weighted_epochs_and_resume_are_the_host_loaders(files, cache, device, b
     """Weights with fractional parts drawn anew each epoch: three epochs of the same groups in
     the same order; a state saved by the host loader resumes the resident one (and the reverse)
     where the host resumes; on a grown dataset both refuse it and both continue alike."""
-    name = f"weighted-{batching}"
+    name = f"weighted-{batching}-{device}"  # the cache is the module's: one dataset per case
     weighted = Dataset.create(name, CONFIG, cache_dir=cache)
     weighted.add(files["plain"][:3])
     names = [path.name for path in files["plain"]]

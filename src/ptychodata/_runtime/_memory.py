@@ -129,22 +129,6 @@ def release_pages(array: np.ndarray) -> None:
             mapping.madvise(mmap.MADV_DONTNEED)
 
 
-def read_ahead(array: np.ndarray, start: int, stop: int) -> None:
-    """Ask the OS to read rows ``[start, stop)`` of a memmap into the page cache now
-    (``MADV_WILLNEED``: the kernel reads them in large sequential requests, without blocking
-    the caller). A no-op for arrays that are not memory-mapped."""
-    mapping = _backing_mmap(array)
-    if mapping is None or stop <= start or not hasattr(mmap, "MADV_WILLNEED"):
-        return
-    base = np.frombuffer(mapping, np.uint8).__array_interface__["data"][0]
-    row = array[:1].nbytes if len(array) else 0
-    first = array.__array_interface__["data"][0] - base + start * row
-    aligned = first - first % mmap.PAGESIZE
-    length = min((stop - start) * row + first - aligned, len(mapping) - aligned)
-    with contextlib.suppress(ValueError, OSError):
-        mapping.madvise(mmap.MADV_WILLNEED, aligned, length)
-
-
 def is_memory_mapped(array: np.ndarray) -> bool:
     """Whether ``array`` (or the array it is a view of) reads a memory-mapped file."""
     return _backing_mmap(array) is not None

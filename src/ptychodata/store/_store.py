@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from ptychodata.errors import GroupIndexError, ParameterError, StoreClosedError,
 from ptychodata.grouped import PtychoDataContainer, grouped_dict
 from ptychodata.store._batch import BatchGatherer, check_batch_indices
 from ptychodata.store._batch_schema import Layout, batch_schema
-from ptychodata.store._cache_paths import FrameFile, GroupingFile, object_stem
+from ptychodata.store._cache_paths import FrameFile, GroupingFile, npy_name, object_stem
 from ptychodata.store._frames import DecodedFrames, FramesEncoding
 from ptychodata.store._manifest import FrameManifest, GroupingManifest
 from ptychodata.store._open_build import OpenBuild
@@ -426,16 +427,30 @@ class Store:
     def _check_indices(self, indices: Any) -> np.ndarray:
         return check_batch_indices(indices, len(self))
 
-    def read_ahead(self, indices: Any) -> None:
-        """Ask the OS to read the patterns of groups ``indices`` (positions in this store) into
-        the page cache now, as the runs of consecutive rows they span; returns at once. For an
-        order that visits a region of the file at a time (``make_loader(..., block=...)``)."""
+    def read_ahead(self, indices: Any) -> Future:
+        """Read the patterns of groups ``indices`` (positions in this store) into the page cache,
+        on a thread of this store's, as long sequential reads of the runs of rows they span.
+
+        Returns at once a future that is done when they are read; for an order that visits a
+        region of the file at a time (``make_loader(..., block=...)``), which waits for a region
+        before serving it while the next one is read. A store whose patterns are not a file's
+        (nothing to read) returns a future that is done.
+        """
         rows = np.unique(self.groups[self._check_indices(indices)])
-        if not len(rows):
-            return
+        patterns = self.patterns
+        if not len(rows) or not patterns.size:
+            return self._reading_ahead.submit("", [])
+        entry = self.frames.patterns
+        if entry.file is None:  # the build's own .npy: the data fill the file after its header
+            path = str(self._open().frames_dir / npy_name(FrameFile.PATTERNS))
+            offset = os.path.getsize(path) - patterns.nbytes
+        else:  # a zero-copy build: the source's member, where the build recorded it
+            path, offset = entry.file, entry.offset
+        row_bytes = patterns[:1].nbytes
         breaks = np.flatnonzero(np.diff(rows) > _READ_AHEAD_GAP) + 1
-        runs = [(int(run[0]), int(run[-1]) + 1) for run in np.split(rows, breaks)]
-        self._reading_ahead.submit(self.patterns, runs)
+        ranges = [(offset + int(run[0]) * row_bytes, (int(run[-1]) + 1 - int(run[0])) * row_bytes)
+                  for run in np.split(rows, breaks)]
+        return self._reading_ahead.submit(path, ranges)
 
     # ------------------------------------------------------------------ whole-store views
     def grouped_data(self, experiment: int | None = None) -> dict[str, Any]:

@@ -6,15 +6,13 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
-import numpy as np
-
-from ptychodata._runtime import read_ahead, usable_cores
+from ptychodata._runtime import usable_cores
 
 __all__ = ["GatherThreads", "ReadAheadThread", "default_threads"]
 
-_READ_AHEAD_PIECE = 32 << 20  # bytes asked for at a time: a close is never behind more than this
+_READ_AHEAD_PIECE = 8 << 20  # bytes of one read ahead: a sequential read at the disk's rate
 
 _MIN_THREAD_BYTES = 1 << 20  # less per thread and the hand-off costs what the thread saves
 
@@ -65,12 +63,14 @@ class GatherThreads:
 
 
 class ReadAheadThread:
-    """One thread that asks the OS to read runs of a memory map's rows into the page cache,
-    in pieces, in the order given.
+    """One thread that reads byte ranges of a file into the page cache, in order, in large
+    sequential reads (the pattern a disk serves at its full rate), while the caller goes on.
 
-    ``MADV_WILLNEED`` returns only once the kernel has queued the reads of its range, which for
-    a large range on a busy disk is most of the time the reads take; on this thread the caller
-    (a loader between two batches) never waits for it. Made again in a forked child."""
+    A hint to the kernel (``MADV_WILLNEED``) is not enough: it returns only once the reads of
+    its range are queued, and pages touched meanwhile are read at random, one small read
+    around each. Here the bytes are read for real, into a small buffer that is then reused,
+    so the file's pages are cached when the reads end. Made again in a forked child.
+    """
 
     def __init__(self) -> None:
         self._executor: ThreadPoolExecutor | None = None
@@ -78,26 +78,38 @@ class ReadAheadThread:
         self._lock = threading.Lock()
         self._closed = False
 
-    def submit(self, array: np.ndarray, runs: list[tuple[int, int]]) -> None:
-        """Read rows ``[start, stop)`` of ``array`` ahead for each ``(start, stop)`` of ``runs``; returns at once."""
+    def submit(self, path: str, ranges: list[tuple[int, int]]) -> Future:
+        """Read ``(offset, nbytes)`` of ``ranges`` of file ``path``; returns at once a future
+        that is done when they are read (or could not be: nothing is raised, it is a hint)."""
         with self._lock:
             if self._closed:
-                return
+                done: Future = Future()
+                done.set_result(None)
+                return done
             if self._executor is None or self._pid != os.getpid():
                 self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ptychodata-read-ahead")
                 self._pid = os.getpid()
-            self._executor.submit(self._read, array, runs)
+            return self._executor.submit(self._read, path, ranges)
 
-    def _read(self, array: np.ndarray, runs: list[tuple[int, int]]) -> None:
-        piece = max(1, _READ_AHEAD_PIECE // max(1, array[:1].nbytes))
-        for start, stop in runs:
-            for first in range(start, stop, piece):
-                if self._closed:
-                    return
-                read_ahead(array, first, min(stop, first + piece))
+    def _read(self, path: str, ranges: list[tuple[int, int]]) -> None:
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError:
+            return
+        try:
+            buffer = bytearray(min(_READ_AHEAD_PIECE, max((n for _, n in ranges), default=0)))
+            view = memoryview(buffer)
+            for offset, nbytes in ranges:
+                for at in range(offset, offset + nbytes, len(buffer)):
+                    if self._closed or os.preadv(fd, [view[: min(len(buffer), offset + nbytes - at)]], at) <= 0:
+                        return
+        except OSError:
+            return
+        finally:
+            os.close(fd)
 
     def close(self) -> None:
-        """Drop what is not yet read ahead and wait for the piece being read (the maps stay valid)."""
+        """Drop what is not yet read and wait for the piece being read."""
         with self._lock:
             self._closed = True
             executor, self._executor = self._executor, None

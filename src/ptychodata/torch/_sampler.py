@@ -92,7 +92,7 @@ class GroupSampler(torch.utils.data.Sampler):
         self.block, self.window = block, int(window)
         # With block order: called with the groups of each window shortly before it is served
         # (make_loader sets the store's read_ahead), so the disk reads a window in long runs.
-        self.read_ahead: Callable[[np.ndarray], None] | None = None
+        self.read_ahead: Callable[[np.ndarray], Any] | None = None
         check_int("n_groups", n_groups, minimum=0)
         _check_bool("shuffle", shuffle)
         _check_bool("drop_last", drop_last)
@@ -244,18 +244,22 @@ class GroupSampler(torch.utils.data.Sampler):
     def _windows_ahead(self) -> Callable[[int], None] | None:
         """With block order and :attr:`read_ahead` set: a function of the pass's step that hands
         ``read_ahead`` the groups of the current window and of the next one, each once, as the
-        pass reaches them (the disk then reads a window while the one before is served)."""
+        pass reaches them, and waits at a window's first batch until that window is read (the
+        disk reads the next window, in long runs, while this one is served from memory; a
+        batch served before its window is read would read its rows one by one, at random)."""
         if self.read_ahead is None or self.block is None or not self.shuffle:
             return None
         order, start, run = self.global_order(), self._start, self.block * self.window
-        step_size, issued = self.num_replicas * self.batch_size, set()
+        step_size, issued = self.num_replicas * self.batch_size, {}
 
         def ahead(step: int) -> None:
             window = (start + step * step_size) // run
             for w in (window, window + 1):
                 if w not in issued and w * run < len(order):
-                    issued.add(w)
-                    self.read_ahead(order[w * run : (w + 1) * run])
+                    issued[w] = self.read_ahead(order[w * run : (w + 1) * run])
+            current = issued.get(window)
+            if hasattr(current, "result"):  # done at once after the window's first batch
+                current.result()
 
         return ahead
 

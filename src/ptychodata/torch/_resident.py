@@ -397,28 +397,24 @@ class DeviceStore:
         """The batches of groups ``positions`` ((n,) int64, checked), cut into consecutive
         batches of ``sizes`` groups: per-group arrays gathered and laid out at once."""
         C = self.C
-        n = int(sum(sizes))
-        starts = np.cumsum([0, *sizes[:-1]]).astype(np.int64) if sizes else np.zeros(0, np.int64)
+        counts = np.asarray(sizes, np.int64).reshape(-1)
+        n = int(counts.sum())
+        starts = np.cumsum(counts) - counts
         interleave = self.prescaled
-        first = size = None
         if isinstance(positions, torch.Tensor):
             positions = positions.to(self.device)
-        elif interleave:
-            counts = np.asarray(sizes, np.int64)
-            host = self._to_device(np.stack([np.asarray(positions, np.int64), np.repeat(starts, counts),
-                                             np.repeat(counts, counts)]))
-            positions, first, size = host[0], host[1], host[2]
-        else:
-            positions = self._to_device(np.asarray(positions, np.int64))
+            batches = self._to_device(np.concatenate([starts, counts])) if interleave else None
+        else:  # one copy to the device: the positions, then each batch's first group and size
+            host = self._to_device(np.concatenate([np.asarray(positions, np.int64).reshape(-1), starts, counts]))
+            positions, batches = host[:n], host[n:]
         nn = self._groups.index_select(0, positions)
         members = nn if self._members is self._groups else self._members.index_select(0, positions)
         experiment = self._experiment.index_select(0, positions)
         rows = None
         if interleave:
-            if first is None:
-                counts = np.asarray(sizes, np.int64)
-                host = self._to_device(np.stack([np.repeat(starts, counts), np.repeat(counts, counts)]))
-                first, size = host[0], host[1]
+            # Each group's batch's first group and size (repeated on the device, no host work per group).
+            first, size = (torch.repeat_interleave(part, batches[len(counts):], output_size=n)
+                           for part in batches.view(2, -1))
             # Where each member's and each probe's row goes in the batch-after-batch layout.
             within = torch.arange(n, device=self.device) - first
             base = first * (C + 2)
@@ -436,7 +432,7 @@ class DeviceStore:
             experiment,
         )
         return _Pass(
-            sizes=list(sizes),
+            sizes=counts.tolist(),
             starts=starts.tolist(),
             rows=rows,
             members=members,

@@ -70,13 +70,12 @@ class ResidentBatches:
 def _runs(sizes: list[int], batches_per_gather: Any) -> dict[int, int]:
     """Runs of consecutive batches of equal size, each gathered at once: the number of
     batches in the run that starts at each run's first batch."""
-    runs, number = {}, 0
-    while number < len(sizes):
-        B, k = sizes[number], 1
-        limit = batches_per_gather(B)
-        while k < limit and number + k < len(sizes) and sizes[number + k] == B:
-            k += 1
-        runs[number] = k
-        number += k
+    runs: dict[int, int] = {}
+    if not sizes:
+        return runs
+    edges = (np.flatnonzero(np.diff(sizes)) + 1).tolist()  # where the batch size changes
+    for begin, end in zip([0, *edges], [*edges, len(sizes)]):
+        k = batches_per_gather(sizes[begin])
+        for first in range(begin, end, k):
+            runs[first] = min(k, end - first)
     return runs
-

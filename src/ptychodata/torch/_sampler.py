@@ -30,7 +30,7 @@ import torch.distributed as dist
 from ptychodata._runtime import check_int
 from ptychodata.dataset import EpochItems, GroupKeys, stratified_steps
 from ptychodata.errors import DatasetChangedError, ParameterError
-from ptychodata.torch._block_order import block_order
+from ptychodata.torch._epoch_orders import EpochOrders
 
 __all__ = ["GroupSampler"]
 
@@ -120,6 +120,7 @@ class GroupSampler(torch.utils.data.Sampler):
         self._base: tuple[int, ...] | None = None
         self._cached: tuple[tuple, _Plan] | None = None
         self._tables: dict[tuple, np.ndarray] = {}
+        self._orders = EpochOrders()
 
     # ------------------------------------------------------------------ epochs
     def set_epoch(self, epoch: int) -> None:
@@ -166,12 +167,10 @@ class GroupSampler(torch.utils.data.Sampler):
             return self._cached[1]
         if self.keys is None:
             if not self.shuffle:
-                order = np.arange(self.n_groups)
-            elif self.block is not None:
-                order = block_order(self.n_groups, self.seed, epoch, block=self.block, window=self.window)
+                order = np.arange(self.n_groups, dtype=np.int64)
             else:
-                order = np.random.default_rng([self.seed, epoch]).permutation(self.n_groups)
-            plan = _Plan(order.astype(np.int64))
+                order = self._orders.get(self.n_groups, self.seed, epoch, self.block, self.window, ahead=current)
+            plan = _Plan(order)
         else:
             items = self._items(epoch)
             positions = self._arrange(items, step, base) if self._stratified else None

@@ -437,7 +437,8 @@ def bench_resident(args, workdir: Path) -> None:
     print(
         "bound = torch.index_select of the same stored bytes per batch (B·C frames + B probes' bytes, as rows of "
         "the held dtype) from the resident frames, random rows, preallocated output, best of 3, measured in this "
-        "run; k = batches written by one gather (gather_bytes 128 MiB)"
+        f"run; k = batches written by one gather (gather_bytes {next(iter(held.values())).gather_bytes / 2**20:.0f} "
+        "MiB, the default)"
     )
     if worst:
         low = min(worst, key=worst.get)

@@ -164,3 +164,16 @@ def test_a_window_is_served_only_once_it_is_read():
     thread.join(10)
     assert not thread.is_alive()
     assert sorted(i for batch in served for i in batch) == list(range(100))
+
+
+def test_a_read_ahead_cancelled_by_a_closed_store_does_not_stop_the_epoch():
+    from concurrent.futures import Future
+
+    def cancelled(groups):
+        reading = Future()
+        reading.cancel()
+        return reading
+
+    sampler = GroupSampler(100, 10, seed=2, block=10, window=2, num_replicas=1, rank=0)
+    sampler.read_ahead = cancelled
+    assert sorted(i for batch in sampler for i in batch) == list(range(100))

@@ -19,7 +19,9 @@ so a run resumed with another number of ranks or batch size deals what remained 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
+from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -257,8 +259,9 @@ class GroupSampler(torch.utils.data.Sampler):
                 if w not in issued and w * run < len(order):
                     issued[w] = self.read_ahead(order[w * run : (w + 1) * run])
             current = issued.get(window)
-            if hasattr(current, "result"):  # done at once after the window's first batch
-                current.result()
+            if isinstance(current, Future):  # done at once after the window's first batch
+                with contextlib.suppress(CancelledError):  # the store closed: nothing more is read ahead
+                    current.result()
 
         return ahead
 

@@ -53,3 +53,14 @@ def test_a_sampler_serves_the_same_epochs_with_orders_ahead_and_pickles():
     copy.set_epoch(6)
     np.testing.assert_array_equal(np.concatenate([np.asarray(b) for b in copy]),
                                   np.random.default_rng([4, 6]).permutation(300))
+
+
+def test_no_order_is_computed_ahead_for_very_large_epochs(monkeypatch):
+    from ptychodata.torch import _epoch_orders
+
+    monkeypatch.setattr(_epoch_orders, "_MAX_AHEAD", 100)
+    orders = EpochOrders()
+    orders.get(100, 0, 0, None, 16, ahead=True)
+    assert orders._ahead is not None
+    orders.get(101, 0, 0, None, 16, ahead=True)
+    assert orders._ahead is None

@@ -13,6 +13,9 @@ from ptychodata.torch._block_order import block_order
 
 __all__ = ["EpochOrders", "store_order"]
 
+# Orders of more groups are not computed ahead: each holds 8 bytes a group.
+_MAX_AHEAD = 1 << 25
+
 
 def store_order(n_groups: int, seed: int, epoch: int, block: int | None, window: int) -> np.ndarray:
     """The shuffled order of epoch ``epoch`` of ``n_groups`` groups ((n_groups,) int64): the
@@ -28,7 +31,8 @@ class EpochOrders:
     computing the next epoch's on a thread of its own (NumPy shuffles without the GIL), so
     that a loader whose epochs take milliseconds does not wait for its next order.
 
-    Holds at most one order ahead. Pickles without it; made again in a forked child."""
+    Holds at most one order ahead, and none of more than 2**25 groups (256 MiB an order, beside
+    the one being served). Pickles without it; made again in a forked child."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -43,7 +47,7 @@ class EpochOrders:
         with self._lock:
             pending, self._ahead = self._ahead, None
         order = pending[1].result() if pending is not None and pending[0] == key else store_order(*key)
-        if ahead:
+        if ahead and n_groups <= _MAX_AHEAD:
             following = (n_groups, seed, epoch + 1, block, window)
             with self._lock:
                 self._ahead = (following, self._pool().submit(store_order, *following))

@@ -15,8 +15,9 @@ Modules, by job:
 - ``_open_store``: :func:`open_store`; ``_open_build``: a build's files mapped and locked;
   ``_store``: the :class:`Store`; ``_split``: leak-free train/validation splits.
 - ``_batch_schema``: the keys, shapes and dtypes of a batch per layout; ``_batch`` and
-  ``_buffers``: the host gather and its recycled buffers; ``_ptycho_torch``: the
-  ptycho_torch adapter (its constants and batch).
+  ``_buffers``: the host gather and its recycled buffers; ``_threads``: the threads a gather
+  shares and the one that reads a store ahead; ``_ptycho_torch``: the ptycho_torch adapter (its
+  constants and batch).
 """
 
 from ptychodata.store._batch import check_batch_indices

@@ -4,7 +4,8 @@ Importing this module imports torch; ``import ptychodata`` does not.
 
 Modules, by job: ``_dataset`` (:class:`GroupedDataset`), ``_shared_batch`` (a batch in one
 buffer), ``_sampler`` (:class:`GroupSampler`), ``_block_order`` (:func:`block_order`, an epoch order
-for stores larger than the page cache), ``_loader`` (:func:`make_loader`,
+for stores larger than the page cache), ``_epoch_orders`` (a store's epoch orders, the next one
+computed while an epoch is served), ``_loader`` (:func:`make_loader`,
 :class:`GroupLoader`), ``_background`` (a loader iterated ahead in a thread), ``_to_device``
 (:func:`to_device`), ``_resident`` (:class:`DeviceStore`), ``_held_frames`` (how it holds
 frames: float32 or compact, decoded in the gather), ``_joined`` (a dataset's scans read as one

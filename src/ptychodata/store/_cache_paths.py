@@ -325,7 +325,7 @@ class BuildSlot:
             yield build_id, temporary
             fsync_build(temporary)
             self._rename_unless_built(temporary, build_id, sound)
-            fsync_directory(self.path / BUILDS)
+            fsync_path(self.path / BUILDS)
         except OSError as exc:
             shutil.rmtree(temporary, ignore_errors=True)
             if not temporary.parent.is_dir():
@@ -381,7 +381,7 @@ class BuildSlot:
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(temporary, self.path / CURRENT)
-            fsync_directory(self.path)
+            fsync_path(self.path)
         except FileNotFoundError as exc:
             raise StoreNotFoundError(f"{self.path}: the store was removed before its build was published") from exc
         except OSError as exc:
@@ -622,16 +622,13 @@ def fsync_build(directory: Path) -> None:
     at the end, not one per file as it is closed: the first fsync commits the file system's
     journal for all of them, and the data of each was sent to the disk while it was written."""
     for path in sorted(directory.iterdir()):
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    fsync_directory(directory)
+        fsync_path(path, os.O_NOFOLLOW)  # a build holds its own files, never links
+    fsync_path(directory)
 
 
-def fsync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+def fsync_path(path: Path, flags: int = 0) -> None:
+    """fsync the file or directory at ``path`` (its name entries, for a directory)."""
+    fd = os.open(path, os.O_RDONLY | flags)
     try:
         os.fsync(fd)
     finally:

@@ -222,17 +222,20 @@ class _BufferedSink:
         # VM (ext4, page cache under memory pressure); 1 MiB pieces keep it at memcpy speed.
         for start in range(0, len(data), _WRITE_PIECE):
             self.handle.write(data[start : start + _WRITE_PIECE])
-        if _start_writeback is not None and self.handle.tell() - self._flushed >= _WRITEBACK_BYTES:
-            self.handle.flush()
-            end = self.handle.tell()
-            _start_writeback(self.handle.fileno(), self._flushed, end - self._flushed)
-            self._flushed = end
+        if self.handle.tell() - self._flushed >= _WRITEBACK_BYTES:
+            self._write_back()
 
     def finish(self) -> None:
-        self.handle.flush()
-        if _start_writeback is not None and self.handle.tell() > self._flushed:
-            _start_writeback(self.handle.fileno(), self._flushed, self.handle.tell() - self._flushed)
+        self._write_back()
         self.handle.close()
+
+    def _write_back(self) -> None:
+        """Hand what was written since the last call to the OS and start its writeback."""
+        self.handle.flush()
+        end = self.handle.tell()
+        if _start_writeback is not None and end > self._flushed:
+            _start_writeback(self.handle.fileno(), self._flushed, end - self._flushed)
+        self._flushed = end
 
     def abandon(self) -> None:
         self.handle.close()

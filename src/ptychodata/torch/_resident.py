@@ -154,7 +154,7 @@ class DeviceStore:
         this many bytes (at least one batch), and handed out as views of it: the launch and
         Python costs are paid once per run of batches. A batch still held keeps its run's
         memory (at most about ``gather_bytes``) in use. Default on a GPU (whose caching
-        allocator reuses the buffers): 1/256 of its memory, at least 128 MiB (556 MiB on an
+        allocator reuses the buffers): 1/256 of its memory, at least 128 MiB (559 MiB on an
         H200, where batches of 256 and 1024 groups then come at 0.8 to 0.9 of a bare
         ``index_select``, against about half with 128 MiB); 0, one batch per gather, on the
         CPU, where fresh large buffers cost page faults.

@@ -177,3 +177,88 @@ def test_a_read_ahead_cancelled_by_a_closed_store_does_not_stop_the_epoch():
     sampler = GroupSampler(100, 10, seed=2, block=10, window=2, num_replicas=1, rank=0)
     sampler.read_ahead = cancelled
     assert sorted(i for batch in sampler for i in batch) == list(range(100))
+
+
+def test_a_window_is_released_once_the_next_one_is_served():
+    n, block, window, batch = 1000, 25, 2, 10
+    sampler = GroupSampler(n, batch, seed=2, block=block, window=window, num_replicas=1, rank=0)
+    events = []
+    sampler.read_ahead = lambda groups: events.append(("read", groups.copy()))
+    sampler.release = lambda groups: events.append(("release", len(served), groups.copy()))
+    served = []
+    for indices in sampler:
+        served.extend(indices)
+    run, order = block * window, sampler.global_order()
+    released = [event[1:] for event in events if event[0] == "release"]
+    assert [at for at, _ in released] == [w * run for w in range(1, n // run)]  # at each window's first batch
+    for w, (_, groups) in enumerate(released):
+        np.testing.assert_array_equal(groups, order[w * run : (w + 1) * run])  # the window before, once
+    reads = [i for i, event in enumerate(events) if event[0] == "read"]
+    releases = [i for i, event in enumerate(events) if event[0] == "release"]
+    assert all(reads[w + 1] < releases[w] for w in range(len(releases)))  # window w+1 asked for before w is dropped
+
+
+def test_a_released_window_drops_its_file_ranges_and_reads_the_same_again(tmp_path, monkeypatch):
+    from ptychodata import GroupingConfig, prepare, simulate
+    from ptychodata.store import _threads
+
+    with prepare(simulate(40, 16, seed=3, progress=False), GroupingConfig(gridsize=1, seed=0), cache_dir=tmp_path,
+                 progress=False) as store:
+        before = store.batch(np.arange(len(store)))["X"].copy()
+        path = next(tmp_path.rglob("patterns.npy"))
+        row = store.patterns[:1].nbytes
+        offset = path.stat().st_size - store.patterns.nbytes
+        advised, fadvise = [], getattr(_threads.os, "posix_fadvise", None)
+
+        def record(fd, at, nbytes, advice):
+            advised.append((at, nbytes, advice))
+            if fadvise is not None:
+                fadvise(fd, at, nbytes, advice)
+
+        monkeypatch.setattr(_threads.os, "posix_fadvise", record, raising=False)
+        monkeypatch.setattr(_threads.os, "POSIX_FADV_DONTNEED", getattr(_threads.os, "POSIX_FADV_DONTNEED", 4),
+                            raising=False)
+        store.release(np.arange(len(store))).result(timeout=10)
+        monkeypatch.undo()
+        assert advised == [(offset, len(store.patterns) * row, _threads.os.POSIX_FADV_DONTNEED)]
+        np.testing.assert_array_equal(store.batch(np.arange(len(store)))["X"], before)  # read again from the file
+        assert store.release([]).result(timeout=10) is None
+        with pytest.raises(GroupIndexError, match=f"group index {len(store)} out of range"):
+            store.release([len(store)])
+
+
+def test_pages_dropped_from_a_mapping_read_the_file_again(tmp_path):
+    import mmap
+
+    from ptychodata.store._threads import ReadAheadThread
+
+    path = tmp_path / "rows.bin"
+    data = np.random.default_rng(0).integers(0, 255, 5 * mmap.PAGESIZE + 100, dtype=np.uint8)
+    path.write_bytes(data.tobytes())
+    with open(path, "rb") as handle:
+        mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+    view = np.frombuffer(mapped, np.uint8)
+    assert view.sum() == data.sum()  # every page mapped
+    thread = ReadAheadThread()
+    thread.forget(str(path), [(100, 4 * mmap.PAGESIZE)], (mapped, 0)).result(timeout=10)  # pages 1-3 whole
+    np.testing.assert_array_equal(view, data)
+    thread.close()
+    del view
+    mapped.close()
+
+
+def test_make_loader_releases_served_windows_only_of_a_store_larger_than_memory(tmp_path, monkeypatch):
+    from ptychodata import GroupingConfig, prepare, simulate
+    from ptychodata.torch import _loader
+
+    with prepare(simulate(30, 16, seed=1, progress=False), GroupingConfig(gridsize=1, seed=0), cache_dir=tmp_path,
+                 progress=False) as store:
+        monkeypatch.setattr(_loader, "available_memory", lambda: store.patterns.nbytes)
+        assert make_loader(store, 4, block=8, background=0).sampler.release is None  # it fits
+        monkeypatch.setattr(_loader, "available_memory", lambda: store.patterns.nbytes - 1)
+        loader = make_loader(store, 4, block=8, background=0)
+        assert loader.sampler.release == store.release
+        served = [i for batch in loader for i in batch["group_index"].tolist()]
+        assert sorted(served) == list(range(len(store)))
+        monkeypatch.setattr(_loader, "available_memory", lambda: None)  # nothing known: nothing dropped
+        assert make_loader(store, 4, block=8, background=0).sampler.release is None

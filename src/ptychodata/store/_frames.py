@@ -41,6 +41,7 @@ __all__ = [
     "canonical_frames_dtype",
     "decode_into",
     "file_extent",
+    "file_mapping",
     "map_patterns",
 ]
 
@@ -247,6 +248,17 @@ def file_extent(array: np.ndarray) -> tuple[str, int] | None:
     if not isinstance(array, np.memmap) or not isinstance(array.base, mmap.mmap) or not array.filename:
         return None
     return str(array.filename), int(array.offset)
+
+
+def file_mapping(array: np.ndarray) -> tuple[mmap.mmap, int] | None:
+    """``(mapping, file offset of its first byte)`` of the ``mmap`` that holds ``array``, where
+    ``array`` is all of a file's ``np.memmap`` (or a plain view of one), else None."""
+    memmap = array
+    while memmap is not None and not isinstance(memmap, np.memmap):
+        memmap = memmap.base if isinstance(memmap.base, np.ndarray) else None
+    if memmap is None or not isinstance(memmap.base, mmap.mmap) or memmap.ctypes.data != array.ctypes.data:
+        return None
+    return memmap.base, int(memmap.offset) - int(memmap.offset) % mmap.ALLOCATIONGRANULARITY
 
 
 def map_patterns(build: Path, entry: PatternsEntry) -> np.ndarray:

@@ -21,7 +21,7 @@ from ptychodata.grouped import PtychoDataContainer, grouped_dict
 from ptychodata.store._batch import BatchGatherer, check_batch_indices
 from ptychodata.store._batch_schema import Layout, batch_schema
 from ptychodata.store._cache_paths import FrameFile, GroupingFile, npy_name, object_stem
-from ptychodata.store._frames import DecodedFrames, FramesEncoding
+from ptychodata.store._frames import DecodedFrames, FramesEncoding, file_mapping
 from ptychodata.store._manifest import FrameManifest, GroupingManifest
 from ptychodata.store._open_build import OpenBuild
 from ptychodata.store._ptycho_torch import PtychoTorchConstants, gather_ptycho_torch, ptycho_torch_constants
@@ -436,10 +436,29 @@ class Store:
         before serving it while the next one is read. A store whose patterns are not a file's
         (nothing to read) returns a future that is done.
         """
+        path, ranges = self._pattern_runs(indices)
+        return self._reading_ahead.submit(path, ranges)
+
+    def release(self, indices: Any) -> Future:
+        """Drop the patterns of groups ``indices`` from memory, after the reads ahead asked
+        before: unmapped from this process and dropped from the page cache (pages another
+        process maps stay). For an order that is done with a region of a store larger than
+        memory (block order): the pages served make room for the next region's instead of
+        being reclaimed among them. Reading them again later reads the file again.
+
+        Returns at once a future that is done when they are dropped (a hint: nothing is raised
+        if the system cannot drop them).
+        """
+        path, ranges = self._pattern_runs(indices)
+        return self._reading_ahead.forget(path, ranges, file_mapping(self.patterns) if ranges else None)
+
+    def _pattern_runs(self, indices: Any) -> tuple[str, list[tuple[int, int]]]:
+        """The patterns file, and the ``(offset, nbytes)`` of the runs of its rows that the
+        patterns of groups ``indices`` span (rows fewer than ``_READ_AHEAD_GAP`` apart joined)."""
         rows = np.unique(self.groups[self._check_indices(indices)])
         patterns = self.patterns
         if not len(rows) or not patterns.size:
-            return self._reading_ahead.submit("", [])
+            return "", []
         entry = self.frames.patterns
         if entry.file is None:  # the build's own .npy: the data fill the file after its header
             path = str(self._open().frames_dir / npy_name(FrameFile.PATTERNS))
@@ -448,9 +467,8 @@ class Store:
             path, offset = entry.file, entry.offset
         row_bytes = patterns[:1].nbytes
         breaks = np.flatnonzero(np.diff(rows) > _READ_AHEAD_GAP) + 1
-        ranges = [(offset + int(run[0]) * row_bytes, (int(run[-1]) + 1 - int(run[0])) * row_bytes)
-                  for run in np.split(rows, breaks)]
-        return self._reading_ahead.submit(path, ranges)
+        return path, [(offset + int(run[0]) * row_bytes, (int(run[-1]) + 1 - int(run[0])) * row_bytes)
+                      for run in np.split(rows, breaks)]
 
     # ------------------------------------------------------------------ whole-store views
     def grouped_data(self, experiment: int | None = None) -> dict[str, Any]:

@@ -1,8 +1,10 @@
 """The few threads a batch gather is shared among (NumPy copies run without the GIL), and the
-one that reads a store's rows ahead."""
+one that reads a store's rows ahead (and drops them from memory once served)."""
 
 from __future__ import annotations
 
+import contextlib
+import mmap
 import os
 import threading
 from collections.abc import Callable
@@ -64,7 +66,8 @@ class GatherThreads:
 
 class ReadAheadThread:
     """One thread that reads byte ranges of a file into the page cache, in order, in large
-    sequential reads (the pattern a disk serves at its full rate), while the caller goes on.
+    sequential reads (the pattern a disk serves at its full rate), while the caller goes on;
+    and drops ranges already served from memory, in the same order.
 
     A hint to the kernel (``MADV_WILLNEED``) is not enough: it returns only once the reads of
     its range are queued, and pages touched meanwhile are read at random, one small read
@@ -81,6 +84,19 @@ class ReadAheadThread:
     def submit(self, path: str, ranges: list[tuple[int, int]]) -> Future:
         """Read ``(offset, nbytes)`` of ``ranges`` of file ``path``; returns at once a future
         that is done when they are read (or could not be: nothing is raised, it is a hint)."""
+        return self._queue(self._read, path, ranges)
+
+    def forget(self, path: str, ranges: list[tuple[int, int]], mapping: tuple[mmap.mmap, int] | None) -> Future:
+        """Drop ``(offset, nbytes)`` of ``ranges`` of file ``path`` from memory once what was
+        queued before is done: the whole pages among them are unmapped from ``mapping`` (the
+        ``mmap`` of the file and the file offset it starts at; ``MADV_DONTNEED``, a later read
+        maps them again from the file) and dropped from the page cache (``POSIX_FADV_DONTNEED``,
+        which leaves pages some process still maps). For data read once per pass and larger
+        than memory: pages already served make room for the next ones instead of being
+        reclaimed among them. A hint: a future that is done when dropped; nothing is raised."""
+        return self._queue(self._forget, path, ranges, mapping)
+
+    def _queue(self, job: Callable[..., None], *args: object) -> Future:
         with self._lock:
             if self._closed:
                 done: Future = Future()
@@ -89,7 +105,31 @@ class ReadAheadThread:
             if self._executor is None or self._pid != os.getpid():
                 self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ptychodata-read-ahead")
                 self._pid = os.getpid()
-            return self._executor.submit(self._read, path, ranges)
+            return self._executor.submit(job, *args)
+
+    @staticmethod
+    def _forget(path: str, ranges: list[tuple[int, int]], mapping: tuple[mmap.mmap, int] | None) -> None:
+        if mapping is not None and hasattr(mmap, "MADV_DONTNEED"):
+            mapped, start = mapping
+            for offset, nbytes in ranges:
+                first = -(-(offset - start) // mmap.PAGESIZE) * mmap.PAGESIZE  # whole pages only
+                stop = (offset + nbytes - start) // mmap.PAGESIZE * mmap.PAGESIZE
+                if stop > first:
+                    with contextlib.suppress(OSError, ValueError):  # ValueError: the map is closed
+                        mapped.madvise(mmap.MADV_DONTNEED, first, stop - first)
+        if not hasattr(os, "posix_fadvise"):
+            return
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError:
+            return
+        try:
+            for offset, nbytes in ranges:
+                os.posix_fadvise(fd, offset, nbytes, os.POSIX_FADV_DONTNEED)
+        except OSError:
+            return
+        finally:
+            os.close(fd)
 
     def _read(self, path: str, ranges: list[tuple[int, int]]) -> None:
         try:

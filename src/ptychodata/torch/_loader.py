@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from ptychodata._runtime import usable_cores
+from ptychodata._runtime import available_memory, usable_cores
 from ptychodata.dataset import DatasetStore, GroupKeys
 from ptychodata.errors import ParameterError
 from ptychodata.torch._background import in_background
@@ -101,7 +101,11 @@ def make_loader(
     ``block``: for a store larger than the page cache, a shuffled epoch in block order
     (:func:`~ptychodata.torch.block_order`: blocks of ``block`` neighbouring groups in a
     random order, the groups of each run of 16 blocks shuffled together), so that a window's
-    reads stay in one region of the file; host loader only.
+    reads stay in one region of the file; host loader only. Each window is read ahead while
+    the one before is served; where the store's patterns are larger than the memory this
+    process may use now (free memory, a cgroup's ``memory.max``, ``ulimit -v``), a window
+    served is dropped from memory (:meth:`Store.release <ptychodata.store.Store.release>`)
+    to make room for the next.
 
     ``layout="ptycho_torch"`` yields ptycho_torch's batch tuple ``(fields, probe,
     probe_scaling)`` instead, which its ``PtychoPINN_Lightning`` trains on as it is (keys
@@ -220,6 +224,8 @@ def _host_loader(
     sampler = _sampler(dataset, batch_size, shuffle, seed, drop_last, distributed, block=block)
     if block is not None and hasattr(dataset.store, "read_ahead"):
         sampler.read_ahead = dataset.store.read_ahead  # each window read in long runs before it is served
+        if larger_than_memory(dataset.store):
+            sampler.release = dataset.store.release
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_sampler=sampler,
@@ -232,6 +238,14 @@ def _host_loader(
     if background is None:
         background = 2 if pin_memory or usable_cores() > 2 else 0
     return GroupLoader(loader, sampler, background=background if num_workers == 0 else 0)
+
+
+def larger_than_memory(store: Any) -> bool:
+    """Whether ``store``'s patterns are more bytes than this process may use now
+    (:func:`~ptychodata._runtime.available_memory`: free memory, a cgroup's limit, ``ulimit -v``):
+    then the page cache cannot keep them over an epoch."""
+    available = available_memory()
+    return available is not None and store.patterns.nbytes > available
 
 
 def _sampler(

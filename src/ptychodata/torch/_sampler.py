@@ -93,8 +93,11 @@ class GroupSampler(torch.utils.data.Sampler):
                 )
         self.block, self.window = block, int(window)
         # With block order: called with the groups of each window shortly before it is served
-        # (make_loader sets the store's read_ahead), so the disk reads a window in long runs.
+        # (make_loader sets the store's read_ahead), so the disk reads a window in long runs;
+        # and, where set (a store larger than memory), with those of the window before once
+        # the next one is served, so that its pages make room for the next window's.
         self.read_ahead: Callable[[np.ndarray], Any] | None = None
+        self.release: Callable[[np.ndarray], Any] | None = None
         check_int("n_groups", n_groups, minimum=0)
         _check_bool("shuffle", shuffle)
         _check_bool("drop_last", drop_last)
@@ -247,21 +250,27 @@ class GroupSampler(torch.utils.data.Sampler):
         ``read_ahead`` the groups of the current window and of the next one, each once, as the
         pass reaches them, and waits at a window's first batch until that window is read (the
         disk reads the next window, in long runs, while this one is served from memory; a
-        batch served before its window is read would read its rows one by one, at random)."""
+        batch served before its window is read would read its rows one by one, at random).
+        With :attr:`release` set, the window before is released at a window's first batch."""
         if self.read_ahead is None or self.block is None or not self.shuffle:
             return None
         order, start, run = self.global_order(), self._start, self.block * self.window
-        step_size, issued = self.num_replicas * self.batch_size, {}
+        step_size, issued, reached = self.num_replicas * self.batch_size, {}, set()
 
         def ahead(step: int) -> None:
             window = (start + step * step_size) // run
             for w in (window, window + 1):
                 if w not in issued and w * run < len(order):
                     issued[w] = self.read_ahead(order[w * run : (w + 1) * run])
+            if window in reached:
+                return
+            reached.add(window)
             current = issued.get(window)
-            if isinstance(current, Future):  # done at once after the window's first batch
+            if isinstance(current, Future):
                 with contextlib.suppress(CancelledError):  # the store closed: nothing more is read ahead
                     current.result()
+            if self.release is not None and window > 0:
+                self.release(order[(window - 1) * run : window * run])
 
         return ahead
 

@@ -8,7 +8,8 @@ A store of --gib GiB of random patterns (gridsize 1: a group reads one pattern) 
 then, each time after dropping the page cache (root: ``/proc/sys/vm/drop_caches``):
   sequential   the patterns file read start to end in 8 MiB reads: the disk's rate
   block        ``make_loader(store, batch, block=...)`` (windows of 16 blocks), one epoch (or --seconds),
-               then the next epoch without dropping the cache (the loader's own rate where the store fits)
+               then the next epoch without dropping the cache (the loader's own rate where the store fits);
+               where the store is larger than the memory available, each window served is dropped
   random       ``make_loader(store, batch)``, the full permutation, one epoch (or --seconds)
 The loaders' rates count pattern bytes delivered. Target: block >= 0.8 x sequential.
 
@@ -67,6 +68,9 @@ def loader_rate(store, batch: int, seconds: float, *, cold: bool = True, **order
     """Pattern bytes per second over one epoch (or ``seconds``), and the share of the epoch done;
     ``cold``: the page cache dropped first."""
     loader = make_loader(store, batch, num_workers=0, background=2, **order)
+    if "block" in order and cold:
+        print(f"  (block order drops each window served from memory: "
+              f"{'yes, the store is larger than the memory available' if loader.sampler.release else 'no, the store fits'})")
     if cold:
         drop_page_cache()
     start, groups = time.perf_counter(), 0

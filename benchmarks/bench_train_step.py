@@ -1,6 +1,6 @@
 """End to end: a PtychoPINN-sized training step fed by the resident loader, and the loader's share of it.
 
-    python benchmarks/bench_train_step.py [--batches 64,256] [--points 16384] [--epochs 1]
+    python benchmarks/bench_train_step.py [--batches 64,256] [--points 16384] [--epochs 3]
 
 Run from the repository root; the package is imported from the installed one, else from ``src/``.
 It makes its own data (random patterns, N 64, gridsize 2, as float32 amplitudes and as uint16
@@ -20,7 +20,8 @@ epoch, whole epochs of:
   ``to_device(batch, "cuda", non_blocking=True)``, for comparison.
 
 The loader's share of the step time is (loader + step - step) / (loader + step); the bound is
-5 %. Each figure is the wall time of whole epochs, synchronized at the end, per step.
+5 %. Each figure is the wall time of whole epochs, each synchronized at its end, per step; the four
+loops take turns, one epoch each, so a drift of the machine's speed falls on all of them alike.
 """
 
 from __future__ import annotations
@@ -106,17 +107,21 @@ def make_step(model: nn.Module, optimizer: torch.optim.Optimizer):
     return step
 
 
-def timed(run, epochs: int) -> float:
-    """Seconds per step of ``run(epoch)`` (which returns its number of steps), over whole epochs
-    after one warm-up epoch, synchronized at the end."""
-    run(0)
+def timed(runs: list, epochs: int) -> list[float]:
+    """Seconds per step of each of ``runs`` (functions of the epoch that return their number of
+    steps), over whole epochs after one warm-up epoch of each, synchronized at each epoch's end;
+    the runs take turns, one epoch each, so that a drift of the machine's speed falls on all alike."""
+    for run in runs:
+        run(0)
     torch.cuda.synchronize()
-    steps = 0
-    start = time.perf_counter()
+    seconds, steps = [0.0] * len(runs), [0] * len(runs)
     for epoch in range(1, epochs + 1):
-        steps += run(epoch)
-    torch.cuda.synchronize()
-    return (time.perf_counter() - start) / steps
+        for i, run in enumerate(runs):
+            start = time.perf_counter()
+            steps[i] += run(epoch)
+            torch.cuda.synchronize()
+            seconds[i] += time.perf_counter() - start
+    return [total / n for total, n in zip(seconds, steps)]
 
 
 def bench(args, workdir: Path) -> list[str]:
@@ -161,10 +166,7 @@ def bench(args, workdir: Path) -> list[str]:
                     n += 1
                 return n
 
-            full = timed(with_loader, args.epochs)
-            alone = timed(step_alone, args.epochs)
-            loader = timed(loader_alone, args.epochs)
-            on_host = timed(host_loader, args.epochs)
+            full, alone, loader, on_host = timed([with_loader, step_alone, loader_alone, host_loader], args.epochs)
             share = (full - alone) / full
             host_share = (on_host - alone) / on_host
             print(f"{encoding:<8} {batch_size:>5} | {full * 1e3:>14.3f} {alone * 1e3:>8.3f} {loader * 1e3:>9.3f} | "
@@ -179,7 +181,8 @@ def bench(args, workdir: Path) -> list[str]:
     n_params = sum(p.numel() for p in PtychoNet(4).parameters())
     print(f"model: PtychoNet, {n_params / 1e6:.2f} M parameters (U-Net-like encoder 32-64-128-256, two decoders, "
           "FFT physics layer), Adam, float32 (TF32 convolutions), cudnn.benchmark")
-    print("ms = wall time per step over whole epochs after a warm-up epoch, synchronized at the end; "
+    print("ms = wall time per step over whole epochs after a warm-up epoch, each synchronized at its end, the four "
+          "loops taking turns an epoch each; "
           "share = (loader+step - step) / loader+step; loader = the resident loader alone per batch; "
           "host loader = make_loader(store, B) pinned with a background thread, to_device per batch; "
           "groups/s = training throughput with the resident loader")
@@ -192,7 +195,7 @@ def main() -> None:
     parser.add_argument("--points", type=int, default=16384, help="random patterns in each store (default 16384)")
     parser.add_argument("--encodings", default="float32,uint16",
                         help="frames of the stores, comma-separated (default float32,uint16)")
-    parser.add_argument("--epochs", type=int, default=1, help="timed epochs per figure (default 1)")
+    parser.add_argument("--epochs", type=int, default=3, help="timed epochs per figure (default 3)")
     parser.add_argument("--workdir", type=Path, help="scratch directory (default: a temporary one under /tmp)")
     args = parser.parse_args()
     args.batches = [int(b) for b in args.batches.split(",") if b]

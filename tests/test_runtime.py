@@ -87,3 +87,50 @@ def test_usable_cores_honours_affinity_and_quota(tmp_path):
     assert usable_cores(cgroup_root=_cgroup(tmp_path / "none", {})) == affinity
     assert usable_cores(cgroup_root=_cgroup(tmp_path / "one", {"cpu.max": "100000 100000"})) == 1
     assert usable_cores(cgroup_root=_cgroup(tmp_path / "many", {"cpu.max": "6400000 100000"})) == affinity
+
+
+def _in_cgroup(monkeypatch, proc_self_cgroup):
+    """This process, as /proc/self/cgroup tells, in the cgroup(s) of ``proc_self_cgroup``."""
+    import builtins
+    import io
+
+    real_open = builtins.open
+
+    def fake_open(path, *args, **kwargs):
+        if str(path) == "/proc/self/cgroup":
+            return io.StringIO(proc_self_cgroup)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", fake_open)
+
+
+def test_a_batch_jobs_own_cgroup_limits_memory_and_cpus(tmp_path, monkeypatch):
+    from ptychodata._runtime import available_memory, cgroup_cpu_quota
+
+    job = "system.slice/slurmstepd.scope/job_7/step_0"
+    root = _cgroup(tmp_path, {
+        "memory.max": "max\n",  # the machine: no limit
+        "system.slice/slurmstepd.scope/job_7/memory.max": str(3 << 30), "system.slice/slurmstepd.scope/job_7/"
+        "memory.current": str(1 << 30),  # the job: 3 GiB, 1 GiB used
+        f"{job}/memory.max": "max\n", f"{job}/memory.current": str(1 << 30),
+        f"{job}/cpu.max": "400000 100000\n", "system.slice/cpu.max": "800000 100000\n",
+    })
+    _in_cgroup(monkeypatch, f"0::/{job}\n")
+    left = available_memory(cgroup_root=root)
+    assert left is not None and left <= 2 << 30  # the job's limit less its usage (or less: MemAvailable)
+    assert cgroup_cpu_quota(root) == 4  # the job step's quota, the smaller one
+    _in_cgroup(monkeypatch, "0::/\n")  # a container with its own namespace: its limits are the root's
+    assert cgroup_cpu_quota(root) is None
+
+
+def test_a_v1_memory_hierarchy_names_its_own_path(tmp_path, monkeypatch):
+    from ptychodata._runtime import available_memory, cgroup_cpu_quota
+
+    root = _cgroup(tmp_path, {
+        "memory/batch/job_3/memory.limit_in_bytes": str(1 << 20), "memory/batch/job_3/memory.usage_in_bytes": "0",
+        "cpu,cpuacct/batch/job_3/cpu.cfs_quota_us": "250000", "cpu,cpuacct/batch/job_3/cpu.cfs_period_us": "100000",
+    })
+    (tmp_path / "cpu").symlink_to(tmp_path / "cpu,cpuacct")
+    _in_cgroup(monkeypatch, "12:cpu,cpuacct:/batch/job_3\n9:memory:/batch/job_3\n1:name=systemd:/batch\n")
+    assert available_memory(cgroup_root=root) <= 1 << 20
+    assert cgroup_cpu_quota(root) == 3

@@ -21,38 +21,68 @@ __all__ = [
 # A container's "no limit" in cgroup v1 is a huge number; anything above this is no limit.
 _NO_LIMIT = 1 << 60
 
-_CGROUP_FILES = (
-    ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-    ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
-)
+# (v1 hierarchy, limit file, usage file) of memory in cgroup v2, then v1.
+_MEMORY_FILES = ((None, "memory.max", "memory.current"), ("memory", "memory.limit_in_bytes", "memory.usage_in_bytes"))
 
-def available_memory() -> int | None:
+
+def _own_cgroups(root: str, v1_hierarchy: str | None) -> list[str]:
+    """The directories of this process's cgroup and of its ancestors, innermost first, ending
+    with the mount's root: under ``root`` (cgroup v2) or, given ``v1_hierarchy`` (``"memory"``,
+    ``"cpu"``), under ``root/v1_hierarchy`` for the v1 hierarchy of that controller; as
+    ``/proc/self/cgroup`` names them. A batch system's job (SLURM, PBS) is a cgroup below the
+    root, whose limits are in its own directory; a container with its own cgroup namespace
+    sees its cgroup as the root. Directories that do not exist are included (reading them fails)."""
+    path = None
+    with contextlib.suppress(OSError):
+        with open("/proc/self/cgroup") as handle:
+            for line in handle:
+                hierarchy, controllers, where = (line.rstrip("\n").split(":", 2) + ["", ""])[:3]
+                if (v1_hierarchy is None and hierarchy == "0" and not controllers) or (
+                    v1_hierarchy is not None and v1_hierarchy in controllers.split(",")
+                ):
+                    path = where
+    base = root if v1_hierarchy is None else os.path.join(root, v1_hierarchy)
+    parts = [part for part in (path or "").split("/") if part not in ("", ".", "..")]
+    return [os.path.join(base, *parts[:depth]) for depth in range(len(parts), 0, -1)] + [base]
+
+def available_memory(*, cgroup_root: str = "/sys/fs/cgroup") -> int | None:
     """Bytes this process could allocate now, or None where nothing is known.
 
-    The smallest of: ``MemAvailable`` (``/proc/meminfo``), its cgroup's limit less its usage,
-    and its address-space limit (``RLIMIT_AS``, as ``ulimit -v`` sets it) less its current size.
+    The smallest of: ``MemAvailable`` (``/proc/meminfo``), the limit less the usage of its
+    cgroup and of each cgroup above it (a batch job's, a container's; v2, else v1), and its
+    address-space limit (``RLIMIT_AS``, as ``ulimit -v`` sets it) less its current size.
     """
     found = []
     with contextlib.suppress(OSError, StopIteration, ValueError, IndexError):
         with open("/proc/meminfo") as meminfo:
             found.append(next(int(line.split()[1]) for line in meminfo if line.startswith("MemAvailable:")) * 1024)
-    for limit_file, usage_file in _CGROUP_FILES:
-        try:
-            with open(limit_file) as handle:
-                limit = handle.read().strip()
-        except OSError:
-            continue
-        usage = 0  # where the usage cannot be read, the limit alone
-        with contextlib.suppress(OSError, ValueError):
-            with open(usage_file) as handle:
-                usage = int(handle.read().strip())
-        if limit.isdigit() and int(limit) < _NO_LIMIT:
-            found.append(max(0, int(limit) - usage))
-        break
+    for hierarchy, limit_file, usage_file in _MEMORY_FILES:
+        limits = [left for folder in _own_cgroups(cgroup_root, hierarchy)
+                  if (left := _cgroup_memory_left(folder, limit_file, usage_file)) is not None]
+        if limits:
+            found.append(min(limits))
+            break
     soft, _ = resource.getrlimit(resource.RLIMIT_AS)
     if soft != resource.RLIM_INFINITY:
         found.append(max(0, soft - _address_space()))
     return min(found) if found else None
+
+
+def _cgroup_memory_left(folder: str, limit_file: str, usage_file: str) -> int | None:
+    """A cgroup's memory limit less its usage (the limit alone where the usage cannot be read),
+    or None where it sets no limit or cannot be read."""
+    try:
+        with open(os.path.join(folder, limit_file)) as handle:
+            limit = handle.read().strip()
+    except OSError:
+        return None
+    if not limit.isdigit() or int(limit) >= _NO_LIMIT:
+        return None
+    usage = 0
+    with contextlib.suppress(OSError, ValueError):
+        with open(os.path.join(folder, usage_file)) as handle:
+            usage = int(handle.read().strip())
+    return max(0, int(limit) - usage)
 
 
 def _address_space() -> int:
@@ -73,26 +103,35 @@ def usable_cores(*, cgroup_root: str = "/sys/fs/cgroup") -> int:
 
 
 def cgroup_cpu_quota(root: str = "/sys/fs/cgroup") -> int | None:
-    """Whole CPUs a cgroup quota allows (rounded up), or None where no quota is set or readable."""
-    for quota_file, period_file in (("cpu.max", None), ("cpu/cpu.cfs_quota_us", "cpu/cpu.cfs_period_us")):
-        try:
-            with open(os.path.join(root, quota_file)) as handle:
-                fields = handle.read().split()
-            if period_file is not None:
-                with open(os.path.join(root, period_file)) as handle:
-                    fields.append(handle.read().strip())
-        except (OSError, ValueError):
-            continue
-        if len(fields) < 2 or fields[0] in ("max", "-1"):
-            return None
-        try:
-            quota, period = int(fields[0]), int(fields[1])
-        except ValueError:
-            return None
-        if quota <= 0 or period <= 0:
-            return None
-        return -(-quota // period)
+    """Whole CPUs the CPU quotas of this process's cgroup and of those above it allow (the
+    smallest, rounded up; v2 ``cpu.max``, else v1 ``cpu.cfs_quota_us``), or None where no quota
+    is set or readable."""
+    for hierarchy, quota_file, period_file in ((None, "cpu.max", None), ("cpu", "cpu.cfs_quota_us", "cpu.cfs_period_us")):
+        quotas = [quota for folder in _own_cgroups(root, hierarchy)
+                  if (quota := _cgroup_cpus(folder, quota_file, period_file)) is not None]
+        if quotas:
+            return min(quotas)
     return None
+
+
+def _cgroup_cpus(folder: str, quota_file: str, period_file: str | None) -> int | None:
+    try:
+        with open(os.path.join(folder, quota_file)) as handle:
+            fields = handle.read().split()
+        if period_file is not None:
+            with open(os.path.join(folder, period_file)) as handle:
+                fields.append(handle.read().strip())
+    except (OSError, ValueError):
+        return None
+    if len(fields) < 2 or fields[0] in ("max", "-1"):
+        return None
+    try:
+        quota, period = int(fields[0]), int(fields[1])
+    except ValueError:
+        return None
+    if quota <= 0 or period <= 0:
+        return None
+    return -(-quota // period)
 
 
 def rows_per_chunk(row_bytes: int, budget_bytes: int) -> int:

@@ -1,6 +1,8 @@
 """Block order, for stores larger than the page cache: every group once an epoch, read in long
 runs of neighbouring groups, resumable like the full permutation."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -195,32 +197,50 @@ def test_a_window_is_released_once_the_next_one_is_served():
         np.testing.assert_array_equal(groups, order[w * run : (w + 1) * run])  # the window before, once
     reads = [i for i, event in enumerate(events) if event[0] == "read"]
     releases = [i for i, event in enumerate(events) if event[0] == "release"]
-    assert all(reads[w + 1] < releases[w] for w in range(len(releases)))  # window w+1 asked for before w is dropped
+    # Window w is dropped once window w+1 is served (read before), before window w+2 is asked for.
+    assert all(reads[w + 1] < releases[w] < reads[w + 2] for w in range(len(releases) - 1))
 
 
-def test_a_released_window_drops_its_file_ranges_and_reads_the_same_again(tmp_path, monkeypatch):
+@pytest.mark.parametrize("copy", [True, False], ids=["copy", "zero-copy"])
+def test_a_released_window_drops_its_file_ranges_and_reads_the_same_again(tmp_path, monkeypatch, copy):
+    import mmap
+
     from ptychodata import GroupingConfig, prepare, simulate
     from ptychodata.store import _threads
 
-    with prepare(simulate(40, 16, seed=3, progress=False), GroupingConfig(gridsize=1, seed=0), cache_dir=tmp_path,
+    source = simulate(40, 16, seed=3, progress=False).save(tmp_path / "scan.npz")
+    with prepare(source, GroupingConfig(gridsize=1, seed=0), cache_dir=tmp_path / "cache", copy=copy,
                  progress=False) as store:
         before = store.batch(np.arange(len(store)))["X"].copy()
-        path = next(tmp_path.rglob("patterns.npy"))
         row = store.patterns[:1].nbytes
-        offset = path.stat().st_size - store.patterns.nbytes
-        advised, fadvise = [], getattr(_threads.os, "posix_fadvise", None)
+        if copy:
+            path = next(tmp_path.rglob("patterns.npy"))
+            offset = path.stat().st_size - store.patterns.nbytes
+        else:
+            path, offset = source, store.frames.patterns.offset
+        advised, mapped, fadvise = [], [], getattr(_threads.os, "posix_fadvise", None)
+        forget = _threads.ReadAheadThread._forget
 
         def record(fd, at, nbytes, advice):
             advised.append((at, nbytes, advice))
             if fadvise is not None:
                 fadvise(fd, at, nbytes, advice)
 
+        def spy(where, ranges, mapping):
+            mapped.append(mapping)
+            forget(where, ranges, mapping)
+
         monkeypatch.setattr(_threads.os, "posix_fadvise", record, raising=False)
         monkeypatch.setattr(_threads.os, "POSIX_FADV_DONTNEED", getattr(_threads.os, "POSIX_FADV_DONTNEED", 4),
                             raising=False)
+        monkeypatch.setattr(_threads.ReadAheadThread, "_forget", staticmethod(spy))
         store.release(np.arange(len(store))).result(timeout=10)
         monkeypatch.undo()
         assert advised == [(offset, len(store.patterns) * row, _threads.os.POSIX_FADV_DONTNEED)]
+        (mapping, start), = mapped  # the mmap the store reads its patterns from, and its file offset
+        assert isinstance(mapping, mmap.mmap)
+        at = offset + 7 * row - start
+        assert mapping[at : at + row] == store.patterns[7].tobytes() == Path(path).read_bytes()[at + start :][:row]
         np.testing.assert_array_equal(store.batch(np.arange(len(store)))["X"], before)  # read again from the file
         assert store.release([]).result(timeout=10) is None
         with pytest.raises(GroupIndexError, match=f"group index {len(store)} out of range"):

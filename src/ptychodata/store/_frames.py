@@ -250,15 +250,17 @@ def file_extent(array: np.ndarray) -> tuple[str, int] | None:
     return str(array.filename), int(array.offset)
 
 
-def file_mapping(array: np.ndarray) -> tuple[mmap.mmap, int] | None:
-    """``(mapping, file offset of its first byte)`` of the ``mmap`` that holds ``array``, where
-    ``array`` is all of a file's ``np.memmap`` (or a plain view of one), else None."""
-    memmap = array
-    while memmap is not None and not isinstance(memmap, np.memmap):
-        memmap = memmap.base if isinstance(memmap.base, np.ndarray) else None
-    if memmap is None or not isinstance(memmap.base, mmap.mmap) or memmap.ctypes.data != array.ctypes.data:
+def file_mapping(array: np.ndarray, offset: int) -> tuple[mmap.mmap, int] | None:
+    """``(mapping, file offset of its first byte)`` of the open ``mmap`` that holds ``array``
+    (an ``np.memmap``, or an array made on an ``mmap``'s buffer, or a view of either), whose
+    first byte is at byte ``offset`` of the file; None where ``array`` is not in an ``mmap``."""
+    holder: Any = array
+    while isinstance(holder, (np.ndarray, memoryview)):
+        holder = holder.obj if isinstance(holder, memoryview) else holder.base
+    if not isinstance(holder, mmap.mmap) or holder.closed or not len(holder) or not array.size:
         return None
-    return memmap.base, int(memmap.offset) - int(memmap.offset) % mmap.ALLOCATIONGRANULARITY
+    start = np.frombuffer(holder, np.uint8, count=1).ctypes.data  # where the mapping begins in memory
+    return holder, int(offset) - (array.ctypes.data - start)
 
 
 def map_patterns(build: Path, entry: PatternsEntry) -> np.ndarray:

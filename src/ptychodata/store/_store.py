@@ -436,7 +436,7 @@ class Store:
         before serving it while the next one is read. A store whose patterns are not a file's
         (nothing to read) returns a future that is done.
         """
-        path, ranges = self._pattern_runs(indices)
+        path, _, ranges = self._pattern_runs(indices)
         return self._reading_ahead.submit(path, ranges)
 
     def release(self, indices: Any) -> Future:
@@ -449,16 +449,17 @@ class Store:
         Returns at once a future that is done when they are dropped (a hint: nothing is raised
         if the system cannot drop them).
         """
-        path, ranges = self._pattern_runs(indices)
-        return self._reading_ahead.forget(path, ranges, file_mapping(self.patterns) if ranges else None)
+        path, offset, ranges = self._pattern_runs(indices)
+        return self._reading_ahead.forget(path, ranges, file_mapping(self.patterns, offset) if ranges else None)
 
-    def _pattern_runs(self, indices: Any) -> tuple[str, list[tuple[int, int]]]:
-        """The patterns file, and the ``(offset, nbytes)`` of the runs of its rows that the
-        patterns of groups ``indices`` span (rows fewer than ``_READ_AHEAD_GAP`` apart joined)."""
+    def _pattern_runs(self, indices: Any) -> tuple[str, int, list[tuple[int, int]]]:
+        """The patterns file, the offset of its first row, and the ``(offset, nbytes)`` of the
+        runs of its rows that the patterns of groups ``indices`` span (rows fewer than
+        ``_READ_AHEAD_GAP`` apart joined)."""
         rows = np.unique(self.groups[self._check_indices(indices)])
         patterns = self.patterns
         if not len(rows) or not patterns.size:
-            return "", []
+            return "", 0, []
         entry = self.frames.patterns
         if entry.file is None:  # the build's own .npy: the data fill the file after its header
             path = str(self._open().frames_dir / npy_name(FrameFile.PATTERNS))
@@ -467,8 +468,8 @@ class Store:
             path, offset = entry.file, entry.offset
         row_bytes = patterns[:1].nbytes
         breaks = np.flatnonzero(np.diff(rows) > _READ_AHEAD_GAP) + 1
-        return path, [(offset + int(run[0]) * row_bytes, (int(run[-1]) + 1 - int(run[0])) * row_bytes)
-                      for run in np.split(rows, breaks)]
+        return path, offset, [(offset + int(run[0]) * row_bytes, (int(run[-1]) + 1 - int(run[0])) * row_bytes)
+                              for run in np.split(rows, breaks)]
 
     # ------------------------------------------------------------------ whole-store views
     def grouped_data(self, experiment: int | None = None) -> dict[str, Any]:

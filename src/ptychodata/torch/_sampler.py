@@ -251,7 +251,8 @@ class GroupSampler(torch.utils.data.Sampler):
         pass reaches them, and waits at a window's first batch until that window is read (the
         disk reads the next window, in long runs, while this one is served from memory; a
         batch served before its window is read would read its rows one by one, at random).
-        With :attr:`release` set, the window before is released at a window's first batch."""
+        With :attr:`release` set, the window before is released at a window's first batch, before
+        the next one is asked for."""
         if self.read_ahead is None or self.block is None or not self.shuffle:
             return None
         order, start, run = self.global_order(), self._start, self.block * self.window
@@ -259,18 +260,17 @@ class GroupSampler(torch.utils.data.Sampler):
 
         def ahead(step: int) -> None:
             window = (start + step * step_size) // run
+            first = window not in reached
+            if first and self.release is not None and window > 0:  # before the next window is read
+                self.release(order[(window - 1) * run : window * run])
+            reached.add(window)
             for w in (window, window + 1):
                 if w not in issued and w * run < len(order):
                     issued[w] = self.read_ahead(order[w * run : (w + 1) * run])
-            if window in reached:
-                return
-            reached.add(window)
             current = issued.get(window)
-            if isinstance(current, Future):
+            if first and isinstance(current, Future):
                 with contextlib.suppress(CancelledError):  # the store closed: nothing more is read ahead
                     current.result()
-            if self.release is not None and window > 0:
-                self.release(order[(window - 1) * run : window * run])
 
         return ahead
 

@@ -36,6 +36,9 @@ from ptychodata.torch._epoch_orders import EpochOrders
 
 __all__ = ["GroupSampler"]
 
+# Windows of a block order read ahead of the one being served.
+_WINDOWS_AHEAD = 1
+
 
 class GroupSampler(torch.utils.data.Sampler):
     """Yields this rank's batches of group indices (use as a DataLoader ``batch_sampler``).
@@ -264,7 +267,7 @@ class GroupSampler(torch.utils.data.Sampler):
             if first and self.release is not None and window > 0:  # before the next window is read
                 self.release(order[(window - 1) * run : window * run])
             reached.add(window)
-            for w in (window, window + 1):
+            for w in range(window, window + 1 + _WINDOWS_AHEAD):
                 if w not in issued and w * run < len(order):
                     issued[w] = self.read_ahead(order[w * run : (w + 1) * run])
             current = issued.get(window)

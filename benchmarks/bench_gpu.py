@@ -479,8 +479,9 @@ def bench_resident(args, workdir: Path) -> None:
 def diagnose_resident(held: dict, args) -> None:
     """Where a resident batch's time goes, on the device: the gather alone (one run of
     batches, planned once, timed with CUDA events) against index_select of random rows of
-    the same bytes; and a pre-scaled run's index_select with its own rows (the probe rows
-    repeat the same few rows) against random rows."""
+    the same bytes; a pre-scaled run's index_select with its own rows (the probe rows
+    repeat the same few rows) against random rows; and a fused gather's X rows alone
+    (:func:`decode_alone`)."""
     print("\n-- resident diagnosis: device time of one gather per run of batches (CUDA events, median of 20) --")
     print(f"{'frames':<25} {'batch':>5} {'k':>3} | {'gather us/batch':>15} {'random rows us/batch':>20} "
           f"{'ratio':>6}")
@@ -502,17 +503,30 @@ def diagnose_resident(held: dict, args) -> None:
                 mine = median_event_time(lambda: torch.index_select(store._table, 0, own))
                 print(f"{'':<25} {'':>5} {'':>3} | index_select of the run's own rows (probe rows repeated): "
                       f"{mine / k * 1e6:.1f} us/batch")
-            elif store.kernel == "triton" and batch_size == 256:
-                from ptychodata.torch import _held_frames
+            elif store.kernel == "triton":
+                decode_alone(store, plan, n)
 
-                chosen = (_held_frames._BLOCK, _held_frames._WARPS)
-                times = []
-                for block, warps in [(1024, 4), (2048, 4), (4096, 4), (4096, 8), (2048, 8)]:
-                    _held_frames._BLOCK, _held_frames._WARPS = block, warps
-                    times.append((median_event_time(lambda: store._gather_run(plan, 0, k, False)) / k, block, warps))
-                _held_frames._BLOCK, _held_frames._WARPS = chosen
-                print(f"{'':<25} {'':>5} {'':>3} | Triton BLOCK, warps: "
-                      + ", ".join(f"{b}/{w} {t * 1e6:.1f}" for t, b, w in times) + " us/batch")
+
+def decode_alone(store, plan, n: int) -> None:
+    """The fused gather's X rows alone (no probes) against ``index_select`` of the same rows in
+    the held dtype and as float32 rows (the bytes the decode writes): a gather bound by memory
+    comes near the float32 rows' time, whatever it reads."""
+    from ptychodata.torch._held_frames import gather_decode
+
+    rows = plan.members[:n].reshape(-1)
+    X = torch.empty((len(rows), N, N), device=store.device)
+    held = torch.empty((len(rows), N, N), dtype=store.frames.dtype, device=store.device)
+    wide = torch.empty((len(store.frames), N, N), device=store.device)  # float32 rows to time, never read
+    nothing = torch.empty(0, dtype=torch.int64, device=store.device)
+    no_probes = torch.empty((0, N, N), dtype=torch.complex64, device=store.device)
+    scale = None if plan.scale is None else plan.scale[:n]
+    decode = median_event_time(lambda: gather_decode(store.kernel, store.encoding, store._table, rows, scale, store.C,
+                                                     X, store.probes, nothing, no_probes))
+    same = median_event_time(lambda: torch.index_select(store.frames, 0, rows, out=held))
+    wider = median_event_time(lambda: torch.index_select(wide, 0, rows, out=X))
+    print(f"{'':<25} {'':>5} {'':>3} | X rows alone: decode {decode * 1e6:.0f} us; index_select of these rows "
+          f"{same * 1e6:.0f} us ({same / decode:.0%}) as {str(store.frames.dtype).removeprefix('torch.')}, "
+          f"{wider * 1e6:.0f} us ({wider / decode:.0%}) as float32", flush=True)
 
 
 def median_event_time(function, repeat: int = 20) -> float:

@@ -45,6 +45,7 @@ def _own_cgroups(root: str, v1_hierarchy: str | None) -> list[str]:
     parts = [part for part in (path or "").split("/") if part not in ("", ".", "..")]
     return [os.path.join(base, *parts[:depth]) for depth in range(len(parts), 0, -1)] + [base]
 
+
 def available_memory(*, cgroup_root: str = "/sys/fs/cgroup") -> int | None:
     """Bytes this process could allocate now, or None where nothing is known.
 

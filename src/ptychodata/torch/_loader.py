@@ -224,7 +224,7 @@ def _host_loader(
     sampler = _sampler(dataset, batch_size, shuffle, seed, drop_last, distributed, block=block)
     if block is not None and hasattr(dataset.store, "read_ahead"):
         sampler.read_ahead = dataset.store.read_ahead  # each window read in long runs before it is served
-        if larger_than_memory(dataset.store):
+        if _larger_than_memory(dataset.store):
             sampler.release = dataset.store.release
     loader = torch.utils.data.DataLoader(
         dataset,
@@ -240,7 +240,7 @@ def _host_loader(
     return GroupLoader(loader, sampler, background=background if num_workers == 0 else 0)
 
 
-def larger_than_memory(store: Any) -> bool:
+def _larger_than_memory(store: Any) -> bool:
     """Whether ``store``'s patterns are more bytes than this process may use now
     (:func:`~ptychodata._runtime.available_memory`: free memory, a cgroup's limit, ``ulimit -v``):
     then the page cache cannot keep them over an epoch."""

@@ -7,16 +7,18 @@ the fully random order, beside the disk's sequential read rate.
 A store of --gib GiB of random patterns (gridsize 1: a group reads one pattern) is prepared,
 then, each time after dropping the page cache (root: ``/proc/sys/vm/drop_caches``):
   sequential   the patterns file read start to end in 8 MiB reads: the disk's rate
-  block        ``make_loader(store, batch, block=...)`` (windows of 16 blocks), one epoch (or --seconds),
-               then the next epoch without dropping the cache (the loader's own rate where the store fits;
-               from the disk again where windows are dropped as served);
-               where the store is larger than the memory available, each window served is dropped
+  block        ``make_loader(store, batch, block=...)`` (windows of 16 blocks), one epoch (or --seconds);
+               where the store is larger than the memory available, each window served is dropped;
+               then, so, the same with every window kept (left to the kernel's reclaim);
+               then the next epoch without dropping the cache (the loader's own rate where the store
+               fits; from the disk again where windows are dropped as served)
   random       ``make_loader(store, batch)``, the full permutation, one epoch (or --seconds)
 The loaders' rates count pattern bytes delivered. Target: block >= 0.8 x sequential.
 
 With --memory-gib, the process first moves itself into a new cgroup (v2) whose ``memory.max`` is
 G GiB, page cache included: a store larger than that cannot stay cached, as on a machine whose
-memory is smaller than its data.
+memory is smaller than its data. Each loader's line then gives what the kernel reclaimed in that
+cgroup meanwhile (``memory.stat``: pages stolen, and file pages read again soon after).
 """
 
 from __future__ import annotations
@@ -65,22 +67,42 @@ def sequential_rate(path: Path) -> float:
     return done / (time.perf_counter() - start)
 
 
-def loader_rate(store, batch: int, seconds: float, *, cold: bool = True, **order) -> tuple[float, float]:
-    """Pattern bytes per second over one epoch (or ``seconds``), and the share of the epoch done;
-    ``cold``: the page cache dropped first."""
+def reclaim_counts(group: str | None) -> dict[str, int]:
+    """The cgroup's reclaim counters (pages) from its ``memory.stat``; empty without a cgroup."""
+    if group is None:
+        return {}
+    fields = dict(line.split() for line in Path(group, "memory.stat").read_text().splitlines())
+    return {key: int(fields.get(key, 0)) for key in ("pgsteal", "workingset_refault_file")}
+
+
+def loader_rate(store, batch: int, seconds: float, *, group: str | None, cold: bool = True, keep: bool = False,
+                **order) -> tuple[float, float, str]:
+    """Pattern bytes per second over one epoch (or ``seconds``), the share of the epoch done, and
+    what the kernel reclaimed in ``group`` meanwhile; ``cold``: the page cache dropped first;
+    ``keep``: windows served are never dropped."""
     loader = make_loader(store, batch, num_workers=0, background=2, **order)
-    if "block" in order and cold:
-        print(f"  (block order drops each window served from memory: "
-              f"{'yes, the store is larger than the memory available' if loader.sampler.release else 'no, the store fits'})")
+    if keep:
+        loader.sampler.release = None
     if cold:
         drop_page_cache()
+    before = reclaim_counts(group)
     start, groups = time.perf_counter(), 0
     for batch_arrays in loader:
         groups += len(batch_arrays["X"])
         if time.perf_counter() - start > seconds:
             break
     elapsed = time.perf_counter() - start
-    return groups * store.N * store.N * 4 / elapsed, groups / len(store)
+    after = reclaim_counts(group)
+    page = os.sysconf("SC_PAGE_SIZE") / 2**20
+    reclaimed = (f"   reclaimed {(after['pgsteal'] - before['pgsteal']) * page:.0f} MiB, read again "
+                 f"{(after['workingset_refault_file'] - before['workingset_refault_file']) * page:.0f} MiB"
+                 if after else "")
+    return groups * store.N * store.N * 4 / elapsed, groups / len(store), reclaimed
+
+
+def dropping(store, batch: int, block: int) -> bool:
+    """Whether block order drops the windows it has served from this store (make_loader decides)."""
+    return make_loader(store, batch, block=block, background=0).sampler.release is not None
 
 
 def main() -> None:
@@ -96,8 +118,10 @@ def main() -> None:
     if os.geteuid() != 0:
         raise SystemExit("bench_block_order needs root: it drops the page cache before each run")
     print(f"machine: {machine()}")
+    group = None
     if args.memory_gib is not None:
-        print(f"memory: cgroup {limit_memory(args.memory_gib)}, memory.max {args.memory_gib:g} GiB (page cache included)")
+        group = limit_memory(args.memory_gib)
+        print(f"memory: cgroup {group}, memory.max {args.memory_gib:g} GiB (page cache included)")
     points = int(args.gib * 2**30 / (4 * args.N * args.N))
     with tempfile.TemporaryDirectory(dir=args.workdir) as folder:
         source = random_source(Path(folder) / "source.npz", points, args.N)
@@ -107,20 +131,27 @@ def main() -> None:
                   f"batch {args.batch}, block {args.block} groups, windows of 16 blocks\n")
             disk = sequential_rate(patterns)
             print(f"{'sequential read of patterns.npy':<40} {disk / 2**20:>8.0f} MiB/s")
-            block, done = loader_rate(store, args.batch, args.seconds, block=args.block)
+            drops = dropping(store, args.batch, args.block)
+            print(f"  (block order drops each window served from memory: "
+                  f"{'yes, the store is larger than the memory available' if drops else 'no, the store fits'})")
+            block, done, reclaimed = loader_rate(store, args.batch, args.seconds, group=group, block=args.block)
             verdict = "ok" if block >= 0.8 * disk else "NOT met"
             print(f"{'loader, block order':<40} {block / 2**20:>8.0f} MiB/s   ({done:.0%} of an epoch)   "
-                  f"bound 0.8 x sequential = {0.8 * disk / 2**20:.0f}  {verdict}")
-            again, done = loader_rate(store, args.batch, args.seconds, cold=False, block=args.block)
-            kept = ("windows were dropped as served: read from the disk again" if make_loader(
-                store, args.batch, block=args.block, background=0).sampler.release
-                else "what the page cache kept (all of a store that fits): the loader's own rate")
+                  f"bound 0.8 x sequential = {0.8 * disk / 2**20:.0f}  {verdict}{reclaimed}")
+            if drops:
+                kept, done, reclaimed = loader_rate(store, args.batch, args.seconds, group=group, keep=True,
+                                                    block=args.block)
+                print(f"{'loader, block order, windows kept':<40} {kept / 2**20:>8.0f} MiB/s   ({done:.0%} of an epoch)   "
+                      f"{kept / disk:.2f} x sequential{reclaimed}")
+            again, done, reclaimed = loader_rate(store, args.batch, args.seconds, group=group, cold=False,
+                                                 block=args.block)
+            where = ("windows were dropped as served: read from the disk again" if drops
+                     else "what the page cache kept (all of a store that fits): the loader's own rate")
             print(f"{'loader, block order, next epoch':<40} {again / 2**20:>8.0f} MiB/s   ({done:.0%} of an epoch)   "
-                  f"{kept}")
-            randomly, done = loader_rate(store, args.batch, args.seconds)
+                  f"{where}{reclaimed}")
+            randomly, done, reclaimed = loader_rate(store, args.batch, args.seconds, group=group)
             print(f"{'loader, random order':<40} {randomly / 2**20:>8.0f} MiB/s   ({done:.0%} of an epoch)   "
-                  f"{randomly / disk:.2f} x sequential")
-
+                  f"{randomly / disk:.2f} x sequential{reclaimed}")
 
 if __name__ == "__main__":
     main()

@@ -282,3 +282,5 @@ def test_make_loader_releases_served_windows_only_of_a_store_larger_than_memory(
         assert sorted(served) == list(range(len(store)))
         monkeypatch.setattr(_loader, "available_memory", lambda: None)  # nothing known: nothing dropped
         assert make_loader(store, 4, block=8, background=0).sampler.release is None
+        monkeypatch.setattr(_loader, "available_memory", lambda: 0)
+        assert make_loader(store, 4, block=8, num_workers=1).sampler.release is None  # workers map their pages

@@ -105,7 +105,7 @@ def make_loader(
     the one before is served; where the store's patterns are larger than the memory this
     process may use now (free memory, a cgroup's ``memory.max``, ``ulimit -v``), a window
     served is dropped from memory (:meth:`Store.release <ptychodata.store.Store.release>`)
-    to make room for the next.
+    to make room for the next (without worker processes, which map the pages they read).
 
     ``layout="ptycho_torch"`` yields ptycho_torch's batch tuple ``(fields, probe,
     probe_scaling)`` instead, which its ``PtychoPINN_Lightning`` trains on as it is (keys
@@ -224,7 +224,7 @@ def _host_loader(
     sampler = _sampler(dataset, batch_size, shuffle, seed, drop_last, distributed, block=block)
     if block is not None and hasattr(dataset.store, "read_ahead"):
         sampler.read_ahead = dataset.store.read_ahead  # each window read in long runs before it is served
-        if _larger_than_memory(dataset.store):
+        if num_workers == 0 and _larger_than_memory(dataset.store):  # workers map the pages they read
             sampler.release = dataset.store.release
     loader = torch.utils.data.DataLoader(
         dataset,

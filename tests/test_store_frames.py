@@ -10,7 +10,7 @@ import pytest
 
 from ptychodata import GroupingConfig, StoreError, open_store, prepare, simulate
 from ptychodata.cli import main
-from ptychodata.errors import ParameterError, ScanDataError
+from ptychodata.errors import FramesRangeError, ParameterError, ScanDataError
 from ptychodata.io import write_npz
 from ptychodata.store._frames import FramesEncoding
 
@@ -107,7 +107,8 @@ def test_counts_that_do_not_fit_are_refused_naming_the_pattern(tmp_path, scan):
     big = np.zeros(scan.diffraction.shape, np.uint32)
     big[7, 3, 3] = 70_000
     source = write_npz(tmp_path / "big.npz", scan_arrays(scan, big))
-    with pytest.raises(ScanDataError, match=r"pattern 7 holds counts in \[0, 70000\].*'uint32'"):
+    with pytest.raises(FramesRangeError, match=r"pattern 7 holds counts in \[0, 70000\]; frames_dtype='uint16' "
+                       r"holds whole counts in \[0, 65535\]; use frames_dtype='uint32'"):
         prepare(source, CONFIG, cache_dir=tmp_path / "c", intensity=True, frames_dtype="uint16", progress=False)
     stored = prepare(source, CONFIG, cache_dir=tmp_path / "c", intensity=True, frames_dtype="uint32", progress=False,
                      load_options={"shift": False})  # one bright pixel near a corner would read as unshifted
@@ -118,7 +119,7 @@ def test_fractional_counts_are_refused_for_integer_storage(tmp_path, scan):
     counts = np.round(scan.diffraction.astype(np.float32) ** 2 * 100)
     counts[11, 0, 5] = 2.5
     source = write_npz(tmp_path / "frac.npz", scan_arrays(scan, counts))
-    with pytest.raises(ScanDataError, match=r"pattern 11 holds a fractional count \(2\.5\)"):
+    with pytest.raises(FramesRangeError, match=r"pattern 11 holds 2\.5, not a whole count; frames_dtype='uint16'"):
         prepare(source, CONFIG, cache_dir=tmp_path / "c", intensity=True, frames_dtype="uint16", progress=False)
 
 
@@ -334,3 +335,22 @@ def test_zero_copy_materialized_X_equals_the_copy_store(tmp_path, amplitude_file
     in_place = prepare(amplitude_file, CONFIG, cache_dir=cache, materialize=True, copy=False, progress=False)
     assert in_place.zero_copy and in_place.grouping.materialized
     np.testing.assert_array_equal(all_X(in_place), all_X(copied))
+
+
+def test_a_count_or_amplitude_an_encoding_cannot_hold_is_named_with_what_it_holds():
+    from ptychodata.store import FramesEncoding
+
+    counts = np.zeros((4, 2, 2), np.float64)
+    assert FramesEncoding("uint16", "counts").unencodable(counts) is None
+    for value, found in [(np.inf, "holds inf, not a whole count"), (-3.0, "holds counts in [-3, 0]"),
+                         (70_000.0, "holds counts in [0, 70000]"), (0.5, "holds 0.5, not a whole count")]:
+        counts[2, 1, 0] = value
+        assert FramesEncoding("uint16", "counts").unencodable(counts) == (2, found)
+    assert FramesEncoding("uint32", "counts").unencodable(counts[:, :, :1] * 0 + 70_000) is None
+    amplitude = np.ones((3, 2, 2), np.float32)
+    amplitude[1, 0, 0] = np.nan
+    assert FramesEncoding("float16").unencodable(amplitude, amplitude) == (1, "has amplitude nan, not a finite amplitude")
+    amplitude[1, 0, 0] = 1e5
+    assert FramesEncoding("float16").unencodable(amplitude, amplitude) == (
+        1, "has amplitude 100000, beyond float16's largest 65504")
+    assert FramesEncoding("bfloat16").unencodable(amplitude, amplitude) is None

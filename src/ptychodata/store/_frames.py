@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from ptychodata.errors import ParameterError, ScanDataError, StoreError
+from ptychodata.errors import FramesRangeError, ParameterError, ScanDataError, StoreError
 from ptychodata.store._cache_paths import FrameFile, npy_name
 from ptychodata.store._manifest import PatternsEntry
 
@@ -128,21 +128,56 @@ class FramesEncoding:
             "bfloat16": "A = (uint32(stored) << 16) viewed as float32",
         }[self.dtype]
 
+    @property
+    def holds(self) -> str:
+        """What this encoding holds exactly, in words (for errors)."""
+        if self.values == "counts" and self.storage.kind == "u":
+            return f"holds whole counts in [0, {np.iinfo(self.storage).max}]"
+        if self.dtype == "float16":
+            return f"holds amplitudes up to {_FLOAT16_MAX:g}"
+        return f"holds float32 {self.values}"
+
+    def unencodable(self, raw: np.ndarray, amplitude: np.ndarray | None = None) -> tuple[int, str] | None:
+        """The first pattern of a chunk that this encoding cannot hold exactly (its index in
+        the chunk) and what it holds, in words; None where it holds them all. ``raw`` (P, N, N)
+        as in the source (counts are checked: whole, finite, in the storage's range);
+        ``amplitude`` their float32 amplitudes (float16's range is checked)."""
+        if self.values == "counts" and self.storage.kind == "u":
+            return _first_inexact_count(raw, int(np.iinfo(self.storage).max))
+        if self.dtype == "float16" and amplitude is not None:
+            peak = amplitude.reshape(len(amplitude), -1).max(axis=1, initial=0)
+            beyond = ~(peak <= _FLOAT16_MAX)  # NaN too
+            if beyond.any():
+                bad = int(np.argmax(beyond))
+                why = "not a finite amplitude" if np.isnan(peak[bad]) else f"beyond float16's largest {_FLOAT16_MAX:g}"
+                return bad, f"has amplitude {float(peak[bad]):g}, {why}"
+        return None
+
     def encode(self, raw: np.ndarray, amplitude: np.ndarray, first: int, where: str) -> np.ndarray:
         """The stored form of a chunk: ``raw`` (P, N, N) as in the source, ``amplitude`` its
-        float32 amplitudes. ``first`` is the index of the chunk's first pattern, for errors."""
+        float32 amplitudes. ``first`` is the index of the chunk's first pattern, for errors.
+
+        Raises ``FramesRangeError`` naming the first pattern the encoding cannot hold exactly
+        (:meth:`unencodable`): nothing is clipped or rounded to a whole count."""
+        if self.values == "counts" and raw.dtype.kind not in "uif":
+            raise ScanDataError(f"{where}counts of dtype {raw.dtype}; expected integers or whole-valued floats")
+        problem = self.unencodable(raw, amplitude)
+        if problem is not None:
+            bad, found = problem
+            wider = {"uint16": "'uint32' (whole counts) or 'float32'", "float16": "'bfloat16' or 'float32'"}
+            raise FramesRangeError(
+                f"{where}pattern {first + bad} {found}; frames_dtype='{self.dtype}' {self.holds}; use "
+                f"frames_dtype={wider.get(self.dtype, repr('float32'))}"
+            )
+        return self.stored_form(raw, amplitude)
+
+    def stored_form(self, raw: np.ndarray, amplitude: np.ndarray | None) -> np.ndarray:
+        """What :meth:`encode` returns, for values already checked (:meth:`unencodable`)."""
         if self.values == "counts":
-            return _whole_counts(raw, self.storage, first, where)
+            return raw.astype(self.storage, copy=False)  # written before the caller reuses raw
         if self.dtype == "float32":
             return amplitude
         if self.dtype == "float16":
-            peak = amplitude.reshape(len(amplitude), -1).max(axis=1, initial=0)
-            if (peak > _FLOAT16_MAX).any():
-                bad = int(np.argmax(peak > _FLOAT16_MAX))
-                raise ScanDataError(
-                    f"{where}pattern {first + bad} has amplitude {float(peak[bad]):g}, beyond float16's "
-                    f"largest {_FLOAT16_MAX:g}; use frames_dtype='bfloat16' or 'float32'"
-                )
             half = amplitude.astype(np.float16)
             half.view(np.uint16)[...] &= np.uint16(0x7FFF)  # -0.0 -> +0.0 (amplitudes are >= 0)
             return half
@@ -213,33 +248,24 @@ class DecodedFrames:
         return whole if dtype is None else whole.astype(dtype, copy=False)
 
 
-def _whole_counts(raw: np.ndarray, storage: np.dtype, first: int, where: str) -> np.ndarray:
-    """``raw`` as ``storage`` integers, or ``ScanDataError`` naming the first pattern that
-    holds a fraction, a negative value or one beyond the dtype's range."""
+def _first_inexact_count(raw: np.ndarray, limit: int) -> tuple[int, str] | None:
+    """The first pattern of ``raw`` (P, N, N) holding a count that is not a whole number in
+    [0, ``limit``] (a fraction, NaN, infinite, negative or too large) and what it holds, in
+    words; None where every count is one."""
     flat = raw.reshape(len(raw), -1)
-    limit = np.iinfo(storage).max
+    if raw.dtype.kind == "f":
+        inexact = ~np.isfinite(flat).all(axis=1) | (flat != np.floor(flat)).any(axis=1)
+        if inexact.any():
+            bad = int(np.argmax(inexact))
+            value = flat[bad][~np.isfinite(flat[bad]) | (flat[bad] != np.floor(flat[bad]))][0]
+            return bad, f"holds {value:g}, not a whole count"
     low = flat.min(axis=1, initial=0)
     high = flat.max(axis=1, initial=0)
-    bad_range = (low < 0) | (high > limit)
-    if bad_range.any():
-        bad = int(np.argmax(bad_range))
-        raise ScanDataError(
-            f"{where}pattern {first + bad} holds counts in [{low[bad]:g}, {high[bad]:g}]; frames_dtype="
-            f"'{storage.name}' holds whole counts in [0, {limit}]"
-            + ("; use frames_dtype='uint32'" if storage.itemsize == 2 else "; use frames_dtype='float32'")
-        )
-    if raw.dtype.kind == "f":
-        fractional = (flat != np.floor(flat)).any(axis=1)
-        if fractional.any():
-            bad = int(np.argmax(fractional))
-            value = flat[bad][flat[bad] != np.floor(flat[bad])][0]
-            raise ScanDataError(
-                f"{where}pattern {first + bad} holds a fractional count ({value:g}); frames_dtype="
-                f"'{storage.name}' stores whole counts only; use frames_dtype='float32'"
-            )
-    elif raw.dtype.kind not in "ui":
-        raise ScanDataError(f"{where}counts of dtype {raw.dtype}; expected integers or whole-valued floats")
-    return raw.astype(storage, copy=False)  # written before the caller reuses raw
+    beyond = (low < 0) | (high > limit)
+    if beyond.any():
+        bad = int(np.argmax(beyond))
+        return bad, f"holds counts in [{low[bad]:g}, {high[bad]:g}]"
+    return None
 
 
 def file_extent(array: np.ndarray) -> tuple[str, int] | None:

@@ -48,8 +48,6 @@ __all__ = ["HELD_FRAMES", "KERNELS", "choose_kernel", "convert_rows", "gather_de
 
 HELD_FRAMES = ("float32", "float16", "bfloat16", "uint16")
 KERNELS = ("auto", "triton", "torch", "numpy")
-_UINT16_MAX = int(np.iinfo(np.uint16).max)
-_FLOAT16_MAX = float(np.finfo(np.float16).max)
 _KIND = {"float32": 0, "float16": 1, "bfloat16": 2, "uint16": 3}  # the kernel's decode, by held dtype
 
 
@@ -100,46 +98,21 @@ def convert_rows(
     """
     if held == stored:
         return raw
-    if held.values == "counts":
-        _check_counts(raw, patterns, where)
-        return raw.astype(np.uint16)
-    amplitude = np.empty(raw.shape, np.float32)
-    decode_into(stored, raw, amplitude)
-    if held.is_identity:
-        return amplitude
-    if held.dtype == "float16":
-        peak = amplitude.reshape(len(amplitude), -1).max(axis=1, initial=0)
-        beyond = ~(peak <= _FLOAT16_MAX)
-        if beyond.any():
-            bad = int(np.argmax(beyond))
-            raise FramesRangeError(
-                f"{where}: pattern {int(patterns[bad])} has amplitude {float(peak[bad]):g}, beyond float16's largest "
-                f"{_FLOAT16_MAX:g}; hold the frames as frames='bfloat16' or 'float32'"
-            )
-    return held.encode(raw, amplitude, 0, f"{where}: ")
-
-
-def _check_counts(raw: np.ndarray, patterns: np.ndarray, where: str) -> None:
-    """Refuse counts that uint16 cannot hold exactly (FramesRangeError naming the pattern)."""
-    flat = raw.reshape(len(raw), -1)
-    low = flat.min(axis=1, initial=0)
-    high = flat.max(axis=1, initial=0)
-    if raw.dtype.kind == "f":
-        inexact = ~np.isfinite(flat).all(axis=1) | (flat != np.floor(flat)).any(axis=1)
-        if inexact.any():
-            bad = int(np.argmax(inexact))
-            value = flat[bad][~np.isfinite(flat[bad]) | (flat[bad] != np.floor(flat[bad]))][0]
-            raise FramesRangeError(
-                f"{where}: pattern {int(patterns[bad])} holds {value:g}, not a whole count; frames='uint16' holds "
-                "whole counts only; hold the frames as frames='float32'"
-            )
-    beyond = (low < 0) | (high > _UINT16_MAX)
-    if beyond.any():
-        bad = int(np.argmax(beyond))
+    amplitude = None
+    if held.values != "counts":
+        amplitude = np.empty(raw.shape, np.float32)
+        decode_into(stored, raw, amplitude)
+        if held.is_identity:
+            return amplitude
+    problem = held.unencodable(raw, amplitude)
+    if problem is not None:
+        bad, found = problem
+        wider = "'bfloat16' or 'float32'" if held.dtype == "float16" else "'float32'"
         raise FramesRangeError(
-            f"{where}: pattern {int(patterns[bad])} holds counts in [{low[bad]:g}, {high[bad]:g}]; frames='uint16' "
-            f"holds whole counts in [0, {_UINT16_MAX}] and never clips; hold the frames as frames='float32'"
+            f"{where}: pattern {int(patterns[bad])} {found}; frames='{held.dtype}' {held.holds} and never "
+            f"clips; hold the frames as frames={wider}"
         )
+    return held.stored_form(raw, amplitude)
 
 
 def choose_kernel(kernel: str, device: torch.device) -> str:

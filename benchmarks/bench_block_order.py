@@ -10,9 +10,9 @@ then, each time after dropping the page cache (root: ``/proc/sys/vm/drop_caches`
                and after block order (a virtual disk's rate drifts); the bound takes their mean
   block        ``make_loader(store, batch, block=...)`` (windows of 16 blocks), one epoch (or --seconds);
                where the store is larger than the memory available, each window served is dropped;
-               then, so, the same with every window kept (left to the kernel's reclaim);
                then the next epoch without dropping the cache (the loader's own rate where the store
-               fits; from the disk again where windows are dropped as served)
+               fits; from the disk again where windows are dropped as served); then, where windows
+               are dropped, one epoch with every window kept (left to the kernel's reclaim)
   random       ``make_loader(store, batch)``, the full permutation, one epoch (or --seconds)
 The loaders' rates count pattern bytes delivered. Target: block >= 0.8 x sequential.
 
@@ -147,17 +147,17 @@ def main() -> None:
             verdict = "ok" if block >= 0.8 * disk else "NOT met"
             print(f"{'loader, block order':<40} {block / 2**20:>8.0f} MiB/s   ({done:.0%} of an epoch)   "
                   f"bound 0.8 x sequential = {0.8 * disk / 2**20:.0f}  {verdict}{notes}")
-            if drops:
-                kept, done, notes = loader_rate(store, args.batch, args.seconds, group=group, keep=True,
-                                                    block=args.block)
-                print(f"{'loader, block order, windows kept':<40} {kept / 2**20:>8.0f} MiB/s   ({done:.0%} of an epoch)   "
-                      f"{kept / disk:.2f} x sequential{notes}")
             again, done, notes = loader_rate(store, args.batch, args.seconds, group=group, cold=False,
                                                  block=args.block)
             where = ("windows were dropped as served: read from the disk again" if drops
                      else "what the page cache kept (all of a store that fits): the loader's own rate")
             print(f"{'loader, block order, next epoch':<40} {again / 2**20:>8.0f} MiB/s   ({done:.0%} of an epoch)   "
                   f"{where}{notes}")
+            if drops:
+                kept, done, notes = loader_rate(store, args.batch, args.seconds, group=group, keep=True,
+                                                    block=args.block)
+                print(f"{'loader, block order, windows kept':<40} {kept / 2**20:>8.0f} MiB/s   ({done:.0%} of an epoch)   "
+                      f"{kept / disk:.2f} x sequential{notes}")
             randomly, done, notes = loader_rate(store, args.batch, args.seconds, group=group)
             print(f"{'loader, random order':<40} {randomly / 2**20:>8.0f} MiB/s   ({done:.0%} of an epoch)   "
                   f"{randomly / disk:.2f} x sequential{notes}")

@@ -192,11 +192,14 @@ def test_a_window_is_released_once_the_next_one_is_served():
         served.extend(indices)
     run, order = block * window, sampler.global_order()
     released = [event[1:] for event in events if event[0] == "release"]
-    assert [at for at, _ in released] == [w * run for w in range(1, n // run)]  # at each window's first batch
-    for w, (_, groups) in enumerate(released):
+    assert [at for at, _ in released] == [w * run for w in range(n // run)]  # at each window's first batch
+    # First the whole order, before anything is read: what an earlier use left mapped goes.
+    np.testing.assert_array_equal(released[0][1], order)
+    assert events[0][0] == "release"
+    for w, (_, groups) in enumerate(released[1:]):
         np.testing.assert_array_equal(groups, order[w * run : (w + 1) * run])  # the window before, once
     reads = [i for i, event in enumerate(events) if event[0] == "read"]
-    releases = [i for i, event in enumerate(events) if event[0] == "release"]
+    releases = [i for i, event in enumerate(events) if event[0] == "release"][1:]
     # Window w is dropped once window w+1 is served (read before), before window w+2 is asked for.
     assert all(reads[w + 1] < releases[w] < reads[w + 2] for w in range(len(releases) - 1))
 
@@ -284,3 +287,19 @@ def test_make_loader_releases_served_windows_only_of_a_store_larger_than_memory(
         assert make_loader(store, 4, block=8, background=0).sampler.release is None
         monkeypatch.setattr(_loader, "available_memory", lambda: 0)
         assert make_loader(store, 4, block=8, num_workers=1).sampler.release is None  # workers map their pages
+
+
+def test_a_resumed_pass_releases_the_whole_order_then_the_windows_it_serves():
+    n, block, window, batch = 1000, 25, 2, 10
+    first = GroupSampler(n, batch, seed=2, block=block, window=window, num_replicas=1, rank=0)
+    state = first.state_dict(batches_done=12)  # resumes inside the third window (groups 120 onwards)
+    sampler = GroupSampler(n, batch, seed=2, block=block, window=window, num_replicas=1, rank=0)
+    sampler.load_state_dict(state)
+    released = []
+    sampler.read_ahead = lambda groups: None
+    sampler.release = lambda groups: released.append(groups.copy())
+    served = [i for indices in sampler for i in indices]
+    run, order = block * window, sampler.global_order()
+    np.testing.assert_array_equal(served, order[120:])
+    np.testing.assert_array_equal(released[0], order)
+    assert [list(groups) for groups in released[1:]] == [list(order[w * run : (w + 1) * run]) for w in range(2, n // run - 1)]

@@ -255,7 +255,9 @@ class GroupSampler(torch.utils.data.Sampler):
         disk reads the next window, in long runs, while this one is served from memory; a
         batch served before its window is read would read its rows one by one, at random).
         With :attr:`release` set, the window before is released at a window's first batch, before
-        the next one is asked for."""
+        the next one is asked for; and the whole order before the pass's first window is read:
+        pages still mapped from an earlier use of the store would otherwise outlive the windows
+        read ahead, which the kernel would then reclaim before they are served."""
         if self.read_ahead is None or self.block is None or not self.shuffle:
             return None
         order, start, run = self.global_order(), self._start, self.block * self.window
@@ -264,8 +266,8 @@ class GroupSampler(torch.utils.data.Sampler):
         def ahead(step: int) -> None:
             window = (start + step * step_size) // run
             first = window not in reached
-            if first and self.release is not None and window > 0:  # before the next window is read
-                self.release(order[(window - 1) * run : window * run])
+            if first and self.release is not None:  # before the next window is read
+                self.release(order[(window - 1) * run : window * run] if reached else order)
             reached.add(window)
             for w in range(window, window + 1 + _WINDOWS_AHEAD):
                 if w not in issued and w * run < len(order):

@@ -267,3 +267,16 @@ def test_loader_batches_name_their_scans_and_follow_the_weights(tagged):
             assert seen == {uid: sizes[uid] * (3 if tags[uid] == "real" else 1) for uid in sizes}
     finally:
         dataset.set_weights(None)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_smallest_keys_are_chosen_as_a_full_sort_would_ties_by_position(seed):
+    from ptychodata.dataset._order import smallest
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 300))
+    members = np.sort(rng.choice(10 * n, n, replace=False)).astype(np.int32)
+    keys = rng.integers(0, 4 if seed % 2 else 2**63, n).astype(np.uint64)  # odd seeds: many ties
+    for r in {0, 1, n // 3, n // 2, n - 1, n}:
+        expected = np.sort(members[np.lexsort((members, keys))[:r]])
+        np.testing.assert_array_equal(smallest(members, keys, r), expected)

@@ -1,5 +1,6 @@
 """Sharded resident loading: each rank holds a share of the frames; every group served once per epoch."""
 
+import re
 import time
 
 import numpy as np
@@ -251,3 +252,20 @@ def test_two_gloo_ranks_hold_half_the_frames_and_serve_every_group(store, tmp_pa
 
 def _spawned(rank: int, world: int, init: str, path: str, outs: list[str]) -> None:
     _rank(rank, world, init, path, outs[rank])
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"shuffle": "yes"}, "shuffle='yes'; expected True or False"),
+    ({"drop_last": 1}, "drop_last=1; expected True or False"),
+    ({"seed": 1.5}, "seed=1.5; expected an integer"),
+    ({"num_replicas": 0, "rank": 0}, "num_replicas"),
+    ({"num_replicas": 2, "rank": 2}, "rank=2; expected 0 <= rank < num_replicas=2"),
+    ({"num_replicas": 2, "rank": -1}, "rank"),
+])
+def test_the_sharded_sampler_checks_its_parameters_as_the_group_sampler_does(store, kwargs, message):
+    sharding = Sharding.of_store(store, "block")
+    args = {"num_replicas": 1, "rank": 0, **kwargs}
+    with pytest.raises(ParameterError, match=re.escape(message)):
+        ShardSampler(sharding, 8, **args)
+    with pytest.raises(ParameterError, match=re.escape(message)):
+        GroupSampler(len(store), 8, **args)

@@ -27,11 +27,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from ptychodata._runtime import check_int
 from ptychodata.dataset import EpochItems, GroupKeys, stratified_steps
 from ptychodata.errors import DatasetChangedError, ParameterError
+from ptychodata.torch._checks import check_bool, check_seed, replicas_and_rank
 from ptychodata.torch._epoch_orders import EpochOrders
 
 __all__ = ["GroupSampler"]
@@ -102,17 +102,13 @@ class GroupSampler(torch.utils.data.Sampler):
         self.read_ahead: Callable[[np.ndarray], Any] | None = None
         self.release: Callable[[np.ndarray], Any] | None = None
         check_int("n_groups", n_groups, minimum=0)
-        _check_bool("shuffle", shuffle)
-        _check_bool("drop_last", drop_last)
-        _check_seed("seed", seed)
+        check_bool("shuffle", shuffle)
+        check_bool("drop_last", drop_last)
+        check_seed("seed", seed)
         if keys is not None and len(keys.identities) != int(n_groups):
             raise ParameterError(f"keys for {len(keys.identities)} groups, but n_groups={n_groups}")
         self.keys = keys
-        distributed = dist.is_available() and dist.is_initialized()
-        self.num_replicas = num_replicas if num_replicas is not None else (dist.get_world_size() if distributed else 1)
-        self.rank = rank if rank is not None else (dist.get_rank() if distributed else 0)
-        if not 0 <= self.rank < self.num_replicas:
-            raise ParameterError(f"rank={self.rank}; expected 0 <= rank < num_replicas={self.num_replicas}")
+        self.num_replicas, self.rank = replicas_and_rank(num_replicas, rank)
         self.n_groups = int(n_groups)
         self.batch_size = int(batch_size)
         self.shuffle = shuffle
@@ -454,8 +450,8 @@ def _checked_state(state: Any) -> dict[str, Any]:
     if state["consumed"] > length:
         where = "epoch_length" if "epoch_length" in state else "n_groups"
         raise ParameterError(f"state['consumed']={state['consumed']} exceeds state['{where}']={length}")
-    _check_seed("state['seed']", state["seed"])
-    _check_bool("state['shuffle']", state["shuffle"])
+    check_seed("state['seed']", state["seed"])
+    check_bool("state['shuffle']", state["shuffle"])
     last = state.get("last_key")
     if last is not None:
         check_int("state['last_key']", last, minimum=0, maximum=2**64 - 1)
@@ -473,16 +469,6 @@ def _checked_state(state: Any) -> dict[str, Any]:
 
 # Epochs are counted in int64 where the order is mixed and where torch holds them.
 _MAX_EPOCH = 2**63 - 1
-
-
-def _check_seed(name: str, seed: Any) -> None:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise ParameterError(f"{name}={seed!r}; expected an integer")
-
-
-def _check_bool(name: str, value: Any) -> None:
-    if not isinstance(value, (bool, np.bool_)):
-        raise ParameterError(f"{name}={value!r}; expected True or False")
 
 
 @dataclass(frozen=True, eq=False)

@@ -41,6 +41,7 @@ import torch.distributed as dist
 from ptychodata._runtime import check_int
 from ptychodata.dataset import DatasetStore, GroupKeys
 from ptychodata.errors import DatasetChangedError, ParameterError
+from ptychodata.torch._checks import check_bool, check_seed, replicas_and_rank
 from ptychodata.torch._joined import JoinedScans
 from ptychodata.torch._resident import DeviceStore
 from ptychodata.torch._sampler import GroupSampler
@@ -152,12 +153,11 @@ class ShardSampler(torch.utils.data.Sampler):
             raise ParameterError("keys with mixing weights; a sharded sampler serves every group once an epoch")
         if keys is not None and len(keys.identities) != sharding.n_groups:
             raise ParameterError(f"keys for {len(keys.identities)} groups, but the sharding has {sharding.n_groups}")
+        check_bool("shuffle", shuffle)
+        check_bool("drop_last", drop_last)
+        check_seed("seed", seed)
         self.keys = keys
-        distributed = dist.is_available() and dist.is_initialized()
-        self.num_replicas = num_replicas if num_replicas is not None else (dist.get_world_size() if distributed else 1)
-        self.rank = rank if rank is not None else (dist.get_rank() if distributed else 0)
-        if not 0 <= self.rank < self.num_replicas:
-            raise ParameterError(f"rank={self.rank}; expected 0 <= rank < num_replicas={self.num_replicas}")
+        self.num_replicas, self.rank = replicas_and_rank(num_replicas, rank)
         self.sharding = sharding
         self.n_groups = sharding.n_groups
         self.shards = sharding.shards(self.num_replicas)

@@ -19,7 +19,7 @@ The loaders' rates count pattern bytes delivered. Target: block >= 0.8 x sequent
 With --memory-gib, the process first moves itself into a new cgroup (v2) whose ``memory.max`` is
 G GiB, page cache included: a store larger than that cannot stay cached, as on a machine whose
 memory is smaller than its data. Each loader's line gives how long its first batch took (in block
-order, the first window's read, which no serving overlaps) and, in the cgroup, what the kernel
+order, the first window's read, which no serving overlaps), the rate after it, and, in the cgroup, what the kernel
 reclaimed meanwhile (``memory.stat``: pages stolen, and file pages read again soon after).
 """
 
@@ -91,14 +91,18 @@ def loader_rate(store, batch: int, seconds: float, *, group: str | None, cold: b
     before = reclaim_counts(group)
     start, groups, first = time.perf_counter(), 0, None
     for batch_arrays in loader:
+        if first is None:
+            first, first_groups = time.perf_counter() - start, len(batch_arrays["X"])
         groups += len(batch_arrays["X"])
-        first = time.perf_counter() - start if first is None else first
         if time.perf_counter() - start > seconds:
             break
     elapsed = time.perf_counter() - start
     after = reclaim_counts(group)
     page = os.sysconf("SC_PAGE_SIZE") / 2**20
-    notes = f"   first batch after {first:.2f} s" if first is not None else ""
+    notes = ""
+    if first is not None and elapsed > first:
+        after_first = (groups - first_groups) * store.N * store.N * 4 / (elapsed - first) / 2**20
+        notes = f"   first batch after {first:.2f} s, {after_first:.0f} MiB/s after it"
     if after:
         notes += (f", reclaimed {(after['pgsteal'] - before['pgsteal']) * page:.0f} MiB, read again "
                   f"{(after['workingset_refault_file'] - before['workingset_refault_file']) * page:.0f} MiB")

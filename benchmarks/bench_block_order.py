@@ -19,8 +19,9 @@ The loaders' rates count pattern bytes delivered. Target: block >= 0.8 x sequent
 With --memory-gib, the process first moves itself into a new cgroup (v2) whose ``memory.max`` is
 G GiB, page cache included: a store larger than that cannot stay cached, as on a machine whose
 memory is smaller than its data. Each loader's line gives how long its first batch took (in block
-order, the first window's read, which no serving overlaps), the rate after it, and, in the cgroup, what the kernel
-reclaimed meanwhile (``memory.stat``: pages stolen, and file pages read again soon after).
+order, the first window's read, which no serving overlaps), the rate after it, and, in the
+cgroup, what the kernel reclaimed meanwhile (``memory.stat``: pages stolen, and file pages read
+again soon after).
 """
 
 from __future__ import annotations

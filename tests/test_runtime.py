@@ -134,3 +134,20 @@ def test_a_v1_memory_hierarchy_names_its_own_path(tmp_path, monkeypatch):
     _in_cgroup(monkeypatch, "12:cpu,cpuacct:/batch/job_3\n9:memory:/batch/job_3\n1:name=systemd:/batch\n")
     assert available_memory(cgroup_root=root) <= 1 << 20
     assert cgroup_cpu_quota(root) == 3
+
+
+@pytest.mark.parametrize(("stat", "left"), [
+    ("", 1 << 30),  # no memory.stat: the limit less the usage
+    ("anon 536870912\nactive_file 1073741824\ninactive_file 536870912\n", (1 << 30) + (3 << 29)),  # v2
+    ("cache 0\ntotal_active_file 268435456\ntotal_inactive_file 268435456\nactive_file 1\n", (1 << 30) + (1 << 29)),  # v1
+    ("active_file 9999999999999\ninactive_file 0\n", 3 << 30),  # never more than the limit
+    ("active_file many\ninactive_file 0\n", 1 << 30),  # unreadable: not counted
+])
+def test_a_cgroups_page_cache_counts_as_free_memory(tmp_path, stat, left):
+    from ptychodata._runtime._memory import _cgroup_memory_left
+
+    files = {"memory.max": str(3 << 30), "memory.current": str(2 << 30)}  # 3 GiB, 2 GiB used
+    if stat:
+        files["memory.stat"] = stat
+    folder = _cgroup(tmp_path, files)
+    assert _cgroup_memory_left(folder, "memory.max", "memory.current") == left

@@ -24,6 +24,10 @@ _NO_LIMIT = 1 << 60
 # (v1 hierarchy, limit file, usage file) of memory in cgroup v2, then v1.
 _MEMORY_FILES = ((None, "memory.max", "memory.current"), ("memory", "memory.limit_in_bytes", "memory.usage_in_bytes"))
 
+# The page cache a cgroup's usage counts and the kernel reclaims when the cgroup needs room: its
+# file pages in ``memory.stat`` (v2; v1 names the cgroup's own and its subtree's totals).
+_FILE_PAGES = (("active_file", "inactive_file"), ("total_active_file", "total_inactive_file"))
+
 
 def _own_cgroups(root: str, v1_hierarchy: str | None) -> list[str]:
     """The directories of this process's cgroup and of its ancestors, innermost first, ending
@@ -70,8 +74,10 @@ def available_memory(*, cgroup_root: str = "/sys/fs/cgroup") -> int | None:
 
 
 def _cgroup_memory_left(folder: str, limit_file: str, usage_file: str) -> int | None:
-    """A cgroup's memory limit less its usage (the limit alone where the usage cannot be read),
-    or None where it sets no limit or cannot be read."""
+    """A cgroup's memory limit less what it uses other than page cache (its usage less its file
+    pages; the limit alone where the usage cannot be read), or None where it sets no limit or
+    cannot be read. Cached file pages count as free, as ``MemAvailable`` counts them: the kernel
+    reclaims them when the cgroup needs the room."""
     try:
         with open(os.path.join(folder, limit_file)) as handle:
             limit = handle.read().strip()
@@ -83,7 +89,22 @@ def _cgroup_memory_left(folder: str, limit_file: str, usage_file: str) -> int | 
     with contextlib.suppress(OSError, ValueError):
         with open(os.path.join(folder, usage_file)) as handle:
             usage = int(handle.read().strip())
-    return max(0, int(limit) - usage)
+    return min(int(limit), max(0, int(limit) - usage + _file_pages(folder)))
+
+
+def _file_pages(folder: str) -> int:
+    """Bytes of page cache a cgroup holds, from its ``memory.stat`` (0 where it cannot be read)."""
+    fields: dict[str, str] = {}
+    with contextlib.suppress(OSError):
+        with open(os.path.join(folder, "memory.stat")) as handle:
+            for line in handle:
+                parts = line.split()
+                if len(parts) == 2:
+                    fields[parts[0]] = parts[1]
+    for names in _FILE_PAGES[::-1]:  # v1's hierarchical totals where present
+        with contextlib.suppress(KeyError, ValueError):
+            return sum(int(fields[name]) for name in names)
+    return 0
 
 
 def _address_space() -> int:

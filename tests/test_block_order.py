@@ -279,14 +279,38 @@ def test_make_loader_releases_served_windows_only_of_a_store_larger_than_memory(
         monkeypatch.setattr(_loader, "available_memory", lambda: store.patterns.nbytes)
         assert make_loader(store, 4, block=8, background=0).sampler.release is None  # it fits
         monkeypatch.setattr(_loader, "available_memory", lambda: store.patterns.nbytes - 1)
-        loader = make_loader(store, 4, block=8, background=0)
+        with pytest.warns(UserWarning, match="block=8: two windows of 16 blocks"):  # 30 groups: one window
+            loader = make_loader(store, 4, block=8, background=0)
         assert loader.sampler.release == store.release
         served = [i for batch in loader for i in batch["group_index"].tolist()]
         assert sorted(served) == list(range(len(store)))
         monkeypatch.setattr(_loader, "available_memory", lambda: None)  # nothing known: nothing dropped
         assert make_loader(store, 4, block=8, background=0).sampler.release is None
         monkeypatch.setattr(_loader, "available_memory", lambda: 0)
-        assert make_loader(store, 4, block=8, num_workers=1).sampler.release is None  # workers map their pages
+        with pytest.warns(UserWarning, match="two windows"):
+            assert make_loader(store, 4, block=8, num_workers=1).sampler.release is None  # workers map their pages
+
+
+def test_make_loader_warns_of_an_order_that_would_read_a_store_larger_than_memory_at_random(tmp_path, monkeypatch):
+    import warnings
+
+    from ptychodata import GroupingConfig, prepare, simulate
+    from ptychodata.torch import _loader
+
+    with prepare(simulate(400, 16, seed=1, progress=False), GroupingConfig(gridsize=1, seed=0), cache_dir=tmp_path,
+                 progress=False) as store:
+        nbytes = store.patterns.nbytes
+        monkeypatch.setattr(_loader, "available_memory", lambda: nbytes // 2)
+        with pytest.warns(UserWarning, match=r"patterns \(0\.4 MiB\) are more than the memory this process may use \(0\.2 MiB\).*block=4096"):
+            make_loader(store, 4, background=0)
+        with pytest.warns(UserWarning, match=r"block=8: two windows of 16 blocks hold about 0\.2 MiB"):
+            make_loader(store, 4, block=8, background=0)  # two windows: 256 of 400 groups
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            make_loader(store, 4, block=2, background=0)  # two windows of 64 groups fit
+            make_loader(store, 4, shuffle=False, background=0)  # in file order: read in runs anyway
+            monkeypatch.setattr(_loader, "available_memory", lambda: nbytes)
+            make_loader(store, 4, background=0)  # it fits
 
 
 def test_a_resumed_pass_releases_the_whole_order_then_the_windows_it_serves():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -222,10 +223,12 @@ def _host_loader(
         probe_scale=probe_scale,
     )
     sampler = _sampler(dataset, batch_size, shuffle, seed, drop_last, distributed, block=block)
-    if block is not None and hasattr(dataset.store, "read_ahead"):
-        sampler.read_ahead = dataset.store.read_ahead  # each window read in long runs before it is served
-        if num_workers == 0 and _larger_than_memory(dataset.store):  # workers map the pages they read
-            sampler.release = dataset.store.release
+    if hasattr(dataset.store, "read_ahead"):  # a store read from its files
+        larger = _larger_than_memory(dataset.store, sampler)
+        if block is not None:
+            sampler.read_ahead = dataset.store.read_ahead  # each window read in long runs before it is served
+            if num_workers == 0 and larger:  # workers map the pages they read
+                sampler.release = dataset.store.release
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_sampler=sampler,
@@ -240,12 +243,36 @@ def _host_loader(
     return GroupLoader(loader, sampler, background=background if num_workers == 0 else 0)
 
 
-def _larger_than_memory(store: Any) -> bool:
+def _larger_than_memory(store: Any, sampler: GroupSampler) -> bool:
     """Whether ``store``'s patterns are more bytes than this process may use now
-    (:func:`~ptychodata._runtime.available_memory`: free memory, a cgroup's limit, ``ulimit -v``):
-    then the page cache cannot keep them over an epoch."""
+    (:func:`~ptychodata._runtime.available_memory`: free memory and page cache, a cgroup's
+    limit, ``ulimit -v``): then the page cache cannot keep them over an epoch. Warns where the
+    ``sampler``'s order would then read from the disk at a small part of its rate: a shuffled
+    epoch without block order (pattern by pattern, at random), or two windows of block order
+    larger than that memory (each window reclaimed among its own pages before it is served)."""
     available = available_memory()
-    return available is not None and store.patterns.nbytes > available
+    nbytes = store.patterns.nbytes
+    if available is None or nbytes <= available:
+        return False
+    if sampler.shuffle and sampler.block is None:
+        _warn(f"a shuffled epoch of a store whose patterns ({_size(nbytes)}) are more than the memory this process "
+              f"may use ({_size(available)}) reads them from the disk one at a time, at random; "
+              "make_loader(..., block=4096) reads them in long runs (the training page's data-size guide)")
+    elif sampler.shuffle:
+        windows = min(nbytes, nbytes * 2 * sampler.window * sampler.block // max(1, len(store)))
+        if windows > available:
+            _warn(f"block={sampler.block}: two windows of {sampler.window} blocks hold about {_size(windows)} of "
+                  f"patterns, more than the memory this process may use ({_size(available)}); a smaller block "
+                  "keeps a window in memory until it is served")
+    return True
+
+
+def _size(nbytes: int) -> str:
+    return f"{nbytes / 2**30:.2f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"
+
+
+def _warn(message: str) -> None:
+    warnings.warn(message, UserWarning, stacklevel=5)  # at the caller of make_loader
 
 
 def _sampler(

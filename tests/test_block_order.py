@@ -229,18 +229,20 @@ def test_a_released_window_drops_its_file_ranges_and_reads_the_same_again(tmp_pa
             if fadvise is not None:
                 fadvise(fd, at, nbytes, advice)
 
-        def spy(where, ranges, mapping):
+        def spy(where, ranges, mapping, page_cache):
             mapped.append(mapping)
-            forget(where, ranges, mapping)
+            forget(where, ranges, mapping, page_cache)
 
         monkeypatch.setattr(_threads.os, "posix_fadvise", record, raising=False)
         monkeypatch.setattr(_threads.os, "POSIX_FADV_DONTNEED", getattr(_threads.os, "POSIX_FADV_DONTNEED", 4),
                             raising=False)
         monkeypatch.setattr(_threads.ReadAheadThread, "_forget", staticmethod(spy))
+        store.release(np.arange(len(store)), page_cache=False).result(timeout=10)
+        assert advised == [] and len(mapped) == 1  # unmapped from this process only
         store.release(np.arange(len(store))).result(timeout=10)
         monkeypatch.undo()
         assert advised == [(offset, len(store.patterns) * row, _threads.os.POSIX_FADV_DONTNEED)]
-        (mapping, start), = mapped  # the mmap the store reads its patterns from, and its file offset
+        (mapping, start), _ = mapped  # the mmap the store reads its patterns from, and its file offset
         assert isinstance(mapping, mmap.mmap)
         at = offset + 7 * row - start
         assert mapping[at : at + row] == store.patterns[7].tobytes() == Path(path).read_bytes()[at + start :][:row]
@@ -284,6 +286,13 @@ def test_make_loader_releases_served_windows_only_of_a_store_larger_than_memory(
         assert loader.sampler.release == store.release
         served = [i for batch in loader for i in batch["group_index"].tolist()]
         assert sorted(served) == list(range(len(store)))
+        monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)  # rank 0 of 2
+        monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 2)
+        monkeypatch.setattr(torch.distributed, "get_rank", lambda: 0)
+        with pytest.warns(UserWarning, match="two windows"):
+            release = make_loader(store, 4, block=8, background=0).sampler.release
+        assert release.func == store.release and release.keywords == {"page_cache": False}  # shared by the ranks
+        monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)
         monkeypatch.setattr(_loader, "available_memory", lambda: None)  # nothing known: nothing dropped
         assert make_loader(store, 4, block=8, background=0).sampler.release is None
         monkeypatch.setattr(_loader, "available_memory", lambda: 0)

@@ -439,18 +439,21 @@ class Store:
         path, _, ranges = self._pattern_runs(indices)
         return self._reading_ahead.submit(path, ranges)
 
-    def release(self, indices: Any) -> Future:
+    def release(self, indices: Any, *, page_cache: bool = True) -> Future:
         """Drop the patterns of groups ``indices`` from memory, after the reads ahead asked
-        before: unmapped from this process and dropped from the page cache (pages another
-        process maps stay). For an order that is done with a region of a store larger than
-        memory (block order): the pages served make room for the next region's instead of
-        being reclaimed among them. Reading them again later reads the file again.
+        before: unmapped from this process and, with ``page_cache``, dropped from the page
+        cache (pages another process maps stay). For an order that is done with a region of a
+        store larger than memory (block order): the pages served make room for the next
+        region's instead of being reclaimed among them. Reading them again later reads the
+        file again. ``page_cache=False`` where other processes on the machine read the same
+        pages in step (ranks of one job): what one has served, another may not have.
 
         Returns at once a future that is done when they are dropped (a hint: nothing is raised
         if the system cannot drop them).
         """
         path, offset, ranges = self._pattern_runs(indices)
-        return self._reading_ahead.forget(path, ranges, file_mapping(self.patterns, offset) if ranges else None)
+        mapping = file_mapping(self.patterns, offset) if ranges else None
+        return self._reading_ahead.forget(path, ranges, mapping, page_cache)
 
     def _pattern_runs(self, indices: Any) -> tuple[str, int, list[tuple[int, int]]]:
         """The patterns file, the offset of its first row, and the ``(offset, nbytes)`` of the

@@ -86,15 +86,17 @@ class ReadAheadThread:
         that is done when they are read (or could not be: nothing is raised, it is a hint)."""
         return self._queue(self._read, path, ranges)
 
-    def forget(self, path: str, ranges: list[tuple[int, int]], mapping: tuple[mmap.mmap, int] | None) -> Future:
+    def forget(self, path: str, ranges: list[tuple[int, int]], mapping: tuple[mmap.mmap, int] | None,
+               page_cache: bool = True) -> Future:
         """Drop ``(offset, nbytes)`` of ``ranges`` of file ``path`` from memory once what was
         queued before is done: the whole pages among them are unmapped from ``mapping`` (the
         ``mmap`` of the file and the file offset it starts at; ``MADV_DONTNEED``, a later read
-        maps them again from the file) and dropped from the page cache (``POSIX_FADV_DONTNEED``,
-        which leaves pages some process still maps). For data read once per pass and larger
-        than memory: pages already served make room for the next ones instead of being
-        reclaimed among them. A hint: a future that is done when dropped; nothing is raised."""
-        return self._queue(self._forget, path, ranges, mapping)
+        maps them again from the file) and, with ``page_cache``, dropped from the page cache
+        (``POSIX_FADV_DONTNEED``, which leaves pages some process still maps). For data read
+        once per pass and larger than memory: pages already served make room for the next ones
+        instead of being reclaimed among them. A hint: a future that is done when dropped;
+        nothing is raised."""
+        return self._queue(self._forget, path, ranges, mapping, page_cache)
 
     def _queue(self, job: Callable[..., None], *args: object) -> Future:
         with self._lock:
@@ -108,7 +110,8 @@ class ReadAheadThread:
             return self._executor.submit(job, *args)
 
     @staticmethod
-    def _forget(path: str, ranges: list[tuple[int, int]], mapping: tuple[mmap.mmap, int] | None) -> None:
+    def _forget(path: str, ranges: list[tuple[int, int]], mapping: tuple[mmap.mmap, int] | None,
+                page_cache: bool) -> None:
         if mapping is not None and hasattr(mmap, "MADV_DONTNEED"):
             mapped, start = mapping
             for offset, nbytes in ranges:
@@ -117,7 +120,7 @@ class ReadAheadThread:
                 if stop > first:
                     with contextlib.suppress(OSError, ValueError):  # ValueError: the map is closed
                         mapped.madvise(mmap.MADV_DONTNEED, first, stop - first)
-        if not hasattr(os, "posix_fadvise"):
+        if not page_cache or not hasattr(os, "posix_fadvise"):
             return
         try:
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -106,7 +107,10 @@ def make_loader(
     the one before is served; where the store's patterns are larger than the memory this
     process may use now (free memory, a cgroup's ``memory.max``, ``ulimit -v``), a window
     served is dropped from memory (:meth:`Store.release <ptychodata.store.Store.release>`)
-    to make room for the next (without worker processes, which map the pages they read).
+    to make room for the next (without worker processes, which map the pages they read; with
+    several ranks, each drops only its own mapping and leaves the page cache they share to the
+    kernel). A warning says where such a store is shuffled without ``block``, or where two
+    windows would not fit in that memory.
 
     ``layout="ptycho_torch"`` yields ptycho_torch's batch tuple ``(fields, probe,
     probe_scaling)`` instead, which its ``PtychoPINN_Lightning`` trains on as it is (keys
@@ -228,7 +232,10 @@ def _host_loader(
         if block is not None:
             sampler.read_ahead = dataset.store.read_ahead  # each window read in long runs before it is served
             if num_workers == 0 and larger:  # workers map the pages they read
-                sampler.release = dataset.store.release
+                # Several ranks read the same windows, each at its own pace: each drops only its
+                # own mapping, and the page cache they share is left to the kernel.
+                release = dataset.store.release
+                sampler.release = release if sampler.num_replicas == 1 else functools.partial(release, page_cache=False)
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_sampler=sampler,

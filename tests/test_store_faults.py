@@ -7,6 +7,7 @@ the patterns (frames build) belong together.
 """
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -56,8 +57,10 @@ def assert_every_build_complete(cache: Path) -> None:
 
 
 def temporaries_of(process: subprocess.Popen, cache: Path) -> list[Path]:
-    """The build temporaries a process made (their names carry its pid)."""
-    return [path for path in cache.rglob(".tmp-*") if f"-{process.pid}-" in path.name]
+    """The build temporaries a process made (their names carry its pid). ``os.walk`` passes
+    over a directory removed while it walks (a build removes what killed builds left)."""
+    return [Path(folder, name) for folder, dirs, files in os.walk(cache) for name in dirs + files
+            if name.startswith(".tmp-") and f"-{process.pid}-" in name]
 
 
 def own_temporary_appears(process: subprocess.Popen, cache: Path, timeout: float = 120.0) -> float:

@@ -48,7 +48,8 @@ def _die_while_building(cache: str, *args, **kwargs):
     def watch():
         mark = f"-{os.getpid()}-"
         while True:
-            if any(mark in p.name for p in Path(cache).rglob(".tmp-*")):
+            # os.walk passes over a directory removed while it walks (another worker's publish).
+            if any(name.startswith(".tmp-") and mark in name for _, dirs, _ in os.walk(cache) for name in dirs):
                 os.kill(os.getpid(), signal.SIGKILL)
             time.sleep(0.001)
 

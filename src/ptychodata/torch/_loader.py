@@ -228,14 +228,7 @@ def _host_loader(
     )
     sampler = _sampler(dataset, batch_size, shuffle, seed, drop_last, distributed, block=block)
     if hasattr(dataset.store, "read_ahead"):  # a store read from its files
-        larger = _larger_than_memory(dataset.store, sampler)
-        if block is not None:
-            sampler.read_ahead = dataset.store.read_ahead  # each window read in long runs before it is served
-            if num_workers == 0 and larger:  # workers map the pages they read
-                # Several ranks read the same windows, each at its own pace: each drops only its
-                # own mapping, and the page cache they share is left to the kernel.
-                release = dataset.store.release
-                sampler.release = release if sampler.num_replicas == 1 else functools.partial(release, page_cache=False)
+        _plan_disk_reads(dataset.store, sampler, num_workers)
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_sampler=sampler,
@@ -250,36 +243,50 @@ def _host_loader(
     return GroupLoader(loader, sampler, background=background if num_workers == 0 else 0)
 
 
-def _larger_than_memory(store: Any, sampler: GroupSampler) -> bool:
-    """Whether ``store``'s patterns are more bytes than this process may use now
+def _plan_disk_reads(store: Any, sampler: GroupSampler, num_workers: int) -> None:
+    """How ``sampler``'s batches read ``store``'s patterns file. In block order each window is
+    read ahead; where the patterns are more bytes than this process may use now
     (:func:`~ptychodata._runtime.available_memory`: free memory and page cache, a cgroup's
-    limit, ``ulimit -v``): then the page cache cannot keep them over an epoch. Warns where the
-    ``sampler``'s order would then read from the disk at a small part of its rate: a shuffled
-    epoch without block order (pattern by pattern, at random), or two windows of block order
-    larger than that memory (each window reclaimed among its own pages before it is served)."""
+    limit, ``ulimit -v``), the page cache cannot keep them over an epoch, and each window
+    served is dropped from memory (without workers, which map the pages they read; with
+    several ranks, from this rank's mapping only: the ranks on a machine read the same
+    windows, each at its own pace, and share the page cache). Warns where such a store would
+    be read at random."""
     available = available_memory()
+    larger = available is not None and store.patterns.nbytes > available
+    if larger:
+        _warn_of_random_reads(store, sampler, available)
+    if sampler.block is None:
+        return
+    sampler.read_ahead = store.read_ahead
+    if num_workers == 0 and larger:
+        shared = sampler.num_replicas > 1
+        sampler.release = functools.partial(store.release, page_cache=False) if shared else store.release
+
+
+def _warn_of_random_reads(store: Any, sampler: GroupSampler, available: int) -> None:
+    """Warn (at the caller of :func:`make_loader`) where ``sampler``'s order reads ``store``'s
+    patterns, larger than the ``available`` bytes of memory, from the disk at a small part of its
+    rate: a shuffled epoch without block order (pattern by pattern, at random), or two windows of
+    block order larger than that memory (each reclaimed among its own pages before it is served)."""
+    if not sampler.shuffle:
+        return
     nbytes = store.patterns.nbytes
-    if available is None or nbytes <= available:
-        return False
-    if sampler.shuffle and sampler.block is None:
-        _warn(f"a shuffled epoch of a store whose patterns ({_size(nbytes)}) are more than the memory this process "
-              f"may use ({_size(available)}) reads them from the disk one at a time, at random; "
-              "make_loader(..., block=4096) reads them in long runs (the training page's data-size guide)")
-    elif sampler.shuffle:
-        windows = min(nbytes, nbytes * 2 * sampler.window * sampler.block // max(1, len(store)))
-        if windows > available:
-            _warn(f"block={sampler.block}: two windows of {sampler.window} blocks hold about {_size(windows)} of "
-                  f"patterns, more than the memory this process may use ({_size(available)}); a smaller block "
-                  "keeps a window in memory until it is served")
-    return True
+    if sampler.block is None:
+        warnings.warn(f"a shuffled epoch of a store whose patterns ({_size(nbytes)}) are more than the memory this "
+                      f"process may use ({_size(available)}) reads them from the disk one at a time, at random; "
+                      "make_loader(..., block=4096) reads them in long runs (the training page's data-size guide)",
+                      UserWarning, stacklevel=5)
+        return
+    windows = min(nbytes, nbytes * 2 * sampler.window * sampler.block // max(1, len(store)))
+    if windows > available:
+        warnings.warn(f"block={sampler.block}: two windows of {sampler.window} blocks hold about {_size(windows)} of "
+                      f"patterns, more than the memory this process may use ({_size(available)}); a smaller block "
+                      "keeps a window in memory until it is served", UserWarning, stacklevel=5)
 
 
 def _size(nbytes: int) -> str:
     return f"{nbytes / 2**30:.2f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"
-
-
-def _warn(message: str) -> None:
-    warnings.warn(message, UserWarning, stacklevel=5)  # at the caller of make_loader
 
 
 def _sampler(

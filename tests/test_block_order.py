@@ -310,9 +310,9 @@ def test_make_loader_warns_of_an_order_that_would_read_a_store_larger_than_memor
                  progress=False) as store:
         nbytes = store.patterns.nbytes
         monkeypatch.setattr(_loader, "available_memory", lambda: nbytes // 2)
-        with pytest.warns(UserWarning, match=r"patterns \(0\.4 MiB\) are more than the memory this process may use \(0\.2 MiB\).*block=4096"):
+        with pytest.warns(UserWarning, match=r"patterns \(400\.00 KiB \(409600 bytes\)\) are more than the memory this process may use \(200\.00 KiB \(204800 bytes\)\).*block=4096"):
             make_loader(store, 4, background=0)
-        with pytest.warns(UserWarning, match=r"block=8: two windows of 16 blocks hold about 0\.2 MiB"):
+        with pytest.warns(UserWarning, match=r"block=8: two windows of 16 blocks hold about 256\.00 KiB \(262144 bytes\) of patterns, more than the memory this process may use \(200\.00 KiB"):
             make_loader(store, 4, block=8, background=0)  # two windows: 256 of 400 groups
         with warnings.catch_warnings():
             warnings.simplefilter("error")

@@ -8,6 +8,7 @@ from ptychodata._runtime._json import canonical_json, jsonable
 from ptychodata._runtime._memory import (
     available_memory,
     cgroup_cpu_quota,
+    describe_bytes,
     is_memory_mapped,
     iter_rows,
     release_pages,
@@ -22,6 +23,7 @@ __all__ = [
     "available_memory",
     "canonical_json",
     "cgroup_cpu_quota",
+    "describe_bytes",
     "check_int",
     "create_exclusive",
     "is_installed",

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import numpy as np
 
 __all__ = [
-    "available_memory",
+    "available_memory", "describe_bytes",
     "cgroup_cpu_quota", "is_memory_mapped", "iter_rows", "release_pages", "rows_per_chunk",
     "usable_cores",
 ]
@@ -154,6 +154,16 @@ def _cgroup_cpus(folder: str, quota_file: str, period_file: str | None) -> int |
     if quota <= 0 or period <= 0:
         return None
     return -(-quota // period)
+
+
+def describe_bytes(n: int) -> str:
+    """``n`` bytes for a message: ``"3.00 GiB (3221225472 bytes)"``."""
+    value, unit = float(n), "bytes"
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"):
+        if value < 1024 or unit == "EiB":
+            break
+        value /= 1024
+    return f"{n} bytes" if unit == "bytes" else f"{value:.2f} {unit} ({n} bytes)"
 
 
 def rows_per_chunk(row_bytes: int, budget_bytes: int) -> int:

@@ -21,8 +21,9 @@ from typing import Any
 
 import numpy as np
 
+from ptychodata._runtime import describe_bytes
 from ptychodata.errors import PtychodataError, ScanDataError, ScanFormatError, ScanTooLargeError
-from ptychodata.io._limits import describe_bytes, memory_budget, regular_file
+from ptychodata.io._limits import memory_budget, regular_file
 from ptychodata.io._raw import real_numbers
 
 __all__ = ["Container", "open_container", "sniff"]

@@ -16,10 +16,10 @@ import os
 import stat
 from pathlib import Path
 
-from ptychodata._runtime import available_memory
+from ptychodata._runtime import available_memory, describe_bytes
 from ptychodata.errors import ScanDataError, ScanFileNotFoundError, ScanTooLargeError
 
-__all__ = ["available_memory", "check_fits", "describe_bytes", "memory_budget", "regular_file"]
+__all__ = ["available_memory", "check_fits", "memory_budget", "regular_file"]
 
 # The part of the available memory one array (or one decompressed stream) may take: the rest is for
 # the copies that preparing it makes (counts to float32 amplitudes, crop, bin).
@@ -38,16 +38,6 @@ def memory_budget() -> int | None:
     """Bytes one array read from a file may take: :data:`BUDGET_FRACTION` of :func:`available_memory`."""
     available = available_memory()
     return None if available is None else int(available * BUDGET_FRACTION)
-
-
-def describe_bytes(n: int) -> str:
-    """``n`` bytes for a message: ``"3.00 GiB (3221225472 bytes)"``."""
-    value, unit = float(n), "bytes"
-    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"):
-        if value < 1024 or unit == "EiB":
-            break
-        value /= 1024
-    return f"{n} bytes" if unit == "bytes" else f"{value:.2f} {unit} ({n} bytes)"
 
 
 def check_fits(nbytes: int, where: str, what: str) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from ptychodata._runtime import available_memory, usable_cores
+from ptychodata._runtime import available_memory, describe_bytes, usable_cores
 from ptychodata.dataset import DatasetStore, GroupKeys
 from ptychodata.errors import ParameterError
 from ptychodata.torch._background import in_background
@@ -271,22 +271,18 @@ def _warn_of_random_reads(store: Any, sampler: GroupSampler, available: int) -> 
     block order larger than that memory (each reclaimed among its own pages before it is served)."""
     if not sampler.shuffle:
         return
-    nbytes = store.patterns.nbytes
+    nbytes, limit = store.patterns.nbytes, describe_bytes(available)
     if sampler.block is None:
-        warnings.warn(f"a shuffled epoch of a store whose patterns ({_size(nbytes)}) are more than the memory this "
-                      f"process may use ({_size(available)}) reads them from the disk one at a time, at random; "
+        warnings.warn(f"a shuffled epoch of a store whose patterns ({describe_bytes(nbytes)}) are more than the "
+                      f"memory this process may use ({limit}) reads them from the disk one at a time, at random; "
                       "make_loader(..., block=4096) reads them in long runs (the training page's data-size guide)",
                       UserWarning, stacklevel=5)
         return
     windows = min(nbytes, nbytes * 2 * sampler.window * sampler.block // max(1, len(store)))
     if windows > available:
-        warnings.warn(f"block={sampler.block}: two windows of {sampler.window} blocks hold about {_size(windows)} of "
-                      f"patterns, more than the memory this process may use ({_size(available)}); a smaller block "
-                      "keeps a window in memory until it is served", UserWarning, stacklevel=5)
-
-
-def _size(nbytes: int) -> str:
-    return f"{nbytes / 2**30:.2f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"
+        warnings.warn(f"block={sampler.block}: two windows of {sampler.window} blocks hold about "
+                      f"{describe_bytes(windows)} of patterns, more than the memory this process may use ({limit}); "
+                      "a smaller block keeps a window in memory until it is served", UserWarning, stacklevel=5)
 
 
 def _sampler(

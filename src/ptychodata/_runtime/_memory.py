@@ -25,8 +25,8 @@ _NO_LIMIT = 1 << 60
 _MEMORY_FILES = ((None, "memory.max", "memory.current"), ("memory", "memory.limit_in_bytes", "memory.usage_in_bytes"))
 
 # The page cache a cgroup's usage counts and the kernel reclaims when the cgroup needs room: its
-# file pages in ``memory.stat`` (v2; v1 names the cgroup's own and its subtree's totals).
-_FILE_PAGES = (("active_file", "inactive_file"), ("total_active_file", "total_inactive_file"))
+# file pages in ``memory.stat``, v1's totals over its subtree where present, else v2's.
+_FILE_PAGES = (("total_active_file", "total_inactive_file"), ("active_file", "inactive_file"))
 
 
 def _own_cgroups(root: str, v1_hierarchy: str | None) -> list[str]:
@@ -53,9 +53,10 @@ def _own_cgroups(root: str, v1_hierarchy: str | None) -> list[str]:
 def available_memory(*, cgroup_root: str = "/sys/fs/cgroup") -> int | None:
     """Bytes this process could allocate now, or None where nothing is known.
 
-    The smallest of: ``MemAvailable`` (``/proc/meminfo``), the limit less the usage of its
-    cgroup and of each cgroup above it (a batch job's, a container's; v2, else v1), and its
-    address-space limit (``RLIMIT_AS``, as ``ulimit -v`` sets it) less its current size.
+    The smallest of: ``MemAvailable`` (``/proc/meminfo``), the limit less the usage other than
+    page cache of its cgroup and of each cgroup above it (a batch job's, a container's; v2,
+    else v1), and its address-space limit (``RLIMIT_AS``, as ``ulimit -v`` sets it) less its
+    current size. Page cache counts as free, as in ``MemAvailable``: the kernel reclaims it.
     """
     found = []
     with contextlib.suppress(OSError, StopIteration, ValueError, IndexError):
@@ -101,7 +102,7 @@ def _file_pages(folder: str) -> int:
                 parts = line.split()
                 if len(parts) == 2:
                     fields[parts[0]] = parts[1]
-    for names in _FILE_PAGES[::-1]:  # v1's hierarchical totals where present
+    for names in _FILE_PAGES:
         with contextlib.suppress(KeyError, ValueError):
             return sum(int(fields[name]) for name in names)
     return 0

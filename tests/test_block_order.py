@@ -58,11 +58,17 @@ def test_a_block_ordered_run_resumes_with_exactly_the_rest(before, after):
 
 def test_block_order_is_refused_where_it_has_no_meaning(tmp_path):
     from ptychodata import GroupingConfig, prepare, simulate
-    from ptychodata.dataset import GroupKeys
+    from ptychodata.dataset import GroupKeys, Mixing
 
-    keys = GroupKeys.of(["aa"], np.zeros(10, np.int64), np.arange(10), "f")
-    with pytest.raises(ParameterError, match="block=8 with a dataset's keys"):
+    plain = GroupKeys.of(["aa"], np.zeros(10, np.int64), np.arange(10), "f")
+    mixing = Mixing(np.array([10]), np.zeros(1, np.int64), ("aa",), batching="stratified", description="by beamline")
+    keys = GroupKeys.of(["aa"], np.zeros(10, np.int64), np.arange(10), "f", mixing=mixing)
+    with pytest.raises(ParameterError, match=r"block=8 with stratified batches \(by beamline\); block order needs "
+                                             "random batching"):
         GroupSampler(10, 2, keys=keys, block=8)
+    with pytest.raises(ParameterError, match="block=8 with stratified batches"):
+        keys.epoch(0, 0, block=8)
+    assert len(GroupSampler(10, 2, keys=plain, block=8).global_order()) == 10
     with pytest.raises(ParameterError, match="block=0"):
         GroupSampler(10, 2, block=0)
     store = prepare(simulate(30, 16, seed=1, progress=False), GroupingConfig(gridsize=1, seed=0),

@@ -10,6 +10,13 @@ of its groups ``q`` times and, for the remainder ``r``, one more copy of the ``r
 the smallest *choice keys* (mixed from the seed, the epoch or not, and the identity). Copy
 ``c`` of a group has its own key, mixed from (seed, epoch, identity, c); copy 0's is the
 unweighted key. :func:`stratified_steps` deals the strata over global batches.
+
+Block order, for a dataset larger than memory, keeps the same keys one level up: block ``j``
+of a scan (its groups ``j·block`` to ``(j+1)·block - 1``, whose patterns lie together in the
+scan's file) has a key mixed from (seed, epoch, scan uid, ``j``, copy); the blocks are taken
+in the order of their keys, and the items of each run of ``window`` blocks in the order of
+their own keys. Adding a scan inserts its blocks among the others without moving them
+relative to each other.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
 _COPY = np.uint64(0xD6E8FEB86659FD93)  # copy c's salt differs from copy 0's by c times this
 _CHOICE = np.uint64(0xA0761D6478BD642F)  # choice keys are salted apart from order keys
+_BLOCK = np.uint64(0xE7037ED1A0B428DB)  # block keys are salted apart from both
 _FIXED = 2**64 - 1  # the "epoch" of choice keys that stay the same every epoch
 _CHUNK = 1 << 16  # keys are computed this many at a time: small temporaries
 
@@ -246,6 +254,13 @@ class Mixing:
             )
         return self
 
+    def check_block(self, block: int) -> None:
+        """Refuse block order (``block`` groups a block) with stratified batches: a step deals
+        every stratum at once, so its items cannot come from one window of blocks."""
+        if self.batching == "stratified":
+            raise ParameterError(f"block={block} with stratified batches ({self.description}); block order needs "
+                                 "random batching (set_weights(..., batching='random'))")
+
 
 @dataclass(frozen=True, eq=False)
 class EpochItems:
@@ -259,11 +274,18 @@ class EpochItems:
         Which copy of its group each item is; None when every item is copy 0.
     strata : ndarray of shape (E,), int16, or None
         The stratum of each item, for stratified batches; None otherwise.
+    windows : ndarray of shape (V + 1,), int64, or None
+        In block order, where each window of blocks begins in the items (and, last, their
+        number); None otherwise.
+    window_keys : ndarray of shape (V, 2), uint64, or None
+        In block order, the lowest and highest key of the block copies of each window.
     """
 
     groups: np.ndarray
     copies: np.ndarray | None = None
     strata: np.ndarray | None = None
+    windows: np.ndarray | None = None
+    window_keys: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.groups)
@@ -284,9 +306,11 @@ class GroupKeys:
     mixing : Mixing or None
         Weights: groups per scan and epoch, strata, resampling and batching.
     scan : ndarray of shape (B,), int32, or None
-        Each group's scan (an index into ``uids``), kept with ``mixing``.
+        Each group's scan (an index into ``uids``).
     names : tuple of str
         The scans' file names, as ``uids`` (empty where not known): for messages.
+    local : ndarray of shape (B,), int64, or None
+        Each group's index in its scan: with ``scan``, what block order needs.
     """
 
     identities: np.ndarray = field(repr=False)
@@ -295,6 +319,7 @@ class GroupKeys:
     mixing: Mixing | None = None
     scan: np.ndarray | None = field(default=None, repr=False)
     names: tuple[str, ...] = ()
+    local: np.ndarray | None = field(default=None, repr=False)
 
     @classmethod
     def of(
@@ -307,8 +332,8 @@ class GroupKeys:
         identities = np.asarray(local, np.int64).astype(np.uint64)
         np.bitwise_xor(identities, uid64[scan], out=identities)
         identities = mix64(identities, out=identities)
-        kept = scan.astype(np.int32) if mixing is not None else None
-        return cls(identities, fingerprint, tuple(uids), mixing, kept, tuple(names))
+        return cls(identities, fingerprint, tuple(uids), mixing, scan.astype(np.int32), tuple(names),
+                   np.asarray(local, np.int64))
 
     def described(self, uids: list[str] | tuple[str, ...], names: dict[str, str] | None = None) -> list[str]:
         """``uid (file name)`` of each of ``uids``, the names from this dataset or ``names``."""
@@ -334,8 +359,16 @@ class GroupKeys:
         """
         return self.epoch(seed, epoch).groups
 
-    def epoch(self, seed: int, epoch: int, *, shuffle: bool = True) -> EpochItems:
-        """The items of epoch ``epoch`` in key order (``shuffle``) or in position order."""
+    def epoch(self, seed: int, epoch: int, *, shuffle: bool = True, block: int | None = None,
+              window: int = 16) -> EpochItems:
+        """The items of epoch ``epoch`` in key order (``shuffle``) or in position order; with
+        ``block``, shuffled in block order: blocks of ``block`` consecutive groups of a scan
+        in the order of their keys, the items of each run of ``window`` blocks in theirs."""
+        if block is not None and shuffle:
+            if self.mixing is not None:
+                self.mixing.check_block(block)
+            groups, copies = self._weighted_items(seed, epoch) if self.mixing is not None else (None, None)
+            return self._block_items(seed, epoch, groups, copies, block, window)
         if self.mixing is None:
             if not shuffle:
                 return EpochItems(np.arange(len(self.identities), dtype=np.int64))
@@ -347,6 +380,77 @@ class GroupKeys:
         if self.mixing.batching == "stratified":
             strata = self.mixing.strata.astype(np.int16)[self.scan[groups]]
         return EpochItems(groups, copies, strata)
+
+    def _block_items(self, seed: int, epoch: int, groups: np.ndarray | None, copies: np.ndarray | None,
+                     block: int, window: int) -> EpochItems:
+        """Items ``(groups, copies)`` (default every group once, in position order) in block order.
+
+        Copy ``c`` of block ``j`` of a scan holds the items that are copy ``c`` of a group of
+        that block; these block copies are taken in the order of their keys, and the items of
+        each run of ``window`` of them in the order of their item keys (ties by position)."""
+        if groups is None:
+            groups = np.arange(len(self.identities), dtype=np.int64)
+        copy = np.zeros(len(groups), np.int64) if copies is None else copies.astype(np.int64)
+        adjacent = _by_block_copy(self.scan[groups], copy, self.local[groups] // block)
+        if adjacent is not None:
+            groups, copy = groups[adjacent], copy[adjacent]
+            copies = None if copies is None else copies[adjacent]
+        n = len(groups)
+        if not n:
+            return EpochItems(groups, copies, windows=np.zeros(1, np.int64), window_keys=np.zeros((0, 2), np.uint64))
+        same = (self.scan[groups[1:]] == self.scan[groups[:-1]]) & (copy[1:] == copy[:-1])
+        same &= self.local[groups[1:]] // block == self.local[groups[:-1]] // block
+        starts = np.concatenate([[0], np.flatnonzero(~same) + 1]).astype(np.int64)
+        lengths = np.diff(np.append(starts, n))
+        block_keys = self.block_keys(seed, epoch, block, groups[starts], None if copies is None else copy[starts])
+        rank = np.argsort(block_keys, kind="stable")
+        # the items of the block copies in the order of their keys, then each window's by item key
+        taken = lengths[rank]
+        first = np.cumsum(taken) - taken
+        order = np.arange(n, dtype=np.int64) + np.repeat(starts[rank] - first, taken)
+        windows = np.append(first[::window], n).astype(np.int64)
+        ranked = block_keys[rank]
+        last_of_window = np.minimum(np.arange(window, len(rank) + window, window), len(rank)) - 1
+        bounds = np.stack([ranked[::window], ranked[last_of_window]], axis=1)
+        keys = _Keys(self.identities, _salt(seed, epoch), groups[order],
+                     None if copies is None else copies[order].astype(np.uint32))
+        for begin, end in zip(windows[:-1].tolist(), windows[1:].tolist()):
+            order[begin:end] = order[begin:end][np.argsort(keys.at(begin, end), kind="stable")]
+        return EpochItems(groups[order], None if copies is None else copies[order], windows=windows,
+                          window_keys=bounds)
+
+    def block_keys(self, seed: int, epoch: int, block: int, groups: np.ndarray,
+                   copies: np.ndarray | None = None) -> np.ndarray:
+        """(n,) uint64: the keys, in block order of ``block`` groups a block, of the block copies
+        that copies ``copies`` (default 0) of groups ``groups`` are in."""
+        groups = np.asarray(groups, np.int64)
+        uid64 = np.array([_uid64(uid) for uid in self.uids], np.uint64)
+        number = (self.local[groups] // block).astype(np.uint64)
+        identities = mix64(np.bitwise_xor(uid64[self.scan[groups]], mix64(number, out=number)))
+        salt = np.uint64(int(_salt(seed, epoch)) ^ int(_BLOCK))
+        copies = None if copies is None else np.asarray(copies, np.uint32)
+        return _Keys(identities, salt, copies=copies).at(0, len(groups))
+
+    def unserved(self, seed: int, epoch: int, block: int, items: EpochItems,
+                 served: list[tuple[int, int, int]]) -> EpochItems:
+        """``items`` (an epoch in block order) less those a run had served, in their order.
+
+        Each of ``served`` is ``(low, high, last)``: the run served every block copy whose key is
+        below ``low`` and, of those whose key lies in ``[low, high]`` (the window it stopped in),
+        the items whose key is at most ``last``."""
+        if not served or not len(items):
+            return items
+        block_keys = self.block_keys(seed, epoch, block, items.groups, items.copies)
+        item_keys = self.item_keys(seed, epoch, items.groups, items.copies)
+        done = np.zeros(len(items), bool)
+        for low, high, last in served:
+            low, high, last = np.uint64(low), np.uint64(high), np.uint64(last)
+            done |= (block_keys < low) | ((block_keys <= high) & (block_keys >= low) & (item_keys <= last))
+        kept = np.concatenate([[0], np.cumsum(~done)])
+        windows = kept[items.windows]
+        nonempty = np.flatnonzero(np.diff(windows))
+        return EpochItems(items.groups[~done], None if items.copies is None else items.copies[~done],
+                          windows=np.append(windows[nonempty], windows[-1]), window_keys=items.window_keys[nonempty])
 
     def copies_per_group(self, seed: int, epoch: int) -> np.ndarray:
         """(B,) int64: how many copies of each group epoch ``epoch`` holds (all 1 without weights)."""
@@ -408,6 +512,18 @@ def smallest(members: np.ndarray, keys: np.ndarray, r: int) -> np.ndarray:
     tied = np.flatnonzero(keys == kth)
     chosen[tied[: r - int(np.count_nonzero(chosen))]] = True  # the first of the tied, by position
     return members[chosen]
+
+
+def _by_block_copy(scan: np.ndarray, copy: np.ndarray, number: np.ndarray) -> np.ndarray | None:
+    """The stable order that makes the items of each block copy (same scan, copy and block
+    ``number``) adjacent: scan by scan, copy by copy, block by block; None where they are already."""
+    n_copies, n_blocks = int(copy.max(initial=0)) + 1, int(number.max(initial=0)) + 1
+    if (int(scan.max(initial=0)) + 1) * n_copies * n_blocks >= 2**62:  # one int64 id would overflow
+        return np.lexsort((number, copy, scan))
+    ids = (scan.astype(np.int64) * n_copies + copy) * n_blocks + number
+    if len(ids) < 2 or bool(np.all(ids[1:] >= ids[:-1])):
+        return None
+    return np.argsort(ids, kind="stable")
 
 
 def stratified_steps(counts: list[int] | np.ndarray, step: int) -> np.ndarray:

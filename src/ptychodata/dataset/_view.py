@@ -7,6 +7,7 @@ import errno
 import hashlib
 import os
 import resource
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from ptychodata.store import (
     GatherThreads,
     Layout,
     PtychoTorchConstants,
+    ReadAheadThread,
     Store,
     batch_schema,
     check_batch_indices,
@@ -63,6 +65,7 @@ class DatasetStore:
         self.weighted = bool(weighted)
         self.stores: list[Store] = []
         self._threads, self._thread_count = GatherThreads(), default_threads()
+        self._reading_ahead = ReadAheadThread()  # one thread reads ahead for every scan: one read at a time
         try:
             for entry in manifest.scans:
                 # the dataset's pins keep its builds (no reader locks); only patterns hold a descriptor
@@ -307,6 +310,34 @@ class DatasetStore:
             raise ParameterError(f"experiment={experiment}; expected 0 <= experiment < {self.n_experiments}")
         return int(experiment)
 
+    # ------------------------------------------------------------------ reading the disk in order
+    def read_ahead(self, indices: Any) -> Future:
+        """Read the patterns of groups ``indices`` (positions in this view) into the page cache,
+        scan by scan, on one thread of this dataset's, as long sequential reads
+        (:meth:`Store.read_ahead <ptychodata.store.Store.read_ahead>`); returns at once a future
+        that is done when all are read."""
+        return self._per_scan(indices, lambda store, local: store.read_ahead(local, reader=self._reading_ahead))
+
+    def release(self, indices: Any, *, page_cache: bool = True) -> Future:
+        """Drop the patterns of groups ``indices`` from memory once the reads ahead asked before
+        are done (:meth:`Store.release <ptychodata.store.Store.release>`)."""
+        return self._per_scan(
+            indices, lambda store, local: store.release(local, page_cache=page_cache, reader=self._reading_ahead)
+        )
+
+    def _per_scan(self, indices: Any, job: Any) -> Future:
+        """``job(store, local)`` for each scan that groups ``indices`` are in, with their positions
+        in its store; the future of the last (the reads queue on one thread, in order)."""
+        positions = np.sort(self._positions(indices))
+        scan = np.searchsorted(self._group_offsets, positions, side="right") - 1
+        starts = np.flatnonzero(np.diff(scan, prepend=-1))  # where each scan's positions begin
+        last: Future = Future()
+        last.set_result(None)
+        for start, stop in zip(starts.tolist(), [*starts[1:].tolist(), len(positions)]):
+            k = int(scan[start])
+            last = job(self.stores[k], positions[start:stop] - self._group_offsets[k])
+        return last
+
     # ------------------------------------------------------------------ subsets and splits
     def subset(self, indices: Any) -> DatasetStore:
         """A dataset view serving these groups (positions in this view); it opens the builds again."""
@@ -374,6 +405,7 @@ class DatasetStore:
 
     # ------------------------------------------------------------------ life cycle
     def close(self) -> None:
+        self._reading_ahead.close()
         self._threads.close()
         for store in self.stores:
             store.close()

@@ -40,7 +40,7 @@ from ptychodata.store._open_store import open_store
 from ptychodata.store._prepare import default_cache_dir, prepare
 from ptychodata.store._ptycho_torch import PtychoTorchConstants
 from ptychodata.store._store import Store, require_ground_truth
-from ptychodata.store._threads import GatherThreads, default_threads
+from ptychodata.store._threads import GatherThreads, ReadAheadThread, default_threads
 
 __all__ = [
     "DEFAULT_SCHEMA",
@@ -54,6 +54,7 @@ __all__ = [
     "FramesEncoding",
     "GatherThreads",
     "PtychoTorchConstants",
+    "ReadAheadThread",
     "Store",
     "batch_schema",
     "canonical_frames_dtype",

@@ -427,9 +427,10 @@ class Store:
     def _check_indices(self, indices: Any) -> np.ndarray:
         return check_batch_indices(indices, len(self))
 
-    def read_ahead(self, indices: Any) -> Future:
+    def read_ahead(self, indices: Any, *, reader: ReadAheadThread | None = None) -> Future:
         """Read the patterns of groups ``indices`` (positions in this store) into the page cache,
-        on a thread of this store's, as long sequential reads of the runs of rows they span.
+        on a thread of this store's (or ``reader``, one several stores share), as long
+        sequential reads of the runs of rows they span.
 
         Returns at once a future that is done when they are read; for an order that visits a
         region of the file at a time (``make_loader(..., block=...)``), which waits for a region
@@ -437,9 +438,9 @@ class Store:
         (nothing to read) returns a future that is done.
         """
         path, _, ranges = self._pattern_runs(indices)
-        return self._reading_ahead.submit(path, ranges)
+        return (reader or self._reading_ahead).submit(path, ranges)
 
-    def release(self, indices: Any, *, page_cache: bool = True) -> Future:
+    def release(self, indices: Any, *, page_cache: bool = True, reader: ReadAheadThread | None = None) -> Future:
         """Drop the patterns of groups ``indices`` from memory, after the reads ahead asked
         before: unmapped from this process and, with ``page_cache``, dropped from the page
         cache (pages another process maps stay). For an order that is done with a region of a
@@ -447,13 +448,14 @@ class Store:
         region's instead of being reclaimed among them. Reading them again later reads the
         file again. ``page_cache=False`` where other processes on the machine read the same
         pages in step (ranks of one job): what one has served, another may not have.
+        ``reader``: the thread that read them ahead, where it is not this store's.
 
         Returns at once a future that is done when they are dropped (a hint: nothing is raised
         if the system cannot drop them).
         """
         path, offset, ranges = self._pattern_runs(indices)
         mapping = file_mapping(self.patterns, offset) if ranges else None
-        return self._reading_ahead.forget(path, ranges, mapping, page_cache)
+        return (reader or self._reading_ahead).forget(path, ranges, mapping, page_cache)
 
     def _pattern_runs(self, indices: Any) -> tuple[str, int, list[tuple[int, int]]]:
         """The patterns file, the offset of its first row, and the ``(offset, nbytes)`` of the

@@ -110,7 +110,9 @@ def make_loader(
     to make room for the next (without worker processes, which map the pages they read; with
     several ranks, each drops only its own mapping and leaves the page cache they share to the
     kernel). A warning says where such a store is shuffled without ``block``, or where two
-    windows would not fit in that memory.
+    windows would not fit in that memory. A dataset's blocks are neighbouring groups of one
+    scan, ordered by keys (:meth:`GroupKeys.epoch <ptychodata.dataset.GroupKeys.epoch>`), read
+    ahead scan by scan; not with stratified batches.
 
     ``layout="ptycho_torch"`` yields ptycho_torch's batch tuple ``(fields, probe,
     probe_scaling)`` instead, which its ``PtychoPINN_Lightning`` trains on as it is (keys
@@ -253,7 +255,7 @@ def _plan_disk_reads(store: Any, sampler: GroupSampler, num_workers: int) -> Non
     windows, each at its own pace, and share the page cache). Warns where such a store would
     be read at random."""
     available = available_memory()
-    larger = available is not None and store.patterns.nbytes > available
+    larger = available is not None and _pattern_bytes(store) > available
     if larger:
         _warn_of_random_reads(store, sampler, available)
     if sampler.block is None:
@@ -264,6 +266,11 @@ def _plan_disk_reads(store: Any, sampler: GroupSampler, num_workers: int) -> Non
         sampler.release = functools.partial(store.release, page_cache=False) if shared else store.release
 
 
+def _pattern_bytes(store: Any) -> int:
+    """Bytes of the patterns files a store (or each scan's store of a dataset) reads."""
+    return sum(part.patterns.nbytes for part in getattr(store, "stores", [store]))
+
+
 def _warn_of_random_reads(store: Any, sampler: GroupSampler, available: int) -> None:
     """Warn (at the caller of :func:`make_loader`) where ``sampler``'s order reads ``store``'s
     patterns, larger than the ``available`` bytes of memory, from the disk at a small part of its
@@ -271,7 +278,7 @@ def _warn_of_random_reads(store: Any, sampler: GroupSampler, available: int) -> 
     block order larger than that memory (each reclaimed among its own pages before it is served)."""
     if not sampler.shuffle:
         return
-    nbytes, limit = store.patterns.nbytes, describe_bytes(available)
+    nbytes, limit = _pattern_bytes(store), describe_bytes(available)
     if sampler.block is None:
         warnings.warn(f"a shuffled epoch of a store whose patterns ({describe_bytes(nbytes)}) are more than the "
                       f"memory this process may use ({limit}) reads them from the disk one at a time, at random; "

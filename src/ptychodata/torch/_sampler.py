@@ -68,7 +68,10 @@ class GroupSampler(torch.utils.data.Sampler):
         ``block`` consecutive groups (whose patterns lie together on disk) in a random order and
         shuffles the groups of each run of ``window`` blocks among themselves
         (:func:`~ptychodata.torch.block_order`), so that a window's reads stay in one region of
-        the file. Default: one permutation of all groups. Not with ``keys``.
+        the file. Default: one permutation of all groups. With ``keys``, a block is ``block``
+        consecutive groups of one scan and the blocks and the items of a window follow their
+        keys (:meth:`GroupKeys.epoch <ptychodata.dataset.GroupKeys.epoch>`); not with
+        stratified batches.
     """
 
     def __init__(
@@ -89,11 +92,8 @@ class GroupSampler(torch.utils.data.Sampler):
         if block is not None:
             check_int("block", block)
             check_int("window", window)
-            if keys is not None:
-                raise ParameterError(
-                    f"block={block} with a dataset's keys: a dataset's epoch is ordered by its groups' keys (stable "
-                    "when scans are added); block order serves one store's groups"
-                )
+            if keys is not None and keys.mixing is not None:
+                keys.mixing.check_block(block)
         self.block, self.window = block, int(window)
         # With block order: called with the groups of each window shortly before it is served
         # (make_loader sets the store's read_ahead), so the disk reads a window in long runs;
@@ -122,6 +122,9 @@ class GroupSampler(torch.utils.data.Sampler):
         # stratified: items of each stratum consumed before the current plan (None: none); the
         # plan deals the rest, so a resume with another step size starts a plan of its own
         self._base: tuple[int, ...] | None = None
+        # block order with keys: (low, high, last) of each earlier run of this epoch that stopped
+        # and was continued on a changed dataset: what it served (GroupKeys.unserved)
+        self._served: tuple[tuple[int, int, int], ...] = ()
         self._cached: tuple[tuple, _Plan] | None = None
         self._tables: dict[tuple, np.ndarray] = {}
         self._orders = EpochOrders()
@@ -133,7 +136,7 @@ class GroupSampler(torch.utils.data.Sampler):
         epoch = check_int("epoch", epoch, minimum=0, maximum=_MAX_EPOCH)
         if not (self._resume_pending and epoch == self.epoch):
             self._start, self._yielded, self._pass_complete, self._resume_pending = 0, 0, False, False
-            self._base = None
+            self._base, self._served = None, ()
         self.epoch = epoch
 
     def global_order(self, epoch: int | None = None) -> np.ndarray:
@@ -158,15 +161,16 @@ class GroupSampler(torch.utils.data.Sampler):
         return self._mixing is not None and self._mixing.batching == "stratified"
 
     def _items(self, epoch: int) -> EpochItems:
-        return self.keys.epoch(self.seed, epoch, shuffle=self.shuffle)
+        return self.keys.epoch(self.seed, epoch, shuffle=self.shuffle, block=self.block, window=self.window)
 
     def _plan(self, epoch: int | None = None) -> _Plan:
         """The order of epoch ``epoch`` (default the current one, from its plan's base)."""
         current = epoch is None or epoch == self.epoch
         epoch = self.epoch if epoch is None else epoch
         base = self._base if current and self._stratified else None
+        served = self._served if current else ()
         step = self.num_replicas * self.batch_size if self._stratified else None
-        key = (epoch, self.seed, self.shuffle, step, base)
+        key = (epoch, self.seed, self.shuffle, step, base, self.block, self.window, served)
         if self._cached is not None and self._cached[0] == key:
             return self._cached[1]
         if self.keys is None:
@@ -174,11 +178,17 @@ class GroupSampler(torch.utils.data.Sampler):
                 order = np.arange(self.n_groups, dtype=np.int64)
             else:
                 order = self._orders.get(self.n_groups, self.seed, epoch, self.block, self.window, ahead=current)
-            plan = _Plan(order)
+            windows = None
+            if self.block is not None and self.shuffle:
+                windows = np.append(np.arange(0, self.n_groups, self.block * self.window), self.n_groups)
+            plan = _Plan(order, windows=windows)
         else:
             items = self._items(epoch)
+            if served:
+                items = self.keys.unserved(self.seed, epoch, self.block, items, list(served))
             positions = self._arrange(items, step, base) if self._stratified else None
-            plan = _Plan(items.groups if positions is None else items.groups[positions], items, positions)
+            plan = _Plan(items.groups if positions is None else items.groups[positions], items, positions,
+                         items.windows)
         self._cached = (key, plan)
         return plan
 
@@ -254,20 +264,21 @@ class GroupSampler(torch.utils.data.Sampler):
         the next one is asked for; and the whole order before the pass's first window is read:
         pages still mapped from an earlier use of the store would otherwise outlive the windows
         read ahead, which the kernel would then reclaim before they are served."""
-        if self.read_ahead is None or self.block is None or not self.shuffle:
+        plan = self._plan()
+        if self.read_ahead is None or plan.windows is None:
             return None
-        order, start, run = self.global_order(), self._start, self.block * self.window
+        order, bounds, start = plan.order, plan.windows, self._start
         step_size, issued, reached = self.num_replicas * self.batch_size, {}, set()
 
         def ahead(step: int) -> None:
-            window = (start + step * step_size) // run
+            window = int(np.searchsorted(bounds, start + step * step_size, side="right")) - 1
             first = window not in reached
             if first and self.release is not None:  # before the next window is read
-                self.release(order[(window - 1) * run : window * run] if reached else order)
+                self.release(order[bounds[window - 1] : bounds[window]] if reached else order)
             reached.add(window)
-            for w in range(window, window + 1 + _WINDOWS_AHEAD):
-                if w not in issued and w * run < len(order):
-                    issued[w] = self.read_ahead(order[w * run : (w + 1) * run])
+            for w in range(window, min(window + 1 + _WINDOWS_AHEAD, len(bounds) - 1)):
+                if w not in issued:
+                    issued[w] = self.read_ahead(order[bounds[w] : bounds[w + 1]])
             current = issued.get(window)
             if first and isinstance(current, Future):
                 with contextlib.suppress(CancelledError):  # the store closed: nothing more is read ahead
@@ -278,7 +289,7 @@ class GroupSampler(torch.utils.data.Sampler):
     def begin_pass(self) -> list[np.ndarray]:
         """Start a pass, as iterating does, and return all of its batches for this rank."""
         if self._pass_complete:  # iterating again without set_epoch: the whole epoch again
-            self._start, self._pass_complete, self._base = 0, False, None
+            self._start, self._pass_complete, self._base, self._served = 0, False, None, ()
         self._yielded, self._resume_pending = 0, False
         return self._schedule()
 
@@ -321,6 +332,11 @@ class GroupSampler(torch.utils.data.Sampler):
             state.update(self._strata_state(plan, consumed))
         elif self.shuffle and consumed:
             state["last_key"] = int(plan.keys_at(self.keys, self.seed, self.epoch, [consumed - 1])[0])
+        if plan.windows is not None:
+            state["served"] = [list(run) for run in self._served]
+            if consumed:  # the window the last item consumed is in: its block copies' lowest and highest key
+                window = int(np.searchsorted(plan.windows, consumed - 1, side="right")) - 1
+                state["window_keys"] = [int(key) for key in plan.items.window_keys[window]]
         return state
 
     def _strata_state(self, plan: _Plan, consumed: int) -> dict[str, Any]:
@@ -375,6 +391,7 @@ class GroupSampler(torch.utils.data.Sampler):
         self.seed, self.shuffle, self.epoch = int(state["seed"]), bool(state["shuffle"]), int(state["epoch"])
         self.block, self.window = state.get("block", (None, self.window))  # the saved run's order
         self._start, self._base = int(state["consumed"]), None
+        self._served = tuple(tuple(run) for run in state.get("served", ()))
         if self._stratified and isinstance(state.get("strata"), dict):
             if state.get("step") == self.num_replicas * self.batch_size:  # the same plan: on where it stopped
                 self._base = None if state.get("base") is None else tuple(int(c) for c in state["base"])
@@ -398,7 +415,8 @@ class GroupSampler(torch.utils.data.Sampler):
                 "pass on_dataset_change='continue' or 'next_epoch' to resume anyway"
             )
         self.seed, self.shuffle = int(state["seed"]), bool(state["shuffle"])
-        self._base = None
+        self.block, self.window = state.get("block", (None, self.window))  # the saved run's order
+        self._base, self._served = None, ()
         if mode == "next_epoch":
             self.epoch, self._start = int(state["epoch"]) + 1, 0
         else:
@@ -418,6 +436,13 @@ class GroupSampler(torch.utils.data.Sampler):
         """Skip, in this epoch of the changed dataset, every item whose key is at or before the
         saved run's last one (per stratum where either run is stratified)."""
         last, strata_last = state.get("last_key"), state.get("strata_last")
+        if self.block is not None:  # what the run served is not a prefix of this order: left out of it
+            if last is not None and "window_keys" not in state:
+                raise ParameterError("state['last_key'] in block order without state['window_keys']; expected the "
+                                     "dict state_dict() returned")
+            stopped = [] if last is None else [(*state["window_keys"], last)]
+            self._served = tuple(tuple(run) for run in [*state.get("served", ()), *stopped])
+            return
         items = self._items(self.epoch)
         if not self._stratified:
             if strata_last is not None:
@@ -461,6 +486,17 @@ def _checked_state(state: Any) -> dict[str, Any]:
             raise ParameterError(f"state['block']={block!r:.80}; expected [block, window]")
         check_int("state['block'][0]", block[0])
         check_int("state['block'][1]", block[1])
+    for name, length in (("window_keys", 2), ("served", None)):
+        value = state.get(name)
+        if value is None:
+            continue
+        runs = value if length is None else [value]
+        if not isinstance(value, list) or not all(isinstance(run, list) and len(run) == (length or 3) for run in runs):
+            raise ParameterError(f"state[{name!r}]={value!r:.80}; expected what state_dict() returned for a dataset "
+                                 "in block order")
+        for run in runs:
+            for key in run:
+                check_int(f"state[{name!r}]", key, minimum=0, maximum=2**64 - 1)
     for key in ("uids", "names"):
         if key in state and not (isinstance(state[key], list) and all(isinstance(u, str) for u in state[key])):
             raise ParameterError(f"state[{key!r}]={state[key]!r:.80}; expected a list of strings")
@@ -474,11 +510,13 @@ _MAX_EPOCH = 2**63 - 1
 @dataclass(frozen=True, eq=False)
 class _Plan:
     """An epoch's order: ``order[i]`` is the group served at position ``i``; with keys, it is
-    item ``positions[i]`` (default ``i``) of ``items``."""
+    item ``positions[i]`` (default ``i``) of ``items``. In block order, window ``w`` is
+    ``order[windows[w] : windows[w + 1]]``."""
 
     order: np.ndarray
     items: EpochItems | None = None
     positions: np.ndarray | None = None
+    windows: np.ndarray | None = None
 
     def keys_at(self, keys: GroupKeys, seed: int, epoch: int, at: list[int]) -> np.ndarray:
         """The keys of the items served at positions ``at``."""

@@ -2,17 +2,19 @@
 the fully random order, beside the disk's sequential read rate.
 
     sudo python benchmarks/bench_block_order.py [--gib 4] [--N 64] [--batch 256] [--block 4096]
-                                                [--seconds 60] [--workdir DIR] [--memory-gib G]
+                                                [--window 16[,8...]] [--seconds 60] [--workdir DIR]
+                                                [--memory-gib G]
 
 A store of --gib GiB of random patterns (gridsize 1: a group reads one pattern) is prepared,
 then, each time after dropping the page cache (root: ``/proc/sys/vm/drop_caches``):
   sequential   the patterns file read start to end in 8 MiB reads: the disk's rate, read before
                and after block order (a virtual disk's rate drifts); the bound takes their mean
-  block        ``make_loader(store, batch, block=...)`` (windows of 16 blocks), one epoch (or --seconds);
+  block        ``make_loader(store, batch, block=..., window=...)``, one epoch (or --seconds);
                where the store is larger than the memory available, each window served is dropped;
                then the next epoch without dropping the cache (the loader's own rate where the store
-               fits; from the disk again where windows are dropped as served); then, where windows
-               are dropped, one epoch with every window kept (left to the kernel's reclaim)
+               fits; from the disk again where windows are dropped as served); each --window in turn,
+               each between its own two sequential reads; then, for the first --window and where
+               windows are dropped, one epoch with every window kept (left to the kernel's reclaim)
   random       ``make_loader(store, batch)``, the full permutation, one epoch (or --seconds)
 The loaders' rates count pattern bytes delivered. Target: block >= 0.8 x sequential.
 
@@ -110,9 +112,34 @@ def loader_rate(store, batch: int, seconds: float, *, group: str | None, cold: b
     return groups * store.N * store.N * 4 / elapsed, groups / len(store), notes
 
 
-def dropping(store, batch: int, block: int) -> bool:
+def dropping(store, batch: int, block: int, window: int) -> bool:
     """Whether block order drops the windows it has served from this store (make_loader decides)."""
-    return make_loader(store, batch, block=block, background=0).sampler.release is not None
+    return make_loader(store, batch, block=block, window=window, background=0).sampler.release is not None
+
+
+def block_runs(store, patterns: Path, args, window: int, group: str | None) -> bool:
+    """Block order with ``window`` blocks a window, first epoch and next, between two sequential
+    reads of the patterns file; whether windows are dropped as served."""
+    drops = dropping(store, args.batch, args.block, window)
+    size = window * args.block * store.N * store.N * 4 / 2**20
+    print(f"\n  window of {window} blocks ({size:.0f} MiB of patterns): block order drops each window served "
+          f"from memory: {'yes, the store is larger than the memory available' if drops else 'no, the store fits'}")
+    before = sequential_rate(patterns)
+    print(f"{'sequential read of patterns.npy':<40} {before / 2**20:>8.0f} MiB/s")
+    order = {"block": args.block, "window": window}
+    block, done, notes = loader_rate(store, args.batch, args.seconds, group=group, **order)
+    again, again_done, again_notes = loader_rate(store, args.batch, args.seconds, group=group, cold=False, **order)
+    after = sequential_rate(patterns)
+    disk = (before + after) / 2
+    print(f"{'sequential read of patterns.npy, again':<40} {after / 2**20:>8.0f} MiB/s   mean {disk / 2**20:.0f} MiB/s")
+    verdict = "ok" if block >= 0.8 * disk else "NOT met"
+    print(f"{'loader, block order':<40} {block / 2**20:>8.0f} MiB/s   ({done:.0%} of an epoch)   "
+          f"bound 0.8 x sequential = {0.8 * disk / 2**20:.0f}  {verdict}{notes}")
+    where = ("windows were dropped as served: read from the disk again" if drops
+             else "what the page cache kept (all of a store that fits): the loader's own rate")
+    print(f"{'loader, block order, next epoch':<40} {again / 2**20:>8.0f} MiB/s   ({again_done:.0%} of an epoch)   "
+          f"{again / disk:.2f} x sequential; {where}{again_notes}")
+    return drops
 
 
 def main() -> None:
@@ -121,6 +148,8 @@ def main() -> None:
     parser.add_argument("--N", type=int, default=64)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--block", type=int, default=4096)
+    parser.add_argument("--window", type=lambda text: [int(w) for w in text.split(",")], default=[16],
+                        help="blocks a window; several, comma-separated, are measured in turn on one store")
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--workdir", type=Path)
     parser.add_argument("--memory-gib", type=float, help="run in a cgroup with this memory.max (page cache included)")
@@ -138,34 +167,20 @@ def main() -> None:
         with prepare(source, CONFIG, cache_dir=Path(folder) / "cache", progress=False) as store:
             patterns = next(Path(folder, "cache").rglob("patterns.npy"))
             print(f"store: {points} patterns of {args.N}x{args.N} float32 ({patterns.stat().st_size / 2**30:.2f} GiB), "
-                  f"batch {args.batch}, block {args.block} groups, windows of 16 blocks\n")
-            drops = dropping(store, args.batch, args.block)
-            print(f"  (block order drops each window served from memory: "
-                  f"{'yes, the store is larger than the memory available' if drops else 'no, the store fits'})")
-            before = sequential_rate(patterns)
-            print(f"{'sequential read of patterns.npy':<40} {before / 2**20:>8.0f} MiB/s")
-            block, done, notes = loader_rate(store, args.batch, args.seconds, group=group, block=args.block)
-            after = sequential_rate(patterns)
-            disk = (before + after) / 2
-            print(f"{'sequential read of patterns.npy, again':<40} {after / 2**20:>8.0f} MiB/s   "
-                  f"mean {disk / 2**20:.0f} MiB/s")
-            verdict = "ok" if block >= 0.8 * disk else "NOT met"
-            print(f"{'loader, block order':<40} {block / 2**20:>8.0f} MiB/s   ({done:.0%} of an epoch)   "
-                  f"bound 0.8 x sequential = {0.8 * disk / 2**20:.0f}  {verdict}{notes}")
-            again, done, notes = loader_rate(store, args.batch, args.seconds, group=group, cold=False,
-                                                 block=args.block)
-            where = ("windows were dropped as served: read from the disk again" if drops
-                     else "what the page cache kept (all of a store that fits): the loader's own rate")
-            print(f"{'loader, block order, next epoch':<40} {again / 2**20:>8.0f} MiB/s   ({done:.0%} of an epoch)   "
-                  f"{where}{notes}")
-            if drops:
+                  f"batch {args.batch}, block {args.block} groups")
+            drops = [block_runs(store, patterns, args, window, group) for window in args.window]
+            print()
+            disk = sequential_rate(patterns)
+            if drops[0]:
                 kept, done, notes = loader_rate(store, args.batch, args.seconds, group=group, keep=True,
-                                                    block=args.block)
-                print(f"{'loader, block order, windows kept':<40} {kept / 2**20:>8.0f} MiB/s   ({done:.0%} of an epoch)   "
-                      f"{kept / disk:.2f} x sequential{notes}")
+                                                block=args.block, window=args.window[0])
+                print(f"{'loader, block order, windows kept':<40} {kept / 2**20:>8.0f} MiB/s   ({done:.0%} of an "
+                      f"epoch)   {kept / disk:.2f} x sequential ({disk / 2**20:.0f} MiB/s), window of "
+                      f"{args.window[0]} blocks{notes}")
             randomly, done, notes = loader_rate(store, args.batch, args.seconds, group=group)
             print(f"{'loader, random order':<40} {randomly / 2**20:>8.0f} MiB/s   ({done:.0%} of an epoch)   "
                   f"{randomly / disk:.2f} x sequential{notes}")
+
 
 if __name__ == "__main__":
     main()

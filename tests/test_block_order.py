@@ -76,9 +76,15 @@ def test_block_order_is_refused_where_it_has_no_meaning(tmp_path):
     with store:
         with pytest.raises(ParameterError, match="block=8 with resident=True"):
             make_loader(store, 4, resident=True, device="cpu", block=8)
+        with pytest.raises(ParameterError, match="window=8 without block="):
+            make_loader(store, 4, window=8)
         loader = make_loader(store, 4, block=8, background=0)
         served = [i for batch in loader for i in batch["group_index"].tolist()]
         assert sorted(served) == list(range(len(store)))
+        narrow = make_loader(store, 4, block=4, window=2, seed=3, background=0).sampler
+        np.testing.assert_array_equal(narrow.global_order(), block_order(len(store), 3, 0, block=4, window=2))
+        with pytest.raises(ParameterError, match="window=0"):
+            make_loader(store, 4, block=4, window=0)
 
 
 def test_each_window_is_read_ahead_once_before_it_is_served():

@@ -391,16 +391,15 @@ class GroupKeys:
         if groups is None:
             groups = np.arange(len(self.identities), dtype=np.int64)
         copy = np.zeros(len(groups), np.int64) if copies is None else copies.astype(np.int64)
-        adjacent = _by_block_copy(self.scan[groups], copy, self.local[groups] // block)
-        if adjacent is not None:
-            groups, copy = groups[adjacent], copy[adjacent]
+        ids = _block_copy_ids(self.scan[groups], copy, self.local[groups] // block)
+        if len(ids) > 1 and not bool(np.all(ids[1:] >= ids[:-1])):  # the items of each block copy made adjacent
+            adjacent = np.argsort(ids, kind="stable")
+            groups, copy, ids = groups[adjacent], copy[adjacent], ids[adjacent]
             copies = None if copies is None else copies[adjacent]
         n = len(groups)
         if not n:
             return EpochItems(groups, copies, windows=np.zeros(1, np.int64), window_keys=np.zeros((0, 2), np.uint64))
-        same = (self.scan[groups[1:]] == self.scan[groups[:-1]]) & (copy[1:] == copy[:-1])
-        same &= self.local[groups[1:]] // block == self.local[groups[:-1]] // block
-        starts = np.concatenate([[0], np.flatnonzero(~same) + 1]).astype(np.int64)
+        starts = np.concatenate([[0], np.flatnonzero(np.diff(ids)) + 1]).astype(np.int64)
         lengths = np.diff(np.append(starts, n))
         block_keys = self.block_keys(seed, epoch, block, groups[starts], None if copies is None else copy[starts])
         rank = np.argsort(block_keys, kind="stable")
@@ -514,16 +513,17 @@ def smallest(members: np.ndarray, keys: np.ndarray, r: int) -> np.ndarray:
     return members[chosen]
 
 
-def _by_block_copy(scan: np.ndarray, copy: np.ndarray, number: np.ndarray) -> np.ndarray | None:
-    """The stable order that makes the items of each block copy (same scan, copy and block
-    ``number``) adjacent: scan by scan, copy by copy, block by block; None where they are already."""
+def _block_copy_ids(scan: np.ndarray, copy: np.ndarray, number: np.ndarray) -> np.ndarray:
+    """(n,) int64: an id of each item's block copy (its scan, copy and block ``number``), in the
+    order of (scan, copy, number)."""
     n_copies, n_blocks = int(copy.max(initial=0)) + 1, int(number.max(initial=0)) + 1
-    if (int(scan.max(initial=0)) + 1) * n_copies * n_blocks >= 2**62:  # one int64 id would overflow
-        return np.lexsort((number, copy, scan))
-    ids = (scan.astype(np.int64) * n_copies + copy) * n_blocks + number
-    if len(ids) < 2 or bool(np.all(ids[1:] >= ids[:-1])):
-        return None
-    return np.argsort(ids, kind="stable")
+    if (int(scan.max(initial=0)) + 1) * n_copies * n_blocks < 2**62:
+        return (scan.astype(np.int64) * n_copies + copy) * n_blocks + number
+    order = np.lexsort((number, copy, scan))  # one number would overflow: ranks instead
+    changed = (np.diff(scan[order]) != 0) | (np.diff(copy[order]) != 0) | (np.diff(number[order]) != 0)
+    ids = np.empty(len(order), np.int64)
+    ids[order] = np.cumsum(np.concatenate([[0], changed]))
+    return ids
 
 
 def stratified_steps(counts: list[int] | np.ndarray, step: int) -> np.ndarray:

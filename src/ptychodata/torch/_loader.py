@@ -97,14 +97,15 @@ def make_loader(
     frames: str | None = None,
     shard_by: str | None = None,
     block: int | None = None,
+    window: int | None = None,
 ) -> GroupLoader:
     """A loader of §7 batches from a store (or a :class:`GroupedDataset`).
 
     ``block``: for a store larger than the page cache, a shuffled epoch in block order
     (:func:`~ptychodata.torch.block_order`: blocks of ``block`` neighbouring groups in a
-    random order, the groups of each run of 16 blocks shuffled together), so that a window's
-    reads stay in one region of the file; host loader only. Each window is read ahead while
-    the one before is served; where the store's patterns are larger than the memory this
+    random order, the groups of each run of ``window`` blocks, default 16, shuffled together),
+    so that a window's reads stay in one region of the file; host loader only. Each window is
+    read ahead while the one before is served; where the store's patterns are larger than the memory this
     process may use now (free memory, a cgroup's ``memory.max``, ``ulimit -v``), a window
     served is dropped from memory (:meth:`Store.release <ptychodata.store.Store.release>`)
     to make room for the next (without worker processes, which map the pages they read; with
@@ -164,6 +165,9 @@ def make_loader(
     one without weights (``"scan"`` deals whole scans); its order is the sharded one, and
     a state saved on another build of the dataset resumes only at the next epoch.
     """
+    if window is not None and block is None:
+        raise ParameterError(f"window={window} without block=; a window is a run of blocks of block order")
+    window = 16 if window is None else window
     if resident:
         if block is not None:
             raise ParameterError(f"block={block} with resident=True; block order is for the host loader reading "
@@ -189,7 +193,7 @@ def make_loader(
         store, batch_size, shuffle=shuffle, seed=seed, num_workers=num_workers, pin_memory=pin_memory,
         drop_last=drop_last, distributed=distributed, with_Y=with_Y, as_tensordict=as_tensordict,
         prefetch_factor=prefetch_factor, shared_ring=shared_ring, background=background, layout=layout,
-        probe_scale=probe_scale, block=block,
+        probe_scale=probe_scale, block=block, window=window,
     )
 
 
@@ -211,6 +215,7 @@ def _host_loader(
     layout: str,
     probe_scale: float,
     block: int | None = None,
+    window: int = 16,
 ) -> GroupLoader:
     """:func:`make_loader` gathering on the host: a DataLoader over a :class:`GroupedDataset`."""
     if num_workers is None:
@@ -228,7 +233,7 @@ def _host_loader(
         layout=layout,
         probe_scale=probe_scale,
     )
-    sampler = _sampler(dataset, batch_size, shuffle, seed, drop_last, distributed, block=block)
+    sampler = _sampler(dataset, batch_size, shuffle, seed, drop_last, distributed, block=block, window=window)
     if hasattr(dataset.store, "read_ahead"):  # a store read from its files
         _plan_disk_reads(dataset.store, sampler, num_workers)
     loader = torch.utils.data.DataLoader(
@@ -289,7 +294,8 @@ def _warn_of_random_reads(store: Any, sampler: GroupSampler, available: int) -> 
     if windows > available:
         warnings.warn(f"block={sampler.block}: two windows of {sampler.window} blocks hold about "
                       f"{describe_bytes(windows)} of patterns, more than the memory this process may use ({limit}); "
-                      "a smaller block keeps a window in memory until it is served", UserWarning, stacklevel=5)
+                      "a smaller window (or block) keeps a window in memory until it is served", UserWarning,
+                      stacklevel=5)
 
 
 def _sampler(
@@ -301,6 +307,7 @@ def _sampler(
     distributed: bool | None,
     *,
     block: int | None = None,
+    window: int = 16,
 ) -> GroupSampler:
     """The loader's sampler over the groups of ``source`` (a :class:`GroupedDataset` or a
     :class:`DeviceStore`), the same for the host and the resident loader: ordered by the
@@ -312,7 +319,7 @@ def _sampler(
     replicas = {} if distributed else {"num_replicas": 1, "rank": 0}
     return GroupSampler(
         len(source), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last, keys=_dataset_keys(source),
-        block=block, **replicas,
+        block=block, window=window, **replicas,
     )
 
 

@@ -223,3 +223,16 @@ def test_a_dataset_reads_its_scans_ahead_and_releases_them(tmp_path, monkeypatch
         assert data.read_ahead([]).result(timeout=10) is None
         with pytest.raises(GroupIndexError, match=f"group index {len(data)} out of range"):
             data.read_ahead([len(data)])
+
+
+def test_equal_keys_in_a_window_keep_their_positions_and_huge_block_ids_keep_their_order():
+    from ptychodata.dataset._order import _block_copy_ids, _by_key
+
+    np.testing.assert_array_equal(_by_key(np.array([3, 1, 3, 1, 0], np.uint64)), [4, 1, 3, 0, 2])
+    np.testing.assert_array_equal(_by_key(np.array([5, 2, 9], np.uint64)), [1, 0, 2])
+    scan, copies = np.array([1, 0, 1, 0, 1]), np.array([0, 2, 0, 1, 1], np.uint32)
+    for number in (np.array([7, 3, 2, 3, 0]), np.array([2**61, 3, 2, 2**61, 0])):  # the second overflows one id
+        ids = _block_copy_ids(scan, copies, number)
+        expected = sorted(range(5), key=lambda i: (scan[i], copies[i], number[i]))
+        assert sorted(range(5), key=lambda i: ids[i]) == expected
+        assert len(set(ids.tolist())) == 5

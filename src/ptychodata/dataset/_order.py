@@ -309,7 +309,7 @@ class GroupKeys:
         Each group's scan (an index into ``uids``).
     names : tuple of str
         The scans' file names, as ``uids`` (empty where not known): for messages.
-    local : ndarray of shape (B,), int64, or None
+    local : ndarray of shape (B,), int32 (int64 from 2**31 groups a scan), or None
         Each group's index in its scan: with ``scan``, what block order needs.
     """
 
@@ -332,8 +332,10 @@ class GroupKeys:
         identities = np.asarray(local, np.int64).astype(np.uint64)
         np.bitwise_xor(identities, uid64[scan], out=identities)
         identities = mix64(identities, out=identities)
+        local = np.asarray(local, np.int64)
+        small = not len(local) or int(local.max()) < 2**31
         return cls(identities, fingerprint, tuple(uids), mixing, scan.astype(np.int32), tuple(names),
-                   np.asarray(local, np.int64))
+                   local.astype(np.int32) if small else local)
 
     def described(self, uids: list[str] | tuple[str, ...], names: dict[str, str] | None = None) -> list[str]:
         """``uid (file name)`` of each of ``uids``, the names from this dataset or ``names``."""
@@ -390,33 +392,41 @@ class GroupKeys:
         each run of ``window`` of them in the order of their item keys (ties by position)."""
         if groups is None:
             groups = np.arange(len(self.identities), dtype=np.int64)
-        copy = np.zeros(len(groups), np.int64) if copies is None else copies.astype(np.int64)
-        ids = _block_copy_ids(self.scan[groups], copy, self.local[groups] // block)
+        number = self.local[groups]
+        number //= block
+        ids = _block_copy_ids(self.scan[groups], copies, number)
+        del number
         if len(ids) > 1 and not bool(np.all(ids[1:] >= ids[:-1])):  # the items of each block copy made adjacent
             adjacent = np.argsort(ids, kind="stable")
-            groups, copy, ids = groups[adjacent], copy[adjacent], ids[adjacent]
+            groups, ids = groups[adjacent], ids[adjacent]
             copies = None if copies is None else copies[adjacent]
         n = len(groups)
         if not n:
             return EpochItems(groups, copies, windows=np.zeros(1, np.int64), window_keys=np.zeros((0, 2), np.uint64))
         starts = np.concatenate([[0], np.flatnonzero(np.diff(ids)) + 1]).astype(np.int64)
+        del ids
         lengths = np.diff(np.append(starts, n))
-        block_keys = self.block_keys(seed, epoch, block, groups[starts], None if copies is None else copy[starts])
+        block_keys = self.block_keys(seed, epoch, block, groups[starts], None if copies is None else copies[starts])
         rank = np.argsort(block_keys, kind="stable")
         # the items of the block copies in the order of their keys, then each window's by item key
         taken = lengths[rank]
         first = np.cumsum(taken) - taken
-        order = np.arange(n, dtype=np.int64) + np.repeat(starts[rank] - first, taken)
+        order = np.repeat(starts[rank] - first, taken)
+        order += np.arange(n, dtype=np.int64)
         windows = np.append(first[::window], n).astype(np.int64)
         ranked = block_keys[rank]
         last_of_window = np.minimum(np.arange(window, len(rank) + window, window), len(rank)) - 1
         bounds = np.stack([ranked[::window], ranked[last_of_window]], axis=1)
-        keys = _Keys(self.identities, _salt(seed, epoch), groups[order],
-                     None if copies is None else copies[order].astype(np.uint32))
+        groups = groups[order]
+        copies = None if copies is None else copies[order]
+        del order
+        keys = _Keys(self.identities, _salt(seed, epoch), groups, None if copies is None else copies.astype(np.uint32))
         for begin, end in zip(windows[:-1].tolist(), windows[1:].tolist()):
-            order[begin:end] = order[begin:end][np.argsort(keys.at(begin, end), kind="stable")]
-        return EpochItems(groups[order], None if copies is None else copies[order], windows=windows,
-                          window_keys=bounds)
+            by_key = _by_key(keys.at(begin, end))  # reads the window's items before they move
+            groups[begin:end] = groups[begin:end][by_key]
+            if copies is not None:
+                copies[begin:end] = copies[begin:end][by_key]
+        return EpochItems(groups, copies, windows=windows, window_keys=bounds)
 
     def block_keys(self, seed: int, epoch: int, block: int, groups: np.ndarray,
                    copies: np.ndarray | None = None) -> np.ndarray:
@@ -513,12 +523,30 @@ def smallest(members: np.ndarray, keys: np.ndarray, r: int) -> np.ndarray:
     return members[chosen]
 
 
-def _block_copy_ids(scan: np.ndarray, copy: np.ndarray, number: np.ndarray) -> np.ndarray:
-    """(n,) int64: an id of each item's block copy (its scan, copy and block ``number``), in the
-    order of (scan, copy, number)."""
-    n_copies, n_blocks = int(copy.max(initial=0)) + 1, int(number.max(initial=0)) + 1
+def _by_key(keys: np.ndarray) -> np.ndarray:
+    """``np.argsort(keys, kind="stable")``; at the speed of the unstable sort where no two keys
+    are equal (64-bit keys of distinct items almost never are)."""
+    order = np.argsort(keys)
+    ranked = keys[order]
+    if len(keys) > 1 and bool(np.any(ranked[1:] == ranked[:-1])):
+        return np.argsort(keys, kind="stable")
+    return order
+
+
+def _block_copy_ids(scan: np.ndarray, copies: np.ndarray | None, number: np.ndarray) -> np.ndarray:
+    """(n,) int64: an id of each item's block copy (its scan, copy, default 0, and block
+    ``number``), in the order of (scan, copy, number)."""
+    n_copies = 1 if copies is None else int(copies.max(initial=0)) + 1
+    n_blocks = int(number.max(initial=0)) + 1
     if (int(scan.max(initial=0)) + 1) * n_copies * n_blocks < 2**62:
-        return (scan.astype(np.int64) * n_copies + copy) * n_blocks + number
+        ids = scan.astype(np.int64)
+        if copies is not None:
+            ids *= n_copies
+            ids += copies
+        ids *= n_blocks
+        ids += number
+        return ids
+    copy = np.zeros(len(scan), np.int64) if copies is None else copies
     order = np.lexsort((number, copy, scan))  # one number would overflow: ranks instead
     changed = (np.diff(scan[order]) != 0) | (np.diff(copy[order]) != 0) | (np.diff(number[order]) != 0)
     ids = np.empty(len(order), np.int64)

@@ -3,7 +3,7 @@ the fully random order, beside the disk's sequential read rate.
 
     sudo python benchmarks/bench_block_order.py [--gib 4] [--N 64] [--batch 256] [--block 4096]
                                                 [--window 16[,8...]] [--seconds 60] [--workdir DIR]
-                                                [--memory-gib G]
+                                                [--memory-gib G] [--scans K]
 
 A store of --gib GiB of random patterns (gridsize 1: a group reads one pattern) is prepared,
 then, each time after dropping the page cache (root: ``/proc/sys/vm/drop_caches``):
@@ -17,6 +17,10 @@ then, each time after dropping the page cache (root: ``/proc/sys/vm/drop_caches`
                windows are dropped, one epoch with every window kept (left to the kernel's reclaim)
   random       ``make_loader(store, batch)``, the full permutation, one epoch (or --seconds)
 The loaders' rates count pattern bytes delivered. Target: block >= 0.8 x sequential.
+
+With --scans K the same patterns are K scan files of a dataset (``open_dataset``): block order
+takes blocks within each scan, ordered by keys, and reads a window ahead scan by scan; the
+sequential rate reads the scans' patterns files one after another.
 
 With --memory-gib, the process first moves itself into a new cgroup (v2) whose ``memory.max`` is
 G GiB, page cache included: a store larger than that cannot stay cached, as on a machine whose
@@ -37,7 +41,7 @@ from pathlib import Path
 from _common import machine
 from bench_store import random_source
 
-from ptychodata import GroupingConfig, prepare
+from ptychodata import Dataset, GroupingConfig, open_dataset, prepare
 from ptychodata.torch import make_loader
 
 CONFIG = GroupingConfig(gridsize=1, neighbor_count=4, seed=0)
@@ -63,12 +67,13 @@ def drop_page_cache() -> None:
         handle.write("1\n")
 
 
-def sequential_rate(path: Path) -> float:
+def sequential_rate(paths: list[Path]) -> float:
     drop_page_cache()
     start, done = time.perf_counter(), 0
-    with open(path, "rb", buffering=0) as handle:
-        while chunk := handle.read(8 << 20):
-            done += len(chunk)
+    for path in paths:
+        with open(path, "rb", buffering=0) as handle:
+            while chunk := handle.read(8 << 20):
+                done += len(chunk)
     return done / (time.perf_counter() - start)
 
 
@@ -117,7 +122,7 @@ def dropping(store, batch: int, block: int, window: int) -> bool:
     return make_loader(store, batch, block=block, window=window, background=0).sampler.release is not None
 
 
-def block_runs(store, patterns: Path, args, window: int, group: str | None) -> bool:
+def block_runs(store, patterns: list[Path], args, window: int, group: str | None) -> bool:
     """Block order with ``window`` blocks a window, first epoch and next, between two sequential
     reads of the patterns file; whether windows are dropped as served."""
     drops = dropping(store, args.batch, args.block, window)
@@ -153,6 +158,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--workdir", type=Path)
     parser.add_argument("--memory-gib", type=float, help="run in a cgroup with this memory.max (page cache included)")
+    parser.add_argument("--scans", type=int, default=0, help="the patterns as a dataset of this many scans")
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("bench_block_order needs root: it drops the page cache before each run")
@@ -163,11 +169,12 @@ def main() -> None:
         print(f"memory: cgroup {group}, memory.max {args.memory_gib:g} GiB (page cache included)")
     points = int(args.gib * 2**30 / (4 * args.N * args.N))
     with tempfile.TemporaryDirectory(dir=args.workdir) as folder:
-        source = random_source(Path(folder) / "source.npz", points, args.N)
-        with prepare(source, CONFIG, cache_dir=Path(folder) / "cache", progress=False) as store:
-            patterns = next(Path(folder, "cache").rglob("patterns.npy"))
-            print(f"store: {points} patterns of {args.N}x{args.N} float32 ({patterns.stat().st_size / 2**30:.2f} GiB), "
-                  f"batch {args.batch}, block {args.block} groups")
+        with corpus(Path(folder), points, args) as store:
+            patterns = sorted(Path(folder, "cache").rglob("patterns.npy"))
+            size = sum(path.stat().st_size for path in patterns) / 2**30
+            what = f"a dataset of {args.scans} scans" if args.scans else "one store"
+            print(f"{what}: {points} patterns of {args.N}x{args.N} float32 ({size:.2f} GiB), batch {args.batch}, "
+                  f"block {args.block} groups")
             drops = [block_runs(store, patterns, args, window, group) for window in args.window]
             print()
             disk = sequential_rate(patterns)
@@ -180,6 +187,20 @@ def main() -> None:
             randomly, done, notes = loader_rate(store, args.batch, args.seconds, group=group)
             print(f"{'loader, random order':<40} {randomly / 2**20:>8.0f} MiB/s   ({done:.0%} of an epoch)   "
                   f"{randomly / disk:.2f} x sequential{notes}")
+
+
+def corpus(folder: Path, points: int, args):
+    """``points`` random patterns prepared as one store, or with ``--scans`` as a dataset of that
+    many scans (each source removed once prepared, to spare the disk); open, to be closed."""
+    if not args.scans:
+        source = random_source(folder / "source.npz", points, args.N)
+        return prepare(source, CONFIG, cache_dir=folder / "cache", progress=False)
+    dataset = Dataset.create("bench", CONFIG, cache_dir=folder / "cache")
+    for k in range(args.scans):
+        source = random_source(folder / f"scan{k}.npz", points // args.scans, args.N, seed=k)
+        dataset.add(source)
+        source.unlink()
+    return open_dataset("bench", cache_dir=folder / "cache")
 
 
 if __name__ == "__main__":

@@ -56,13 +56,13 @@ def run_child(source: Path, cache: Path, **options) -> tuple[float, float]:
     return float(seconds), float(peak_mib)
 
 
-def random_source(path: Path, n_points: int, N: int) -> Path:
+def random_source(path: Path, n_points: int, N: int, seed: int = 0) -> Path:
     """An uncompressed .npz of random float32 patterns, written in chunks (never whole in RAM)."""
     side = int(np.ceil(np.sqrt(n_points)))
     rows, cols = np.divmod(np.arange(n_points), side)
     scratch = path.with_suffix(".patterns.npy")
     patterns = np.lib.format.open_memmap(scratch, mode="w+", dtype=np.float32, shape=(n_points, N, N))
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     for start in range(0, n_points, 4096):
         patterns[start : start + 4096] = rng.random((min(4096, n_points - start), N, N), dtype=np.float32)
     patterns.flush()

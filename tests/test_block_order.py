@@ -293,7 +293,7 @@ def test_make_loader_releases_served_windows_only_of_a_store_larger_than_memory(
         monkeypatch.setattr(_loader, "available_memory", lambda: store.patterns.nbytes)
         assert make_loader(store, 4, block=8, background=0).sampler.release is None  # it fits
         monkeypatch.setattr(_loader, "available_memory", lambda: store.patterns.nbytes - 1)
-        with pytest.warns(UserWarning, match="block=8: two windows of 16 blocks"):  # 30 groups: one window
+        with pytest.warns(UserWarning, match="block=8, window=16: two windows"):  # 30 groups: one window
             loader = make_loader(store, 4, block=8, background=0)
         assert loader.sampler.release == store.release
         served = [i for batch in loader for i in batch["group_index"].tolist()]
@@ -324,11 +324,14 @@ def test_make_loader_warns_of_an_order_that_would_read_a_store_larger_than_memor
         monkeypatch.setattr(_loader, "available_memory", lambda: nbytes // 2)
         with pytest.warns(UserWarning, match=r"patterns \(400\.00 KiB \(409600 bytes\)\) are more than the memory this process may use \(200\.00 KiB \(204800 bytes\)\).*block=4096"):
             make_loader(store, 4, background=0)
-        with pytest.warns(UserWarning, match=r"block=8: two windows of 16 blocks hold about 256\.00 KiB \(262144 bytes\) of patterns, more than the memory this process may use \(200\.00 KiB"):
+        with pytest.warns(UserWarning, match=r"block=8, window=16: two windows hold about 256\.00 KiB \(262144 bytes\) of patterns, more than 1/4 of the memory this process may use \(200\.00 KiB \(204800 bytes\)\); .* read again; window=3 keeps them within it"):
             make_loader(store, 4, block=8, background=0)  # two windows: 256 of 400 groups
+        with pytest.warns(UserWarning, match=r"block=64, window=16: two windows hold about 400\.00 KiB .* a smaller block \(and window\) keeps"):
+            make_loader(store, 4, block=64, background=0)  # two windows: the whole store
         with warnings.catch_warnings():
             warnings.simplefilter("error")
-            make_loader(store, 4, block=2, background=0)  # two windows of 64 groups fit
+            make_loader(store, 4, block=8, window=3, background=0)  # two windows of 48 KiB: within 50 KiB
+            make_loader(store, 4, block=2, window=4, background=0)
             make_loader(store, 4, shuffle=False, background=0)  # in file order: read in runs anyway
             monkeypatch.setattr(_loader, "available_memory", lambda: nbytes)
             make_loader(store, 4, background=0)  # it fits

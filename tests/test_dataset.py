@@ -171,21 +171,43 @@ def test_batches_of_a_dataset_are_its_scans_batches(tmp_path, scan_files):
 
 
 def test_a_batch_shared_among_gather_threads_is_each_scans_own_gather(tmp_path, scan_files, monkeypatch):
+    from ptychodata.dataset import _view
     from ptychodata.store import _threads
 
     monkeypatch.setattr(_threads, "_MIN_THREAD_BYTES", 1)  # threads even for a small batch
+    monkeypatch.setattr(_view, "CACHE_BYTES", 5 * 4 * 16 * 16 * 4)  # pieces of 5 groups: runs of a scan cut
     dataset = Dataset.create("threads", CONFIG, cache_dir=tmp_path)
     dataset.add([scan_files["a"], scan_files["b"], scan_files["c"], scan_files["d"]])
     with open_dataset("threads", cache_dir=tmp_path) as data:
         offsets = np.cumsum([0] + [len(store) for store in data.stores])
-        picks = np.random.default_rng(3).permutation(len(data))
-        batch = data.batch(picks, threads=3)
-        assert data._threads._executor is not None, "the batch was shared among threads"
-        for row, index in enumerate(picks):
-            k = int(np.searchsorted(offsets, index, side="right") - 1)
-            local = data.stores[k].batch([index - offsets[k]], reuse=False)
-            np.testing.assert_array_equal(batch["X"][row], local["X"][0])
-            np.testing.assert_array_equal(batch["probe"][row], local["probe"][0])
+        shuffled = np.random.default_rng(3).permutation(len(data))
+        for picks in (shuffled, shuffled[shuffled < offsets[1]][::-1]):  # every scan's groups; one scan's
+            batch = data.batch(picks, threads=3)
+            assert data._threads._executor is not None, "the batch was shared among threads"
+            for row, index in enumerate(picks):
+                k = int(np.searchsorted(offsets, index, side="right") - 1)
+                local = data.stores[k].batch([index - offsets[k]], reuse=False)
+                np.testing.assert_array_equal(batch["X"][row], local["X"][0])
+                np.testing.assert_array_equal(batch["probe"][row], local["probe"][0])
+                assert batch["experiment_id"][row] == k
+
+def test_each_row_of_a_dataset_batch_carries_its_own_scans_probe(tmp_path):
+    from ptychodata import ScanData
+
+    paths = []
+    for k in range(3):  # three scans whose probes differ
+        scan = simulate(30, 16, seed=k, progress=False)
+        probe = (scan.probe * np.exp(1j * (k + 1) * 0.7)).astype(np.complex64)
+        paths.append(ScanData.from_arrays(diffraction=scan.diffraction, xcoords=scan.xcoords, ycoords=scan.ycoords,
+                                          probe=probe).save(tmp_path / f"p{k}.npz"))
+    Dataset.create("probes", CONFIG, cache_dir=tmp_path / "cache").add(paths)
+    with open_dataset("probes", cache_dir=tmp_path / "cache") as data:
+        picks = np.random.default_rng(5).permutation(len(data))
+        batch = data.batch(picks)
+        for row, k in enumerate(batch["experiment_id"].tolist()):
+            np.testing.assert_array_equal(batch["probe"][row], data.probe(k))
+        assert len({data.probe(k).tobytes() for k in range(3)}) == 3
+
 
 def test_splits_keep_their_groups_when_scans_are_added(tmp_path, scan_files):
     dataset = Dataset.create("splits", CONFIG, cache_dir=tmp_path)

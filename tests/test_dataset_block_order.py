@@ -209,7 +209,7 @@ def test_a_dataset_reads_its_scans_ahead_and_releases_them(tmp_path, monkeypatch
 
             monkeypatch.setattr(Store, method, spy)
         monkeypatch.setattr(_loader, "available_memory", lambda: 1)
-        with pytest.warns(UserWarning, match="block=4: two windows"):
+        with pytest.warns(UserWarning, match="block=4, window=16: two windows"):
             loader = make_loader(data, 5, block=4, seed=2, background=0)
         assert loader.sampler.release == data.release
         served = [(int(e), int(g)) for batch in loader

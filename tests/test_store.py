@@ -179,7 +179,7 @@ def test_gather_threads_survive_callers_with_different_thread_counts(tmp_path, s
     from ptychodata.store import _batch, _threads
 
     monkeypatch.setattr(_threads, "_MIN_THREAD_BYTES", 1)
-    monkeypatch.setattr(_batch, "_CACHE_BYTES", 4 * 16 * 16 * 4)
+    monkeypatch.setattr(_batch, "CACHE_BYTES", 4 * 16 * 16 * 4)
     store = prepare(source, CONFIG, cache_dir=tmp_path / "cache", progress=False)
     expected = store.batch(np.arange(40), reuse=False)["X"]
     errors = []
@@ -353,7 +353,7 @@ def test_multi_source_store_keeps_probes_and_scales(tmp_path):
 def test_threaded_gather_equals_the_direct_formula(tmp_path, monkeypatch):
     from ptychodata.store import _batch, _threads
 
-    monkeypatch.setattr(_batch, "_CACHE_BYTES", 3 * 4 * 16 * 16 * 4)  # runs of 3 groups
+    monkeypatch.setattr(_batch, "CACHE_BYTES", 3 * 4 * 16 * 16 * 4)  # runs of 3 groups
     monkeypatch.setattr(_threads, "_MIN_THREAD_BYTES", 1)  # threads even for tiny batches
     a = simulate(n_points=60, N=16, seed=1)
     b = simulate(n_points=50, N=16, seed=2, probe="gaussian")

@@ -6,6 +6,7 @@ from ptychodata._runtime._checks import check_int
 from ptychodata._runtime._files import create_exclusive, write_text_atomic
 from ptychodata._runtime._json import canonical_json, jsonable
 from ptychodata._runtime._memory import (
+    CACHE_BYTES,
     available_memory,
     cgroup_cpu_quota,
     describe_bytes,
@@ -19,6 +20,7 @@ from ptychodata._runtime._optional import is_installed, optional_import
 from ptychodata._runtime._version import __version__
 
 __all__ = [
+    "CACHE_BYTES",
     "__version__",
     "available_memory",
     "canonical_json",

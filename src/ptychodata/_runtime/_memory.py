@@ -13,7 +13,7 @@ import numpy as np
 
 __all__ = [
     "available_memory", "describe_bytes",
-    "cgroup_cpu_quota", "is_memory_mapped", "iter_rows", "release_pages", "rows_per_chunk",
+    "CACHE_BYTES", "cgroup_cpu_quota", "is_memory_mapped", "iter_rows", "release_pages", "rows_per_chunk",
     "usable_cores",
 ]
 
@@ -165,6 +165,10 @@ def describe_bytes(n: int) -> str:
             break
         value /= 1024
     return f"{n} bytes" if unit == "bytes" else f"{value:.2f} {unit} ({n} bytes)"
+
+
+# A chunk that a core's cache holds while it is worked on twice (gathered, then scaled).
+CACHE_BYTES = 512 << 10
 
 
 def rows_per_chunk(row_bytes: int, budget_bytes: int) -> int:

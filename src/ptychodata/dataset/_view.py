@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ptychodata._runtime import CACHE_BYTES, rows_per_chunk
 from ptychodata.dataset._manifest import DatasetManifest
 from ptychodata.dataset._order import GroupKeys
 from ptychodata.dataset._spec import scan_seed
@@ -238,10 +239,12 @@ class DatasetStore:
 
     def _gather_joined(self, groups: np.ndarray, arrays: dict[str, np.ndarray], threads: int) -> None:
         """A default-layout batch of float32-amplitude scans, the tables of every scan joined in
-        memory once. A group's members all belong to its scan, so each group's patterns are one
-        take from that scan's patterns straight into the group's rows of X, scaled there while
-        still in cache; the groups are shared among the gather threads. The same float32
-        products as each scan's own gather."""
+        memory once. A group's members all belong to its scan: the batch's groups are taken
+        scan by scan, each scan's run of them one take from its patterns into a pooled buffer
+        (straight into X where the batch is one scan's), in cache-sized pieces shared among the
+        gather threads; each piece is scaled and put back in the batch's order while still in
+        cache. The same float32 products as each scan's own gather. Each scan's probe (and mask)
+        is copied to its rows."""
         joined = self._joined()
         members = np.take(joined.groups, groups, axis=0, out=arrays["nn_indices"])
         scan = np.take(joined.group_scan, groups, out=arrays["experiment_id"])
@@ -251,17 +254,29 @@ class DatasetStore:
         local = members - self._pattern_offsets[scan][:, None]
         patterns = [table.patterns for table in self._tables]
         scales, X = joined.scales, arrays["X"]
+        step = rows_per_chunk(X[:1].nbytes, CACHE_BYTES)
+        by_scan = np.argsort(scan, kind="stable")  # the batch's rows scan by scan
+        scan_of, local_of = scan[by_scan], local[by_scan]
+        scale_of = scales[scan_of][:, None, None, None]
+        single = bool(np.all(scan_of == scan_of[0])) if len(scan_of) else True
+        target = X if single else self._pool.take({"X": (X.shape, X.dtype)}, key=("by scan", X.shape))["X"]
 
         def fill(first: int, stop: int) -> None:
-            for b in range(first, stop):
-                k = scan[b]
-                np.take(patterns[k], local[b], axis=0, out=X[b])
-                X[b] *= scales[k]
+            for start in range(first, stop, step):
+                end = min(start + step, stop)
+                edges = [start, *(np.flatnonzero(np.diff(scan_of[start:end])) + start + 1).tolist(), end]
+                for a, b in zip(edges[:-1], edges[1:]):  # runs of one scan's rows
+                    np.take(patterns[scan_of[a]], local_of[a:b], axis=0, out=target[a:b])
+                target[start:end] *= scale_of[start:end]
+                if not single:  # back in the batch's order while still in cache
+                    X[by_scan[start:end]] = target[start:end]
 
-        self._threads.share(fill, len(groups), 1, X.nbytes, threads)
+        self._threads.share(fill, len(groups), step, X.nbytes, threads)
+        edges = [0, *(np.flatnonzero(np.diff(scan_of)) + 1).tolist(), len(scan_of)]
         for key, per_scan in (("probe", joined.probes), ("mask", joined.masks)):
-            if key in arrays and per_scan is not None:
-                np.take(per_scan, scan, axis=0, out=arrays[key])
+            if key in arrays and per_scan is not None:  # each scan's copied to its rows: faster than a take
+                for a, b in zip(edges[:-1], edges[1:]):
+                    arrays[key][by_scan[a:b]] = per_scan[scan_of[a]]
 
     def _joined(self) -> _JoinedTables:
         if self._joined_tables is None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ptychodata._runtime import rows_per_chunk
+from ptychodata._runtime import CACHE_BYTES, rows_per_chunk
 from ptychodata.errors import GroupIndexError, ParameterError, StoreError
 from ptychodata.patches import extract_patches
 from ptychodata.store._batch_schema import DEFAULT_SCHEMA, Layout
@@ -17,9 +17,6 @@ from ptychodata.store._frames import FramesEncoding, decode_into
 from ptychodata.store._threads import GatherThreads, default_threads
 
 __all__ = ["BatchGatherer", "BatchSources", "check_batch_indices", "check_out"]
-
-_CACHE_BYTES = 512 << 10
-
 
 def check_batch_indices(indices: Any, n_groups: int) -> np.ndarray:
     """``indices`` of a batch as (B,) int64 positions in [0, n_groups), negative ones
@@ -164,7 +161,7 @@ class BatchGatherer:
             self._take(s.patterns, members.reshape(-1), out.reshape(-1, N, N))
             if experiment is None:
                 return
-        step = rows_per_chunk(out[:1].nbytes, _CACHE_BYTES)
+        step = rows_per_chunk(out[:1].nbytes, CACHE_BYTES)
 
         def fill(first: int, stop: int) -> None:
             for start in range(first, stop, step):
@@ -196,7 +193,7 @@ class BatchGatherer:
         if self.sorted_reads:  # read in file order into one scratch, convert in batch order below
             stored = self.pool.take({"sorted": ((B * C, N, N), stored.dtype)})["sorted"]
             self._take(s.patterns, members.reshape(-1), stored)
-        step = rows_per_chunk(out[:1].nbytes, _CACHE_BYTES)
+        step = rows_per_chunk(out[:1].nbytes, CACHE_BYTES)
 
         def scale_of(start: int, n_rows: int) -> np.float32 | np.ndarray | None:
             """The scale of rows [start·C, start·C + n_rows) of the batch (None: unscaled)."""

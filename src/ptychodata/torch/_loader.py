@@ -271,6 +271,12 @@ def _plan_disk_reads(store: Any, sampler: GroupSampler, num_workers: int) -> Non
         sampler.release = functools.partial(store.release, page_cache=False) if shared else store.release
 
 
+# Two windows of block order are to take at most this share of the memory a process may use: on
+# an H200 host in a 3 GiB cgroup, two windows of 2 GiB had 9 % of a 16 GiB epoch read again,
+# 1 GiB 3.6 %, 512 MiB 0.2 % (benchmarks/results/block_order).
+_WINDOWS_SHARE = 4
+
+
 def _pattern_bytes(store: Any) -> int:
     """Bytes of the patterns files a store (or each scan's store of a dataset) reads."""
     return sum(part.patterns.nbytes for part in getattr(store, "stores", [store]))
@@ -280,7 +286,7 @@ def _warn_of_random_reads(store: Any, sampler: GroupSampler, available: int) -> 
     """Warn (at the caller of :func:`make_loader`) where ``sampler``'s order reads ``store``'s
     patterns, larger than the ``available`` bytes of memory, from the disk at a small part of its
     rate: a shuffled epoch without block order (pattern by pattern, at random), or two windows of
-    block order larger than that memory (each reclaimed among its own pages before it is served)."""
+    block order larger than a quarter of that memory (pages read ahead reclaimed before they are served)."""
     if not sampler.shuffle:
         return
     nbytes, limit = _pattern_bytes(store), describe_bytes(available)
@@ -290,12 +296,16 @@ def _warn_of_random_reads(store: Any, sampler: GroupSampler, available: int) -> 
                       "make_loader(..., block=4096) reads them in long runs (the training page's data-size guide)",
                       UserWarning, stacklevel=5)
         return
-    windows = min(nbytes, nbytes * 2 * sampler.window * sampler.block // max(1, len(store)))
-    if windows > available:
-        warnings.warn(f"block={sampler.block}: two windows of {sampler.window} blocks hold about "
-                      f"{describe_bytes(windows)} of patterns, more than the memory this process may use ({limit}); "
-                      "a smaller window (or block) keeps a window in memory until it is served", UserWarning,
-                      stacklevel=5)
+    block_bytes = nbytes * sampler.block // max(1, len(store))
+    windows = min(nbytes, 2 * sampler.window * block_bytes)
+    if windows > available // _WINDOWS_SHARE:
+        fits = available // (_WINDOWS_SHARE * 2 * max(1, block_bytes))
+        advice = (f"window={fits} keeps them within it" if fits >= 1
+                  else "a smaller block (and window) keeps them within it")
+        warnings.warn(f"block={sampler.block}, window={sampler.window}: two windows hold about "
+                      f"{describe_bytes(windows)} of patterns, more than 1/{_WINDOWS_SHARE} of the memory this process "
+                      f"may use ({limit}); the kernel then reclaims pages of a window read ahead before it is served, "
+                      f"which are read again; {advice}", UserWarning, stacklevel=5)
 
 
 def _sampler(

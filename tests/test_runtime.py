@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ptychodata._runtime import canonical_json, check_int, jsonable, optional_import
+from ptychodata._runtime import canonical_json, check_int, jsonable, optional_import, sorted_unique
 from ptychodata.errors import MissingDependencyError, ParameterError
 
 
@@ -151,3 +151,11 @@ def test_a_cgroups_page_cache_counts_as_free_memory(tmp_path, stat, left):
         files["memory.stat"] = stat
     folder = _cgroup(tmp_path, files)
     assert _cgroup_memory_left(folder, "memory.max", "memory.current") == left
+
+
+@pytest.mark.parametrize("values", [np.array([], np.int64), np.array([5]), np.array([3, 1, 3, 2, 1, 9]),
+                                    np.arange(12).reshape(3, 4)[:, ::-1], np.array([7, 7, 7], np.int32)])
+def test_sorted_unique_is_numpys_unique(values):
+    got, expected = sorted_unique(values), np.unique(values)
+    assert got.dtype == expected.dtype
+    np.testing.assert_array_equal(got, expected)

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ptychodata._runtime import sorted_unique
 from ptychodata.errors import GroupIndexError, ParameterError, StoreClosedError, StoreError
 from ptychodata.grouped import PtychoDataContainer, grouped_dict
 from ptychodata.store._batch import BatchGatherer, check_batch_indices
@@ -461,7 +462,7 @@ class Store:
         """The patterns file, the offset of its first row, and the ``(offset, nbytes)`` of the
         runs of its rows that the patterns of groups ``indices`` span (rows fewer than
         ``_READ_AHEAD_GAP`` apart joined)."""
-        rows = np.unique(self.groups[self._check_indices(indices)])
+        rows = sorted_unique(self.groups[self._check_indices(indices)])
         patterns = self.patterns
         if not len(rows) or not patterns.size:
             return "", 0, []

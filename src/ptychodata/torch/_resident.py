@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ptychodata._runtime import rows_per_chunk
+from ptychodata._runtime import rows_per_chunk, sorted_unique
 from ptychodata.dataset import DatasetStore
 from ptychodata.errors import GroupIndexError, ParameterError
 from ptychodata.store import (
@@ -245,7 +245,7 @@ class DeviceStore:
             table = self._upload(lambda a, b: materialized[a:b].reshape(-1, self.N, self.N),
                                  len(groups), self.C, extra_rows=probe_rows)
             return table, np.arange(groups.size, dtype=np.int64).reshape(groups.shape)
-        used = np.unique(groups)
+        used = sorted_unique(groups)
         self._used = None if len(used) == store.n_patterns else used
         members = groups if self._used is None else np.searchsorted(used, groups)
         pattern_experiment = np.asarray(store.pattern_experiment)

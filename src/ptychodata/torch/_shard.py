@@ -38,7 +38,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from ptychodata._runtime import check_int
+from ptychodata._runtime import check_int, sorted_unique
 from ptychodata.dataset import DatasetStore, GroupKeys
 from ptychodata.errors import DatasetChangedError, ParameterError
 from ptychodata.torch._checks import check_bool, check_seed, replicas_and_rank
@@ -105,7 +105,7 @@ class Sharding:
 
 def _patterns_used(store: Any) -> np.ndarray:
     """The number of distinct patterns each experiment's groups use (what a rank holds)."""
-    used = np.unique(np.asarray(store.groups))
+    used = sorted_unique(np.asarray(store.groups))
     return np.bincount(np.asarray(store.pattern_experiment)[used], minlength=int(store.n_experiments)).astype(np.int64)
 
 

@@ -178,6 +178,13 @@ def test_a_damaged_block_state_is_named(change, message):
         GroupSampler(97, 5, keys=keys).load_state_dict(state)
 
 
+def test_block_order_needs_keys_that_know_each_groups_place():
+    bare = GroupKeys(np.arange(5, dtype=np.uint64), "f", ("aa",))
+    with pytest.raises(ParameterError, match="block=2 with keys that lack each group's scan and index in it"):
+        bare.epoch(0, 0, block=2)
+    assert len(bare.epoch(0, 0)) == 5
+
+
 def test_continue_without_the_window_keys_is_named():
     before, after = _keys({"aa": 60, "bb": 37}, "f1"), _keys({"aa": 60, "bb": 37, "cc": 50}, "f2")
     sampler = GroupSampler(97, 5, seed=1, keys=before, block=8)

@@ -367,6 +367,9 @@ class GroupKeys:
         ``block``, shuffled in block order: blocks of ``block`` consecutive groups of a scan
         in the order of their keys, the items of each run of ``window`` blocks in theirs."""
         if block is not None and shuffle:
+            if self.scan is None or self.local is None:
+                raise ParameterError(f"block={block} with keys that lack each group's scan and index in it; "
+                                     "make them with GroupKeys.of")
             if self.mixing is not None:
                 self.mixing.check_block(block)
             groups, copies = self._weighted_items(seed, epoch) if self.mixing is not None else (None, None)

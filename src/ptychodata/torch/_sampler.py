@@ -486,12 +486,12 @@ def _checked_state(state: Any) -> dict[str, Any]:
             raise ParameterError(f"state['block']={block!r:.80}; expected [block, window]")
         check_int("state['block'][0]", block[0])
         check_int("state['block'][1]", block[1])
-    for name, length in (("window_keys", 2), ("served", None)):
+    for name, size in (("window_keys", 2), ("served", 3)):  # block order of a dataset: keys of windows
         value = state.get(name)
         if value is None:
             continue
-        runs = value if length is None else [value]
-        if not isinstance(value, list) or not all(isinstance(run, list) and len(run) == (length or 3) for run in runs):
+        runs = [value] if name == "window_keys" else value
+        if not isinstance(value, list) or not all(isinstance(run, list) and len(run) == size for run in runs):
             raise ParameterError(f"state[{name!r}]={value!r:.80}; expected what state_dict() returned for a dataset "
                                  "in block order")
         for run in runs:

@@ -105,13 +105,14 @@ def make_loader(
     (:func:`~ptychodata.torch.block_order`: blocks of ``block`` neighbouring groups in a
     random order, the groups of each run of ``window`` blocks, default 16, shuffled together),
     so that a window's reads stay in one region of the file; host loader only. Each window is
-    read ahead while the one before is served; where the store's patterns are larger than the memory this
-    process may use now (free memory, a cgroup's ``memory.max``, ``ulimit -v``), a window
-    served is dropped from memory (:meth:`Store.release <ptychodata.store.Store.release>`)
-    to make room for the next (without worker processes, which map the pages they read; with
-    several ranks, each drops only its own mapping and leaves the page cache they share to the
-    kernel). A warning says where such a store is shuffled without ``block``, or where two
-    windows would not fit in that memory. A dataset's blocks are neighbouring groups of one
+    read ahead while the one before is served; where the store's patterns are larger than the
+    memory this process may use now (free memory and page cache, a cgroup's ``memory.max``,
+    ``ulimit -v``), a window served is dropped from memory (:meth:`Store.release
+    <ptychodata.store.Store.release>`) to make room for the next (without worker processes,
+    which map the pages they read; with several ranks, each drops only its own mapping and
+    leaves the page cache they share to the kernel). A warning says where such a store is
+    shuffled without ``block``, or where two windows take more than a quarter of that memory
+    (a window read ahead is then partly reclaimed before it is served). A dataset's blocks are neighbouring groups of one
     scan, ordered by keys (:meth:`GroupKeys.epoch <ptychodata.dataset.GroupKeys.epoch>`), read
     ahead scan by scan; not with stratified batches.
 

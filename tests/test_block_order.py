@@ -351,3 +351,47 @@ def test_a_resumed_pass_releases_the_whole_order_then_the_windows_it_serves():
     np.testing.assert_array_equal(served, order[120:])
     np.testing.assert_array_equal(released[0], order)
     assert [list(groups) for groups in released[1:]] == [list(order[w * run : (w + 1) * run]) for w in range(2, n // run - 1)]
+
+
+def test_a_pass_left_before_its_end_has_its_reads_ahead_cancelled_by_the_next():
+    import pickle
+    from concurrent.futures import Future
+
+    asked: list[Future] = []
+
+    def read_ahead(groups):
+        asked.append(Future())
+        if len(asked) in (1, 3):  # the first window of each pass is read; the next ones never
+            asked[-1].set_result(None)
+        return asked[-1]
+
+    sampler = GroupSampler(100, 10, seed=2, block=10, window=2, num_replicas=1, rank=0)
+    sampler.read_ahead = read_ahead
+    first = sampler.iter_arrays()
+    next(first)  # window 0 served, window 1 asked for
+    assert len(asked) == 2 and not asked[1].cancelled()
+    second = iter(sampler)  # a new pass: window 1 of the first is served by no one
+    next(second)
+    assert asked[1].cancelled() and not asked[3].cancelled()
+    sampler.read_ahead = None  # (a local function does not pickle; a store's method does)
+    copy = pickle.loads(pickle.dumps(sampler))  # futures stay in this process
+    assert copy._reading == [] and len(sampler._reading) == 2
+
+
+def test_cancelling_a_datasets_read_ahead_cancels_its_scans_reads_not_yet_started():
+    from concurrent.futures import Future
+
+    from ptychodata.dataset._view import _all_of
+
+    parts = [Future() for _ in range(3)]
+    combined = _all_of(parts)
+    parts[0].set_running_or_notify_cancel()  # being read: it goes on
+    assert combined.cancel()
+    assert [part.cancelled() for part in parts] == [False, True, True]
+    parts = [Future() for _ in range(2)]
+    combined = _all_of(parts)
+    parts[0].set_result(None)
+    assert not combined.done()
+    parts[1].set_result(None)
+    assert combined.done() and combined.result() is None
+    assert _all_of([]).done()

@@ -3,11 +3,12 @@ API the loaders use (batches, splits, grouped data, containers)."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
 import resource
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -342,16 +343,15 @@ class DatasetStore:
 
     def _per_scan(self, indices: Any, job: Any) -> Future:
         """``job(store, local)`` for each scan that groups ``indices`` are in, with their positions
-        in its store; the future of the last (the reads queue on one thread, in order)."""
+        in its store; one future for them all (:func:`_all_of`)."""
         positions = np.sort(self._positions(indices))
         scan = np.searchsorted(self._group_offsets, positions, side="right") - 1
         starts = np.flatnonzero(np.diff(scan, prepend=-1))  # where each scan's positions begin
-        last: Future = Future()
-        last.set_result(None)
+        parts = []
         for start, stop in zip(starts.tolist(), [*starts[1:].tolist(), len(positions)]):
             k = int(scan[start])
-            last = job(self.stores[k], positions[start:stop] - self._group_offsets[k])
-        return last
+            parts.append(job(self.stores[k], positions[start:stop] - self._group_offsets[k]))
+        return _all_of(parts)
 
     # ------------------------------------------------------------------ subsets and splits
     def subset(self, indices: Any) -> DatasetStore:
@@ -502,6 +502,31 @@ class _JoinedTables:
             probes=probes,
             masks=masks,
         )
+
+
+def _all_of(parts: list[Future]) -> Future:
+    """A future done when the last of ``parts`` (jobs queued in order on one thread) is done;
+    cancelling it cancels the parts not yet started."""
+    combined: Future = Future()
+    if not parts:
+        combined.set_result(None)
+        return combined
+
+    def finish(last: Future) -> None:
+        with contextlib.suppress(InvalidStateError):  # cancelled meanwhile
+            if last.cancelled():
+                combined.cancel()
+            else:
+                combined.set_result(None)
+
+    def cancel_parts(done: Future) -> None:
+        if done.cancelled():
+            for part in parts:
+                part.cancel()
+
+    combined.add_done_callback(cancel_parts)
+    parts[-1].add_done_callback(finish)
+    return combined
 
 
 def _out_of_descriptors(exc: BaseException) -> bool:

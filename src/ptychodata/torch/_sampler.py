@@ -126,6 +126,7 @@ class GroupSampler(torch.utils.data.Sampler):
         # and was continued on a changed dataset: what it served (GroupKeys.unserved)
         self._served: tuple[tuple[int, int, int], ...] = ()
         self._cached: tuple[tuple, _Plan] | None = None
+        self._reading: list[Future] = []  # the reads ahead a pass asked for: cancelled by the next pass
         self._tables: dict[tuple, np.ndarray] = {}
         self._orders = EpochOrders()
 
@@ -267,6 +268,9 @@ class GroupSampler(torch.utils.data.Sampler):
         plan = self._plan()
         if self.read_ahead is None or plan.windows is None:
             return None
+        for reading in self._reading:  # a pass left before its end: what it asked for and no one serves
+            reading.cancel()
+        self._reading = []
         order, bounds, start = plan.order, plan.windows, self._start
         step_size, issued, reached = self.num_replicas * self.batch_size, {}, set()
 
@@ -279,6 +283,8 @@ class GroupSampler(torch.utils.data.Sampler):
             for w in range(window, min(window + 1 + _WINDOWS_AHEAD, len(bounds) - 1)):
                 if w not in issued:
                     issued[w] = self.read_ahead(order[bounds[w] : bounds[w + 1]])
+                    if isinstance(issued[w], Future):
+                        self._reading.append(issued[w])
             current = issued.get(window)
             if first and isinstance(current, Future):
                 with contextlib.suppress(CancelledError):  # the store closed: nothing more is read ahead
@@ -295,6 +301,9 @@ class GroupSampler(torch.utils.data.Sampler):
 
     def __len__(self) -> int:
         return len(self._schedule())
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_reading": []}  # this process's reads ahead stay with it
 
     # ------------------------------------------------------------------ resume
     def consumed_after(self, batches: int) -> int:

@@ -9,6 +9,7 @@ import pytest
 
 pytest.importorskip("torch")
 
+from _group_keys import keys_of  # noqa: E402
 from ptychodata.dataset import GroupKeys, WeightRule, Weights  # noqa: E402
 from ptychodata.errors import GroupIndexError, ParameterError  # noqa: E402
 from ptychodata.torch import GroupSampler  # noqa: E402
@@ -18,13 +19,7 @@ WEIGHTS = Weights("repeat", (WeightRule(2.5, tag=("kind", "sim")), WeightRule(0.
 
 
 def _keys(sizes: dict[str, int], fingerprint: str, weights: Weights | None = None) -> GroupKeys:
-    uids = sorted(sizes)
-    scan = np.concatenate([np.full(sizes[u], k) for k, u in enumerate(uids)])
-    local = np.concatenate([np.arange(sizes[u]) for u in uids])
-    mixing = None
-    if weights is not None:
-        mixing = weights.plan(uids, [TAGS[u] for u in uids], [sizes[u] for u in uids]).check()
-    return GroupKeys.of(uids, scan, local, fingerprint, mixing=mixing)
+    return keys_of(sizes, fingerprint, weights, TAGS)
 
 
 def _names(keys: GroupKeys, groups) -> list[tuple[str, int]]:

@@ -6,16 +6,14 @@ import pytest
 
 pytest.importorskip("torch")
 
+from _group_keys import keys_of
 from ptychodata.dataset import GroupKeys
 from ptychodata.errors import DatasetChangedError, ParameterError
 from ptychodata.torch import GroupSampler
 
 
 def _keys(sizes: dict[str, int], fingerprint: str) -> GroupKeys:
-    uids = sorted(sizes)
-    scan = np.concatenate([np.full(sizes[u], k) for k, u in enumerate(uids)])
-    local = np.concatenate([np.arange(sizes[u]) for u in uids])
-    return GroupKeys.of(uids, scan, local, fingerprint)
+    return keys_of(sizes, fingerprint)
 
 
 def _identity(sizes: dict[str, int]) -> list[tuple[str, int]]:
@@ -144,11 +142,7 @@ MIXED = Weights("repeat", (WeightRule(1.5, tag=("kind", "sim")), WeightRule(0.6,
 
 
 def _weighted(sizes, weights, fingerprint):
-    uids = sorted(sizes)
-    scan = np.concatenate([np.full(sizes[u], k) for k, u in enumerate(uids)])
-    local = np.concatenate([np.arange(sizes[u]) for u in uids])
-    mixing = weights.plan(uids, [TAGS[u] for u in uids], [sizes[u] for u in uids]).check()
-    return GroupKeys.of(uids, scan, local, fingerprint, mixing=mixing)
+    return keys_of(sizes, fingerprint, weights, TAGS)
 
 
 def _steps(samplers):

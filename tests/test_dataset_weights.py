@@ -6,7 +6,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from ptychodata.dataset import GroupKeys, WeightRule, Weights, stratified_steps
+from _group_keys import keys_of
+from ptychodata.dataset import WeightRule, Weights, stratified_steps
 from ptychodata.dataset._order import _Keys, _salt, key_order
 from ptychodata.errors import ParameterError
 
@@ -15,13 +16,8 @@ TAGS = {"aa": {"kind": "sim"}, "bb": {"kind": "real"}, "cc": {"kind": "sim"}, "a
 
 
 def _keys(sizes, weights=None, fingerprint="f"):
-    uids = sorted(sizes)
-    scan = np.concatenate([np.full(sizes[u], k) for k, u in enumerate(uids)])
-    local = np.concatenate([np.arange(sizes[u]) for u in uids])
-    mixing = None
-    if weights is not None:
-        mixing = weights.plan(uids, [TAGS[u] for u in uids], [sizes[u] for u in uids]).check()
-    return GroupKeys.of(uids, scan, local, fingerprint, mixing=mixing), uids, scan, local
+    keys = keys_of(sizes, fingerprint, weights, TAGS)
+    return keys, list(keys.uids), keys.scan, keys.local
 
 
 def _names(uids, scan, local, groups):

@@ -32,8 +32,9 @@ def resume(change: dict, mode: str = "strict", drop: tuple[str, ...] = (), n_gro
     return [index for batch in resumed for index in batch]
 
 
-def resume_keyed(change: dict, mode: str) -> int:
-    """A keyed (dataset) sampler's state loaded into a sampler of other scans."""
+def resume_keyed(change: dict, mode: str, block: int | None = None) -> int:
+    """A keyed (dataset) sampler's state (in block order with ``block``) loaded into a sampler of
+    other scans."""
     import numpy as np
 
     from ptychodata.dataset import GroupKeys
@@ -44,7 +45,8 @@ def resume_keyed(change: dict, mode: str) -> int:
         local = np.concatenate([np.arange(n) for n in sizes.values()])
         return GroupKeys.of(list(sizes), scan, local, fingerprint)
 
-    sampler = GroupSampler(30, 5, seed=1, keys=keys({"aa": 20, "bb": 10}, "f1"), num_replicas=1, rank=0)
+    sampler = GroupSampler(30, 5, seed=1, keys=keys({"aa": 20, "bb": 10}, "f1"), num_replicas=1, rank=0,
+                           block=block)
     for _ in zip(range(2), sampler):
         pass
     state = {**sampler.state_dict(batches_done=2), **change}
@@ -126,6 +128,27 @@ def test_a_state_of_another_dataset(mode):
 def test_a_keyed_state_with_a_forged_last_key_is_refused_by_name():
     expect_error(run_case(resume_keyed, {"last_key": "0xdead"}, "continue", timeout=TIMEOUT), ParameterError,
                  match="last_key")
+
+
+BLOCK_STATES = {
+    "window keys of one number": ({"window_keys": [1]}, r"state\['window_keys'\]=\[1\]"),
+    "window keys negative": ({"window_keys": [-1, 2]}, r"window_keys"),
+    "served runs of two numbers": ({"served": [[1, 2]]}, r"state\['served'\]=\[\[1, 2\]\]"),
+    "served as text": ({"served": "all"}, r"state\['served'\]='all'"),
+    "served past 64 bits": ({"served": [[0, 1, 2**64]]}, r"served"),
+    "served runs without end": ({"served": [[0, 0, 0]] * 1025}, r"holds 1025 runs"),
+    "no window keys": ({"window_keys": None}, r"without state\['window_keys'\]"),
+}
+
+
+@pytest.mark.parametrize("case", list(BLOCK_STATES))
+def test_an_edited_block_order_state_is_refused_by_name(case):
+    change, match = BLOCK_STATES[case]
+    expect_error(run_case(resume_keyed, change, "continue", 4, timeout=TIMEOUT), ParameterError, match=match)
+
+
+def test_a_block_order_state_of_another_dataset_continues():
+    assert 0 < expect_ok(run_case(resume_keyed, {}, "continue", 4, timeout=TIMEOUT)) <= 35
 
 
 @pytest.mark.parametrize("epoch", [-1, 1.5, "2", None, True])

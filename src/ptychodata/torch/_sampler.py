@@ -446,7 +446,7 @@ class GroupSampler(torch.utils.data.Sampler):
         saved run's last one (per stratum where either run is stratified)."""
         last, strata_last = state.get("last_key"), state.get("strata_last")
         if self.block is not None:  # what the run served is not a prefix of this order: left out of it
-            if last is not None and "window_keys" not in state:
+            if last is not None and state.get("window_keys") is None:
                 raise ParameterError("state['last_key'] in block order without state['window_keys']; expected the "
                                      "dict state_dict() returned")
             stopped = [] if last is None else [(*state["window_keys"], last)]
@@ -503,6 +503,9 @@ def _checked_state(state: Any) -> dict[str, Any]:
         if not isinstance(value, list) or not all(isinstance(run, list) and len(run) == size for run in runs):
             raise ParameterError(f"state[{name!r}]={value!r:.80}; expected what state_dict() returned for a dataset "
                                  "in block order")
+        if len(runs) > _MAX_SERVED_RUNS:
+            raise ParameterError(f"state[{name!r}] holds {len(runs)} runs; a run continued on a changed dataset "
+                                 f"records one each time, at most {_MAX_SERVED_RUNS} in an epoch")
         for run in runs:
             for key in run:
                 check_int(f"state[{name!r}]", key, minimum=0, maximum=2**64 - 1)
@@ -514,6 +517,8 @@ def _checked_state(state: Any) -> dict[str, Any]:
 
 # Epochs are counted in int64 where the order is mixed and where torch holds them.
 _MAX_EPOCH = 2**63 - 1
+# Runs of one epoch continued on a changed dataset in block order, each a pass over the epoch's items.
+_MAX_SERVED_RUNS = 1024
 
 
 @dataclass(frozen=True, eq=False)

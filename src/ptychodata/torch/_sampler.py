@@ -383,8 +383,9 @@ class GroupSampler(torch.utils.data.Sampler):
             For a dataset whose composition changed since ``state`` was saved: ``"strict"``
             raises ``DatasetChangedError`` naming the scans added and removed;
             ``"continue"`` serves, in this epoch, every group whose key lies after the last
-            one consumed (each once, none consumed before again); ``"next_epoch"`` starts
-            the next epoch.
+            one consumed (each once, none consumed before again; in block order, every item
+            whose block's key lies after the window the run stopped in, and that window's items
+            whose keys lie after the last one consumed); ``"next_epoch"`` starts the next epoch.
         """
         if on_dataset_change not in ("strict", "continue", "next_epoch"):
             raise ParameterError(

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ptychodata._runtime import canonical_json, check_int, jsonable, optional_import, sorted_unique
+from ptychodata._runtime import canonical_json, check_int, jsonable, optional_import, sorted_unique, take_rows
 from ptychodata.errors import MissingDependencyError, ParameterError
 
 
@@ -159,3 +159,11 @@ def test_sorted_unique_is_numpys_unique(values):
     got, expected = sorted_unique(values), np.unique(values)
     assert got.dtype == expected.dtype
     np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("index", [[2, 0, 2, 1, 0, 2], [1], [], [0, 0, 0]])
+def test_take_rows_is_a_take(index):
+    table = (np.arange(3 * 4 * 4).reshape(3, 4, 4) * (1 + 1j)).astype(np.complex64)
+    out = np.full((len(index), 4, 4), 99, np.complex64)
+    take_rows(table, np.array(index, np.int64), out)
+    np.testing.assert_array_equal(out, np.take(table, np.array(index, np.int64), axis=0))

@@ -339,6 +339,15 @@ def test_multi_source_store_keeps_probes_and_scales(tmp_path):
     np.testing.assert_array_equal(batch["probe"][0], a.probe)
     np.testing.assert_array_equal(batch["probe"][1], b.probe)
     np.testing.assert_array_equal(store.probe(1), b.probe)
+    rows = np.array([139, 0, 138, 1, 75])  # experiments out of order: each row its own experiment's probe
+    mixed = store.batch(rows)
+    for row, k in enumerate(mixed["experiment_id"].tolist()):
+        np.testing.assert_array_equal(mixed["probe"][row], store.probe(k))
+    probes = store.batch(rows, layout="ptycho_torch")["probe"]  # each experiment's, normalised
+    expected = [1, 0, 1, 0, 1]
+    for row, k in enumerate(expected):
+        np.testing.assert_array_equal(probes[row], probes[expected.index(k)])
+    assert not np.array_equal(probes[0], probes[1])
     np.testing.assert_array_equal(store.object(0), a.object)
     np.testing.assert_array_equal(store.positions[60:], b.positions)
     assert store.x_scale == store.grouping.x_scale

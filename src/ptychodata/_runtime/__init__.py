@@ -2,7 +2,7 @@
 optional imports. They import nothing from the rest of the package except :mod:`ptychodata.errors`.
 """
 
-from ptychodata._runtime._arrays import sorted_unique
+from ptychodata._runtime._arrays import sorted_unique, take_rows
 from ptychodata._runtime._checks import check_int
 from ptychodata._runtime._files import create_exclusive, write_text_atomic
 from ptychodata._runtime._json import canonical_json, jsonable
@@ -37,6 +37,7 @@ __all__ = [
     "release_pages",
     "rows_per_chunk",
     "sorted_unique",
+    "take_rows",
     "usable_cores",
     "write_text_atomic",
 ]

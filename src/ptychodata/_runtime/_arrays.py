@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["sorted_unique"]
+__all__ = ["sorted_unique", "take_rows"]
 
 
 def sorted_unique(values: np.ndarray) -> np.ndarray:
@@ -20,3 +20,19 @@ def sorted_unique(values: np.ndarray) -> np.ndarray:
     keep[0] = True
     np.not_equal(ordered[1:], ordered[:-1], out=keep[1:])
     return ordered[keep]
+
+
+def take_rows(table: np.ndarray, index: np.ndarray, out: np.ndarray) -> None:
+    """``out[i] = table[index[i]]`` for a table of few, large rows (a probe or mask per scan).
+
+    One copy of each distinct row to the places that use it: ``np.take`` of 256 complex64 rows
+    of 64² measured 1.4 ms against 0.36 ms this way (2-core VM, NumPy 2.4).
+    """
+    index = np.asarray(index)
+    if not len(index):
+        return
+    order = np.argsort(index, kind="stable")
+    ranked = index[order]
+    edges = [0, *(np.flatnonzero(ranked[1:] != ranked[:-1]) + 1).tolist(), len(index)]
+    for a, b in zip(edges[:-1], edges[1:]):
+        out[order[a:b]] = table[ranked[a]]

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ptychodata._runtime import CACHE_BYTES, rows_per_chunk
+from ptychodata._runtime import CACHE_BYTES, rows_per_chunk, take_rows
 from ptychodata.dataset._manifest import DatasetManifest
 from ptychodata.dataset._order import GroupKeys
 from ptychodata.dataset._spec import scan_seed
@@ -273,11 +273,9 @@ class DatasetStore:
                     X[by_scan[start:end]] = target[start:end]
 
         self._threads.share(fill, len(groups), step, X.nbytes, threads)
-        edges = [0, *(np.flatnonzero(np.diff(scan_of)) + 1).tolist(), len(scan_of)]
         for key, per_scan in (("probe", joined.probes), ("mask", joined.masks)):
-            if key in arrays and per_scan is not None:  # each scan's copied to its rows: faster than a take
-                for a, b in zip(edges[:-1], edges[1:]):
-                    arrays[key][by_scan[a:b]] = per_scan[scan_of[a]]
+            if key in arrays and per_scan is not None:
+                take_rows(per_scan, scan, arrays[key])
 
     def _joined(self) -> _JoinedTables:
         if self._joined_tables is None:

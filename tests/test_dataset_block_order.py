@@ -7,7 +7,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-pytest.importorskip("torch")
+torch = pytest.importorskip("torch")
 
 from _group_keys import keys_of  # noqa: E402
 from ptychodata.dataset import GroupKeys, WeightRule, Weights  # noqa: E402
@@ -225,6 +225,16 @@ def test_a_dataset_reads_its_scans_ahead_and_releases_them(tmp_path, monkeypatch
         assert data.read_ahead([]).result(timeout=10) is None
         with pytest.raises(GroupIndexError, match=f"group index {len(data)} out of range"):
             data.read_ahead([len(data)])
+        monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)  # rank 0 of 2 on this machine
+        monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 2)
+        monkeypatch.setattr(torch.distributed, "get_rank", lambda: 0)
+        with pytest.warns(UserWarning, match="two windows"):
+            release = make_loader(data, 5, block=4, background=0).sampler.release
+        assert release.func == data.release and release.keywords == {"page_cache": False}
+        calls.clear()
+        release(np.arange(len(data))).result(timeout=10)
+        assert {(method, options_reader is data._reading_ahead) for method, _, _, options_reader in calls} == \
+            {("release", True)}
 
 
 def test_equal_keys_in_a_window_keep_their_positions_and_huge_block_ids_keep_their_order():

@@ -211,6 +211,8 @@ def test_a_dataset_reads_its_scans_ahead_and_releases_them(tmp_path, monkeypatch
 
             monkeypatch.setattr(Store, method, spy)
         monkeypatch.setattr(_loader, "available_memory", lambda: 1)
+        with pytest.warns(UserWarning, match=r"a shuffled epoch of a dataset whose patterns .* block=4096"):
+            make_loader(data, 5, background=0)
         with pytest.warns(UserWarning, match="block=4, window=16: two windows"):
             loader = make_loader(data, 5, block=4, seed=2, background=0)
         assert loader.sampler.release == data.release

@@ -292,7 +292,8 @@ def _warn_of_random_reads(store: Any, sampler: GroupSampler, available: int) -> 
         return
     nbytes, limit = _pattern_bytes(store), describe_bytes(available)
     if sampler.block is None:
-        warnings.warn(f"a shuffled epoch of a store whose patterns ({describe_bytes(nbytes)}) are more than the "
+        what = "a dataset" if hasattr(store, "stores") else "a store"
+        warnings.warn(f"a shuffled epoch of {what} whose patterns ({describe_bytes(nbytes)}) are more than the "
                       f"memory this process may use ({limit}) reads them from the disk one at a time, at random; "
                       "make_loader(..., block=4096) reads them in long runs (the training page's data-size guide)",
                       UserWarning, stacklevel=5)

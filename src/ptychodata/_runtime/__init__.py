@@ -1,5 +1,6 @@
-"""Runtime helpers at the bottom of the import graph: version, memory budgets, JSON, argument checks,
-optional imports. They import nothing from the rest of the package except :mod:`ptychodata.errors`.
+"""Runtime helpers at the bottom of the import graph: version, memory budgets, array helpers, JSON,
+argument checks, optional imports. They import nothing from the rest of the package except
+:mod:`ptychodata.errors`.
 """
 
 from ptychodata._runtime._arrays import sorted_unique, take_rows

@@ -200,6 +200,38 @@ def test_shards_are_disjoint_equal_and_complete():
     assert len(all_dropped) == len(set(all_dropped)) == 90
 
 
+@pytest.mark.parametrize("num_replicas, drop_last", [(1, False), (3, False), (3, True)])
+def test_a_pass_is_each_steps_block_for_this_rank_in_order(num_replicas, drop_last):
+    """begin_pass's positions and sizes (what the resident loader takes whole) are rank r's
+    block of batch_size positions from each step of W·batch_size of the global order (padded
+    to a multiple of W, or cut to whole steps), then its equal share of the last step."""
+    W, bs = num_replicas, 8
+    for rank in range(W):
+        sampler = GroupSampler(103, bs, seed=1, num_replicas=W, rank=rank, drop_last=drop_last)
+        order = sampler.global_order()
+        order = order[: len(order) // (W * bs) * W * bs] if drop_last else np.resize(order, -(-len(order) // W) * W)
+        steps = len(order) // (W * bs)
+        expected = [order[(s * W + rank) * bs : (s * W + rank + 1) * bs] for s in range(steps)]
+        share = (len(order) - steps * W * bs) // W
+        if share:
+            expected.append(order[steps * W * bs + rank * share : steps * W * bs + (rank + 1) * share])
+        batches = sampler.begin_pass()
+        assert batches.positions.dtype == np.int64 and batches.sizes.dtype == np.int64
+        assert batches.sizes.tolist() == [len(b) for b in expected]
+        np.testing.assert_array_equal(batches.positions, np.concatenate(expected))
+        assert [b.tolist() for b in batches] == [b.tolist() for b in expected]
+        assert list(sampler) == [b.tolist() for b in expected]
+
+
+def test_an_empty_pass_has_no_batches():
+    from ptychodata.torch._sampler import PassBatches
+
+    empty = PassBatches.of([])
+    assert len(empty) == 0 and list(empty) == [] and empty.positions.dtype == np.int64
+    sampler = GroupSampler(5, 8, drop_last=True)
+    assert len(sampler.begin_pass()) == 0 and list(sampler) == []
+
+
 @pytest.mark.parametrize("num_workers, background", [(0, 0), (2, 0), (0, 3)])
 def test_resume_after_k_batches_equals_uninterrupted_run(store, num_workers, background):
     uninterrupted = group_indices(make_loader(store, 16, num_workers=num_workers, seed=2))

@@ -49,15 +49,14 @@ class ResidentBatches:
 
     def __iter__(self):
         dataset = self.dataset
-        schedule = self.sampler.begin_pass()
-        sizes = [len(batch) for batch in schedule]
-        positions = np.concatenate(schedule) if schedule else np.zeros(0, np.int64)
+        batches = self.sampler.begin_pass()
+        positions, sizes = batches.positions, batches.sizes
         if self.shard is not None:  # the sampler deals positions in the whole store
             positions = np.searchsorted(self.shard, positions)
         plan = dataset.plan(positions, sizes)
         runs = _runs(sizes, dataset.batches_per_gather)
         ready: list[dict[str, torch.Tensor]] = []
-        for number, _ in enumerate(self.sampler.iter_arrays(schedule)):
+        for number, _ in enumerate(self.sampler.iter_arrays(batches)):
             if not ready:
                 ready = dataset._gather_run(plan, number, runs[number], self.with_Y)
                 ready.reverse()
@@ -67,15 +66,15 @@ class ResidentBatches:
             yield batch
 
 
-def _runs(sizes: list[int], batches_per_gather: Any) -> dict[int, int]:
-    """Runs of consecutive batches of equal size, each gathered at once: the number of
-    batches in the run that starts at each run's first batch."""
+def _runs(sizes: np.ndarray, batches_per_gather: Any) -> dict[int, int]:
+    """Runs of consecutive batches of equal size (``sizes`` (b,) int64), each gathered at
+    once: the number of batches in the run that starts at each run's first batch."""
     runs: dict[int, int] = {}
-    if not sizes:
+    if not len(sizes):
         return runs
     edges = (np.flatnonzero(np.diff(sizes)) + 1).tolist()  # where the batch size changes
     for begin, end in zip([0, *edges], [*edges, len(sizes)]):
-        k = batches_per_gather(sizes[begin])
+        k = batches_per_gather(int(sizes[begin]))
         for first in range(begin, end, k):
             runs[first] = min(k, end - first)
     return runs

@@ -34,10 +34,39 @@ from ptychodata.errors import DatasetChangedError, ParameterError
 from ptychodata.torch._checks import check_bool, check_seed, replicas_and_rank
 from ptychodata.torch._epoch_orders import EpochOrders
 
-__all__ = ["GroupSampler"]
+__all__ = ["GroupSampler", "PassBatches"]
 
 # Windows of a block order read ahead of the one being served.
 _WINDOWS_AHEAD = 1
+
+
+@dataclass(frozen=True)
+class PassBatches:
+    """One rank's batches of a pass: the group positions in the order they are served,
+    ``positions`` (n,) int64, cut into consecutive batches of ``sizes`` (b,) int64 groups.
+
+    Iterating yields each batch's positions, (B,) int64 views of ``positions``; a caller
+    that needs the whole pass at once (a GPU-resident loader) takes the two arrays.
+    """
+
+    positions: np.ndarray
+    sizes: np.ndarray
+
+    @classmethod
+    def of(cls, batches: list[np.ndarray]) -> PassBatches:
+        """The pass of these batches, in this order."""
+        sizes = np.fromiter(map(len, batches), np.int64, len(batches))
+        positions = np.concatenate(batches).astype(np.int64, copy=False) if batches else np.zeros(0, np.int64)
+        return cls(positions, sizes)
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        positions, start = self.positions, 0
+        for stop in np.cumsum(self.sizes).tolist():
+            yield positions[start:stop]
+            start = stop
 
 
 class GroupSampler(torch.utils.data.Sampler):
@@ -216,7 +245,7 @@ class GroupSampler(torch.utils.data.Sampler):
         return (packed & np.uint64(0xFFFFFFFF)).astype(np.int64)
 
     # ------------------------------------------------------------------ this rank's batches
-    def _schedule(self) -> list[np.ndarray]:
+    def _schedule(self) -> PassBatches:
         remaining = self.remaining()
         W, bs = self.num_replicas, self.batch_size
         if self.drop_last:
@@ -226,19 +255,23 @@ class GroupSampler(torch.utils.data.Sampler):
             remaining = np.concatenate([remaining, np.resize(remaining, pad)]) if len(remaining) else remaining
         remaining = remaining.astype(np.int64, copy=False)
         full = len(remaining) // (W * bs)
-        # whole steps in one reshape (rows are views: no Python work per batch), then the last one
-        batches = list(remaining[: full * W * bs].reshape(full, W, bs)[:, self.rank])
+        # whole steps of W·bs in one reshape (rank r's batch is the r-th block of each), then the last one
+        whole = remaining[: full * W * bs]
         last = remaining[full * W * bs :]
+        per_rank = len(last) // W
+        last = last[self.rank * per_rank : (self.rank + 1) * per_rank]
+        if W > 1:
+            whole = whole.reshape(full, W, bs)[:, self.rank].reshape(-1)
+        sizes = np.full(full + (len(last) > 0), bs, np.int64)
         if len(last):
-            per_rank = len(last) // W
-            batches.append(last[self.rank * per_rank : (self.rank + 1) * per_rank])
-        return batches
+            sizes[-1] = len(last)
+        return PassBatches(np.concatenate([whole, last]) if len(last) else whole, sizes)
 
     def __iter__(self) -> Iterator[list[int]]:
         for batch in self.iter_arrays():
             yield batch.tolist()
 
-    def iter_arrays(self, schedule: list[np.ndarray] | None = None) -> Iterator[np.ndarray]:
+    def iter_arrays(self, schedule: PassBatches | None = None) -> Iterator[np.ndarray]:
         """This rank's batches of a pass as (B,) int64 arrays (what iterating yields as lists).
 
         ``schedule`` is what :meth:`begin_pass` returned, for a caller that needs the whole
@@ -292,7 +325,7 @@ class GroupSampler(torch.utils.data.Sampler):
 
         return ahead
 
-    def begin_pass(self) -> list[np.ndarray]:
+    def begin_pass(self) -> PassBatches:
         """Start a pass, as iterating does, and return all of its batches for this rank."""
         if self._pass_complete:  # iterating again without set_epoch: the whole epoch again
             self._start, self._pass_complete, self._base, self._served = 0, False, None, ()

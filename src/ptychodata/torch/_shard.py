@@ -44,7 +44,7 @@ from ptychodata.errors import DatasetChangedError, ParameterError
 from ptychodata.torch._checks import check_bool, check_seed, replicas_and_rank
 from ptychodata.torch._joined import JoinedScans
 from ptychodata.torch._resident import DeviceStore
-from ptychodata.torch._sampler import GroupSampler
+from ptychodata.torch._sampler import GroupSampler, PassBatches
 
 __all__ = ["SHARD_BY", "ShardSampler", "Sharding", "shard_groups", "sharded_resident"]
 
@@ -248,18 +248,18 @@ class ShardSampler(torch.utils.data.Sampler):
         return served
 
     # ------------------------------------------------------------------ this rank's batches
-    def _schedule(self) -> list[np.ndarray]:
-        return self._own_batches()[self._start_steps :]
+    def _schedule(self) -> PassBatches:
+        return PassBatches.of(self._own_batches()[self._start_steps :])
 
-    def begin_pass(self) -> list[np.ndarray]:
+    def begin_pass(self) -> PassBatches:
         """Start a pass and return all of its batches for this rank (group positions in the
-        store, each (B,) int64)."""
+        store)."""
         if self._pass_complete:  # iterating again without set_epoch: the whole epoch again
             self._served_before, self._start_steps, self._pass_complete = [], 0, False
         self._yielded, self._resume_pending = 0, False
         return self._schedule()
 
-    def iter_arrays(self, schedule: list[np.ndarray] | None = None) -> Iterator[np.ndarray]:
+    def iter_arrays(self, schedule: PassBatches | None = None) -> Iterator[np.ndarray]:
         """This rank's batches of a pass (``schedule`` from :meth:`begin_pass`, or a new pass)."""
         if schedule is None:
             schedule = self.begin_pass()

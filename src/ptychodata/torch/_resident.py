@@ -44,7 +44,7 @@ __all__ = ["DeviceStore"]
 
 _CHUNK_BYTES = 64 << 20  # host memory used at a time while frames are copied to the device
 _MIN_GATHER_BYTES = 128 << 20  # bytes of batches gathered by one launch on a GPU, at least
-_GATHER_SHARE = 256  # and at most this fraction of the GPU's memory
+_GATHER_SHARE = 64  # and at most this fraction of the GPU's memory
 
 
 def _dtype(key: str) -> np.dtype:
@@ -87,7 +87,7 @@ class _Pass:
 
 
 def _default_gather_bytes(device: torch.device) -> int:
-    """The default ``gather_bytes``: on a GPU 1/256 of its memory, at least 128 MiB; 0 elsewhere."""
+    """The default ``gather_bytes``: on a GPU 1/64 of its memory, at least 128 MiB; 0 elsewhere."""
     if device.type != "cuda":
         return 0
     total = torch.cuda.get_device_properties(device).total_memory
@@ -153,11 +153,13 @@ class DeviceStore:
         Consecutive batches of a pass are gathered together by one launch writing about
         this many bytes (at least one batch), and handed out as views of it: the launch and
         Python costs are paid once per run of batches. A batch still held keeps its run's
-        memory (at most about ``gather_bytes``) in use. Default on a GPU (whose caching
-        allocator reuses the buffers): 1/256 of its memory, at least 128 MiB (559 MiB on an
-        H200, where batches of 256 and 1024 groups then come at 0.8 to 0.9 of a bare
-        ``index_select``, against about half with 128 MiB); 0, one batch per gather, on the
-        CPU, where fresh large buffers cost page faults.
+        memory (at most about ``gather_bytes``) in use; a loop holding one batch while
+        the next run is gathered has two runs' memory in use. Default on a GPU (whose caching
+        allocator reuses the buffers): 1/64 of its memory, at least 128 MiB. On an H200
+        that is 2.2 GiB; compact batches of 256 and 1024 groups then came at 0.84 to 0.99
+        of a bare ``index_select``, against 0.76 to 0.88 with 1/256 of it in the same run
+        (the Python work and launch of a run are paid for fewer batches). 0, one batch per
+        gather, on the CPU, where fresh large buffers cost page faults.
     chunk_bytes : int
         Host memory used at a time while frames are copied to the device.
     kernel : {"auto", "triton", "torch", "numpy"}
@@ -404,7 +406,7 @@ class DeviceStore:
         M groups/s), the page-locked allocation costing more than the wait it saves."""
         return torch.from_numpy(np.ascontiguousarray(host)).to(self.device)
 
-    def plan(self, positions: np.ndarray | torch.Tensor, sizes: list[int]) -> _Pass:
+    def plan(self, positions: np.ndarray | torch.Tensor, sizes: np.ndarray | list[int]) -> _Pass:
         """The batches of groups ``positions`` ((n,) int64, checked), cut into consecutive
         batches of ``sizes`` groups: per-group arrays gathered and laid out at once."""
         C = self.C

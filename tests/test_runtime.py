@@ -6,7 +6,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ptychodata._runtime import canonical_json, check_int, jsonable, optional_import, sorted_unique, take_rows
+from ptychodata._runtime import (
+    canonical_json,
+    check_int,
+    jsonable,
+    optional_import,
+    sorted_unique,
+    take_into,
+    take_rows,
+)
 from ptychodata.errors import MissingDependencyError, ParameterError
 
 
@@ -167,3 +175,12 @@ def test_take_rows_is_a_take(index):
     out = np.full((len(index), 4, 4), 99, np.complex64)
     take_rows(table, np.array(index, np.int64), out)
     np.testing.assert_array_equal(out, np.take(table, np.array(index, np.int64), axis=0))
+
+
+@pytest.mark.parametrize("shape, index", [((5, 3, 3), [4, 0, 4, 2]), ((6,), [5, 1]), ((4, 2), []), ((3, 2, 2), [2])])
+def test_take_into_writes_the_rows_into_out(shape, index):
+    source = np.arange(np.prod(shape), dtype=np.float32).reshape(shape)
+    index = np.array(index, np.int64)
+    out = np.full((len(index), *shape[1:]), -1, np.float32)
+    assert take_into(source, index, out) is out
+    np.testing.assert_array_equal(out, source[index])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["sorted_unique", "take_rows"]
+__all__ = ["sorted_unique", "take_into", "take_rows"]
 
 
 def sorted_unique(values: np.ndarray) -> np.ndarray:
@@ -20,6 +20,19 @@ def sorted_unique(values: np.ndarray) -> np.ndarray:
     keep[0] = True
     np.not_equal(ordered[1:], ordered[:-1], out=keep[1:])
     return ordered[keep]
+
+
+def take_into(source: np.ndarray, index: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``out[:] = source[index]`` along the first axis, for indices already known to be in range.
+
+    ``np.take(..., out=out)`` in its default ``mode="raise"`` gathers into a temporary and then
+    copies it to ``out`` (NumPy documents this buffering): 3× slower for a batch of 256 rows of
+    64² float32 and 11× for a run of 5 (465 against 144 µs, 35 against 3.2 µs; 2-core VM, NumPy
+    2.4). ``mode="clip"`` writes straight into ``out``. Every caller's indices are checked where
+    they come from (a store's index tables when it is opened, a batch's indices on entry), so
+    the clipping never applies; an index out of range there would be a bug, not bad input.
+    """
+    return np.take(source, index, axis=0, out=out, mode="clip")
 
 
 def take_rows(table: np.ndarray, index: np.ndarray, out: np.ndarray) -> None:

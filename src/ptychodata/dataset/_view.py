@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ptychodata._runtime import CACHE_BYTES, rows_per_chunk, take_rows
+from ptychodata._runtime import CACHE_BYTES, rows_per_chunk, take_into, take_rows
 from ptychodata.dataset._manifest import DatasetManifest
 from ptychodata.dataset._order import GroupKeys
 from ptychodata.dataset._spec import scan_seed
@@ -247,8 +247,8 @@ class DatasetStore:
         cache. The same float32 products as each scan's own gather. Each scan's probe (and mask)
         is copied to its rows."""
         joined = self._joined()
-        members = np.take(joined.groups, groups, axis=0, out=arrays["nn_indices"])
-        scan = np.take(joined.group_scan, groups, out=arrays["experiment_id"])
+        members = take_into(joined.groups, groups, arrays["nn_indices"])
+        scan = take_into(joined.group_scan, groups, arrays["experiment_id"])
         arrays["group_index"][:] = groups
         arrays["coords_relative"][:, :, 0, :] = joined.relative[groups]
         arrays["coords_offsets"][:, 0, 0, :] = joined.centres[groups]
@@ -267,7 +267,7 @@ class DatasetStore:
                 end = min(start + step, stop)
                 edges = [start, *(np.flatnonzero(np.diff(scan_of[start:end])) + start + 1).tolist(), end]
                 for a, b in zip(edges[:-1], edges[1:]):  # runs of one scan's rows
-                    np.take(patterns[scan_of[a]], local_of[a:b], axis=0, out=target[a:b])
+                    take_into(patterns[scan_of[a]], local_of[a:b], target[a:b])
                 target[start:end] *= scale_of[start:end]
                 if not single:  # back in the batch's order while still in cache
                     X[by_scan[start:end]] = target[start:end]

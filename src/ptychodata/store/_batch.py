@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ptychodata._runtime import CACHE_BYTES, rows_per_chunk, take_rows
+from ptychodata._runtime import CACHE_BYTES, rows_per_chunk, take_into, take_rows
 from ptychodata.errors import GroupIndexError, ParameterError, StoreError
 from ptychodata.patches import extract_patches
 from ptychodata.store._batch_schema import DEFAULT_SCHEMA, Layout
@@ -142,8 +142,8 @@ class BatchGatherer:
     def members(self, index: np.ndarray, out: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Each group's experiment and member indices, written into the batch."""
         s = self.sources
-        experiment = np.take(s.group_experiment, index, out=out["experiment_id"])
-        return experiment, np.take(s.groups, index, axis=0, out=out["nn_indices"])
+        experiment = take_into(s.group_experiment, index, out["experiment_id"])
+        return experiment, take_into(s.groups, index, out["nn_indices"])
 
     def gather_scaled(
         self, members: np.ndarray, experiment: np.ndarray | None, out: np.ndarray, threads: int
@@ -167,8 +167,7 @@ class BatchGatherer:
             for start in range(first, stop, step):
                 rows = out[start : min(start + step, stop)]
                 if not self.sorted_reads:
-                    np.take(s.patterns, members[start : start + len(rows)].reshape(-1), axis=0,
-                            out=rows.reshape(-1, N, N))
+                    take_into(s.patterns, members[start : start + len(rows)].reshape(-1), rows.reshape(-1, N, N))
                 if experiment is None:
                     continue
                 if len(s.x_scale) == 1:
@@ -211,7 +210,7 @@ class BatchGatherer:
                     raw = stored[start * C : start * C + len(rows)]
                 else:
                     raw = scratch[: len(rows)]
-                    np.take(stored, members[start : start + len(rows) // C].reshape(-1), axis=0, out=raw)
+                    take_into(stored, members[start : start + len(rows) // C].reshape(-1), raw)
                 decode_into(s.encoding, raw, rows, scale_of(start, len(rows)))
 
         self._threads.share(fill, B, step, out.nbytes, threads)
@@ -226,11 +225,11 @@ class BatchGatherer:
         and then put back in the requested order.
         """
         if not self.sorted_reads:
-            np.take(source, index, axis=0, out=out)
+            take_into(source, index, out)
             return
         order = np.argsort(index, kind="stable")
         scratch = self.pool.take({"scratch": (out.shape, out.dtype)})["scratch"]
-        np.take(source, index[order], axis=0, out=scratch)
+        take_into(source, index[order], scratch)
         out[order] = scratch
 
     def fill_Y(self, members: np.ndarray, out: np.ndarray) -> None:

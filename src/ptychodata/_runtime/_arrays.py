@@ -32,7 +32,7 @@ def take_into(source: np.ndarray, index: np.ndarray, out: np.ndarray) -> np.ndar
     they come from (a store's index tables when it is opened, a batch's indices on entry), so
     the clipping never applies; an index out of range there would be a bug, not bad input.
     """
-    return np.take(source, index, axis=0, out=out, mode="clip")
+    return source.take(index, axis=0, out=out, mode="clip")
 
 
 def take_rows(table: np.ndarray, index: np.ndarray, out: np.ndarray) -> None:

@@ -430,22 +430,21 @@ def bench_resident(args, workdir: Path) -> None:
                 store.gather_bytes = default_bytes if gather_mib is None else gather_mib << 20
                 k = store.batches_per_gather(batch_size)
                 # Three rounds, each a run of the bound and a run of the loader: the host's speed
-                # drifts, and the two then see the same drift. The bound keeps its best run so far.
-                key = (dtype.itemsize, batch_size)
+                # drifts, and the two then see the same drift.
+                rate, host, bound = 0.0, 0.0, 0.0
                 try:
                     windows = resident_windows(make_loader(store, batch_size, resident=True, seed=0), device,
                                                args.min_seconds / 3)
-                    rate, host = 0.0, 0.0
                     for _ in range(3):
-                        bounds[key] = max(bounds.get(key, 0.0),
-                                          copy_bound(store.frames, batch_size, C, args.min_seconds / 3, repeat=1))
+                        bound = max(bound, copy_bound(store.frames, batch_size, C, args.min_seconds / 3, repeat=1))
                         rate, host = max((rate, host), next(windows))
                 except Exception as error:  # noqa: BLE001 - print it, measure the other variants
                     print(f"{name:<32} {batch_size:>5} FAILED: {type(error).__name__}: {str(error)[:300]}", flush=True)
                     rate, host = 0.0, 0.0
                 finally:
                     store.gather_bytes = default_bytes
-                bound = bounds.get(key, 0.0)
+                if bound:
+                    bounds[dtype.itemsize, batch_size] = bound
                 ratio = rate / bound if bound else 0.0
                 if gather_mib is None:  # the target is for the default gather
                     worst[batch_size, label] = ratio
@@ -466,8 +465,8 @@ def bench_resident(args, workdir: Path) -> None:
     print(
         "bound = torch.index_select of the same stored bytes per batch (B·C frames + B probes' bytes, as rows of "
         "the held dtype) from the resident frames, random rows, preallocated output, measured in this run: "
-        "each line's figures are the best of 3 rounds of a run of the bound and a run of the loader (the bound's best "
-        f"over all lines of its batch and bytes); k = batches written by one gather (gather_bytes {next(iter(held.values())).gather_bytes / 2**20:.0f} "
+        "each line's figures are the best of 3 rounds of a run of the bound and a run of the loader (the 4-byte "
+        f"bound is the latest line's of float32 frames at that batch); k = batches written by one gather (gather_bytes {next(iter(held.values())).gather_bytes / 2**20:.0f} "
         "MiB, the default)"
     )
     if worst:

@@ -18,6 +18,7 @@ its batches are :meth:`~ptychodata.dataset.DatasetStore.batch`'s, bit for bit.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +46,7 @@ __all__ = ["DeviceStore"]
 _CHUNK_BYTES = 64 << 20  # host memory used at a time while frames are copied to the device
 _MIN_GATHER_BYTES = 128 << 20  # bytes of batches gathered by one launch on a GPU, at least
 _GATHER_SHARE = 64  # and at most this fraction of the GPU's memory
+_VIEW_CHUNK = 32  # batches of a run whose views are made at once
 
 
 def _dtype(key: str) -> np.dtype:
@@ -382,7 +384,7 @@ class DeviceStore:
         index = self._check_indices(indices)
         if with_Y:
             self._load_ground_truth()
-        return self._gather_run(self.plan(index, [len(index)]), 0, 1, with_Y)[0]
+        return next(self._gather_run(self.plan(index, [len(index)]), 0, 1, with_Y))
 
     def _check_indices(self, indices: Any) -> np.ndarray | torch.Tensor:
         n = len(self)
@@ -458,16 +460,19 @@ class DeviceStore:
         """How many batches of ``batch_size`` one gather writes (``gather_bytes``)."""
         return max(1, self.gather_bytes // max(1, batch_size * (self.C + 2) * self.N * self.N * 4))
 
-    def _gather_run(self, plan: _Pass, first: int, k: int, with_Y: bool) -> list[dict[str, torch.Tensor]]:
-        """Batches ``first`` to ``first + k - 1`` of ``plan``, all of one size B.
+    def _gather_run(self, plan: _Pass, first: int, k: int, with_Y: bool) -> Iterator[dict[str, torch.Tensor]]:
+        """Batches ``first`` to ``first + k - 1`` of ``plan``, all of one size B: the run is
+        gathered when the first batch is asked for, then each batch is views of it.
 
         Pre-scaled float32 frames: one ``index_select`` gathers the X rows and the probe
         rows of the k batches into one buffer laid out batch after batch ([X of batch 1 |
         probe of batch 1 | X of batch 2 ...]), so each batch's X and probe are contiguous
         views of it. Other frames: one fused gather (:func:`gather_decode`) writes the k
         batches' X, decoded and scaled, and their probes. Launches and Python work are paid
-        per run, not per batch; a batch held keeps its run's buffers alive. Keys in the
-        order of :meth:`ptychodata.store.Store.batch`.
+        per run, not per batch; a batch held keeps its run's buffers alive. The views are
+        made ``_VIEW_CHUNK`` batches at a time, so that those not yet handed out stay few
+        (the garbage collector then finds them young, not in its older generations). Keys
+        in the order of :meth:`ptychodata.store.Store.batch`.
         """
         C, N = self.C, self.N
         B = plan.sizes[first]
@@ -485,22 +490,21 @@ class DeviceStore:
                 None if plan.scale is None else plan.scale[start:stop], C, X.view(-1, N, N),
                 self.probes, plan.experiment[start:stop], probe.view(-1, N, N),
             )
-        views = [x.unbind(0) for x in (X, probe)]
-        views += [field[start:stop].view(k, B, *field.shape[1:]).unbind(0) for field in plan.small]
+        fields = [X, probe, *(field[start:stop].view(k, B, *field.shape[1:]) for field in plan.small)]
         if with_Y:
-            views.append(plan.members[start:stop].view(k, B, self.C).unbind(0))
+            fields.append(plan.members[start:stop].view(k, B, C))
         masks = self.masks
-        batches = []
-        for x, p, relative, offsets, nn, group_index, experiment, *members in zip(*views):
-            # The schema's keys, in its order (DEFAULT_SCHEMA.keys(probe=True, mask=..., with_Y=...)).
-            batch = {"X": x, "coords_relative": relative, "coords_offsets": offsets, "nn_indices": nn,
-                     "group_index": group_index, "experiment_id": experiment, "probe": p}
-            if masks is not None:
-                batch["mask"] = masks.index_select(0, experiment)
-            if with_Y:
-                batch["Y"] = self._ground_truth(nn, members[0])
-            batches.append(batch)
-        return batches
+        for chunk in range(0, k, _VIEW_CHUNK):
+            views = [field[chunk : chunk + _VIEW_CHUNK].unbind(0) for field in fields]
+            for x, p, relative, offsets, nn, group_index, experiment, *members in zip(*views):
+                # The schema's keys, in its order (DEFAULT_SCHEMA.keys(probe=True, mask=..., with_Y=...)).
+                batch = {"X": x, "coords_relative": relative, "coords_offsets": offsets, "nn_indices": nn,
+                         "group_index": group_index, "experiment_id": experiment, "probe": p}
+                if masks is not None:
+                    batch["mask"] = masks.index_select(0, experiment)
+                if with_Y:
+                    batch["Y"] = self._ground_truth(nn, members[0])
+                yield batch
 
     def _ground_truth(self, nn: torch.Tensor, members: torch.Tensor) -> torch.Tensor:
         """Y (B, C, N, N) complex64 of a batch: stored patches gathered (held in the frames'

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -55,12 +56,11 @@ class ResidentBatches:
             positions = np.searchsorted(self.shard, positions)
         plan = dataset.plan(positions, sizes)
         runs = _runs(sizes, dataset.batches_per_gather)
-        ready: list[dict[str, torch.Tensor]] = []
+        ready: Iterator[dict[str, torch.Tensor]] = iter(())
         for number, _ in enumerate(self.sampler.iter_arrays(batches)):
-            if not ready:
+            if number in runs:
                 ready = dataset._gather_run(plan, number, runs[number], self.with_Y)
-                ready.reverse()
-            batch = ready.pop()  # the pass keeps no reference to a batch it has handed out
+            batch = next(ready)
             if self.as_tensordict:
                 batch = self._TensorDict(batch, batch_size=[sizes[number]], device=dataset.device)
             yield batch

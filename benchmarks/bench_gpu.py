@@ -5,7 +5,7 @@
     python benchmarks/bench_gpu.py resident [--resident-batches 64,256,1024] [--resident-points 65536] [--diagnose]
     python benchmarks/bench_gpu.py all      # h2d, then patches, then resident
     torchrun --nproc_per_node=2 benchmarks/bench_gpu.py ddp [--batch 256] [--ddp-workers 0] [--compute conv]
-                                                            [--resident] [--epochs 1]
+                                                            [--resident [--shard-by block]] [--epochs 1]
 
 Run from the repository root; the package is imported from the installed one, else from ``src/``.
 Each run makes its own data (a random-pattern source prepared into a store under a temporary
@@ -44,7 +44,10 @@ ddp      one process per GPU (NCCL; gloo on the CPU): ``make_loader(store, batch
          (every rank holds all frames), batches already on the device; rank 0 also prints each
          rank's DeviceStore bytes, its build time, the peak device memory allocated
          (``torch.cuda.max_memory_allocated``, from before the DeviceStore to the end) and the
-         index_select bound of the ``resident`` part on that rank's frames.
+         index_select bound of the ``resident`` part on that rank's frames. ``--shard-by block``
+         (or ``scan``): each rank holds only its share of the frames
+         (``make_loader(..., resident=True, shard_by=...)``) and draws its batches from it; the
+         held bytes then show each share, and the coverage check that every group was served.
 """
 
 from __future__ import annotations
@@ -722,11 +725,14 @@ def bench_ddp(args) -> None:
     workers = args.ddp_workers or 0  # make_loader's default: no workers, a background thread
     if args.resident and workers:
         raise SystemExit("ddp: --resident gathers on the device; it takes no --ddp-workers")
+    if args.shard_by and not args.resident:
+        raise SystemExit("ddp: --shard-by shares the resident frames among the ranks; it needs --resident")
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
     built = time.perf_counter()
     if args.resident:
-        loader = make_loader(store, args.batch, distributed=True, resident=True, device=device, seed=0)
+        loader = make_loader(store, args.batch, distributed=True, resident=True, device=device, seed=0,
+                             shard_by=args.shard_by)
         sync(device)
     else:
         loader = make_loader(store, args.batch, distributed=True, num_workers=workers, pin_memory=cuda, seed=0)
@@ -792,7 +798,10 @@ def bench_ddp(args) -> None:
     everyone = [None] * world
     dist.all_gather_object(everyone, mine)
     if rank == 0:
-        source = "resident loader (DeviceStore per rank)" if args.resident else f"{workers} loader workers per rank"
+        source = f"{workers} loader workers per rank"
+        if args.resident:
+            source = ("resident loader (DeviceStore per rank" + (f", frames shared by {args.shard_by}" if args.shard_by
+                                                                  else ", every frame on every rank") + ")")
         epochs = "one epoch" if args.epochs == 1 else f"{args.epochs} epochs"
         print(
             f"\n== ddp: {epochs}, {len(store)} groups, batch {args.batch} per rank, {source}, "
@@ -832,11 +841,15 @@ def bench_ddp(args) -> None:
             notes.append("held = DeviceStore.nbytes (frames, probes, per-group tables); built = make_loader with the "
                          "DeviceStore's copy to the device; bound = torch.index_select of a batch's bytes (B·C frames "
                          "+ B probes) from the rank's resident frames, random rows, as in the resident part")
+            if args.shard_by:
+                notes.append(f"the whole store's frames take {store.n_patterns * store.N**2 * 4 / 2**30:.2f} GiB as "
+                             "float32: each rank holds its share")
         if notes:
             print("; ".join(notes))
         ok = bool(union.all())
         note(
             f"ddp: ran with {world} ranks, backend {backend}" + (", resident loader" if args.resident else "")
+            + (f", frames shared by {args.shard_by}" if args.shard_by else "")
             + ("" if cuda else f" ({why_cpu}: GPU part skipped)")
             + ("; every group seen" if ok else "; SOME GROUPS NOT SEEN")
         )
@@ -908,6 +921,10 @@ def main() -> None:
     parser.add_argument(
         "--resident", action="store_true",
         help="ddp: make_loader(..., resident=True, device=the rank's device): each rank holds every frame",
+    )
+    parser.add_argument(
+        "--shard-by", choices=("block", "scan"),
+        help="ddp --resident: each rank holds only its share of the frames, by block of groups or by scan",
     )
     parser.add_argument("--epochs", type=int, default=1, help="ddp: timed epochs (default 1)")
     parser.add_argument(

@@ -13,7 +13,6 @@ from ptychodata._runtime import (
     optional_import,
     sorted_unique,
     take_into,
-    take_rows,
 )
 from ptychodata.errors import MissingDependencyError, ParameterError
 
@@ -170,10 +169,10 @@ def test_sorted_unique_is_numpys_unique(values):
 
 
 @pytest.mark.parametrize("index", [[2, 0, 2, 1, 0, 2], [1], [], [0, 0, 0]])
-def test_take_rows_is_a_take(index):
+def test_take_into_copies_a_row_per_experiment_to_the_rows_that_use_it(index):
     table = (np.arange(3 * 4 * 4).reshape(3, 4, 4) * (1 + 1j)).astype(np.complex64)
     out = np.full((len(index), 4, 4), 99, np.complex64)
-    take_rows(table, np.array(index, np.int64), out)
+    take_into(table, np.array(index, np.int64), out)
     np.testing.assert_array_equal(out, np.take(table, np.array(index, np.int64), axis=0))
 
 

@@ -3,7 +3,7 @@ argument checks, optional imports. They import nothing from the rest of the pack
 :mod:`ptychodata.errors`.
 """
 
-from ptychodata._runtime._arrays import sorted_unique, take_into, take_rows
+from ptychodata._runtime._arrays import sorted_unique, take_into
 from ptychodata._runtime._checks import check_int
 from ptychodata._runtime._files import create_exclusive, write_text_atomic
 from ptychodata._runtime._json import canonical_json, jsonable
@@ -39,7 +39,6 @@ __all__ = [
     "rows_per_chunk",
     "sorted_unique",
     "take_into",
-    "take_rows",
     "usable_cores",
     "write_text_atomic",
 ]

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ptychodata._runtime import CACHE_BYTES, rows_per_chunk, take_into, take_rows
+from ptychodata._runtime import CACHE_BYTES, rows_per_chunk, take_into
 from ptychodata.dataset._manifest import DatasetManifest
 from ptychodata.dataset._order import GroupKeys
 from ptychodata.dataset._spec import scan_seed
@@ -275,7 +275,7 @@ class DatasetStore:
         self._threads.share(fill, len(groups), step, X.nbytes, threads)
         for key, per_scan in (("probe", joined.probes), ("mask", joined.masks)):
             if key in arrays and per_scan is not None:
-                take_rows(per_scan, scan, arrays[key])
+                take_into(per_scan, scan, arrays[key])
 
     def _joined(self) -> _JoinedTables:
         if self._joined_tables is None:

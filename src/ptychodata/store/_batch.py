@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ptychodata._runtime import CACHE_BYTES, rows_per_chunk, take_into, take_rows
+from ptychodata._runtime import CACHE_BYTES, rows_per_chunk, take_into
 from ptychodata.errors import GroupIndexError, ParameterError, StoreError
 from ptychodata.patches import extract_patches
 from ptychodata.store._batch_schema import DEFAULT_SCHEMA, Layout
@@ -125,7 +125,7 @@ class BatchGatherer:
             if len(per_experiment) == 1:
                 out[key][:] = per_experiment[0]
             else:
-                take_rows(per_experiment, experiment, out[key])
+                take_into(per_experiment, experiment, out[key])
         if with_Y:
             self.fill_Y(members, out["Y"])
         return out

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ptychodata._runtime import take_rows
+from ptychodata._runtime import take_into
 from ptychodata.errors import ParameterError, StoreError
 from ptychodata.normalize import normalize_probe, physics_scaling_constant, rms_scaling_constant
 from ptychodata.store._batch import BatchGatherer
@@ -122,7 +122,7 @@ def gather_ptycho_torch(
     out["coords_start_relative"][:, :, 0, :] = s.start_relative[index]
     for key in ("rms_scaling_constant", "physics_scaling_constant", "probe_scaling"):
         np.take(getattr(constants, key), experiment, out=out[key].reshape(B))
-    take_rows(constants.probe, experiment, out["probe"].reshape(B, N, N))
+    take_into(constants.probe, experiment, out["probe"].reshape(B, N, N))
     if with_Y:
         _fill_labels(gatherer, members, out)
     return out

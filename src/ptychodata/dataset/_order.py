@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from ptychodata._runtime import sorted_unique
 from ptychodata.errors import ParameterError
 
 __all__ = ["EpochItems", "GroupKeys", "Mixing", "key_order", "mix64", "stratified_steps"]
@@ -213,7 +214,7 @@ def _sort_ties(packed: np.ndarray, keys: _Keys, label_bits: int, mask: np.uint64
     if not len(ties):
         return
     # every tied pair (i, i + 1): the runs they make, each sorted by (whole key, label) in place
-    tied = np.unique(np.concatenate([ties, ties + 1]))
+    tied = sorted_unique(np.concatenate([ties, ties + 1]))
     run = np.cumsum(np.concatenate([[0], np.diff(tied) != 1]))
     labels = packed[tied] & mask
     order = np.lexsort((labels, keys.of_labels(labels), run))
